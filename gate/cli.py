@@ -1,0 +1,204 @@
+"""The `gate` command: parses arguments and dispatches to the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gate import __version__
+from gate.config import DEFAULT_PATH, Config, load_config
+from gate.errors import ConfigError, GateError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(Path(args.path))
+    from gate.keys import TrustStore
+
+    TrustStore.from_files(cfg.trust.keys)
+    print(f"{args.path}: OK (gate {cfg.gate.id}, venue {cfg.venue.id}, source {cfg.scanner.source})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gate.daemon import run_daemon
+
+    return run_daemon(Path(args.config))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gate.demo import run_demo
+
+    return run_demo(args.once, args.broker, args.timeout, Path(args.state_dir) if args.state_dir else None)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from gate.decoders import make_decoder
+    from gate.scanner import image_files, load_grey
+
+    decoder = make_decoder(args.decoder, tuple(args.format or ("qr",)))
+    found_any = False
+    for path in image_files(Path(p) for p in args.images):
+        try:
+            frame = load_grey(path)
+        except GateError as exc:
+            print(json.dumps({"image": str(path), "error": str(exc)}) if args.json else f"{path}: ERROR {exc}")
+            continue
+        start = time.perf_counter()
+        codes = decoder.decode_thoroughly(frame)
+        ms = (time.perf_counter() - start) * 1000
+        found_any = found_any or bool(codes)
+        if args.json:
+            out = [{"text": c.text, "bytes_b64": base64.b64encode(c.data).decode(), "format": c.format,
+                    "exact_bytes": c.exact} for c in codes]  # fmt: skip
+            print(json.dumps({"image": str(path), "codes": out, "ms": round(ms, 3)}))
+        else:
+            texts = ", ".join(repr(c.text) for c in codes) or "no code"
+            print(f"{path}: {texts} ({ms:.1f} ms, {decoder.name})")
+    return 0 if found_any else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gate.verify import verify_once
+
+    result = verify_once(args.code, Path(args.config) if args.config else None, [Path(t) for t in args.trust])
+    print(json.dumps(result))
+    return 0 if result["decision"] == "admit" else 3
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from gate import passimport
+    from gate.passcache import PassCache
+
+    db = Path(args.db) if args.db else _config(args).gate.state_dir / "passes.db"
+    with PassCache(db) as cache:
+        if args.cache_cmd == "import":
+            start = time.perf_counter()
+            rows = passimport.read_file(Path(args.file))
+            if args.merge:
+                cache.apply_delta(rows, [], cache.info().seq)
+            else:
+                cache.replace_all(rows, args.version if args.version is not None else cache.info().version + 1)
+            secs = time.perf_counter() - start
+            print(f"imported {len(rows)} rows from {args.file} in {secs:.2f}s ({len(rows) / max(secs, 1e-9):,.0f}/s)")
+        elif args.cache_cmd == "stats":
+            info = cache.info()
+            age = None if info.synced_at is None else round(time.time() - info.synced_at)
+            print(json.dumps({"path": str(db), "version": info.version, "seq": info.seq, "entries": info.count,
+                              "synced_at": info.synced_at, "age_s": age}))  # fmt: skip
+        else:
+            entry = cache.lookup(args.token)
+            if entry is None:
+                print(json.dumps({"token": args.token, "found": False}))
+                return 1
+            print(json.dumps({"token": entry.token, "found": True, "status": entry.status.value,
+                              "valid_until": entry.valid_until, "revoked": entry.revoked,
+                              "companions": entry.companions}))  # fmt: skip
+    return 0
+
+
+def cmd_central(args: argparse.Namespace) -> int:
+    from gate import central
+
+    return central.main(args)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from gate.selftest import selftest
+
+    return selftest(_config(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gate.status import show_status
+
+    return show_status(_config(args), args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gate", description="Turnstile firmware service: scan, verify, admit, record.")
+    p.add_argument("--version", action="version", version=f"gate {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Handler, help: str, config: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if config:
+            sp.add_argument("--config", default=os.environ.get("GATE_CONFIG", str(DEFAULT_PATH)),
+                            help=f"config file (default $GATE_CONFIG or {DEFAULT_PATH})")  # fmt: skip
+        return sp
+
+    add("run", cmd_run, "run the gate daemon (what systemd starts)", config=True)
+    sp = add("demo", cmd_demo, "the whole gate on any machine: simulated camera and pins")
+    sp.add_argument("--once", action="store_true", help="run the script once; exit 0 when the broker has acked all")
+    sp.add_argument("--broker", type=_host_port, help="publish check-ins to this broker, HOST:PORT")
+    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks with --once")
+    sp.add_argument("--state-dir", help="keep the demo's state here instead of a temp dir")
+    sp = add("check-config", cmd_check_config, "validate a config file; exit 2 naming each bad key")
+    sp.add_argument("path")
+    sp = add("decode", cmd_decode, "decode codes in image files (camera snapshots)")
+    sp.add_argument("--decoder", choices=["auto", "zxing", "zbar"], default="auto")
+    sp.add_argument("--format", action="append", choices=["qr", "micro_qr", "datamatrix", "aztec", "pdf417"])
+    sp.add_argument("--json", action="store_true", help="one JSON line per image")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp = add("verify", cmd_verify, "decide on a code's text without actuating or publishing")
+    sp.add_argument("--config", help="use this gate's config, cache and policy")
+    sp.add_argument("--trust", action="append", default=[], metavar="PUBLIC_KEY_FILE")
+    sp.add_argument("code")
+    sp = add("cache", cmd_cache, "the cached pass status", config=True)
+    sp.add_argument("--db", help="cache file (default: <state_dir>/passes.db from the config)")
+    csub = sp.add_subparsers(dest="cache_cmd", required=True)
+    ci = csub.add_parser("import", help="replace the cache with a CSV/NDJSON file (atomic)")
+    ci.add_argument("file")
+    ci.add_argument("--merge", action="store_true", help="upsert rows instead of replacing the whole cache")
+    ci.add_argument("--version", type=int, help="snapshot version to record")
+    csub.add_parser("stats", help="version, entries and age")
+    cl = csub.add_parser("lookup", help="one token's cached status")
+    cl.add_argument("token")
+    sp = add("central", cmd_central, "reference central tools: keys, codes, publishing, collection")
+    from gate.central import add_arguments
+
+    add_arguments(sp)
+    add("selftest", cmd_selftest, "cycle every output, report every input", config=True)
+    sp = add("status", cmd_status, "the running daemon's state", config=True)
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        print(f"config error:\n{exc}", file=sys.stderr)
+        return 2
+    except GateError as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gate: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,203 @@
+"""`gate demo`: the whole gate on any machine: simulated camera, mock pins, optional real broker."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gate.app import Gate, build
+from gate.base45 import b45decode, b45encode
+from gate.clock import SystemClock
+from gate.codes import PREFIX, Kind, Status, issue
+from gate.config import Config, parse_config
+from gate.decision import Decision
+from gate.decoders import Frame, make_decoder
+from gate.events import CheckIn, short
+from gate.framegen import code_frame
+from gate.keys import TrustStore, generate_keypair, load_private_key
+from gate.scanner import DecodingSource, Scan
+
+FPS = 20.0
+RELAY, PASSAGE = 17, 5
+
+
+@dataclass(frozen=True)
+class Sample:
+    label: str
+    text: str
+    walk: bool = True  # whether the simulated passengers walk through when released
+    look: dict[str, Any] | None = None  # how the frame is distorted
+
+
+def demo_config(state: Path, broker: tuple[str, int] | None) -> Config:
+    host, port = broker or ("localhost", 1883)
+    return parse_config({
+        "gate": {"id": "demo-lane-1", "state_dir": str(state)},
+        "venue": {"id": "rail-central", "name": "Central Station (demo)", "category": "rail_station"},
+        "scanner": {"source": "camera", "rearm_seconds": 5.0, "absent_seconds": 0.4},
+        "clock": {"sync_source": "assume_synced"},
+        "gpio": {"pin_factory": "mock", "relay": {"pin": RELAY, "pulse_seconds": 0.3},
+                 "indicator": {"green": 22, "red": 27, "amber": 23}, "buzzer": {"pin": 24},
+                 "passage": {"pin": PASSAGE, "timeout_seconds": 1.5}},
+        "mqtt": {"host": host, "port": port, "telemetry_seconds": 5},
+    }, "demo")  # fmt: skip
+
+
+def samples(keydir: Path, gate: Gate) -> list[Sample]:
+    """One round of passes, with fresh random tokens so rounds do not trip anti-passback."""
+    key = load_private_key(next(keydir.glob("*.key")))
+    other = load_private_key(next((keydir / "untrusted").glob("*.key")))
+    now = int(time.time())
+
+    def tok() -> str:
+        return "d" + secrets.token_urlsafe(9).replace("-", "x").replace("_", "y")
+
+    t_ok, t_red, t_rev, t_card, t_staff, t_yel = (tok() for _ in range(6))
+    gate.cache.apply_delta([(t_rev, 0, None, 1, None), (t_card, 0, now + 86_400 * 365, 0, 1)], [], seq=1)
+    ok = issue(key, t_ok, Status.GREEN, now - 10, 300)
+    raw = bytearray(b45decode(ok[len(PREFIX) :]))
+    raw[-1] ^= 0x01  # one flipped bit in the signature
+    forged = PREFIX + b45encode(bytes(raw))
+    return [
+        Sample("phone, green", ok),
+        Sample("phone + 2 companions", issue(key, tok(), Status.GREEN, now - 5, 300, companions=2)),
+        Sample("dark-mode screen", issue(key, tok(), Status.GREEN, now, 300), look={"invert": True}),
+        Sample("same phone again", ok),
+        Sample("expired phone", issue(key, tok(), Status.GREEN, now - 4000, 600)),
+        Sample("tampered code", forged),
+        Sample("code from an unknown key", issue(other, tok(), Status.GREEN, now, 300)),
+        Sample("phone, red", issue(key, t_red, Status.RED, now, 300)),
+        Sample("revoked in cache", issue(key, t_rev, Status.GREEN, now, 300)),
+        Sample("printed card (+1)", issue(key, t_card, Status.GREEN, now - 86_400, 86_400 * 365, kind=Kind.CARD),
+               look={"angle": 20}),
+        Sample("phone, yellow", issue(key, t_yel, Status.YELLOW, now, 300)),
+        Sample("staff code after assist", issue(key, t_staff, Status.GREEN, now, 3600, kind=Kind.STAFF)),
+        Sample("admitted, nobody walks", issue(key, tok(), Status.GREEN, now, 300), walk=False),
+        Sample("not a gate code", "HELLO-WORLD"),
+    ]
+
+
+class PacedFrames:
+    """A camera stand-in that replays frames at FPS."""
+
+    name = "demo-camera"
+
+    def __init__(self, frames: Iterator[tuple[Sample | None, Frame]]) -> None:
+        self.frames = frames
+        self._next_at = time.monotonic()
+        self.current: Sample | None = None
+        self.exhausted = False
+
+    def capture(self, timeout: float) -> Frame | None:
+        delay = self._next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(min(delay, timeout))
+        self._next_at = max(self._next_at + 1 / FPS, time.monotonic())
+        try:
+            self.current, frame = next(self.frames)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        return frame
+
+    def close(self) -> None:
+        self.exhausted = True
+
+
+def _frames(keydir: Path, gate: Gate, once: bool) -> Iterator[tuple[Sample | None, Frame]]:
+    blank = code_frame(None)
+    while True:
+        for s in samples(keydir, gate):
+            frame = code_frame(s.text, **(s.look or {}))
+            for _ in range(4):
+                yield s, frame
+            for _ in range(int(FPS * (2.0 if s.walk else 2.2))):
+                yield None, blank
+        if once:
+            return
+
+
+class Walker:
+    """Simulated passengers: after each relay release, someone walks through the passage sensor."""
+
+    def __init__(self, gate: Gate, frames: PacedFrames) -> None:
+        self.pins = gate.actuator.relay.pin_factory
+        self.frames = frames
+
+    def on_relay(self) -> None:
+        if self.frames.current is not None and not self.frames.current.walk:
+            return
+        sensor = self.pins.pin(PASSAGE)
+        threading.Timer(0.15, sensor.drive_low).start()
+        threading.Timer(0.35, sensor.drive_high).start()
+
+
+def _line(source: PacedFrames, d: Decision, ev: CheckIn, gate: Gate) -> str:
+    label = source.current.label if source.current else "?"
+    relay = "released" if gate.actuator.relay.value else "locked"
+    light = {"admit": "green", "assist": "amber", "deny": "red"}[d.action.value]
+    extra = f" +{d.companions}" if d.companions else ""
+    return (f"{label:<26} token {short(d.token):<6} {d.action.value.upper():<6} {d.reason.value:<18}"
+            f" relay {relay:<8} light {light:<5}{extra:<3} check-in {ev.event_id[:13]} stored")  # fmt: skip
+
+
+def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None) -> int:
+    with tempfile.TemporaryDirectory(prefix="gate-demo-") as tmp:
+        state = state_dir or Path(tmp)
+        keydir = state / "keys"
+        if not any(keydir.glob("*.key")):
+            generate_keypair(keydir)
+            generate_keypair(keydir / "untrusted")
+        cfg = demo_config(state, broker)
+        trust = TrustStore.from_files(keydir.glob("*.pub"))
+        frames = PacedFrames(iter(()))
+        source = DecodingSource(frames, make_decoder("auto"), cfg.scanner.max_payload_bytes)
+        gate = build(cfg, source=source, clock=SystemClock("assume_synced"), trust=trust,
+                     with_mqtt=broker is not None)  # fmt: skip
+        frames.frames = _frames(keydir, gate, once)
+        gate.cache.apply_delta([], [], seq=0)  # the demo's cache counts as freshly synced
+        walker = Walker(gate, frames)
+        logging.getLogger("gate.app").setLevel(logging.WARNING)  # the table below says it better
+        print(f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}; "
+              f"broker {f'{broker[0]}:{broker[1]}' if broker else 'none (check-ins stay in the outbox)'}")
+
+        def show(scan: Scan | None, d: Decision, ev: CheckIn) -> None:
+            print(_line(frames, d, ev, gate), flush=True)
+
+        gate.listeners.append(show)
+        gate.outcome_listeners.append(lambda o: print(f"{'':<26} passage {o.index}: {o.outcome}", flush=True))
+        gate.actuator.pulse_listeners.append(walker.on_relay)
+        stop = threading.Event()
+        try:
+            while not stop.is_set() and not frames.exhausted:
+                for scan in gate.scanner.poll(0.2) or ():
+                    gate.stats.scanned(scan.decode_ms)
+                    gate.handle(scan.payload, scan)
+                gate.tick()
+            return _finish(gate, broker, timeout)
+        except KeyboardInterrupt:
+            print("\ngate demo: stopped")
+            return 0
+        finally:
+            gate.close()
+
+
+def _finish(gate: Gate, broker: tuple[str, int] | None, timeout: float) -> int:
+    gate.actuator.wait_idle(timeout)
+    if gate.drainer is None:
+        print(f"gate demo: done; {gate.outbox.depth} check-ins wait in the outbox (no broker)")
+        return 0
+    total = gate.outbox.depth + gate.drainer.delivered
+    if gate.drainer.wait_empty(timeout):
+        print(f"gate demo: done; all {total} check-ins and alarms acknowledged by the broker {broker[0]}:{broker[1]}"
+              if broker else "")  # fmt: skip
+        return 0
+    print(f"gate demo: timed out after {timeout:.0f}s with {gate.outbox.depth} check-ins not acknowledged")
+    return 1

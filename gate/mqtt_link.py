@@ -1,0 +1,155 @@
+"""The MQTT link (paho-mqtt 2.x): connect, will and availability, publish, subscribe, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from gate.config import MqttSection
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def guarded(fn: F) -> F:
+    """An exception escaping a paho callback kills its network thread: log it instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.exception("mqtt: callback %s failed", fn.__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Topics:
+    def __init__(self, prefix: str, gate_id: str) -> None:
+        base = f"{prefix}/{gate_id}"
+        self.availability = f"{base}/availability"
+        self.state = f"{base}/state"
+        self.checkin = f"{base}/checkin"
+        self.alarm = f"{base}/alarm"
+        self.telemetry = f"{base}/telemetry"
+
+
+class MqttLink:
+    """Owns one paho client. `online` is published only after a successful CONNACK; the will says
+    `offline`; a clean stop says `stopped`. MQTT 5 first, falling back to 3.1.1 if refused."""
+
+    def __init__(self, cfg: MqttSection, gate_id: str, on_publish: Callable[[int, bool], None],
+                 on_up: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        self.cfg, self.gate_id = cfg, gate_id
+        self.topics = Topics(cfg.topic_prefix, gate_id)
+        self._on_publish_cb, self._on_up = on_publish, on_up
+        self._subs: dict[str, Callable[[str, bytes], None]] = {}
+        self.connected = threading.Event()
+        self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
+        self.client = self._build()
+
+    def _build(self) -> mqtt.Client:
+        v5 = self.protocol == mqtt.MQTTv5
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gate-{self.gate_id}",
+                             protocol=self.protocol, clean_session=None if v5 else False)  # fmt: skip
+        client.max_inflight_messages_set(self.cfg.inflight_window)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
+        password = self.cfg.resolved_password()
+        if self.cfg.username is not None:
+            client.username_pw_set(self.cfg.username, password)
+        tls = self.cfg.tls
+        if tls is not None:
+            client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                           certfile=str(tls.cert_file) if tls.cert_file else None,
+                           keyfile=str(tls.key_file) if tls.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
+            client.tls_insecure_set(tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho's loop reconnects with backoff after any loss."""
+        kwargs: dict[str, Any] = {}
+        if self.protocol == mqtt.MQTTv5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600  # keep our QoS 1 session across short outages
+            kwargs["properties"] = props
+            kwargs["clean_start"] = False
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **kwargs)
+        self.client.loop_start()
+
+    @guarded
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            if self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5 and reason.value in (1, 0x84):
+                threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
+            return
+        log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port,
+                 "5" if self.protocol == mqtt.MQTTv5 else "3.1.1")  # fmt: skip
+        client.publish(self.topics.availability, b"online", qos=1, retain=True)
+        for topic in self._subs:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        self._on_up()
+
+    def _fall_back(self) -> None:
+        log.warning("mqtt: broker does not speak MQTT 5; falling back to 3.1.1")
+        self.client.loop_stop()
+        self.client.disconnect()
+        self.protocol = mqtt.MQTTv311
+        self.client = self._build()
+        self.start()
+
+    @guarded
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if self.connected.is_set():  # cleared first by stop(), so a clean stop is not reported here
+            log.warning("mqtt: disconnected (%s); reconnecting", reason)
+        self.connected.clear()
+
+    @guarded
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._on_publish_cb(mid, not reason.is_failure)
+
+    @guarded
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        for pattern, handler in self._subs.items():
+            if mqtt.topic_matches_sub(pattern, msg.topic):
+                handler(msg.topic, bytes(msg.payload))
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        self._subs[topic] = handler
+        if self.connected.is_set():
+            self.client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Hand a message to paho (kept in memory and re-sent across reconnects)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("mqtt: publish to %s not queued: %s", topic, mqtt.error_string(info.rc))
+        return info
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Say `stopped` (retained), then disconnect without triggering the will."""
+        if self.connected.is_set():
+            self.connected.clear()
+            info = self.client.publish(self.topics.availability, b"stopped", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()

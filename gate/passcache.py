@@ -1,0 +1,115 @@
+"""The cached pass status: SQLite (WAL) keyed by token id, swapped whole by snapshots."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gate.codes import Status
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS passes (
+    token TEXT PRIMARY KEY, status INTEGER NOT NULL, valid_until INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0, companions INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+_STATUSES = list(Status)
+Row = tuple[str, int, int | None, int, int | None]  # as stored: token, status index, until, revoked, comp.
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    token: str
+    status: Status
+    valid_until: int | None
+    revoked: bool
+    companions: int | None
+
+    def as_row(self) -> Row:
+        return (self.token, _STATUSES.index(self.status), self.valid_until, int(self.revoked),
+                self.companions)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    version: int
+    synced_at: float | None  # wall time central last vouched for this data
+    seq: int  # last delta sequence applied on top of `version`
+    count: int
+
+
+class PassCache:
+    """One connection; give each thread its own PassCache on the same file."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a cache: re-syncable from central
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PassCache:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def lookup(self, token: str) -> CacheEntry | None:
+        row = self._db.execute(
+            "SELECT status, valid_until, revoked, companions FROM passes WHERE token = ?", (token,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CacheEntry(token, _STATUSES[row[0]], row[1], bool(row[2]), row[3])
+
+    def info(self) -> CacheInfo:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        count = meta.get("count")
+        if count is None:
+            count = self._db.execute("SELECT count(*) FROM passes").fetchone()[0]
+        return CacheInfo(int(meta.get("version", 0)), meta.get("synced_at"), int(meta.get("seq", 0)), count)
+
+    def replace_all(self, rows: Iterable[Row], version: int, synced_at: float | None = None) -> int:
+        """Atomically swap in a whole snapshot; readers see the old data until the final commit."""
+        db = self._db
+        db.execute("DROP TABLE IF EXISTS passes_next")
+        db.execute(_SCHEMA.split(";")[0].replace("passes (", "passes_next (", 1))
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO passes_next VALUES (?, ?, ?, ?, ?)", rows)
+            count = db.execute("SELECT count(*) FROM passes_next").fetchone()[0]
+            db.execute("DROP TABLE passes")
+            db.execute("ALTER TABLE passes_next RENAME TO passes")
+            self._set_meta(version=version, seq=0, count=count, synced_at=synced_at or time.time())
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(count)
+
+    def apply_delta(self, upserts: Iterable[Row], deletes: Iterable[str], seq: int,
+                    synced_at: float | None = None) -> None:  # fmt: skip
+        """Apply one incremental change set in a single transaction."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?, ?)", upserts)
+            db.executemany("DELETE FROM passes WHERE token = ?", ((t,) for t in deletes))
+            count = db.execute("SELECT count(*) FROM passes").fetchone()[0]
+            self._set_meta(seq=seq, count=count, synced_at=synced_at or time.time())
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _set_meta(self, **values: float | int) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())

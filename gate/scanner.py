@@ -1,0 +1,185 @@
+"""Code capture: sources of frames or lines, decoding, and one scan per presentation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from gate.decoders import Decoder, Frame
+from gate.errors import GateError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a source saw at one instant: the payloads of one frame or one serial line."""
+
+    payloads: tuple[bytes, ...]
+    decode_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scan:
+    payload: bytes
+    source: str
+    decode_ms: float
+    mono: float
+
+
+class CodeSource(Protocol):
+    name: str
+
+    def read(self, timeout: float) -> Observation | None:
+        """Block at most `timeout` s; None means nothing arrived (or the source is exhausted)."""
+
+    def close(self) -> None: ...
+
+
+class FrameSource(Protocol):
+    name: str
+
+    def capture(self, timeout: float) -> Frame | None: ...
+
+    def close(self) -> None: ...
+
+
+class DecodingSource:
+    """Turns a frame source into a code source by decoding each frame."""
+
+    def __init__(self, frames: FrameSource, decoder: Decoder, max_payload: int) -> None:
+        self.frames, self.decoder, self.max_payload = frames, decoder, max_payload
+        self.name = frames.name
+        self.frames_decoded = 0
+
+    def read(self, timeout: float) -> Observation | None:
+        frame = self.frames.capture(timeout)
+        if frame is None:
+            return None
+        start = time.perf_counter()
+        codes = self.decoder.decode(frame)
+        ms = (time.perf_counter() - start) * 1000
+        self.frames_decoded += 1
+        # Oversized payloads are passed on: the decision denies them as too_large, visibly.
+        return Observation(tuple(c.data for c in codes), ms)
+
+    def close(self) -> None:
+        self.frames.close()
+
+
+class Deduplicator:
+    """A code held in view scans once; again only after it left view or `rearm` seconds passed."""
+
+    def __init__(self, rearm: float, absent: float) -> None:
+        self.rearm, self.absent = rearm, absent
+        self._seen: dict[bytes, tuple[float, float]] = {}  # payload -> (emitted at, last seen)
+
+    def feed(self, payloads: Iterable[bytes], now: float) -> list[bytes]:
+        fresh = []
+        for p in dict.fromkeys(payloads):
+            state = self._seen.get(p)
+            if state is None or now - state[1] > self.absent or now - state[0] >= self.rearm:
+                fresh.append(p)
+                self._seen[p] = (now, now)
+            else:
+                self._seen[p] = (state[0], now)
+        self._seen = {p: s for p, s in self._seen.items() if now - s[1] <= self.absent}
+        return fresh
+
+
+class Scanner:
+    """A code source plus de-duplication: yields Scans."""
+
+    def __init__(self, source: CodeSource, dedup: Deduplicator,
+                 mono: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.source, self.dedup, self._mono = source, dedup, mono
+
+    def poll(self, timeout: float) -> list[Scan] | None:
+        """Scans from one observation; [] if it held nothing new, None if the source gave nothing."""
+        obs = self.source.read(timeout)
+        if obs is None:
+            return None
+        now = self._mono()
+        return [Scan(p, self.source.name, obs.decode_ms, now) for p in self.dedup.feed(obs.payloads, now)]
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def load_grey(path: Path) -> Frame:
+    """Read an image file as a 2-D greyscale array; GateError names the file if it is not an image."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise GateError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise GateError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def image_files(paths: Iterable[Path]) -> Iterator[Path]:
+    for p in paths:
+        if p.is_dir():
+            yield from sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield p
+
+
+class ImageSource:
+    """Frames from image files or folders, each shown once; unreadable files are logged and skipped."""
+
+    name = "images"
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._files = list(image_files(paths))
+        self._next = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self._files)
+
+    def capture(self, timeout: float) -> Frame | None:
+        while not self.exhausted:
+            path = self._files[self._next]
+            self._next += 1
+            try:
+                return load_grey(path)
+            except GateError as exc:
+                log.warning("skipping image: %s", exc)
+        time.sleep(min(timeout, 0.05))
+        return None
+
+    def close(self) -> None:
+        self._next = len(self._files)
+
+
+class ScriptedFrames:
+    """Frames handed in ahead of time (tests and the demo), each captured once, in order."""
+
+    name = "scripted"
+
+    def __init__(self, frames: Iterable[Frame | None]) -> None:
+        self._frames = iter(frames)
+        self.exhausted = False
+
+    def capture(self, timeout: float) -> Frame | None:
+        if self.exhausted:
+            time.sleep(min(timeout, 0.05))
+            return None
+        try:
+            return next(self._frames)
+        except StopIteration:
+            self.exhausted = True
+            return None
+
+    def close(self) -> None:
+        self.exhausted = True

@@ -1,0 +1,39 @@
+"""`gate status`: the running daemon's state, read from the status file it keeps."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from gate.config import Config
+
+
+def show_status(cfg: Config, as_json: bool) -> int:
+    path = cfg.gate.state_dir / "status.json"
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"gate status: no status file at {path}: is the daemon running? (systemctl status gate)")
+        return 1
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"gate status: cannot read {path}: {exc}")
+        return 1
+    age = time.time() - path.stat().st_mtime
+    state["status_file_age_s"] = round(age, 1)
+    if as_json:
+        print(json.dumps(state))
+        return 0 if age < 30 else 1
+    print(f"gate {state['gate_id']} (version {state['version']})"
+          + ("" if age < 30 else f"  STALE: not updated for {age:.0f}s, daemon hung or stopped"))  # fmt: skip
+    rows = [("mode", state["mode"]), ("broker", "connected" if state["broker_connected"] else "DISCONNECTED"),
+            ("cache", f"version {state['cache_version']}.{state['cache_seq']}, {state['cache_entries']} entries, "
+                      f"age {state['cache_age_s']}s"),
+            ("policy", f"version {state['policy_version']}"),
+            ("outbox", f"{state['outbox_depth']} waiting, {state['outbox_dropped']} dropped"),
+            ("clock", "synchronised" if state["clock_synced"] else "NOT synchronised")]  # fmt: skip
+    for k, v in rows:
+        print(f"  {k:<8} {v}")
+    for d in state.get("last", [])[-5:]:
+        print(f"  last     {time.strftime('%H:%M:%S', time.localtime(d['time']))} {d['decision']:<6} "
+              f"{d['reason']} {d['token']}")  # fmt: skip
+    return 0 if age < 30 else 1

@@ -1,0 +1,38 @@
+"""`gate verify`: one decision on a code's text, with no actuation and no publishing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gate.clock import SystemClock
+from gate.config import load_config
+from gate.decision import Decider
+from gate.errors import ConfigError
+from gate.keys import TrustStore
+from gate.passcache import CacheInfo, PassCache
+from gate.policy import Policy, PolicyStore
+
+
+def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict[str, Any]:
+    if config is None and not trust_files:
+        raise ConfigError("verify: give --config or at least one --trust PUBLIC_KEY_FILE")
+    if config is not None:
+        cfg = load_config(config)
+        trust = TrustStore.from_files([*cfg.trust.keys, *trust_files])
+        policy = PolicyStore(cfg.gate.state_dir / "device.json", cfg.policy).load()
+        clock, max_payload = SystemClock(cfg.clock.sync_source), cfg.scanner.max_payload_bytes
+        db = cfg.gate.state_dir / "passes.db"
+        cache: PassCache | None = PassCache(db) if db.exists() else None
+    else:
+        trust, policy, clock = TrustStore.from_files(trust_files), Policy(), SystemClock()
+        max_payload, cache = 512, None
+    if cache is None:  # an empty cache: never synced, so the policy's stale-cache rules apply
+        decider = Decider(trust, policy, lambda t: None, lambda: CacheInfo(0, None, 0, 0), max_payload)
+    else:
+        decider = Decider(trust, policy, cache.lookup, cache.info, max_payload)
+    d = decider.decide(code.strip().encode(), clock.read())
+    if cache is not None:
+        cache.close()
+    return {"decision": d.action.value, "reason": d.reason.value, "companions": d.companions,
+            "token": d.token, "kind": d.kind, "detail": d.detail}  # fmt: skip

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs gate: `--dev` for a workstation or CI, default mode for the service on a Raspberry Pi.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+mode=service
+for arg in "$@"; do
+  case "$arg" in
+    --dev) mode=dev ;;
+    -h|--help)
+      cat <<USAGE
+usage: ./install.sh --dev        workstation/CI: apt packages, ./.venv, pip install -e .[dev]
+       ./install.sh [OPTIONS]    the service on a Raspberry Pi (see docs/operations.md)
+USAGE
+      exit 0 ;;
+    *) ;;  # service-mode options are handled by script/install-service
+  esac
+done
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "install.sh: apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+if [ "$mode" = dev ]; then
+  apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd
+  # Installing the mosquitto package may start a system broker on 1883; tests start their own.
+  py=${PYTHON:-python3}
+  [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"
+  "$here/.venv/bin/python" -m pip install -q --upgrade pip
+  "$here/.venv/bin/python" -m pip install -q -e "$here[dev]"
+  echo "install.sh: development environment ready in $here/.venv"
+  exit 0
+fi
+
+exec "$here/script/install-service" "$@"
