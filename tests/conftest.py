@@ -1,0 +1,162 @@
+"""Shared fixtures: a real mosquitto on a free port, signing keys, configs in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gate.config import Config, parse_config
+from gate.keys import TrustStore, generate_keypair, load_private_key
+
+os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+
+
+def require(tool: str) -> str:
+    """A missing real component fails under CI and skips elsewhere; it is never faked."""
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None)
+    if path is None:
+        msg = f"{tool} is not installed (./install.sh --dev installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    extra: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+
+    def start(self) -> None:
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra}")
+        self.proc = subprocess.Popen([require("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A real paho client that records every message it sees."""
+
+    def __init__(self, broker: Broker, topic: str = "#", client_id: str = "", **kw: Any) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if "username" in kw:
+            self.client.username_pw_set(kw["username"], kw["password"])
+        if "tls" in kw:
+            self.client.tls_set(ca_certs=kw["tls"])
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topic, qos=1), None)[1]
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self.ready.wait(10), "subscriber did not subscribe"
+
+    def _on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def wait_for(self, suffix: str, count: int, timeout: float = 20.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.on(suffix)) < count:
+            time.sleep(0.05)
+        return self.on(suffix)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscriber_factory() -> Iterator[Any]:
+    subs: list[Subscriber] = []
+
+    def make(broker: Broker, topic: str = "#", **kw: Any) -> Subscriber:
+        s = Subscriber(broker, topic, **kw)
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.close()
+
+
+@dataclass
+class Keys:
+    private: Ed25519PrivateKey
+    private_path: Path
+    public_path: Path
+    trust: TrustStore
+    other: Ed25519PrivateKey  # a key the gate does not trust
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    d = tmp_path_factory.mktemp("keys")
+    _, priv, pub = generate_keypair(d)
+    _, other, _ = generate_keypair(d / "other")
+    return Keys(load_private_key(priv), priv, pub, TrustStore.from_files([pub]), load_private_key(other))
+
+
+def make_config(state: Path, keys: Keys | None = None, **sections: Any) -> Config:
+    data: dict[str, Any] = {
+        "gate": {"id": "lane-t", "state_dir": str(state)},
+        "venue": {"id": "rail-test", "name": "Test Station", "category": "rail_station"},
+        "clock": {"sync_source": "assume_synced"},
+        "trust": {"keys": [str(keys.public_path)] if keys else []},
+        "gpio": {"pin_factory": "mock", "relay": {"pin": 17, "pulse_seconds": 0.2},
+                 "indicator": {"green": 22, "red": 27, "amber": 23}, "buzzer": {"pin": 24}},
+    }  # fmt: skip
+    for name, value in sections.items():
+        base = data.setdefault(name, {})
+        base.update(value)
+    return parse_config(data, "test")
