@@ -44,14 +44,17 @@ def make_pin_factory(name: str) -> Any:
     """None means gpiozero's default (lgpio on a Pi 5); `mock` is gpiozero's own MockFactory."""
     if name == "default":
         return None
-    if name == "mock":
-        from gpiozero.pins.mock import MockFactory
+    try:
+        if name == "mock":
+            from gpiozero.pins.mock import MockFactory
 
-        return MockFactory()
-    module, cls = {"lgpio": ("lgpio", "LGPIOFactory"), "rpigpio": ("rpigpio", "RPiGPIOFactory"),
-                   "pigpio": ("pigpio", "PiGPIOFactory"), "native": ("native", "NativeFactory")}[name]  # fmt: skip
-    mod = __import__(f"gpiozero.pins.{module}", fromlist=[cls])
-    return getattr(mod, cls)()
+            return MockFactory()
+            module, cls = {"lgpio": ("lgpio", "LGPIOFactory"), "rpigpio": ("rpigpio", "RPiGPIOFactory"),
+                       "pigpio": ("pigpio", "PiGPIOFactory"), "native": ("native", "NativeFactory")}[name]  # fmt: skip
+        mod = __import__(f"gpiozero.pins.{module}", fromlist=[cls])
+        return getattr(mod, cls)()
+    except Exception as exc:
+        raise DeviceError(f"gpio.pin_factory: cannot load {name!r}: {exc.__class__.__name__}: {exc}") from None
 
 
 def _button(cfg: InputSection, factory: Any, **kw: Any) -> Any:
@@ -163,6 +166,8 @@ class Actuator:
             if not (first_started and index == 0):
                 self._pulse()
             outcome = self._await_passage()
+            if outcome == "passed" and self.mode != "free_pass":
+                self.relay.off()  # lock behind this person; the next one gets a pulse of their own
             if job.ref != "exit":
                 self._on_outcome(PassageOutcome(job.ref, index, outcome))
             if outcome == "not_passed" or self._stop.is_set():

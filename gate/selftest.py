@@ -11,7 +11,7 @@ from gate.errors import DeviceError
 
 def selftest(cfg: Config, step: float = 0.3) -> int:
     try:
-        act = Actuator(cfg.gpio, make_pin_factory(cfg.gpio.pin_factory))
+        act = Actuator(cfg.gpio, make_pin_factory(cfg.gpio.pin_factory))  # DeviceError if any device fails
     except DeviceError as exc:
         print(f"FAIL  {exc}")
         return 1

@@ -1,0 +1,223 @@
+"""Actuation on gpiozero's MockFactory: pulses, passages, alarms, free-pass, polarity, safe states."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from gate.actuator import Actuator, Alarm, PassageOutcome, Release
+from gate.config import GpioSection
+
+RELAY, PASSAGE, EXIT, FIRE = 17, 5, 6, 13
+
+
+def gpio(**kw: Any) -> GpioSection:
+    relay = {"pin": RELAY, "pulse_seconds": 0.2, **kw.pop("relay", {})}
+    return GpioSection.model_validate({"relay": relay, "indicator": {"green": 22, "red": 27, "amber": 23},
+                                       "buzzer": {"pin": 24}, **kw})  # fmt: skip
+
+
+class Rig:
+    def __init__(self, **kw: Any) -> None:
+        self.factory = MockFactory()
+        self.outcomes: list[PassageOutcome] = []
+        self.alarms: list[Alarm] = []
+        self.act = Actuator(gpio(**kw), self.factory, self.outcomes.append, self.alarms.append)
+        self.relay = self.factory.pin(RELAY)
+
+    def walk(self, delay: float = 0.05, dwell: float = 0.05) -> None:
+        sensor = self.factory.pin(PASSAGE)
+        time.sleep(delay)
+        sensor.drive_low()
+        time.sleep(dwell)
+        sensor.drive_high()
+
+    def wait_outcomes(self, n: int, timeout: float = 5.0) -> list[PassageOutcome]:
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.outcomes
+
+
+@pytest.fixture
+def rig_factory():
+    rigs: list[Rig] = []
+
+    def make(**kw: Any) -> Rig:
+        rigs.append(Rig(**kw))
+        return rigs[-1]
+
+    yield make
+    for r in rigs:
+        r.act.close()
+
+
+PASSAGE_CFG = {"passage": {"pin": PASSAGE, "timeout_seconds": 0.5, "held_open_seconds": 0.3}}
+
+
+def test_relay_is_inactive_at_start(rig_factory) -> None:
+    assert rig_factory().relay.state is False
+
+
+def test_a_pulse_releases_for_the_configured_length_and_ends_while_the_caller_is_blocked(rig_factory) -> None:
+    r = rig_factory()
+    r.relay.clear_states()
+    r.act.release(Release("d1"))
+    assert r.relay.state is True  # on before release() returned
+    time.sleep(0.4)  # the caller is blocked; gpiozero's own thread ends the pulse
+    assert r.relay.state is False
+    assert [s.state for s in r.relay.states[1:]] == [True, False]
+    r.relay.assert_states_and_times([(0.0, False), (0.0, True), (0.2, False)])
+
+
+def test_active_low_relay_idles_high_and_pulses_low(rig_factory) -> None:
+    r = rig_factory(relay={"active_high": False})
+    assert r.relay.state is True
+    r.act.release(Release("d1"))
+    assert r.relay.state is False
+    time.sleep(0.35)
+    assert r.relay.state is True
+
+
+def test_holder_and_companions_each_get_a_confirmed_release(rig_factory) -> None:
+    r = rig_factory(**PASSAGE_CFG)
+    r.relay.clear_states()
+    r.act.release(Release("d1", passages=3))
+    for _ in range(3):
+        r.walk()
+    outcomes = r.wait_outcomes(3)
+    assert [(o.ref, o.index, o.outcome) for o in outcomes] == [("d1", i, "passed") for i in range(3)]
+    assert sum(1 for s in r.relay.states if s.state) == 3  # three separate pulses
+
+
+def test_a_release_with_no_passage_locks_again_as_not_passed(rig_factory) -> None:
+    r = rig_factory(**PASSAGE_CFG)
+    r.act.release(Release("d1", passages=2))
+    outcomes = r.wait_outcomes(2)
+    assert [(o.index, o.outcome) for o in outcomes] == [(0, "not_passed"), (1, "not_passed")]
+    assert r.relay.state is False
+
+
+def test_without_a_passage_sensor_passages_are_unconfirmed(rig_factory) -> None:
+    r = rig_factory()
+    r.act.release(Release("d1", passages=2))
+    assert [o.outcome for o in r.wait_outcomes(2)] == ["unconfirmed", "unconfirmed"]
+
+
+def test_passage_with_no_release_raises_forced_passage(rig_factory) -> None:
+    r = rig_factory(**PASSAGE_CFG)
+    r.walk(delay=0)
+    assert [a.name for a in r.alarms] == ["forced_passage"] and r.alarms[0].active
+
+
+def test_a_blocked_passage_raises_and_clears_held_open(rig_factory) -> None:
+    r = rig_factory(**PASSAGE_CFG)
+    r.act.release(Release("d1"))
+    r.walk(dwell=0.6)
+    names = [(a.name, a.active) for a in r.alarms]
+    assert ("held_open", True) in names and ("held_open", False) in names
+
+
+def test_fire_input_holds_the_relay_released_and_clears(rig_factory) -> None:
+    r = rig_factory(fire={"pin": FIRE})
+    fire = r.factory.pin(FIRE)
+    fire.drive_low()
+    time.sleep(0.05)
+    assert r.act.mode == "free_pass" and r.relay.state is True
+    time.sleep(0.3)
+    assert r.relay.state is True  # held, not pulsed
+    r.act.set_mode("out_of_service")
+    assert r.relay.state is True  # the fire input overrides remote modes
+    fire.drive_high()
+    time.sleep(0.05)
+    assert r.act.mode == "normal" and r.relay.state is False
+    assert [(a.name, a.active) for a in r.alarms] == [("fire", True), ("fire", False)]
+
+
+def test_exit_button_releases_one_passage_without_a_check_in(rig_factory) -> None:
+    r = rig_factory(exit_button={"pin": EXIT})
+    r.factory.pin(EXIT).drive_low()
+    time.sleep(0.05)
+    assert r.relay.state is True
+    time.sleep(0.5)
+    assert r.relay.state is False and r.outcomes == []
+
+
+def test_an_exception_leaves_the_relay_locked(rig_factory) -> None:
+    factory = MockFactory()
+    with pytest.raises(RuntimeError), Actuator(gpio(), factory) as act:
+        act.relay.on()
+        raise RuntimeError("boom")
+    assert factory.pin(RELAY).state is False
+
+
+def test_a_failing_outcome_handler_locks_the_relay_and_keeps_working() -> None:
+    factory = MockFactory()
+
+    def bad(o: PassageOutcome) -> None:
+        raise RuntimeError("handler bug")
+
+    act = Actuator(gpio(), factory, on_outcome=bad)
+    try:
+        act.release(Release("d1"))
+        assert act.wait_idle(3)
+        assert factory.pin(RELAY).state is False
+        act.release(Release("d2"))
+        assert factory.pin(RELAY).state is True
+    finally:
+        act.close()
+
+
+def test_close_is_safe_twice_and_leaves_the_relay_locked(rig_factory) -> None:
+    r = rig_factory()
+    r.act.release(Release("d1"))
+    r.act.close()
+    r.act.close()
+    assert r.relay.state is False
+
+
+def test_fail_safe_lane_is_held_released_in_its_safe_state(rig_factory) -> None:
+    r = rig_factory(relay={"lock_mode": "fail_safe"})
+    assert r.relay.state is False  # inactive at start
+    r.act.safe()
+    assert r.relay.state is True
+
+
+def test_out_of_service_shows_red_and_never_releases_on_its_own(rig_factory) -> None:
+    r = rig_factory()
+    r.act.set_mode("out_of_service")
+    assert r.factory.pin(27).state is True and r.relay.state is False
+
+
+def test_busy_lane_queues_the_next_release(rig_factory) -> None:
+    r = rig_factory(**PASSAGE_CFG)
+    r.act.release(Release("a"))
+    r.act.release(Release("b"))
+    threading.Thread(target=lambda: (r.walk(), r.walk())).start()
+    assert [(o.ref, o.outcome) for o in r.wait_outcomes(2)] == [("a", "passed"), ("b", "passed")]
+
+
+def test_selftest_cycles_outputs_and_reports_inputs(tmp_path: Path) -> None:
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text('[gate]\nid="t"\n[venue]\nid="v"\n[gpio.relay]\npin=17\n[gpio.indicator]\ngreen=22\nred=27\n'
+                   '[gpio.passage]\npin=5\n')  # fmt: skip
+    env = {"GPIOZERO_PIN_FACTORY": "mock", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "gate", "selftest", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "relay" in r.stdout and "passage" in r.stdout and "inactive" in r.stdout and "locked" in r.stdout
+
+
+def test_selftest_fails_when_a_device_cannot_be_opened(tmp_path: Path) -> None:
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text('[gate]\nid="t"\n[venue]\nid="v"\n[gpio]\npin_factory="pigpio"\n')
+    r = subprocess.run([sys.executable, "-m", "gate", "selftest", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode != 0 and "FAIL" in r.stdout + r.stderr and "Traceback" not in r.stderr
