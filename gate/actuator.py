@@ -40,17 +40,17 @@ class Alarm:
     detail: str = ""
 
 
+_FACTORIES = {"lgpio": ("lgpio", "LGPIOFactory"), "rpigpio": ("rpigpio", "RPiGPIOFactory"),
+              "pigpio": ("pigpio", "PiGPIOFactory"), "native": ("native", "NativeFactory"),
+              "mock": ("mock", "MockFactory")}  # fmt: skip
+
+
 def make_pin_factory(name: str) -> Any:
     """None means gpiozero's default (lgpio on a Pi 5); `mock` is gpiozero's own MockFactory."""
     if name == "default":
         return None
+    module, cls = _FACTORIES[name]
     try:
-        if name == "mock":
-            from gpiozero.pins.mock import MockFactory
-
-            return MockFactory()
-            module, cls = {"lgpio": ("lgpio", "LGPIOFactory"), "rpigpio": ("rpigpio", "RPiGPIOFactory"),
-                       "pigpio": ("pigpio", "PiGPIOFactory"), "native": ("native", "NativeFactory")}[name]  # fmt: skip
         mod = __import__(f"gpiozero.pins.{module}", fromlist=[cls])
         return getattr(mod, cls)()
     except Exception as exc:

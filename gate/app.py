@@ -121,8 +121,8 @@ class Gate:
         tok = short(decision.token)
         self.stats.decided(decision.reason.value, {"time": event.time, "decision": decision.action.value,
                                                    "reason": decision.reason.value, "token": tok})  # fmt: skip
-        log.info("decision %s %s token=%s kind=%s companions=%d", decision.action.value,
-                 decision.reason.value, tok, decision.kind or "-", decision.companions)  # fmt: skip
+        log.info("decision %s %s token=%s kind=%s companions=%d event=%s", decision.action.value,
+                 decision.reason.value, tok, decision.kind or "-", decision.companions, event.event_id)  # fmt: skip
         for listener in self.listeners:
             listener(scan, decision, event)
         return decision, event

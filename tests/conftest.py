@@ -48,10 +48,14 @@ class Broker:
     extra: str = ""
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
+    anonymous: bool = True
 
     def start(self) -> None:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra}")
+        # As root, mosquitto would switch to its own user and lose access to the test's private files.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        anon = "true" if self.anonymous else "false"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous {anon}\n{user}{self.extra}")
         self.proc = subprocess.Popen([require("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 10

@@ -12,14 +12,12 @@ class FakePicamera2:
     """The small surface of picamera2 the camera source uses. Frames are YUV420 arrays padded to
     `stride`; `None` in the script simulates a capture that times out."""
 
-    instances: list[FakePicamera2] = []
 
     def __init__(self, script: Iterator[np.ndarray | None], stride: int = 0) -> None:
         self.script, self.stride = script, stride
         self.started = self.closed = False
         self.config: dict[str, Any] = {}
         self.waits: list[float | None] = []
-        FakePicamera2.instances.append(self)
 
     def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
         return kw

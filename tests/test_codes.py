@@ -49,7 +49,8 @@ def test_tokens_that_are_not_pseudonymous_ids_are_refused(token: str) -> None:
 
 @pytest.mark.parametrize("payload, why", [
     (b"", "does not start"), (b"GT2:AAAA", "does not start"), (b"GT1:", "too short"),
-    (b"GT1:@@@", "not base45"), ("GT1:\u00e9".encode(), "not ASCII"), (b"GT1:00", "too short"), (b"GT1:AA", "out of range"),
+    (b"GT1:@@@", "not base45"), ("GT1:\u00e9".encode(), "not ASCII"), (b"GT1:00", "too short"),
+    (b"GT1:AA", "out of range"),
 ])  # fmt: skip
 def test_malformed_payloads_name_what_is_wrong(payload: bytes, why: str) -> None:
     with pytest.raises(CodeError) as exc:

@@ -61,7 +61,7 @@ def test_password_file_resolves_in_credentials_directory(tmp_path: Path, monkeyp
     f.write_text(MIN + "[mqtt]\nusername = 'lane'\npassword_file = 'mqtt-pw'\n")
     assert load_config(f).mqtt.resolved_password() == "s3cret"
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "nope"))
-    with pytest.raises(ConfigError, match="mqtt.password_file"):
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
         load_config(f)
 
 

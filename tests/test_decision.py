@@ -148,7 +148,8 @@ def test_anti_passback_denies_a_second_pass_within_the_window_only(keys, cache) 
 def test_staff_code_after_assist_admits_the_passenger_as_staff_assisted(keys, cache) -> None:
     clock = FixedClock(NOW)
     dec = decider(keys, cache)
-    assert dec.decide(code(keys, token="tok-yellow1", status=Status.YELLOW, comp=1), clock.read()).action is Action.ASSIST
+    yellow = code(keys, token="tok-yellow1", status=Status.YELLOW, comp=1)
+    assert dec.decide(yellow, clock.read()).action is Action.ASSIST
     clock.advance(20)
     d = dec.decide(code(keys, token="staff-0001", kind=Kind.STAFF), clock.read())
     assert (d.action, d.reason, d.token, d.kind, d.operator, d.companions) == (

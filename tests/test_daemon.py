@@ -1,0 +1,215 @@
+"""A real `gate run` process reading a serial QR module (a pty): SIGKILLs, the will, SIGTERM, TLS."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from gpiozero.pins.mock import MockFactory
+
+from conftest import Broker, make_config, require
+from gate.app import build
+from gate.clock import SystemClock
+from gate.codes import Status, issue
+from gate.decoders import make_decoder
+from gate.scanner import DecodingSource, ScriptedFrames
+
+EVENT = re.compile(r"event=([0-9a-f-]{36})")
+
+
+def daemon_config(tmp_path: Path, keys, broker: Broker, port: str) -> Path:
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f"""
+[gate]
+id = "lane-k"
+state_dir = "{tmp_path / 'state'}"
+[venue]
+id = "rail-test"
+[scanner]
+source = "serial"
+[scanner.serial]
+port = "{port}"
+[trust]
+keys = ["{keys.public_path}"]
+[clock]
+sync_source = "assume_synced"
+[policy]
+passback_seconds = 0
+[gpio]
+pin_factory = "mock"
+[gpio.relay]
+pin = 17
+pulse_seconds = 0.05
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+keepalive = 5
+""")
+    return cfg
+
+
+class Feeder:
+    """Types a fresh code into the serial module's pty every 20 ms while `on` is set."""
+
+    def __init__(self, keys) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.on = threading.Event()
+        self.stop = threading.Event()
+        self.sent = 0
+        now = int(time.time())
+        self._codes = (issue(keys.private, f"tok-k{i:06d}", Status.RED, now, 3600) for i in range(10**6))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.on.wait(0.1):
+                os.write(self.master, next(self._codes).encode() + b"\r")
+                self.sent += 1
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    return subprocess.Popen([sys.executable, "-m", "gate", "run", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))  # fmt: skip
+
+
+def wait_log(log: Path, text: str, since: int = 0, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace")[since:]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_at_random_instants_loses_no_decided_check_in(tmp_path, keys, broker, subscriber_factory) -> None:
+    sub = subscriber_factory(broker)
+    feeder = Feeder(keys)
+    cfg = daemon_config(tmp_path, keys, broker, feeder.port)
+    log = tmp_path / "gate.log"
+    rng = random.Random(7)
+    try:
+        for _ in range(20):
+            mark = len(log.read_text(errors="replace")) if log.exists() else 0
+            proc = start(cfg, log)
+            assert wait_log(log, "started at venue", mark), log.read_text()[-2000:]
+            feeder.on.set()
+            time.sleep(rng.uniform(0.05, 0.6))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            feeder.on.clear()
+        assert b"offline" in [p for t, p, _ in sub.messages if t.endswith("/availability")]  # the will
+        mark = len(log.read_text(errors="replace"))
+        proc = start(cfg, log)
+        assert wait_log(log, "started at venue", mark)
+        decided = set(EVENT.findall(log.read_text(errors="replace")))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            received = [json.loads(p)["event_id"] for p in sub.on("/checkin")]
+            if decided <= set(received):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0  # clean stop within the bound
+    finally:
+        feeder.close()
+    missing = decided - set(received)
+    duplicates = len(received) - len(set(received))
+    print(f"decided {len(decided)} (logged), received {len(received)}, duplicates {duplicates}")
+    assert len(decided) > 50 and not missing
+    assert sub.on("/availability")[-1] == b"stopped"
+
+
+def test_sigterm_stops_the_daemon_cleanly(tmp_path, keys, broker, subscriber_factory) -> None:
+    feeder = Feeder(keys)
+    try:
+        cfg = daemon_config(tmp_path, keys, broker, feeder.port)
+        log = tmp_path / "gate.log"
+        proc = start(cfg, log)
+        assert wait_log(log, "started at venue")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        assert "stopped cleanly" in log.read_text()
+    finally:
+        feeder.close()
+
+
+# -- TLS and password authentication -----------------------------------------------------------------
+
+def _certs(d: Path) -> tuple[Path, Path, Path]:
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("gate test CA")).issuer_name(name("gate test CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    srv = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+           .public_key(srv_key.public_key()).serial_number(2).not_valid_before(now - dt.timedelta(days=1))
+           .not_valid_after(now + dt.timedelta(days=2))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+           .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    paths = d / "ca.crt", d / "server.crt", d / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))  # fmt: skip
+    return paths
+
+
+def test_tls_with_password_auth_delivers_check_ins(tmp_path, keys, subscriber_factory, monkeypatch) -> None:
+    ca, crt, key = _certs(tmp_path)
+    pw = tmp_path / "passwd"
+    subprocess.run([require("mosquitto_passwd"), "-b", "-c", str(pw), "lane-t", "s3cret"], check=True,
+                   capture_output=True)  # fmt: skip
+    pw.chmod(0o600)
+    broker = Broker(tmp_path, extra=f"cafile {ca}\ncertfile {crt}\nkeyfile {key}\npassword_file {pw}\n",
+                    anonymous=False)
+    broker.start()
+    broker.host = "localhost"  # the name in the server certificate
+    try:
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "mqtt-password").write_text("s3cret")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        sub = subscriber_factory(broker, username="lane-t", password="s3cret", tls=str(ca))
+        cfg = make_config(tmp_path / "state", keys, mqtt={"host": "localhost", "port": broker.port,
+                                                          "username": "lane-t", "password_file": "mqtt-password",
+                                                          "tls": {"ca_file": str(ca)}})  # fmt: skip
+        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512),
+                     pin_factory=MockFactory(), clock=SystemClock("assume_synced"))  # fmt: skip
+        try:
+            now = int(time.time())
+            eid = gate.handle(issue(keys.private, "tok-tls001", Status.RED, now, 60).encode())[1].event_id
+            assert eid in [json.loads(p)["event_id"] for p in sub.wait_for("/checkin", 1)]
+            assert gate.drainer.wait_empty(10)
+        finally:
+            gate.close()
+    finally:
+        broker.stop()
