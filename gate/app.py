@@ -27,7 +27,7 @@ from gate.keys import TrustStore
 from gate.mqtt_link import MqttLink, Topics
 from gate.outbox import Outbox
 from gate.passcache import PassCache
-from gate.policy import PolicyStore
+from gate.policy import Action, PolicyStore
 from gate.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scan, Scanner
 from gate.telemetry import Stats
 
@@ -75,6 +75,7 @@ class Gate:
     mode: str = "normal"
     _last_status: float = 0.0
     _last_telemetry: float = 0.0
+    _full_alarm: bool = False
     _released: dict[str, CheckIn] = field(default_factory=dict)  # decision event_id -> its check-in
 
     @property
@@ -111,9 +112,9 @@ class Gate:
         event = self._checkin(decision)
         try:
             self._record(event.event_id, self.topics.checkin, event.to_json())
-        except OutboxFull:
+        except OutboxFull:  # cannot record, so cannot admit: fail closed
             self.actuator.signal("deny")
-            return decision, event
+            return replace(decision, action=Action.DENY, reason=Reason.OUT_OF_SERVICE), event
         if decision.admits:
             self._released[event.event_id] = event
             self.actuator.release(Release(event.event_id, decision.companions + 1))
@@ -165,6 +166,12 @@ class Gate:
     def tick(self) -> None:
         """Periodic work off the hot path: status file for `gate status`, telemetry, retained state."""
         mono = time.monotonic()
+        if self.outbox.full != self._full_alarm:
+            self._full_alarm = self.outbox.full
+            ob = self.outbox
+            detail = f"{ob.depth} undelivered, {ob.free_mb():.0f} MB free; on_full={self.cfg.outbox.on_full}"
+            log.critical("outbox %s: %s", "full" if self._full_alarm else "no longer full", detail)
+            self.on_alarm(Alarm("outbox_full", self._full_alarm, detail))
         if mono - self._last_status >= 2.0:
             self._last_status = mono
             state = self.state()

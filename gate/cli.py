@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import logging
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from gate import __version__
 from gate.config import DEFAULT_PATH, Config, load_config
 from gate.errors import ConfigError, GateError
+from gate.logs import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -187,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    setup_logging(args.verbose)
     try:
         return int(args.fn(args))
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""`gate run`: the daemon's life: start-up, signals, clean stop with the relay safe."""
+"""`gate run`: the daemon's life: start-up, sd_notify, SIGHUP reload, clean stop with the relay safe."""
 
 from __future__ import annotations
 
@@ -9,31 +9,61 @@ from pathlib import Path
 from types import FrameType
 
 from gate.app import build
-from gate.config import load_config
+from gate.config import Config, load_config
+from gate.errors import ConfigError
+from gate.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
 
+class Signals:
+    def __init__(self) -> None:
+        self.stop = threading.Event()  # also set for a reload, to leave the scan loop
+        self.reload = False
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on)
+
+    def _on(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.reload = signum == signal.SIGHUP
+        self.stop.set()
+
+
+def _reload(path: Path, current: Config) -> Config:
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        log.error("config reload failed; keeping the running configuration:\n%s", exc)
+        return current
+    log.info("reloaded configuration from %s", path)
+    return cfg
+
+
 def run_daemon(config_path: Path) -> int:
     cfg = load_config(config_path)
-    logging.getLogger().setLevel(cfg.gate.log_level.upper())
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    gate = build(cfg)
-    log.info("gate %s started at venue %s (source %s)", cfg.gate.id, cfg.venue.id, cfg.scanner.source)
-    try:
-        gate.run(stop)
-    except Exception:
-        log.exception("unhandled error: relay to its safe state, exiting for systemd to restart")
-        gate.actuator.safe()
-        return 1
-    finally:
-        gate.close()
-    log.info("gate stopped cleanly")
-    return 0
+    signals = Signals()
+    notifier = Notifier()
+    while True:
+        logging.getLogger().setLevel(cfg.gate.log_level.upper())
+        gate = build(cfg)
+        gate.heartbeat = notifier.heartbeat
+        notifier.ready(f"gate {cfg.gate.id} scanning ({cfg.scanner.source})")
+        log.info("gate %s started at venue %s (source %s)", cfg.gate.id, cfg.venue.id, cfg.scanner.source)
+        try:
+            gate.run(signals.stop)
+        except Exception:
+            log.exception("unhandled error: relay to its safe state, exiting for systemd to restart")
+            gate.actuator.safe()
+            notifier.stopping()
+            gate.close()
+            return 1
+        if not signals.reload:
+            notifier.stopping()
+            gate.close()
+            log.info("gate stopped cleanly")
+            return 0
+        notifier.reloading()
+        gate.close()  # relay safe while the new configuration starts
+        cfg = _reload(config_path, cfg)
+        signals.reload = False
+        signals.stop.clear()

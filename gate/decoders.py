@@ -22,10 +22,7 @@ class DecodedCode:
     data: bytes
     format: str
     exact: bool  # False when the backend may have re-encoded the payload's bytes
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
+    text: str  # the backend's reading as text (character set applied); gate decides on `data`
 
 
 class Decoder(Protocol):
@@ -61,7 +58,7 @@ class ZxingDecoder:
                                            return_errors=True))  # fmt: skip
 
     def _found(self, results: list[Any]) -> list[DecodedCode]:
-        return [DecodedCode(bytes(r.bytes), str(r.format), True) for r in results if r.valid]
+        return [DecodedCode(bytes(r.bytes), str(r.format), True, str(r.text)) for r in results if r.valid]
 
     def decode(self, frame: Frame) -> list[DecodedCode]:
         invert, self._invert_next = self._invert_next, not self._invert_next
@@ -105,7 +102,8 @@ class ZbarDecoder:
         found = self._zbar.decode(frame, symbols=self._symbols)
         if not found:
             found = self._zbar.decode(255 - frame, symbols=self._symbols)
-        return [DecodedCode(bytes(r.data), str(r.type), r.data.isascii()) for r in found]
+        return [DecodedCode(bytes(r.data), str(r.type), r.data.isascii(), r.data.decode("utf-8", "replace"))
+                for r in found]  # fmt: skip
 
     def decode_thoroughly(self, frame: Frame) -> list[DecodedCode]:
         return self.decode(frame)

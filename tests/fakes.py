@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+import tty
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gate.codes import Status, issue
 
 
 class FakePicamera2:
@@ -73,3 +82,82 @@ class FlakyPort:
 
     def close(self) -> None:
         self.port.close()
+
+
+# -- a real `gate run` process fed by a fake serial QR module on a pty ----------------------------------
+
+def daemon_config(tmp_path: Path, keys, broker: Any, port: str) -> Path:
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f"""
+[gate]
+id = "lane-k"
+state_dir = "{tmp_path / 'state'}"
+[venue]
+id = "rail-test"
+[scanner]
+source = "serial"
+[scanner.serial]
+port = "{port}"
+[trust]
+keys = ["{keys.public_path}"]
+[clock]
+sync_source = "assume_synced"
+[policy]
+passback_seconds = 0
+[gpio]
+pin_factory = "mock"
+[gpio.relay]
+pin = 17
+pulse_seconds = 0.05
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+keepalive = 5
+""")
+    return cfg
+
+
+class Feeder:
+    """Types a fresh code into the serial module's pty every 20 ms while `on` is set."""
+
+    def __init__(self, keys) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.on = threading.Event()
+        self.stop = threading.Event()
+        self.sent = 0
+        now = int(time.time())
+        self._codes = (issue(keys.private, f"tok-k{i:06d}", Status.RED, now, 3600) for i in range(10**6))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if self.on.wait(0.1):
+                os.write(self.master, next(self._codes).encode() + b"\r")
+                self.sent += 1
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def start(cfg: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "gate", "run", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))  # fmt: skip
+
+
+def wait_log(log: Path, text: str, since: int = 0, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace")[since:]:
+            return True
+        time.sleep(0.05)
+    return False
+
+

@@ -140,3 +140,35 @@ def test_a_shared_subscription_group_receives_every_check_in(tmp_path, keys, bro
     got = ids(a.on("/checkin")) + ids(b.on("/checkin"))
     assert set(got) == set(sent)
     assert a.on("/checkin") and b.on("/checkin")  # the load was spread
+
+
+def offline_gate(tmp_path: Path, keys, **outbox: Any) -> Gate:
+    cfg = make_config(tmp_path / "state", keys, outbox=outbox, policy={"passback_seconds": 0})
+    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512), pin_factory=MockFactory(),
+                 clock=SystemClock("assume_synced"), with_mqtt=False)  # fmt: skip
+
+
+def test_full_outbox_takes_the_gate_out_of_service_and_alarms(tmp_path, keys, gates) -> None:
+    gate = offline_gate(tmp_path, keys, max_events=1000)
+    gates.append(gate)
+    gate.cache.apply_delta([], [], 0)
+    green = codes(keys, 1001)
+    for c in green[:1000]:
+        gate.handle(c)
+    d, _ = gate.handle(green[1000])
+    assert (d.action.value, d.reason.value) == ("deny", "out_of_service")
+    gate.tick()
+    alarms = [json.loads(r[4]) for r in gate.outbox.fetch(0, 5000) if r[2].endswith("/alarm")]
+    assert [(a["alarm"], a["active"]) for a in alarms] == [("outbox_full", True)]
+    assert gate.outbox.dropped == 0 and gate.outbox.depth >= 1001  # nothing lost
+
+
+def test_drop_oldest_policy_drops_counted_and_keeps_admitting(tmp_path, keys, gates) -> None:
+    gate = offline_gate(tmp_path, keys, max_events=1000, on_full="drop_oldest")
+    gates.append(gate)
+    gate.cache.apply_delta([], [], 0)
+    for c in codes(keys, 1100, Status.RED):
+        gate.handle(c)
+    assert gate.outbox.depth < 1000 and gate.outbox.dropped > 0
+    assert gate.outbox.depth + gate.outbox.dropped == 1100
+    assert gate.state()["outbox_dropped"] == gate.outbox.dropped

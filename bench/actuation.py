@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Decision to relay-on latency on gpiozero mock pins: gate's Actuator beside a naive background blink.
+
+usage: bench/actuation.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from gpiozero import DigitalOutputDevice
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from _util import pct, table
+from gate.actuator import Actuator, Release
+from gate.app import build
+from gate.clock import SystemClock
+from gate.codes import Status, issue
+from gate.config import GpioSection, parse_config
+from gate.decoders import make_decoder
+from gate.keys import TrustStore
+from gate.scanner import DecodingSource, ScriptedFrames
+
+RELAY = 17
+
+
+class StampedPin(MockPin):
+    """Records when the pin went high."""
+
+    on_at = 0.0
+
+    def _change_state(self, value: bool) -> bool:
+        changed = bool(super()._change_state(value))
+        if changed and value:
+            StampedPin.on_at = time.perf_counter()
+        return changed
+
+
+def wait_on(deadline: float = 1.0) -> float:
+    end = time.perf_counter() + deadline
+    while StampedPin.on_at == 0.0 and time.perf_counter() < end:
+        pass
+    return StampedPin.on_at
+
+
+def actuator_latency(runs: int) -> list[float]:
+    act = Actuator(GpioSection.model_validate({"relay": {"pin": RELAY, "pulse_seconds": 0.001}}),
+                   MockFactory(pin_class=StampedPin))  # fmt: skip
+    out = []
+    for i in range(runs):
+        act.wait_idle(1)
+        StampedPin.on_at = 0.0
+        t = time.perf_counter()
+        act.release(Release(f"r{i}"))
+        out.append((wait_on() - t) * 1000)
+    act.close()
+    return out
+
+
+def naive_latency(runs: int) -> list[float]:
+    relay = DigitalOutputDevice(RELAY, pin_factory=MockFactory(pin_class=StampedPin))
+    out = []
+    for _ in range(runs):
+        relay.off()
+        StampedPin.on_at = 0.0
+        t = time.perf_counter()
+        relay.blink(on_time=0.001, off_time=0, n=1, background=True)
+        out.append((wait_on() - t) * 1000)
+        time.sleep(0.003)
+    relay.close()
+    return out
+
+
+def full_path_latency(runs: int) -> list[float]:
+    """Payload in hand -> verify, decide, durable outbox commit, relay on."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = parse_config({"gate": {"id": "b", "state_dir": d}, "venue": {"id": "v"},
+                            "policy": {"passback_seconds": 0},
+                            "gpio": {"relay": {"pin": RELAY, "pulse_seconds": 0.001}}})  # fmt: skip
+        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512),
+                     pin_factory=MockFactory(pin_class=StampedPin), clock=SystemClock("assume_synced"),
+                     trust=TrustStore.of([key.public_key()]), with_mqtt=False)  # fmt: skip
+        now = int(time.time())
+        gate.cache.apply_delta([], [], 0)
+        codes = [issue(key, f"tok-{i:08d}", Status.GREEN, now, 600).encode() for i in range(runs)]
+        out = []
+        for c in codes:
+            gate.actuator.wait_idle(1)
+            StampedPin.on_at = 0.0
+            t = time.perf_counter()
+            gate.handle(c)
+            out.append((wait_on() - t) * 1000)
+        gate.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=1000)
+    args = ap.parse_args()
+    rows = []
+    for label, fn in (("gate Actuator.release (relay on in caller)", actuator_latency),
+                      ("naive relay.blink(background=True)", naive_latency),
+                      ("gate full path: verify+decide+fsync'd outbox+relay", full_path_latency)):  # fmt: skip
+        ms = fn(args.runs)
+        rows.append([label, f"{pct(ms, 50):.3f}", f"{pct(ms, 99):.3f}", f"{max(ms):.3f}"])
+    print(f"Decision -> relay on, mock pins, {args.runs} runs (target: p99 <= 1 ms)")
+    print(table(["path", "p50 ms", "p99 ms", "max ms"], rows))
+
+
+if __name__ == "__main__":
+    main()

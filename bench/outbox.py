@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The durable outbox beside a raw paho QoS 1 publish loop on the same local mosquitto.
+
+usage: bench/outbox.py [--backlog N] [--big-backlog N] [--appends N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from _util import pct, table, time_calls
+from gate.config import MqttSection
+from gate.delivery import Drainer
+from gate.events import uuid7
+from gate.mqtt_link import MqttLink
+from gate.outbox import Outbox
+
+WINDOW = 200
+PAYLOAD = json.dumps({"schema": "gate.checkin/1", "event_id": "0" * 36, "gate_id": "lane-01", "token": "t" * 16,
+                      "decision": "deny", "reason": "status_red", "time": 1.0, "pad": "x" * 300}).encode()  # fmt: skip
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("mosquitto did not start")
+
+
+def raw_paho_rate(port: int, n: int) -> float:
+    """A plain paho QoS 1 loop that keeps at most WINDOW messages unacknowledged (a deeper in-memory
+    queue makes paho rescan it on every PUBACK, which collapses to a few hundred msg/s)."""
+    slots = threading.Semaphore(WINDOW)
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(c: object, u: object, mid: int, rc: object, p: object) -> None:
+        acked[0] += 1
+        slots.release()
+        if acked[0] == n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(WINDOW)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    t = time.perf_counter()
+    for _ in range(n):
+        slots.acquire()
+        c.publish("bench/raw", PAYLOAD, qos=1)
+    done.wait(600)
+    rate = n / (time.perf_counter() - t)
+    c.disconnect()
+    c.loop_stop()
+    return rate
+
+
+def fill(outbox: Outbox, n: int) -> None:
+    db = outbox._db  # bulk set-up only; the measured path is the public one
+    with outbox._lock:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO outbox (event_id, topic, qos, payload) VALUES (?, ?, 1, ?)",
+                       ((uuid7(), "gate/lane-01/checkin", PAYLOAD) for _ in range(n)))  # fmt: skip
+        db.execute("COMMIT")
+        outbox._depth += n
+
+
+def drain(outbox: Outbox, port: int, stop_at: int = 0, samples: list[tuple[int, float]] | None = None) -> float:
+    holder: list[Drainer] = []
+    link = MqttLink(MqttSection(host="127.0.0.1", port=port, inflight_window=WINDOW), "bench",
+                    lambda mid, ok: holder[0].on_publish(mid, ok))  # fmt: skip
+    d = Drainer(outbox, link, WINDOW)
+    holder.append(d)
+    start_depth = outbox.depth
+    link.start()
+    link.connected.wait(10)
+    t = time.perf_counter()
+    d.start()
+    next_sample = start_depth
+    while outbox.depth > stop_at:
+        if samples is not None and outbox.depth <= next_sample:
+            samples.append((start_depth - outbox.depth, rss_mb()))
+            next_sample -= 100_000
+        time.sleep(0.01)
+    rate = (start_depth - outbox.depth) / (time.perf_counter() - t)
+    d.stop()
+    link.stop()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backlog", type=int, default=100_000)
+    ap.add_argument("--big-backlog", type=int, default=1_000_000)
+    ap.add_argument("--big-drain", type=int, default=400_000, help="how much of the big backlog to drain")
+    ap.add_argument("--appends", type=int, default=3000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        broker, port = start_broker(tmp)
+        try:
+            raw = raw_paho_rate(port, args.backlog)
+            ob = Outbox(tmp / "outbox.db")
+            append_ms = time_calls(lambda: ob.append(uuid7(), "gate/lane-01/checkin", PAYLOAD), args.appends)
+            ob.ack(s for s, *_ in ob.fetch(0, args.appends + 10))
+            fill(ob, args.backlog)
+            ours = drain(ob, port)
+            ob.close()
+            big = Outbox(tmp / "big.db")
+            fill(big, args.big_backlog)
+            samples: list[tuple[int, float]] = [(0, rss_mb())]
+            big_rate = drain(big, port, stop_at=args.big_backlog - args.big_drain, samples=samples)
+            samples.append((args.big_backlog - big.depth, rss_mb()))
+            big.close()
+        finally:
+            broker.kill()
+    print(f"Outbox vs raw paho QoS 1 loop (both window {WINDOW}, {len(PAYLOAD)}-byte payloads, local mosquitto)")
+    print(table(["measure", "gate outbox", "raw paho loop", "ratio", "target"], [
+        [f"durable append p50 / p99 (ms), {args.appends} appends", f"{pct(append_ms, 50):.2f} / "
+         f"{pct(append_ms, 99):.2f}", "(in memory only)", "", "p99 <= 5"],
+        [f"drain {args.backlog:,} backlog (msg/s)", f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.0%}", ">= 40 %"],
+        [f"drain of a {args.big_backlog:,} backlog (msg/s)", f"{big_rate:,.0f}", "", "", ""],
+    ]))  # fmt: skip
+    print(f"\nRSS while draining a {args.big_backlog:,}-event backlog (delivered -> MB): "
+          + ", ".join(f"{n:,} -> {mb:.1f}" for n, mb in samples))
+    print(f"pid {os.getpid()} done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The systemd service: sd_notify, the watchdog, SIGHUP reload, `gate status`, the unit and install.sh."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from conftest import make_config, require
+from fakes import Feeder, daemon_config, start, wait_log
+from gate.app import build
+from gate.clock import SystemClock
+from gate.scanner import Observation
+from gate.sdnotify import Notifier
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NotifySocket:
+    """A fake $NOTIFY_SOCKET: collects what the service sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def lines(self, prefix: str) -> list[float]:
+        return [t for t, line in self.messages if line.startswith(prefix)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(1)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    s = NotifySocket(tmp_path / "notify.sock")
+    yield s
+    s.close()
+
+
+def test_daemon_speaks_sd_notify_ready_watchdog_stopping(tmp_path, keys, broker, notify_socket) -> None:
+    feeder = Feeder(keys)
+    try:
+        cfg = daemon_config(tmp_path, keys, broker, feeder.port)
+        env = {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "600000"}
+        proc = start(cfg, tmp_path / "gate.log", env)
+        deadline = time.monotonic() + 30
+        while not notify_socket.lines("READY=1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        feeder.close()
+    ready, pings, stopping = (notify_socket.lines(p) for p in ("READY=1", "WATCHDOG=1", "STOPPING=1"))
+    assert ready and stopping and len(pings) >= 4
+    assert ready[0] <= pings[0] and pings[-1] <= stopping[0]
+
+
+class HangingSource:
+    name = "hanging"
+
+    def __init__(self, hang_after: int) -> None:
+        self.reads, self.hang_after = 0, hang_after
+        self.release = threading.Event()
+
+    def read(self, timeout: float) -> Observation | None:
+        self.reads += 1
+        if self.reads > self.hang_after:
+            self.release.wait(30)  # the camera driver is wedged
+        time.sleep(min(timeout, 0.01))
+        return Observation(())
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_watchdog_pings_stop_when_the_scan_loop_hangs(tmp_path, keys, notify_socket) -> None:
+    src = HangingSource(hang_after=30)
+    gate = build(make_config(tmp_path / "state", keys), source=src, pin_factory=MockFactory(),
+                 clock=SystemClock("assume_synced"), with_mqtt=False)  # fmt: skip
+    gate.heartbeat = Notifier({"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "60000"}).heartbeat
+    stop = threading.Event()
+    t = threading.Thread(target=gate.run, args=(stop,))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while src.reads <= src.hang_after and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hung_at = time.monotonic()
+        time.sleep(0.5)
+        pings = notify_socket.lines("WATCHDOG=1")
+        assert len(pings) >= 3
+        assert all(p <= hung_at + 0.05 for p in pings)  # nothing after the loop hung
+    finally:
+        stop.set()
+        src.release.set()
+        t.join(5)
+        gate.close()
+
+
+def test_notifier_is_a_no_op_outside_systemd_and_ignores_another_pids_watchdog() -> None:
+    assert not Notifier({}).enabled and Notifier({}).notify("READY=1") is False
+    assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+
+
+def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_broken_one(tmp_path, keys, broker) -> None:
+    feeder = Feeder(keys)
+    try:
+        cfg = daemon_config(tmp_path, keys, broker, feeder.port)
+        log = tmp_path / "gate.log"
+        proc = start(cfg, log)
+        assert wait_log(log, "started at venue rail-test")
+        cfg.write_text(cfg.read_text().replace('id = "rail-test"', 'id = "rail-renamed"'))
+        proc.send_signal(signal.SIGHUP)
+        assert wait_log(log, "started at venue rail-renamed")
+        good = cfg.read_text()
+        cfg.write_text(good + "\n[bogus]\nx = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_log(log, "config reload failed; keeping the running configuration")
+        assert "bogus: unknown key" in log.read_text() and proc.poll() is None
+        start_stop = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        assert time.monotonic() - start_stop < 2.0
+    finally:
+        feeder.close()
+
+
+def test_gate_status_shows_the_running_daemons_state(tmp_path, keys, broker) -> None:
+    feeder = Feeder(keys)
+    try:
+        cfg = daemon_config(tmp_path, keys, broker, feeder.port)
+        proc = start(cfg, tmp_path / "gate.log")
+        assert wait_log(tmp_path / "gate.log", "started at venue")
+        feeder.on.set()
+        time.sleep(2.5)
+        feeder.on.clear()
+        out = subprocess.run([sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+        js = json.loads(subprocess.run([sys.executable, "-m", "gate", "status", "--json", "--config", str(cfg)],
+                                       capture_output=True, text=True, timeout=30).stdout)  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(5)
+    finally:
+        feeder.close()
+    assert out.returncode == 0, out.stdout + out.stderr
+    for word in ("mode", "broker", "connected", "cache", "outbox", "clock", "last"):
+        assert word in out.stdout
+    assert js["mode"] == "normal" and js["broker_connected"] and js["last"]
+    assert all(len(d["token"]) <= 5 for d in js["last"])  # never a full token
+
+
+def test_status_without_a_daemon_says_so(tmp_path) -> None:
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f'[gate]\nid="a"\nstate_dir="{tmp_path}"\n[venue]\nid="v"\n')
+    r = subprocess.run([sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 1 and "is the daemon running" in r.stdout
+
+
+# -- install.sh and the unit ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    prefix = tmp_path_factory.mktemp("root")
+    r = subprocess.run([str(ROOT / "install.sh"), "--prefix", str(prefix)], capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    return prefix
+
+
+def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
+    for rel in ("opt/gate/venv/bin/gate", "etc/gate/gate.toml", "etc/gate/credentials/mqtt-password",
+                "etc/systemd/system/gate.service", "var/lib/gate", "opt/gate/docs/operations.md"):  # fmt: skip
+        assert (installed / rel).exists(), rel
+    assert (installed / "etc/gate/credentials").stat().st_mode & 0o777 == 0o700
+    venv_cfg = (installed / "opt/gate/venv/pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in venv_cfg  # picamera2 from apt
+    unit = (installed / "etc/systemd/system/gate.service").read_text()
+    assert f"{installed}/opt/gate/venv/bin/gate run --config {installed}/etc/gate/gate.toml" in unit
+
+
+def test_reinstall_never_overwrites_an_existing_config(installed: Path) -> None:
+    conf = installed / "etc/gate/gate.toml"
+    conf.write_text(conf.read_text().replace('id = "lane-01"', 'id = "lane-77"'))
+    r = subprocess.run([str(ROOT / "install.sh"), "--upgrade", "--prefix", str(installed)], capture_output=True,
+                       text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'id = "lane-77"' in conf.read_text() and "keeping existing" in r.stdout
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    r = subprocess.run([str(ROOT / "install.sh"), "--dry-run", "--prefix", str(tmp_path / "r")], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and "would run" in r.stdout and not (tmp_path / "r").exists()
+
+
+def test_systemd_analyze_accepts_the_installed_unit(installed: Path) -> None:
+    r = subprocess.run([require("systemd-analyze"), "verify", str(installed / "etc/systemd/system/gate.service")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_unit_has_the_watchdog_restart_and_hardening_settings() -> None:
+    unit = (ROOT / "systemd/gate.service").read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=always", "StartLimitIntervalSec=0", "StateDirectory=gate",
+                 "RuntimeDirectory=gate", "WorkingDirectory=/var/lib/gate", "SupplementaryGroups=gpio video dialout",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                 "LoadCredential="):  # fmt: skip
+        assert line in unit, line
+    assert "\nPrivateDevices" not in unit
+
+
+def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path) -> None:
+    prefix = tmp_path / "root"
+    for d in ("opt/gate/venv", "etc/gate", "var/lib/gate", "etc/systemd/system"):
+        (prefix / d).mkdir(parents=True)
+    (prefix / "etc/gate/gate.toml").write_text("x")
+    (prefix / "etc/systemd/system/gate.service").write_text("x")
+    run = [str(ROOT / "install.sh"), "--uninstall", "--prefix", str(prefix)]
+    assert subprocess.run(run, capture_output=True, timeout=60).returncode == 0
+    assert not (prefix / "opt/gate").exists() and not (prefix / "etc/systemd/system/gate.service").exists()
+    assert (prefix / "etc/gate/gate.toml").exists() and (prefix / "var/lib/gate").exists()
+    assert subprocess.run([*run, "--purge"], capture_output=True, timeout=60).returncode == 0
+    assert not (prefix / "etc/gate").exists() and not (prefix / "var/lib/gate").exists()
+    assert shutil.which("bash")
