@@ -28,13 +28,17 @@ def scene(w: int, h: int) -> np.ndarray:
     return np.clip(big + rng.normal(0, 6, (h, w)), 0, 255).astype(np.uint8)
 
 
+def noise(w: int, h: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (h, w), np.uint8)
+
+
 def frame_costs(runs: int) -> list[list[object]]:
     zx, zb = ZxingDecoder(), ZbarDecoder()
     rows = []
     for w, h in ((640, 480), (1280, 720)):
         frames = {"with code": code_frame(CODE, (w, h), scale=4), "no code": scene(w, h),
                   "no code (flat)": np.full((h, w), 128, np.uint8),
-                  "no code (pure noise, worst case)": np.random.default_rng(1).integers(0, 256, (h, w), np.uint8)}  # fmt: skip
+                  "no code (pure noise, worst case)": noise(w, h)}  # fmt: skip
         for label, f in frames.items():
             base = median(time_calls(lambda f=f: pyzbar.decode(f), runs))
             z = median(time_calls(lambda f=f: zx.decode(f), runs))

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gate.config import GpioSection, InputSection
 from gate.errors import DeviceError
@@ -113,7 +113,7 @@ class Actuator:
     def signal(self, action: str) -> None:
         """Indicator and buzzer for a decision: admit, assist or deny."""
         colour = {"admit": "green", "assist": "amber", "deny": "red"}[action]
-        self.indicator.show(colour, blink=0.5 if action == "assist" else None, seconds=2.0)
+        self.indicator.flash(colour, blink=0.5 if action == "assist" else None, seconds=2.0)
         self.indicator.beep(action)
 
     def release(self, job: Release) -> None:
@@ -210,16 +210,19 @@ class Actuator:
         if on:
             self.mode = "free_pass"
             self.relay.on()  # held released: the one deliberate open-on-emergency
-            self.indicator.show("green", blink=0.5)
+            self.indicator.idle("green", blink=0.5)
             self.indicator.beep("alarm")
         else:
             self.mode = "normal"
             self.relay.off()
             self.indicator.quiet()
-            self.indicator.show("off")
+            self.indicator.idle("off")
         self._alarm("fire", on, why)
 
     # -- modes and safe states -------------------------------------------------------------------
+    _IDLE: ClassVar[dict[str, tuple[str, float | None]]] = {
+        "normal": ("off", None), "out_of_service": ("red", None), "offline": ("amber", 2.0)}  # fmt: skip
+
     def set_mode(self, mode: str) -> None:
         """normal | out_of_service | offline | free_pass (remote). The fire input overrides all."""
         if self.fire is not None and self.fire.is_active and mode != "free_pass":
@@ -229,11 +232,10 @@ class Actuator:
             return
         if self.mode == "free_pass":
             self._free_pass(False, "free-pass ended")
+        if mode == "out_of_service":
+            self.relay.off()
         self.mode = mode
-        self.relay.off()
-        idle = {"normal": ("off", None), "out_of_service": ("red", None), "offline": ("amber", 2.0)}
-        colour, blink = idle.get(mode, ("red", None))
-        self.indicator.show(colour, blink=blink)
+        self.indicator.idle(*self._IDLE[mode])
 
     def safe(self) -> None:
         """Fail-secure: locked (relay inactive). Fail-safe lanes: held released."""

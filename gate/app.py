@@ -32,6 +32,7 @@ from gate.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, 
 from gate.telemetry import Stats
 
 log = logging.getLogger(__name__)
+OFFLINE_AFTER = 30.0
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -72,10 +73,10 @@ class Gate:
     listeners: list[Callable[[Scan | None, Decision, CheckIn], None]] = field(default_factory=list)
     outcome_listeners: list[Callable[[PassageOutcome], None]] = field(default_factory=list)
     heartbeat: Callable[[], None] = lambda: None
-    mode: str = "normal"
     _last_status: float = 0.0
     _last_telemetry: float = 0.0
     _full_alarm: bool = False
+    _link_seen: float = field(default_factory=time.monotonic)
     _released: dict[str, CheckIn] = field(default_factory=dict)  # decision event_id -> its check-in
 
     @property
@@ -106,7 +107,7 @@ class Gate:
 
     def handle(self, payload: bytes, scan: Scan | None = None) -> tuple[Decision, CheckIn]:
         """Decide, record durably, then actuate: a power cut at any instant loses no passage record."""
-        blocked = Reason.OUT_OF_SERVICE if self.mode == "out_of_service" or (
+        blocked = Reason.OUT_OF_SERVICE if self.actuator.mode == "out_of_service" or (
             self.outbox.full and self.cfg.outbox.on_full == "out_of_service") else None  # fmt: skip
         decision = self.decider.decide(payload, self.clock.read(), blocked)
         event = self._checkin(decision)
@@ -155,7 +156,7 @@ class Gate:
         now = self.clock.read()
         return {
             "schema": "gate.state/1", "version": __version__, "gate_id": self.cfg.gate.id,
-            "mode": self.actuator.mode if self.actuator.mode == "free_pass" else self.mode,
+            "mode": self.actuator.mode,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
             "cache_version": info.version, "cache_seq": info.seq, "cache_entries": info.count,
             "cache_age_s": None if info.synced_at is None else round(now.wall - info.synced_at, 1),
@@ -166,6 +167,7 @@ class Gate:
     def tick(self) -> None:
         """Periodic work off the hot path: status file for `gate status`, telemetry, retained state."""
         mono = time.monotonic()
+        self._watch_link(mono)
         if self.outbox.full != self._full_alarm:
             self._full_alarm = self.outbox.full
             ob = self.outbox
@@ -183,6 +185,20 @@ class Gate:
             tel = {"schema": "gate.telemetry/1", "gate_id": self.cfg.gate.id, "time": time.time(),
                    "outbox_depth": self.outbox.depth, **self.stats.snapshot()}  # fmt: skip
             self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
+
+    def _watch_link(self, mono: float) -> None:
+        """Show `offline` on the idle indicator after OFFLINE_AFTER s without the broker; keep deciding."""
+        if self.link is None:
+            return
+        if self.link.connected.is_set():
+            self._link_seen = mono
+        offline = mono - self._link_seen > OFFLINE_AFTER
+        if offline and self.actuator.mode == "normal":
+            log.warning("broker unreachable for %.0fs: indicator shows offline; check-ins wait in the outbox",
+                        mono - self._link_seen)  # fmt: skip
+            self.actuator.set_mode("offline")
+        elif not offline and self.actuator.mode == "offline":
+            self.actuator.set_mode("normal")
 
     def publish_state(self) -> None:
         if self.link is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import suppress
 from typing import Any, ClassVar
 
@@ -17,6 +18,9 @@ class Indicator:
         self._leds: dict[str, Any] = {}
         self._rgb: Any = None
         self._buzzer: Any = None
+        self._lock = threading.Lock()
+        self._idle: tuple[str, float | None] = ("off", None)
+        self._timer: threading.Timer | None = None
         try:
             if cfg is not None and cfg.kind == "rgb":
                 self._rgb = RGBLED(cfg.red, cfg.green, cfg.blue, active_high=cfg.active_high,
@@ -41,16 +45,13 @@ class Indicator:
         if self._rgb is not None:
             self._rgb.off()
 
-    def show(self, colour: str, blink: float | None = None, seconds: float | None = None) -> None:
-        """Light one colour: steady, or blinking with period `blink`; for `seconds` then off."""
+    def _light(self, colour: str, blink: float | None) -> None:
         self._all_off()
         if colour == "off":
             return
         if self._rgb is not None:
-            if blink or seconds:
-                on = blink / 2 if blink else seconds
-                n = None if blink and not seconds else max(1, int((seconds or 0) / (blink or 1)))
-                self._rgb.blink(on_time=on, off_time=on if blink else 0, on_color=self._RGB[colour], n=n)
+            if blink:
+                self._rgb.blink(on_time=blink / 2, off_time=blink / 2, on_color=self._RGB[colour])
             else:
                 self._rgb.color = self._RGB[colour]
             return
@@ -58,12 +59,32 @@ class Indicator:
         if led is None:
             return
         if blink:
-            n = max(1, int(seconds / blink)) if seconds else None
-            led.blink(on_time=blink / 2, off_time=blink / 2, n=n)
-        elif seconds:
-            led.blink(on_time=seconds, off_time=0, n=1)
+            led.blink(on_time=blink / 2, off_time=blink / 2)
         else:
             led.on()
+
+    def idle(self, colour: str, blink: float | None = None) -> None:
+        """The pattern shown between decisions: off, or the mode (out of service, offline, free-pass)."""
+        with self._lock:
+            self._idle = (colour, blink)
+            if self._timer is None:
+                self._light(colour, blink)
+
+    def flash(self, colour: str, blink: float | None = None, seconds: float = 2.0) -> None:
+        """Show a decision for `seconds`, then return to the idle pattern."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._light(colour, blink)
+            self._timer = threading.Timer(seconds, self._restore)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _restore(self) -> None:
+        with self._lock:
+            self._timer = None
+            with suppress(Exception):  # closed meanwhile
+                self._light(*self._idle)
 
     def beep(self, pattern: str) -> None:
         """admit: one short; deny: three short; assist: two long; alarm: continuous until idle."""
@@ -78,6 +99,10 @@ class Indicator:
             self._buzzer.off()
 
     def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         for dev in [*self._leds.values(), self._rgb, self._buzzer]:
             if dev is not None:
                 with suppress(Exception):

@@ -20,9 +20,9 @@ def selftest(cfg: Config, step: float = 0.3) -> int:
         act.relay.blink(on_time=step, off_time=0, n=1, background=False)
         for colour in ("green", "amber", "red"):
             print(f"ok    indicator    {colour}")
-            act.indicator.show(colour)
+            act.indicator.idle(colour)
             time.sleep(step)
-        act.indicator.show("off")
+        act.indicator.idle("off")
         if cfg.gpio.buzzer is not None:
             print(f"ok    buzzer       pin {cfg.gpio.buzzer.pin}: beep")
             act.indicator.beep("admit")

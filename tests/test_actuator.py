@@ -221,3 +221,25 @@ def test_selftest_fails_when_a_device_cannot_be_opened(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "gate", "selftest", "--config", str(cfg)], capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert r.returncode != 0 and "FAIL" in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_decision_flashes_then_the_idle_pattern_returns(rig_factory) -> None:
+    r = rig_factory()
+    red = r.factory.pin(27)
+    r.act.set_mode("out_of_service")
+    assert red.state is True
+    r.act.indicator.flash("green", seconds=0.1)
+    assert red.state is False and r.factory.pin(22).state is True
+    time.sleep(0.3)
+    assert red.state is True and r.factory.pin(22).state is False
+
+
+def test_rgb_indicator_mixes_the_colours() -> None:
+    factory = MockFactory(pin_class=__import__("gpiozero.pins.mock", fromlist=["MockPWMPin"]).MockPWMPin)
+    cfg = GpioSection.model_validate({"relay": {"pin": RELAY}, "indicator": {"kind": "rgb", "red": 22, "green": 23,
+                                                                            "blue": 24}})  # fmt: skip
+    with Actuator(cfg, factory) as act:
+        act.set_mode("out_of_service")
+        assert (factory.pin(22).state, factory.pin(23).state, factory.pin(24).state) == (1, 0, 0)
+        act.indicator.idle("amber")
+        assert factory.pin(22).state == 1 and 0 < factory.pin(23).state < 1

@@ -172,3 +172,34 @@ def test_drop_oldest_policy_drops_counted_and_keeps_admitting(tmp_path, keys, ga
     assert gate.outbox.depth < 1000 and gate.outbox.dropped > 0
     assert gate.outbox.depth + gate.outbox.dropped == 1100
     assert gate.state()["outbox_dropped"] == gate.outbox.dropped
+
+
+def test_indicator_shows_offline_while_the_broker_is_unreachable(tmp_path, keys, monkeypatch, gates) -> None:
+    import gate.app
+
+    monkeypatch.setattr(gate.app, "OFFLINE_AFTER", 0.2)
+    broker = Broker(tmp_path)
+    g = make_gate(tmp_path, keys, broker)
+    gates.append(g)
+    time.sleep(0.3)
+    g.tick()
+    assert g.actuator.mode == "offline" and g.state()["mode"] == "offline"
+    assert g.handle(codes(keys, 1, Status.RED)[0])[0].reason.value == "status_red"  # still deciding
+    broker.start()
+    try:
+        assert g.link.connected.wait(15)
+        g.tick()
+        assert g.actuator.mode == "normal"
+    finally:
+        broker.stop()
+
+
+def test_logs_never_show_a_full_token(tmp_path, keys, caplog, gates) -> None:
+    g = offline_gate(tmp_path, keys)
+    gates.append(g)
+    caplog.set_level("DEBUG")
+    text = issue(keys.private, "tok-secret-123456", Status.GREEN, int(time.time()), 60)
+    g.handle(text.encode())
+    g.handle(text.encode())
+    assert "tok-secret-123456" not in caplog.text and text not in caplog.text
+    assert "tok-…" in caplog.text

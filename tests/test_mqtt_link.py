@@ -1,0 +1,105 @@
+"""The paho link: MQTT 5 → 3.1.1 fallback, guarded callbacks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from gate.config import MqttSection
+from gate.mqtt_link import MqttLink
+
+
+class OldBroker:
+    """A broker that only speaks MQTT 3.1.1: refuses a v5 CONNECT with return code 1, accepts v3.1.1."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = self.sock.getsockname()[1]
+        self.levels: list[int] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                return
+            if not data or data[0] >> 4 != 1:
+                return
+            i, mult, length = 1, 1, 0
+            while True:  # variable-length "remaining length"
+                length += (data[i] & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not data[i - 1] & 0x80:
+                    break
+            level = data[i + 6]  # after the 2-byte length and "MQTT"
+            self.levels.append(level)
+            if level == 5:
+                conn.sendall(b"\x20\x02\x00\x01")  # CONNACK: unacceptable protocol version
+                return
+            conn.sendall(b"\x20\x02\x00\x00")
+            while not self._stop.is_set():
+                try:
+                    if not conn.recv(4096):
+                        return
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+def test_falls_back_to_mqtt_311_when_the_broker_refuses_v5() -> None:
+    old = OldBroker()
+    link = MqttLink(MqttSection(host="127.0.0.1", port=old.port), "lane-f", lambda mid, ok: None)
+    try:
+        link.start()
+        assert link.connected.wait(15)
+        assert link.protocol == mqtt.MQTTv311 and old.levels[:1] == [5] and old.levels[-1] == 4
+    finally:
+        link.stop()
+        old.close()
+
+
+def test_an_exception_in_a_callback_does_not_kill_the_network_thread(broker) -> None:
+    calls: list[int] = []
+
+    def flaky(mid: int, ok: bool) -> None:
+        calls.append(mid)
+        if len(calls) == 1:
+            raise RuntimeError("bug in a handler")
+
+    link = MqttLink(MqttSection(host=broker.host, port=broker.port), "lane-g", flaky)
+    try:
+        link.start()
+        assert link.connected.wait(10)
+        infos = [link.publish("gate/lane-g/x", b"1", qos=1) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while not all(i.is_published() for i in infos) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(i.is_published() for i in infos) and len(calls) >= 3
+        assert link.client._thread is not None and link.client._thread.is_alive()
+    finally:
+        link.stop()
