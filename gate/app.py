@@ -18,17 +18,19 @@ from gate import __version__
 from gate.actuator import Actuator, Alarm, PassageOutcome, Release, make_pin_factory
 from gate.clock import Clock, SystemClock
 from gate.config import Config
+from gate.control import Verifier
 from gate.decision import Decider, Decision, Reason
 from gate.decoders import make_decoder
 from gate.delivery import Drainer
 from gate.errors import OutboxFull
 from gate.events import CheckIn, Venue, alarm_json, short, uuid7
-from gate.keys import TrustStore
+from gate.keys import TrustStore, load_public_key
 from gate.mqtt_link import MqttLink, Topics
 from gate.outbox import Outbox
 from gate.passcache import PassCache
 from gate.policy import Action, PolicyStore
 from gate.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scan, Scanner
+from gate.sync import CentralSync
 from gate.telemetry import Stats
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Gate:
     clock: Clock
     link: MqttLink | None = None
     drainer: Drainer | None = None
+    sync: CentralSync | None = None
     stats: Stats = field(default_factory=Stats)
     listeners: list[Callable[[Scan | None, Decision, CheckIn], None]] = field(default_factory=list)
     outcome_listeners: list[Callable[[PassageOutcome], None]] = field(default_factory=list)
@@ -76,6 +79,8 @@ class Gate:
     _last_status: float = 0.0
     _last_telemetry: float = 0.0
     _full_alarm: bool = False
+    _stale_alarm: bool = False
+    _last_slow: float = float("-inf")
     _link_seen: float = field(default_factory=time.monotonic)
     _released: dict[str, CheckIn] = field(default_factory=dict)  # decision event_id -> its check-in
 
@@ -146,6 +151,18 @@ class Gate:
                      clock_synced=now.usable)  # fmt: skip
         self._record(ev.event_id, self.topics.checkin, ev.to_json())
 
+    def remote_open(self, operator: str) -> str:
+        """Control room opens the lane for a person without a phone: a staff-assisted check-in."""
+        d = Decision(Action.ADMIT, Reason.STAFF_ASSISTED, "opened remotely by staff", None, "staff_assisted",
+                     operator=operator)  # fmt: skip
+        event = self._checkin(d)
+        self._record(event.event_id, self.topics.checkin, event.to_json())
+        self._released[event.event_id] = event
+        self.actuator.release(Release(event.event_id, 1))
+        self.actuator.signal("admit")
+        log.info("remote open by operator %s event=%s", short(operator), event.event_id)
+        return event.event_id
+
     def on_alarm(self, a: Alarm) -> None:
         now = time.time()
         payload = alarm_json(self.cfg.gate.id, a.name, a.active, a.detail, now)
@@ -162,12 +179,16 @@ class Gate:
             "cache_age_s": None if info.synced_at is None else round(now.wall - info.synced_at, 1),
             "policy_version": self.decider.policy.version, "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped, "clock_synced": now.usable, "time": now.wall,
+            "sync": None if self.sync is None else self.sync.status(),
         }  # fmt: skip
 
     def tick(self) -> None:
         """Periodic work off the hot path: status file for `gate status`, telemetry, retained state."""
         mono = time.monotonic()
         self._watch_link(mono)
+        if mono - self._last_slow >= 30.0:
+            self._last_slow = mono
+            self._slow_checks()
         if self.outbox.full != self._full_alarm:
             self._full_alarm = self.outbox.full
             ob = self.outbox
@@ -185,6 +206,17 @@ class Gate:
             tel = {"schema": "gate.telemetry/1", "gate_id": self.cfg.gate.id, "time": time.time(),
                    "outbox_depth": self.outbox.depth, **self.stats.snapshot()}  # fmt: skip
             self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
+
+    def _slow_checks(self) -> None:
+        """Trust-key windows open and close with time; a stale cache is raised as an alarm, not hidden."""
+        if self.sync is not None:
+            self.sync.refresh_trust()
+        info, now = self.cache.info(), self.clock.read()
+        stale = info.synced_at is None or now.wall - info.synced_at > self.decider.policy.cache_stale_after_seconds
+        if stale != self._stale_alarm:
+            self._stale_alarm = stale
+            age = "never synced" if info.synced_at is None else f"{now.wall - info.synced_at:.0f}s old"
+            self.on_alarm(Alarm("cache_stale", stale, f"pass cache version {info.version}.{info.seq}, {age}"))
 
     def _watch_link(self, mono: float) -> None:
         """Show `offline` on the idle indicator after OFFLINE_AFTER s without the broker; keep deciding."""
@@ -218,6 +250,8 @@ class Gate:
         """Relay safe first, then the rest."""
         self.actuator.close()
         self.scanner.close()
+        if self.sync is not None:
+            self.sync.stop()
         if self.drainer is not None:
             self.drainer.stop()
         if self.link is not None:
@@ -248,6 +282,14 @@ def build(cfg: Config, source: CodeSource | None = None, pin_factory: Any = None
         gate.drainer = Drainer(outbox, link, cfg.mqtt.inflight_window)
         drainer_ref.append(gate.drainer)
         gate.link = link
+        if cfg.central.keys:
+            verifier = Verifier(TrustStore.from_files(cfg.central.keys), cfg.gate.id, cfg.central.max_message_bytes,
+                                cfg.central.command_max_age_seconds)  # fmt: skip
+            base_keys = [load_public_key(p) for p in cfg.trust.keys] if trust is None else list(trust.keys.values())
+            gate.sync = CentralSync(gate, verifier, base_keys, state)
+            gate.sync.start()
+        else:
+            log.warning("no [central] keys pinned: pass status, policy and commands from central are ignored")
         gate.drainer.start()
         link.start()
     return gate

@@ -187,6 +187,12 @@ class MqttSection(_Model):
         return read_secret(self.password_file, "mqtt.password_file")
 
 
+class CentralSection(_Model):
+    keys: tuple[Path, ...] = Field((), description="Pinned central public keys; empty = no central sync")
+    max_message_bytes: int = Field(4 << 20, ge=1024, le=64 << 20, description="Larger control messages are refused")
+    command_max_age_seconds: float = Field(120.0, ge=5, le=3600, description="Older commands are refused as stale")
+
+
 class OutboxSection(_Model):
     max_events: int = Field(2_000_000, ge=1000, description="Undelivered check-ins kept at most")
     min_free_mb: int = Field(64, ge=1, description="Free disk below this counts as full")
@@ -205,6 +211,7 @@ class Config(_Model):
     gpio: GpioSection = GpioSection()
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
+    central: CentralSection = CentralSection()
 
     @model_validator(mode="after")
     def _source_needs(self) -> Config:

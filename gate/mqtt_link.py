@@ -34,7 +34,7 @@ def guarded(fn: F) -> F:
 
 class Topics:
     def __init__(self, prefix: str, gate_id: str) -> None:
-        base = f"{prefix}/{gate_id}"
+        self.base = base = f"{prefix}/{gate_id}"
         self.availability = f"{base}/availability"
         self.state = f"{base}/state"
         self.checkin = f"{base}/checkin"

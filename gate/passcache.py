@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS passes (
     revoked INTEGER NOT NULL DEFAULT 0, companions INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS staging (version INTEGER, idx INTEGER, rows TEXT NOT NULL, PRIMARY KEY (version, idx));
 """
 _STATUSES = list(Status)
 Row = tuple[str, int, int | None, int, int | None]  # as stored: token, status index, until, revoked, comp.
@@ -110,6 +111,23 @@ class PassCache:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    # -- snapshot chunks staged until the whole snapshot is here (resumable across restarts) ----------
+    def stage(self, version: int, idx: int, rows_json: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO staging VALUES (?, ?, ?)", (version, idx, rows_json))
+
+    def staged(self, version: int) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT idx FROM staging WHERE version = ?", (version,))}
+
+    def staged_chunks(self, version: int) -> Iterator[str]:
+        for (rows,) in self._db.execute("SELECT rows FROM staging WHERE version = ? ORDER BY idx", (version,)):
+            yield rows
+
+    def drop_staging(self, below: int | None = None) -> None:
+        if below is None:
+            self._db.execute("DELETE FROM staging")
+        else:
+            self._db.execute("DELETE FROM staging WHERE version < ?", (below,))
 
     def _set_meta(self, **values: float | int) -> None:
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())

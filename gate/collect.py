@@ -1,0 +1,119 @@
+"""Central collection of check-ins into SQLite, and the contact trace they exist for."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gate.central_mqtt import connect
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkins (
+    event_id TEXT PRIMARY KEY, type TEXT, gate_id TEXT, venue_id TEXT, venue_name TEXT, token TEXT, kind TEXT,
+    decision TEXT, reason TEXT, companions INTEGER, companion_index INTEGER, outcome TEXT, decision_id TEXT,
+    operator TEXT, time REAL, clock_synced INTEGER, payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkins_token ON checkins (token, time);
+CREATE INDEX IF NOT EXISTS checkins_venue ON checkins (venue_id, time);
+"""
+_COLS = ("event_id", "type", "gate_id", "venue_id", "venue_name", "token", "kind", "decision", "reason", "companions",
+         "companion_index", "outcome", "decision_id", "operator", "time", "clock_synced")  # fmt: skip
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _row(ev: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
+    venue = ev.get("venue") or {}
+    vals = {**ev, "venue_id": venue.get("id"), "venue_name": venue.get("name")}
+    return (*(vals.get(c) for c in _COLS), raw.decode())
+
+
+def collect(broker: tuple[str, int], prefix: str, db_path: Path, group: str, count: int | None,
+            idle_timeout: float | None) -> int:  # fmt: skip
+    """Subscribe with a shared subscription; INSERT OR IGNORE by event_id makes redelivery harmless."""
+    db = open_db(db_path)
+    lock = threading.Lock()
+    stats = {"received": 0, "stored": 0, "duplicates": 0, "bad": 0}
+    last = [time.monotonic()]
+    done = threading.Event()
+
+    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        last[0] = time.monotonic()
+        try:
+            ev = json.loads(msg.payload)
+            row = _row(ev, bytes(msg.payload))
+            if not isinstance(ev.get("event_id"), str):
+                raise ValueError
+        except (ValueError, AttributeError, TypeError):
+            stats["bad"] += 1
+            return
+        with lock:
+            stats["received"] += 1
+            cur = db.execute(f"INSERT OR IGNORE INTO checkins VALUES ({','.join('?' * 17)})", row)
+            db.commit()
+            stats["stored" if cur.rowcount else "duplicates"] += 1
+        if count is not None and stats["stored"] >= count:
+            done.set()
+
+    client = connect(broker, client_id=f"gate-collect-{group}")
+    client.on_message = on_message
+    client.subscribe(f"$share/{group}/{prefix}/+/checkin", qos=1)
+    try:
+        while not done.wait(1.0):
+            print(f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
+                  f"bad {stats['bad']}", end="", file=sys.stderr, flush=True)  # fmt: skip
+            if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        print(f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
+              f"bad {stats['bad']}", file=sys.stderr)  # fmt: skip
+        db.close()
+    return 0
+
+
+def trace(db_path: Path, token: str | None, venue: str | None, t_from: float, t_to: float, as_json: bool) -> int:
+    """A token's check-ins (decisions and passages) in time order, or a venue's within a window."""
+    if not db_path.exists():
+        print(f"trace: no collection database at {db_path}", file=sys.stderr)
+        return 1
+    if not token and not venue:
+        print("trace: give a TOKEN or --venue", file=sys.stderr)
+        return 2
+    db = open_db(db_path)
+    where = ["time >= ?", "time <= ?"]
+    params: list[float | str] = [t_from, t_to if t_to != float("inf") else 1e18]
+    if token:
+        where.append("token = ?")
+        params.append(token)
+    if venue:
+        where.append("venue_id = ?")
+        params.append(venue)
+    rows = db.execute(f"SELECT {', '.join(_COLS)} FROM checkins WHERE {' AND '.join(where)} ORDER BY time",
+                      params).fetchall()  # fmt: skip
+    db.close()
+    for r in rows:
+        rec = dict(zip(_COLS, r, strict=True))
+        if as_json:
+            print(json.dumps(rec))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec["time"]))
+            what = rec["outcome"] if rec["type"] == "passage" else f"{rec['decision']} ({rec['reason']})"
+            who = rec["token"] or "-"
+            print(f"{when}Z  {rec['venue_id']:<14} gate {rec['gate_id']:<10} {who:<20} {rec['type']:<8} {what}")
+    return 0 if rows else 1

@@ -1,0 +1,275 @@
+"""Central sync over MQTT: pass snapshots and deltas, policy, trust keys and remote commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from gate.codes import MAX_COMPANIONS, check_token
+from gate.control import ControlMessage, Rejected, Verifier
+from gate.docstore import DocStore
+from gate.errors import CodeError, ConfigError
+from gate.keys import TrustStore, public_from_pem
+from gate.passcache import PassCache, Row
+from gate.policy import Policy, PolicyStore
+
+if TYPE_CHECKING:
+    from gate.app import Gate
+
+log = logging.getLogger(__name__)
+
+
+def central_topics(prefix: str) -> dict[str, str]:
+    base = f"{prefix}/central"
+    return {"policy": f"{base}/policy", "keys": f"{base}/keys", "manifest": f"{base}/passes/manifest",
+            "chunk": f"{base}/passes/chunk/+/+", "delta": f"{base}/passes/delta"}  # fmt: skip
+
+
+def rows_digest(chunks: list[list[Any]] | Any) -> str:
+    """How central and gate agree on a snapshot: SHA-256 over each chunk's compact JSON, in order."""
+    h = hashlib.sha256()
+    for rows in chunks:
+        h.update(json.dumps(rows, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def parse_row(r: Any) -> Row:
+    """[token, status 0..2, valid_until|null, revoked 0|1, companions|null], validated."""
+    if not isinstance(r, list) or len(r) != 5:
+        raise ValueError("a row is [token, status, valid_until, revoked, companions]")
+    token, status, until, revoked, comp = r
+    check_token(token) if isinstance(token, str) else None
+    if not isinstance(token, str) or status not in (0, 1, 2) or revoked not in (0, 1, True, False):
+        raise ValueError(f"bad row {r!r:.80}")
+    if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until < 0):
+        raise ValueError(f"bad valid_until in {r!r:.80}")
+    if comp is not None and (not isinstance(comp, int) or isinstance(comp, bool) or not 0 <= comp <= MAX_COMPANIONS):
+        raise ValueError(f"bad companions in {r!r:.80}")
+    return (token, status, until, int(revoked), comp)
+
+
+class CentralSync:
+    """Handlers run on one worker thread, never on paho's: a 1M-entry snapshot does not stall MQTT,
+    and decisions keep reading the previous data until the swap commits."""
+
+    def __init__(self, gate: Gate, verifier: Verifier, base_keys: list[Any], state_dir: Path) -> None:
+        self.gate, self.verifier, self.base_keys = gate, verifier, base_keys
+        self.cache = PassCache(state_dir / "passes.db")  # the writer's own connection
+        self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
+        self.policies = PolicyStore(state_dir / "device.json", gate.cfg.policy)
+        self.manifest: dict[str, Any] | None = None
+        self.awaiting_resync = False
+        self._jobs: queue.Queue[tuple[Callable[[ControlMessage], None], str, str, bytes] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
+        self.refresh_trust()
+
+    def start(self) -> None:
+        assert self.gate.link is not None
+        t = central_topics(self.gate.cfg.mqtt.topic_prefix)
+        routes = {"policy": self._policy, "keys": self._keys, "manifest": self._manifest, "chunk": self._chunk,
+                  "delta": self._delta}  # fmt: skip
+        for kind, topic in t.items():
+            self.gate.link.subscribe(topic, self._enqueue(routes[kind], kind))
+        self.gate.link.subscribe(f"{self.gate.topics.base}/command", self._enqueue(self._command, "command"))
+        self._thread.start()
+
+    def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Callable[[str, bytes], None]:
+        return lambda topic, payload: self._jobs.put((fn, kind, topic, payload))
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, kind, topic, payload = job
+            try:
+                if not payload:
+                    continue  # a retained message being cleared
+                msg = self.verifier.open(payload, kind)
+                fn(msg)
+                self.verifier.accepted += 1
+            except Rejected as exc:
+                log.warning("central: rejected %s on %s: %s (%s)", kind, topic, exc.reason, exc)
+            except Exception:
+                self.verifier.rejected["error"] += 1
+                log.exception("central: %s on %s failed; ignored", kind, topic)
+            finally:
+                self._jobs.task_done()
+
+    def wait_idle(self) -> None:
+        """Block until every received control message has been handled (tests and benchmarks)."""
+        self._jobs.join()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.cache.close()
+
+    # -- pass status -------------------------------------------------------------------------------
+    def _manifest(self, msg: ControlMessage) -> None:
+        b = msg.body
+        try:
+            m: dict[str, Any] = {"version": int(b["version"]), "count": int(b["count"]), "chunks": int(b["chunks"]),
+                 "sha256": str(b["sha256"])}  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            raise self.verifier.invalid("manifest needs version, count, chunks, sha256") from None
+        current = self.cache.info().version
+        if m["version"] < current:
+            raise self.verifier.old(f"snapshot version {m['version']} is older than {current}")
+        if m["version"] == current and not self.awaiting_resync:
+            return  # the retained manifest of what we already have
+        self.manifest = m
+        self.cache.drop_staging(below=m["version"])
+        self._maybe_apply()
+
+    def _chunk(self, msg: ControlMessage) -> None:
+        try:
+            version, idx, rows = int(msg.body["version"]), int(msg.body["index"]), msg.body["rows"]
+            if not isinstance(rows, list):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise self.verifier.invalid("chunk needs version, index, rows") from None
+        if version <= self.cache.info().version and not self.awaiting_resync:
+            return
+        self.cache.stage(version, idx, json.dumps(rows, separators=(",", ":")))
+        self._maybe_apply()
+
+    def _maybe_apply(self) -> None:
+        m = self.manifest
+        if m is None or len(self.cache.staged(m["version"])) < m["chunks"]:
+            return
+        chunks = [json.loads(c) for c in self.cache.staged_chunks(m["version"])][: m["chunks"]]
+        if rows_digest(chunks) != m["sha256"]:
+            self.cache.drop_staging(below=m["version"] + 1)
+            raise self.verifier.invalid(f"snapshot {m['version']} does not match its manifest hash; re-fetching")
+        try:
+            rows = [parse_row(r) for chunk in chunks for r in chunk]
+        except (ValueError, CodeError) as exc:
+            self.cache.drop_staging(below=m["version"] + 1)
+            raise self.verifier.invalid(f"snapshot {m['version']}: {exc}") from None
+        if len(rows) != m["count"]:
+            raise self.verifier.invalid(f"snapshot {m['version']} has {len(rows)} rows, manifest says {m['count']}")
+        start = time.perf_counter()
+        self.cache.replace_all(rows, m["version"])
+        self.cache.drop_staging()
+        self.manifest, self.awaiting_resync = None, False
+        log.info("central: snapshot %d applied: %d passes in %.2fs", m["version"], len(rows),
+                 time.perf_counter() - start)  # fmt: skip
+        self.gate.publish_state()
+
+    def _delta(self, msg: ControlMessage) -> None:
+        b = msg.body
+        try:
+            seq, base = int(b["seq"]), int(b["base_version"])
+            upserts = [parse_row(r) for r in b.get("upserts", [])]
+            deletes = [check_token(t) for t in b.get("deletes", [])]
+        except (KeyError, TypeError, ValueError, CodeError) as exc:
+            raise self.verifier.invalid(f"delta: {exc}") from None
+        info = self.cache.info()
+        if base < info.version or (base == info.version and seq <= info.seq):
+            raise self.verifier.old(f"delta {base}.{seq} is not newer than {info.version}.{info.seq}")
+        if base > info.version or seq > info.seq + 1:
+            self.request_resync(f"sequence gap: have {info.version}.{info.seq}, got {base}.{seq}")
+            return
+        self.cache.apply_delta(upserts, deletes, seq)
+        log.info("central: delta %d.%d applied (%d upserts, %d deletes)", base, seq, len(upserts), len(deletes))
+
+    def request_resync(self, why: str) -> None:
+        info = self.cache.info()
+        self.awaiting_resync = True
+        log.warning("central: %s; asking for a resync and deciding from cache %d.%d meanwhile",
+                    why, info.version, info.seq)  # fmt: skip
+        assert self.gate.link is not None
+        body = {"gate_id": self.gate.cfg.gate.id, "have_version": info.version, "have_seq": info.seq,
+                "reason": why, "time": time.time()}  # fmt: skip
+        self.gate.link.publish(f"{self.gate.topics.base}/resync", json.dumps(body).encode(), qos=1)
+        self.gate.publish_state()
+
+    # -- policy and trust keys ---------------------------------------------------------------------
+    def _policy(self, msg: ControlMessage) -> None:
+        try:
+            policy = Policy.model_validate({**msg.body.get("policy", {}), "version": int(msg.body["version"])})
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise self.verifier.invalid(f"policy: {str(exc)[:200]}") from None
+        current = self.gate.decider.policy.version
+        if policy.version < current:
+            raise self.verifier.old(f"policy version {policy.version} is older than {current}")
+        if policy.version == current:
+            return
+        self.policies.save(policy)
+        self.gate.decider.policy = policy
+        log.info("central: policy version %d in force", policy.version)
+        self.gate.publish_state()
+
+    def _keys(self, msg: ControlMessage) -> None:
+        try:
+            version = int(msg.body["version"])
+            keys: list[dict[str, Any]] = [{"pem": str(k["pem"]), "not_before": float(k.get("not_before") or 0),
+                     "not_after": float(k.get("not_after") or 0)} for k in msg.body["keys"]]  # fmt: skip
+            for k in keys:
+                public_from_pem(k["pem"].encode(), "keys message")
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise self.verifier.invalid(f"keys: {exc}") from None
+        current = (self.keys_doc.get() or {}).get("version", 0)
+        if version < current:
+            raise self.verifier.old(f"keys version {version} is older than {current}")
+        if version == current:
+            return
+        self.keys_doc.put({"version": version, "keys": keys})
+        self.refresh_trust()
+        log.info("central: trust keys version %d (%d keys)", version, len(keys))
+
+    def refresh_trust(self, now: float | None = None) -> None:
+        """Config keys plus central's keys whose window includes now (overlap makes rotation seamless)."""
+        now = time.time() if now is None else now
+        doc = self.keys_doc.get() or {}
+        active = [public_from_pem(k["pem"].encode(), "stored keys") for k in doc.get("keys", [])
+                  if k["not_before"] <= now and (not k["not_after"] or now < k["not_after"])]  # fmt: skip
+        self.gate.decider.trust = TrustStore.of([*self.base_keys, *active])
+
+    # -- commands ------------------------------------------------------------------------------------
+    def _command(self, msg: ControlMessage) -> None:
+        self.verifier.fresh(msg, time.time())
+        name, args = str(msg.body.get("name")), msg.body.get("args") or {}
+        reply_to = str(msg.body.get("reply_to") or f"{self.gate.topics.base}/reply")
+        result: dict[str, Any] = {"correlation_id": msg.body.get("correlation_id"), "gate_id": self.gate.cfg.gate.id,
+                                  "command": name, "ok": True}  # fmt: skip
+        try:
+            result["result"] = self._run_command(name, args)
+        except (ValueError, CodeError) as exc:
+            result.update(ok=False, error=str(exc))
+        assert self.gate.link is not None
+        self.gate.link.publish(reply_to, json.dumps(result).encode(), qos=1)
+
+    def _run_command(self, name: str, args: dict[str, Any]) -> Any:
+        act = self.gate.actuator
+        if name == "open":
+            operator = check_token(str(args.get("operator", "")))
+            return {"event_id": self.gate.remote_open(operator)}
+        if name == "out-of-service":
+            act.set_mode("out_of_service")
+        elif name == "in-service":
+            act.set_mode("normal")
+        elif name == "free-pass":
+            act.set_mode("free_pass" if args.get("state", "on") == "on" else "normal")
+        elif name == "resync":
+            self.cache.drop_staging()
+            self.request_resync("requested by central")
+        elif name != "status":
+            raise ValueError(f"unknown command {name!r}")
+        self.gate.publish_state()
+        return self.gate.state()
+
+    def status(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"accepted": self.verifier.accepted, "rejected": dict(self.verifier.rejected),
+                "awaiting_resync": self.awaiting_resync,
+                "snapshot_in_progress": None if m is None else
+                f"version {m['version']}: {len(self.cache.staged(m['version']))}/{m['chunks']} chunks"}  # fmt: skip

@@ -1,0 +1,317 @@
+"""Central sync against a real mosquitto: snapshots, deltas, policy, keys, commands, hostile input, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from gpiozero.pins.mock import MockFactory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Broker, make_config
+from gate.app import Gate, build
+from gate.central_mqtt import publisher
+from gate.clock import SystemClock
+from gate.codes import Kind, Status, issue
+from gate.control import sign
+from gate.decoders import make_decoder
+from gate.keys import generate_keypair, load_private_key
+from gate.scanner import DecodingSource, ScriptedFrames
+from gate.sync import central_topics, rows_digest
+
+PREFIX = "gate"
+T = central_topics(PREFIX)
+
+
+class Central:
+    def __init__(self, tmp: Path, broker: Broker) -> None:
+        _, priv, self.pub = generate_keypair(tmp / "central")
+        self.key = load_private_key(priv)
+        self.broker = broker
+
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        with publisher((self.broker.host, self.broker.port)) as pub:
+            pub(topic, payload, retain)
+
+    def snapshot(self, version: int, rows: list[list[Any]], chunk: int = 10_000) -> None:
+        chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)] or [[]]
+        with publisher((self.broker.host, self.broker.port)) as pub:
+            for i, c in enumerate(chunks):
+                pub(f"{PREFIX}/central/passes/chunk/{version}/{i}",
+                    sign(self.key, "chunk", {"version": version, "index": i, "rows": c}), True)  # fmt: skip
+            manifest = {"version": version, "count": len(rows), "chunks": len(chunks), "sha256": rows_digest(chunks)}
+            pub(T["manifest"], sign(self.key, "manifest", manifest), True)
+
+    def delta(self, base: int, seq: int, upserts: list[list[Any]], deletes: tuple[str, ...] = ()) -> bytes:
+        body = {"base_version": base, "seq": seq, "upserts": upserts, "deletes": list(deletes)}
+        return sign(self.key, "delta", body)
+
+
+@pytest.fixture
+def central(tmp_path, broker) -> Central:
+    return Central(tmp_path, broker)
+
+
+@pytest.fixture
+def gate(tmp_path, keys, broker, central):
+    cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port},
+                      central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
+                      gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}})  # fmt: skip
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512), pin_factory=MockFactory(),
+              clock=SystemClock("assume_synced"))  # fmt: skip
+    assert g.link.connected.wait(10)
+    time.sleep(0.2)  # subscriptions acknowledged
+    yield g
+    g.close()
+
+
+def settle(g: Gate, cond, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        g.sync.wait_idle()
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def rows(n: int, status: int = 0, prefix: str = "tok") -> list[list[Any]]:
+    return [[f"{prefix}-{i:08d}", status, None, 0, None] for i in range(n)]
+
+
+def card(keys, token: str) -> bytes:
+    return issue(keys.private, token, Status.GREEN, int(time.time()) - 60, 86_400 * 365, Kind.CARD).encode()
+
+
+def test_a_100k_snapshot_is_applied_while_decisions_continue(gate, central, keys) -> None:
+    central.snapshot(1, rows(100_000, status=0))
+    assert settle(gate, lambda: gate.cache.info().version == 1, 60)
+    gate.decider.policy = gate.decider.policy.model_copy(update={"passback_seconds": 0})
+    code = card(keys, "tok-00099999")
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def decide() -> None:
+        while not stop.is_set():
+            seen.append(gate.decider.decide(code, gate.clock.read()).reason.value)
+
+    t = threading.Thread(target=decide)
+    t.start()
+    central.snapshot(2, rows(100_000, status=2))
+    ok = settle(gate, lambda: gate.cache.info().version == 2, 60)
+    time.sleep(0.05)
+    stop.set()
+    t.join()
+    assert ok and gate.cache.info().count == 100_000
+    assert set(seen) <= {"admitted", "status_red"} and seen[0] == "admitted" and seen[-1] == "status_red"
+    assert len(seen) > 50  # deciding went on during the download and the swap
+    assert gate.state()["cache_version"] == 2
+
+
+def test_deltas_apply_in_sequence_and_a_gap_asks_for_a_resync(gate, central, keys, subscriber_factory, broker) -> None:
+    sub = subscriber_factory(broker, f"{PREFIX}/+/resync")
+    central.snapshot(3, rows(10))
+    assert settle(gate, lambda: gate.cache.info().version == 3)
+    central.send(T["delta"], central.delta(3, 1, [["tok-00000001", 2, None, 0, None]], ["tok-00000002"]))
+    assert settle(gate, lambda: gate.cache.info().seq == 1)
+    assert gate.cache.lookup("tok-00000001").status.value == "red" and gate.cache.lookup("tok-00000002") is None
+    central.send(T["delta"], central.delta(3, 3, [["tok-00000003", 2, None, 0, None]]))  # seq 2 never came
+    assert settle(gate, lambda: gate.sync.awaiting_resync)
+    assert gate.cache.info().seq == 1 and gate.cache.lookup("tok-00000003").status.value == "green"
+    req = json.loads(sub.wait_for("/resync", 1)[0])
+    assert (req["have_version"], req["have_seq"]) == (3, 1) and "gap" in req["reason"]
+    assert gate.state()["sync"]["awaiting_resync"] is True
+    central.snapshot(4, rows(10, status=1))
+    assert settle(gate, lambda: gate.cache.info().version == 4 and not gate.sync.awaiting_resync)
+
+
+def test_policy_and_trust_keys_are_pushed_versioned_and_rotate_with_overlap(gate, central, tmp_path) -> None:
+    central.send(T["policy"], sign(central.key, "policy", {"version": 5, "policy": {"passback_seconds": 7}}), True)
+    assert settle(gate, lambda: gate.decider.policy.version == 5)
+    assert gate.decider.policy.passback_seconds == 7 and gate.state()["policy_version"] == 5
+    _, new_priv, new_pub = generate_keypair(tmp_path / "new")
+    new_key = load_private_key(new_priv)
+    code = issue(new_key, "tok-newkey1", Status.GREEN, int(time.time()), 60).encode()
+    assert gate.decider.decide(code, gate.clock.read()).reason.value == "unknown_key"
+    doc = {"version": 1, "keys": [{"pem": new_pub.read_text()}]}
+    central.send(T["keys"], sign(central.key, "keys", doc), True)
+    assert settle(gate, lambda: gate.decider.decide(code, gate.clock.read()).reason.value != "unknown_key")
+    retired = {"version": 2, "keys": [{"pem": new_pub.read_text(), "not_after": time.time() - 1}]}
+    central.send(T["keys"], sign(central.key, "keys", retired), True)
+    assert settle(gate, lambda: gate.decider.decide(code, gate.clock.read()).reason.value == "unknown_key")
+
+
+def _every_kind(central: Central, other: Ed25519PrivateKey) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        ("manifest", T["manifest"], {"version": 99, "count": 0, "chunks": 1, "sha256": "0" * 64}),
+        ("chunk", f"{PREFIX}/central/passes/chunk/99/0", {"version": 99, "index": 0, "rows": []}),
+        ("delta", T["delta"], {"base_version": 0, "seq": 1, "upserts": [["tok-forged01", 0, None, 0, None]]}),
+        ("policy", T["policy"], {"version": 99, "policy": {"passback_seconds": 0}}),
+        ("keys", T["keys"], {"version": 99, "keys": []}),
+        ("command", f"{PREFIX}/lane-t/command", {"name": "out-of-service", "correlation_id": "x"}),
+    ]
+
+
+def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gate, central) -> None:
+    other = Ed25519PrivateKey.generate()
+    before = gate.state()
+    for kind, topic, body in _every_kind(central, other):
+        central.send(topic, sign(other, kind, body))  # an unpinned key
+        env = json.loads(sign(central.key, kind, body))
+        env["msg"] = env["msg"].replace('"version":99', '"version":98').replace('"seq":1', '"seq":2')
+        env["msg"] = env["msg"].replace("out-of-service", "free-pass")
+        central.send(topic, json.dumps(env).encode())  # tampered after signing
+        central.send(topic, b"\x00not json")
+        central.send(topic, b"{" + b" " * (5 << 20) + b"}")  # oversized
+    assert settle(gate, lambda: sum(gate.sync.verifier.rejected.values()) >= 24)
+    rejected = gate.sync.verifier.rejected
+    assert (rejected["unknown_key"], rejected["bad_signature"], rejected["malformed"], rejected["oversized"]) == (
+        6, 6, 6, 6)
+    after = gate.state()
+    for k in ("cache_version", "cache_seq", "policy_version", "mode"):
+        assert before[k] == after[k]
+    # replays: old versions and sequences, a reused command, a stale command, a message for another gate
+    central.send(T["policy"], sign(central.key, "policy", {"version": 3, "policy": {}}))
+    assert settle(gate, lambda: gate.decider.policy.version == 3)
+    central.send(T["policy"], sign(central.key, "policy", {"version": 2, "policy": {}}))
+    command = sign(central.key, "command", {"name": "status", "correlation_id": "c1"}, gate="lane-t")
+    central.send(f"{PREFIX}/lane-t/command", command)
+    central.send(f"{PREFIX}/lane-t/command", command)
+    central.send(f"{PREFIX}/lane-t/command", sign(central.key, "command", {"name": "status"}, gate="lane-t",
+                                                 ts=time.time() - 3600))  # fmt: skip
+    central.send(f"{PREFIX}/lane-t/command", sign(central.key, "command", {"name": "out-of-service"}, gate="lane-9"))
+    central.snapshot(2, rows(3))
+    assert settle(gate, lambda: gate.cache.info().version == 2)
+    central.send(T["delta"], central.delta(2, 1, []))
+    central.send(T["delta"], central.delta(2, 1, []))
+    central.send(T["delta"], central.delta(1, 5, []))
+    assert settle(gate, lambda: rejected["replayed"] >= 4 and rejected["stale"] >= 1 and rejected["wrong_gate"] >= 1)
+    assert gate.decider.policy.version == 3 and gate.actuator.mode == "normal"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_command_round_trip_open_service_modes_and_status(gate, central, broker, subscriber_factory, keys) -> None:
+    b = f"{broker.host}:{broker.port}"
+    sub = subscriber_factory(broker, f"{PREFIX}/lane-t/checkin")
+    r = _cli("command", "--broker", b, "--key", str(central.pub.with_suffix(".key")), "lane-t", "status")
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["ok"] and reply["result"]["gate_id"] == "lane-t" and reply["result"]["mode"] == "normal"
+    key = str(central.pub.with_suffix(".key"))
+    relay = gate.actuator.relay.pin_factory.pin(17)
+    relay.clear_states()
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "open", "--operator", "ctrl-room-07")
+    assert r.returncode == 0, r.stderr
+    assert any(s.state for s in relay.states)
+    ev = [json.loads(p) for p in sub.wait_for("/checkin", 1)]
+    assert (ev[0]["kind"], ev[0]["reason"], ev[0]["operator"], ev[0]["token"]) == (
+        "staff_assisted", "staff_assisted", "ctrl-room-07", None)
+    assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "out-of-service").stdout)["ok"]
+    code = issue(keys.private, "tok-oos0001", Status.GREEN, int(time.time()), 60).encode()
+    assert gate.handle(code)[0].reason.value == "out_of_service"
+    assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "in-service").stdout)["ok"]
+    assert gate.handle(code)[0].reason.value != "out_of_service"
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "free-pass", "--state", "on")
+    assert json.loads(r.stdout)["result"]["mode"] == "free_pass" and relay.state is True
+    _cli("command", "--broker", b, "--key", key, "lane-t", "free-pass", "--state", "off")
+    assert gate.actuator.mode == "normal" and relay.state is False
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "open", "--operator", "13812345678")
+    assert r.returncode == 1 and "phone or ID-card" in json.loads(r.stdout)["error"]
+
+
+HOSTILE = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                       max_leaves=20)  # fmt: skip
+
+
+@HOSTILE
+@given(st.sampled_from(["manifest", "chunk", "delta", "policy", "keys", "command"]),
+       st.one_of(st.binary(max_size=300), JSONISH.map(lambda v: json.dumps(v).encode()),
+                 st.dictionaries(st.text(max_size=10), JSONISH, max_size=6)))  # fmt: skip
+def test_hostile_payloads_on_every_inbound_topic_never_crash_or_change_state(gate, central, kind, payload) -> None:
+    if isinstance(payload, dict):  # validly signed, nonsense inside
+        payload = sign(central.key, kind, {k: v for k, v in payload.items()
+                                           if k not in ("type", "gate", "ts", "nonce")}, gate="lane-t")  # fmt: skip
+    before = (gate.cache.info().version, gate.cache.info().seq, gate.decider.policy.version, gate.actuator.mode)
+    route = {"manifest": gate.sync._manifest, "chunk": gate.sync._chunk, "delta": gate.sync._delta,
+             "policy": gate.sync._policy, "keys": gate.sync._keys, "command": gate.sync._command}[kind]  # fmt: skip
+    gate.sync._enqueue(route, kind)("hostile/topic", payload)
+    gate.sync.wait_idle()
+    assert gate.sync._thread.is_alive()
+    after = (gate.cache.info().version, gate.cache.info().seq, gate.decider.policy.version, gate.actuator.mode)
+    if kind in ("manifest", "chunk", "keys", "command"):
+        assert after[:3] == before[:3]
+    assert gate.sync.verifier.rejected.get("error", 0) == 0  # every failure was a named rejection
+
+
+def test_end_to_end_issue_scan_collect_trace(tmp_path, keys, broker, central) -> None:
+    b = f"{broker.host}:{broker.port}"
+    images = tmp_path / "images"
+    images.mkdir()
+    r = subprocess.run([sys.executable, "-m", "gate", "central", "issue", "--key", str(keys.private_path),
+                        "--token", "tok-e2e-0001", "--status", "green", "--valid-for", "600", "--companions", "1",
+                        "--png", str(images / "code.png")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("GT1:")
+    db = tmp_path / "collected.db"
+    collect = ["collect", "--broker", b, "--db", str(db), "--count", "3", "--idle-timeout", "60"]
+    collector = subprocess.Popen([sys.executable, "-m", "gate", "central", *collect], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f"""
+[gate]
+id = "lane-e2e"
+state_dir = "{tmp_path / 'state'}"
+[venue]
+id = "bus-north"
+category = "bus_station"
+[scanner]
+source = "images"
+images_path = "{images}"
+[trust]
+keys = ["{keys.public_path}"]
+[central]
+keys = ["{central.pub}"]
+[clock]
+sync_source = "assume_synced"
+[policy.on_cache_stale]
+phone = "use_code"
+card = "assist"
+staff = "use_code"
+[gpio]
+pin_factory = "mock"
+[gpio.relay]
+pin = 17
+pulse_seconds = 0.1
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+""")
+    gate_proc = subprocess.Popen([sys.executable, "-m", "gate", "run", "--config", str(cfg)],
+                                 stderr=subprocess.DEVNULL, env={**__import__("os").environ})  # fmt: skip
+    try:
+        assert collector.wait(60) == 0
+    finally:
+        gate_proc.terminate()
+        gate_proc.wait(10)
+    assert "stored 3 new" in collector.stderr.read()
+    r = subprocess.run([sys.executable, "-m", "gate", "central", "trace", "tok-e2e-0001", "--db", str(db), "--json"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    trail = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 0 and [t["type"] for t in trail] == ["decision", "passage", "passage"]
+    assert trail[0]["decision"] == "admit" and trail[0]["venue_id"] == "bus-north" and trail[0]["gate_id"] == "lane-e2e"
+    r = subprocess.run([sys.executable, "-m", "gate", "central", "trace", "--venue", "bus-north", "--db", str(db),
+                        "--from", str(time.time() - 600), "--to", str(time.time() + 60)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and "tok-e2e-0001" in r.stdout and len(r.stdout.splitlines()) == 3
