@@ -238,7 +238,10 @@ class CentralSync:
     def _command(self, msg: ControlMessage) -> None:
         self.verifier.fresh(msg, time.time())
         name, args = str(msg.body.get("name")), msg.body.get("args") or {}
-        reply_to = str(msg.body.get("reply_to") or f"{self.gate.topics.base}/reply")
+        reply_to = str(msg.body.get("reply_to") or "")
+        replies = f"{self.gate.cfg.mqtt.topic_prefix}/central/replies/"
+        if not (reply_to.startswith(replies) and len(reply_to) <= 200 and not set(reply_to) & {"+", "#", "\0"}):
+            reply_to = f"{self.gate.topics.base}/reply"  # never publish where a message merely asks
         result: dict[str, Any] = {"correlation_id": msg.body.get("correlation_id"), "gate_id": self.gate.cfg.gate.id,
                                   "command": name, "ok": True}  # fmt: skip
         try:
