@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -23,12 +24,13 @@ class Drainer:
 
     def __init__(self, outbox: Outbox, link: MqttLink, window: int) -> None:
         self.outbox, self.link, self.window = outbox, link, window
-        self._inflight: deque[tuple[int, mqtt.MQTTMessageInfo]] = deque()
+        self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo]] = deque()
         self._refused: set[int] = set()  # mids the broker answered with a failure reason
         self._last_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.delivered = 0
+        self.listeners: list[Callable[[list[str]], None]] = []  # event_ids just acknowledged
         self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)
 
     def start(self) -> None:
@@ -58,16 +60,19 @@ class Drainer:
             self._wake.clear()
 
     def _collect(self) -> None:
-        acked, retry = [], []
-        while self._inflight and self._inflight[0][1].is_published():
-            seq, info = self._inflight.popleft()
+        acked, ids, retry = [], [], []
+        while self._inflight and self._inflight[0][2].is_published():
+            seq, event_id, info = self._inflight.popleft()
             if info.mid in self._refused:
                 self._refused.discard(info.mid)
                 retry.append(seq)
             else:
                 acked.append(seq)
+                ids.append(event_id)
         if acked:
             self.delivered += self.outbox.ack(acked)
+            for listener in self.listeners:
+                listener(ids)
         if retry:
             log.error("broker refused %d check-in(s); they stay in the outbox and are retried", len(retry))
             self._inflight.clear()  # re-send from the first refused row, in order
@@ -83,8 +88,8 @@ class Drainer:
             rows = self.outbox.fetch(self._last_seq, min(room, 500))
             if not rows:
                 return
-            for seq, _eid, topic, qos, payload in rows:
-                self._inflight.append((seq, self.link.publish(topic, payload, qos=qos)))
+            for seq, event_id, topic, qos, payload in rows:
+                self._inflight.append((seq, event_id, self.link.publish(topic, payload, qos=qos)))
                 self._last_seq = seq
             room -= len(rows)
 

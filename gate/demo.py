@@ -174,6 +174,10 @@ def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_d
         gate.listeners.append(show)
         gate.outcome_listeners.append(lambda o: print(f"{'':<26} passage {o.index}: {o.outcome}", flush=True))
         gate.actuator.pulse_listeners.append(walker.on_relay)
+        if gate.drainer is not None:
+            gate.drainer.listeners.append(
+                lambda ids: print(f"{'':<26} broker acknowledged {len(ids)} check-in(s): "
+                                  + ", ".join(i[:13] for i in ids[:4]) + (" …" if len(ids) > 4 else ""), flush=True))
         stop = threading.Event()
         try:
             while not stop.is_set() and not frames.exhausted:
