@@ -16,7 +16,7 @@ from typing import Any
 
 from gate import __version__
 from gate.actuator import Actuator, Alarm, PassageOutcome, Release, make_pin_factory
-from gate.clock import Clock, SystemClock
+from gate.clock import Clock, ClockReading, SystemClock
 from gate.config import Config
 from gate.control import Verifier
 from gate.decision import Decider, Decision, Reason
@@ -88,8 +88,8 @@ class Gate:
     def topics(self) -> Topics:
         return Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
 
-    def _checkin(self, d: Decision, **kw: Any) -> CheckIn:
-        now = self.clock.read()
+    def _checkin(self, d: Decision, now: ClockReading | None = None) -> CheckIn:
+        now = now or self.clock.read()
         v = self.cfg.venue
         base: dict[str, Any] = dict(
             event_id=uuid7(now.wall), type="decision", gate_id=self.cfg.gate.id,
@@ -98,7 +98,6 @@ class Gate:
             outcome=None, decision_id=None, operator=d.operator, time=now.wall, clock_synced=now.usable,
             policy_version=self.decider.policy.version, cache_version=self.cache.info().version,
         )  # fmt: skip
-        base.update(kw)
         return CheckIn(**base)
 
     def _record(self, event_id: str, topic: str, payload: bytes) -> None:
@@ -114,8 +113,9 @@ class Gate:
         """Decide, record durably, then actuate: a power cut at any instant loses no passage record."""
         blocked = Reason.OUT_OF_SERVICE if self.actuator.mode == "out_of_service" or (
             self.outbox.full and self.cfg.outbox.on_full == "out_of_service") else None  # fmt: skip
-        decision = self.decider.decide(payload, self.clock.read(), blocked)
-        event = self._checkin(decision)
+        now = self.clock.read()
+        decision = self.decider.decide(payload, now, blocked)
+        event = self._checkin(decision, now)
         try:
             self._record(event.event_id, self.topics.checkin, event.to_json())
         except OutboxFull:  # cannot record, so cannot admit: fail closed

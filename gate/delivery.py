@@ -9,11 +9,20 @@ from collections import deque
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
 
 from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
 
 log = logging.getLogger(__name__)
+_QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+
+def acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the PUBACK came. Not info.is_published(): that raises for ever for a message first handed
+    to paho while the link was down (rc NO_CONN), even after paho re-sent it and the broker acked it."""
+    with info._condition:
+        return bool(info._published)
 
 
 class Drainer:
@@ -61,7 +70,7 @@ class Drainer:
 
     def _collect(self) -> None:
         acked, ids, retry = [], [], []
-        while self._inflight and self._inflight[0][2].is_published():
+        while self._inflight and acknowledged(self._inflight[0][2]):
             seq, event_id, info = self._inflight.popleft()
             if info.mid in self._refused:
                 self._refused.discard(info.mid)
@@ -89,7 +98,10 @@ class Drainer:
             if not rows:
                 return
             for seq, event_id, topic, qos, payload in rows:
-                self._inflight.append((seq, event_id, self.link.publish(topic, payload, qos=qos)))
+                info = self.link.publish(topic, payload, qos=qos)
+                if info.rc not in _QUEUED:  # paho did not keep it: fetch it again on the next step
+                    return
+                self._inflight.append((seq, event_id, info))
                 self._last_seq = seq
             room -= len(rows)
 

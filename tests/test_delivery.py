@@ -203,3 +203,20 @@ def test_logs_never_show_a_full_token(tmp_path, keys, caplog, gates) -> None:
     g.handle(text.encode())
     assert "tok-secret-123456" not in caplog.text and text not in caplog.text
     assert "tok-…" in caplog.text
+
+
+def test_a_check_in_handed_to_paho_during_a_disconnect_is_still_acked_and_removed(tmp_path, keys, gates) -> None:
+    broker = Broker(tmp_path)  # down
+    g = make_gate(tmp_path, keys, broker)
+    gates.append(g)
+    g.link.connected.set()  # the race: the link looked up when the drainer published
+    g.handle(codes(keys, 1, Status.RED)[0])
+    deadline = time.monotonic() + 5
+    while g.drainer.inflight == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert g.drainer.inflight == 1  # paho holds it with rc NO_CONN
+    broker.start()
+    try:
+        assert g.drainer.wait_empty(30)
+    finally:
+        broker.stop()
