@@ -252,3 +252,17 @@ def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path) -> None:
     assert subprocess.run([*run, "--purge"], capture_output=True, timeout=60).returncode == 0
     assert not (prefix / "etc/gate").exists() and not (prefix / "var/lib/gate").exists()
     assert shutil.which("bash")
+
+
+def test_under_systemd_log_lines_carry_syslog_priorities(monkeypatch, capsys) -> None:
+    import logging
+
+    from gate.logs import setup_logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    setup_logging()
+    logging.getLogger("gate.x").warning("careful")
+    logging.getLogger("gate.x").info("fine")
+    err = capsys.readouterr().err
+    assert "<4>gate.x: careful" in err and "<6>gate.x: fine" in err
+    logging.getLogger().handlers.clear()
