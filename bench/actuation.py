@@ -82,7 +82,7 @@ def full_path_latency(runs: int) -> list[float]:
         cfg = parse_config({"gate": {"id": "b", "state_dir": d}, "venue": {"id": "v"},
                             "policy": {"passback_seconds": 0},
                             "gpio": {"relay": {"pin": RELAY, "pulse_seconds": 0.001}}})  # fmt: skip
-        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512),
+        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
                      pin_factory=MockFactory(pin_class=StampedPin), clock=SystemClock("assume_synced"),
                      trust=TrustStore.of([key.public_key()]), with_mqtt=False)  # fmt: skip
         now = int(time.time())

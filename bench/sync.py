@@ -80,7 +80,7 @@ def main() -> None:
                             "central": {"keys": [str(cpub)]}, "policy": {"passback_seconds": 0},
                             "mqtt": {"host": "127.0.0.1", "port": port},
                             "gpio": {"relay": {"pin": 17, "pulse_seconds": 0.01}}})  # fmt: skip
-        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512),
+        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
                      pin_factory=MockFactory(), clock=SystemClock("assume_synced"),
                      trust=TrustStore.from_files([ipub]))  # fmt: skip
         try:

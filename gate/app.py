@@ -54,10 +54,10 @@ def make_source(cfg: Config) -> CodeSource:
     decoder = make_decoder(sc.decoder, sc.formats)
     if sc.source == "images":
         assert sc.images_path is not None
-        return DecodingSource(ImageSource([sc.images_path]), decoder, sc.max_payload_bytes)
+        return DecodingSource(ImageSource([sc.images_path]), decoder)
     from gate.camera import PiCamera
 
-    return DecodingSource(PiCamera(sc.camera), decoder, sc.max_payload_bytes)
+    return DecodingSource(PiCamera(sc.camera), decoder)
 
 
 @dataclass

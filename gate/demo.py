@@ -158,7 +158,7 @@ def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_d
         cfg = demo_config(state, broker)
         trust = TrustStore.from_files(keydir.glob("*.pub"))
         frames = PacedFrames(iter(()))
-        source = DecodingSource(frames, make_decoder("auto"), cfg.scanner.max_payload_bytes)
+        source = DecodingSource(frames, make_decoder("auto"))
         gate = build(cfg, source=source, clock=SystemClock("assume_synced"), trust=trust,
                      with_mqtt=broker is not None)  # fmt: skip
         frames.frames = _frames(keydir, gate, once)
@@ -176,8 +176,8 @@ def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_d
         gate.actuator.pulse_listeners.append(walker.on_relay)
         if gate.drainer is not None:
             gate.drainer.listeners.append(
-                lambda ids: print(f"{'':<26} broker acknowledged {len(ids)} check-in(s): "
-                                  + ", ".join(i[:13] for i in ids[:4]) + (" …" if len(ids) > 4 else ""), flush=True))
+                lambda ids: print(f"{'':<26} delivered: broker acked check-in {', '.join(i[:13] for i in ids)}",
+                                  flush=True))  # fmt: skip
         stop = threading.Event()
         try:
             while not stop.is_set() and not frames.exhausted:

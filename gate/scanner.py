@@ -55,8 +55,8 @@ class FrameSource(Protocol):
 class DecodingSource:
     """Turns a frame source into a code source by decoding each frame."""
 
-    def __init__(self, frames: FrameSource, decoder: Decoder, max_payload: int) -> None:
-        self.frames, self.decoder, self.max_payload = frames, decoder, max_payload
+    def __init__(self, frames: FrameSource, decoder: Decoder) -> None:
+        self.frames, self.decoder = frames, decoder
         self.name = frames.name
         self.frames_decoded = 0
 

@@ -124,7 +124,7 @@ def test_tls_with_password_auth_delivers_check_ins(tmp_path, keys, subscriber_fa
         cfg = make_config(tmp_path / "state", keys, mqtt={"host": "localhost", "port": broker.port,
                                                           "username": "lane-t", "password_file": "mqtt-password",
                                                           "tls": {"ca_file": str(ca)}})  # fmt: skip
-        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512),
+        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
                      pin_factory=MockFactory(), clock=SystemClock("assume_synced"))  # fmt: skip
         try:
             now = int(time.time())

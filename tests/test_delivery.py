@@ -29,7 +29,7 @@ def make_gate(tmp_path: Path, keys, broker: Broker, **sections: Any) -> Gate:
     cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port,
                                                       "telemetry_seconds": 1, **sections.pop("mqtt", {})},
                       policy={"passback_seconds": 0}, **sections)  # fmt: skip
-    src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512)
+    src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
     return build(cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"))
 
 
@@ -144,7 +144,7 @@ def test_a_shared_subscription_group_receives_every_check_in(tmp_path, keys, bro
 
 def offline_gate(tmp_path: Path, keys, **outbox: Any) -> Gate:
     cfg = make_config(tmp_path / "state", keys, outbox=outbox, policy={"passback_seconds": 0})
-    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512), pin_factory=MockFactory(),
+    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
                  clock=SystemClock("assume_synced"), with_mqtt=False)  # fmt: skip
 
 

@@ -103,7 +103,7 @@ def test_a_different_code_scans_at_once() -> None:
 def test_scanner_turns_scripted_frames_into_one_scan_per_presentation() -> None:
     clock = Clock()
     frames = [code_frame(TEXT)] * 3 + [code_frame(None)] * 2 + [code_frame(TEXT)]
-    scanner = Scanner(DecodingSource(ScriptedFrames(frames), make_decoder("zxing"), 512), Deduplicator(10, 0.5), clock)
+    scanner = Scanner(DecodingSource(ScriptedFrames(frames), make_decoder("zxing")), Deduplicator(10, 0.5), clock)
     scans = []
     for _ in frames:
         scans += scanner.poll(0.1) or []

@@ -65,7 +65,7 @@ def gate(tmp_path, keys, broker, central):
     cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port},
                       central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
                       gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}})  # fmt: skip
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing"), 512), pin_factory=MockFactory(),
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
               clock=SystemClock("assume_synced"))  # fmt: skip
     assert g.link.connected.wait(10)
     time.sleep(0.2)  # subscriptions acknowledged
