@@ -101,7 +101,10 @@ def main() -> None:
     ap.add_argument("--big-backlog", type=int, default=1_000_000)
     ap.add_argument("--big-drain", type=int, default=400_000, help="how much of the big backlog to drain")
     ap.add_argument("--appends", type=int, default=3000)
+    ap.add_argument("--window", type=int, default=200, help="in-flight window for both sides")
     args = ap.parse_args()
+    global WINDOW
+    WINDOW = args.window
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         broker, port = start_broker(tmp)
