@@ -62,7 +62,8 @@ class ZxingDecoder:
 
     def decode(self, frame: Frame) -> list[DecodedCode]:
         invert, self._invert_next = self._invert_next, not self._invert_next
-        results = self._read(frame, invert)
+        # One pass per frame: zxing's own try_invert would run both passes on every frame.
+        results = self._read(np.subtract(255, frame, dtype=np.uint8) if invert else frame, False)
         found = self._found(results)
         if found or not results:
             return found
