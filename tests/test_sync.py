@@ -315,3 +315,54 @@ port = {broker.port}
                         "--from", str(time.time() - 600), "--to", str(time.time() + 60)],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0 and "tok-e2e-0001" in r.stdout and len(r.stdout.splitlines()) == 3
+
+
+def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, central, gate) -> None:
+    data = rows(30_000)
+    chunks = [data[i : i + 10_000] for i in range(0, len(data), 10_000)]
+    # the first two chunks arrive (not retained: they will not come again), then the gate restarts
+    for i in (0, 1):
+        central.send(f"{PREFIX}/central/passes/chunk/7/{i}", sign(central.key, "chunk",
+                                                                  {"version": 7, "index": i, "rows": chunks[i]}))
+    assert settle(gate, lambda: gate.sync.cache.staged(7) == {0, 1})
+    cfg = gate.cfg
+    gate.close()
+    again = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
+                  clock=SystemClock("assume_synced"))  # fmt: skip
+    try:
+        assert again.link.connected.wait(10)
+        time.sleep(0.2)
+        central.send(f"{PREFIX}/central/passes/chunk/7/2", sign(central.key, "chunk",
+                                                                {"version": 7, "index": 2, "rows": chunks[2]}))
+        manifest = {"version": 7, "count": len(data), "chunks": 3, "sha256": rows_digest(chunks)}
+        central.send(T["manifest"], sign(central.key, "manifest", manifest))
+        assert settle(again, lambda: again.cache.info().version == 7)
+        assert again.cache.info().count == 30_000 and again.sync.cache.staged(7) == set()
+    finally:
+        again.close()
+
+
+def test_the_publishing_tools_reach_the_gate(tmp_path, gate, central, broker) -> None:
+    b, key = f"{broker.host}:{broker.port}", str(central.pub.with_suffix(".key"))
+    passes = tmp_path / "passes.csv"
+    passes.write_text("token,status\n" + "".join(f"tok-pub{i:05d},green\n" for i in range(2500)))
+    r = _cli("publish-snapshot", str(passes), "--version", "9", "--chunk-size", "1000", "--broker", b, "--key", key)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["chunks"] == 3
+    assert settle(gate, lambda: gate.cache.info().version == 9 and gate.cache.info().count == 2500)
+    change = tmp_path / "change.ndjson"
+    change.write_text('{"token": "tok-pub00001", "status": "red"}\n')
+    r = _cli("publish-delta", str(change), "--base-version", "9", "--seq", "1", "--delete", "tok-pub00002",
+             "--broker", b, "--key", key)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert settle(gate, lambda: gate.cache.info().seq == 1)
+    assert gate.cache.lookup("tok-pub00001").status.value == "red" and gate.cache.lookup("tok-pub00002") is None
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": 4, "passback_seconds": 11, "status_actions": {"yellow": "deny"}}))
+    assert _cli("publish-policy", str(policy), "--broker", b, "--key", key).returncode == 0
+    assert settle(gate, lambda: gate.decider.policy.version == 4)
+    assert gate.decider.policy.status_actions.yellow.value == "deny"
+    _, _, issuer = generate_keypair(tmp_path / "issuer")
+    r = _cli("publish-keys", "--version", "1", f"{issuer}@0:{time.time() + 3600:.0f}", "--broker", b, "--key", key)
+    assert r.returncode == 0, r.stderr
+    assert settle(gate, lambda: len(gate.decider.trust.keys) == 2)
