@@ -203,8 +203,10 @@ class Gate:
         if self.link is not None and mono - self._last_telemetry >= self.cfg.mqtt.telemetry_seconds:
             self._last_telemetry = mono
             self.publish_state()
+            src = self.scanner.source
+            restarts = getattr(getattr(src, "frames", src), "restarts", 0) + getattr(src, "reconnects", 0)
             tel = {"schema": "gate.telemetry/1", "gate_id": self.cfg.gate.id, "time": time.time(),
-                   "outbox_depth": self.outbox.depth, **self.stats.snapshot()}  # fmt: skip
+                   "outbox_depth": self.outbox.depth, "source_restarts": restarts, **self.stats.snapshot()}  # fmt: skip
             self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
 
     def _slow_checks(self) -> None:
