@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ class Gate:
     _link_seen: float = field(default_factory=time.monotonic)
     _released: dict[str, CheckIn] = field(default_factory=dict)  # decision event_id -> its check-in
 
-    @property
+    @cached_property
     def topics(self) -> Topics:
         return Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
 
@@ -165,8 +166,8 @@ class Gate:
 
     def on_alarm(self, a: Alarm) -> None:
         now = time.time()
-        payload = alarm_json(self.cfg.gate.id, a.name, a.active, a.detail, now)
-        self._record(json.loads(payload)["event_id"], self.topics.alarm, payload)
+        event_id, payload = alarm_json(self.cfg.gate.id, a.name, a.active, a.detail, now)
+        self._record(event_id, self.topics.alarm, payload)
 
     def state(self) -> dict[str, Any]:
         info = self.cache.info()

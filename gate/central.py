@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gate.central_mqtt import broker_address
 from gate.codes import Kind, Status, issue
 from gate.control import sign
 from gate.errors import GateError
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     def mqtt_cmd(name: str, help: str, signed: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--broker", required=True, type=_host_port, metavar="HOST:PORT")
+        sp.add_argument("--broker", required=True, type=broker_address, metavar="HOST:PORT")
         sp.add_argument("--prefix", default="gate", help="topic prefix (mqtt.topic_prefix of the gates)")
         if signed:
             sp.add_argument("--key", required=True, help="central private key (its .pub is pinned on the gates)")
@@ -73,12 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--to", dest="t_to", type=float, default=float("inf"), metavar="EPOCH")
     tr.add_argument("--json", action="store_true")
 
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def _publish(args: argparse.Namespace, messages: list[tuple[str, bytes, bool]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import uuid
@@ -15,6 +16,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gate.control import sign
 from gate.errors import GateError
+
+
+def broker_address(text: str) -> tuple[str, int]:
+    """argparse type for --broker HOST:PORT."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def connect(broker: tuple[str, int], client_id: str = "") -> mqtt.Client:

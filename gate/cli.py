@@ -12,18 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gate import __version__
+from gate.central_mqtt import broker_address
 from gate.config import DEFAULT_PATH, Config, load_config
 from gate.errors import ConfigError, GateError
 from gate.logs import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -151,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the gate daemon (what systemd starts)", config=True)
     sp = add("demo", cmd_demo, "the whole gate on any machine: simulated camera and pins")
     sp.add_argument("--once", action="store_true", help="run the script once; exit 0 when the broker has acked all")
-    sp.add_argument("--broker", type=_host_port, help="publish check-ins to this broker, HOST:PORT")
+    sp.add_argument("--broker", type=broker_address, help="publish check-ins to this broker, HOST:PORT")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks with --once")
     sp.add_argument("--state-dir", help="keep the demo's state here instead of a temp dir")
     sp = add("check-config", cmd_check_config, "validate a config file; exit 2 naming each bad key")

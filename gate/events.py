@@ -66,10 +66,12 @@ class CheckIn:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def alarm_json(gate_id: str, name: str, active: bool, detail: str, now: float) -> bytes:
-    body = {"schema": "gate.alarm/1", "event_id": uuid7(now), "gate_id": gate_id, "alarm": name,
+def alarm_json(gate_id: str, name: str, active: bool, detail: str, now: float) -> tuple[str, bytes]:
+    """(event_id, payload) of an alarm event."""
+    event_id = uuid7(now)
+    body = {"schema": "gate.alarm/1", "event_id": event_id, "gate_id": gate_id, "alarm": name,
             "active": active, "detail": detail, "time": now}  # fmt: skip
-    return json.dumps(body, separators=(",", ":")).encode()
+    return event_id, json.dumps(body, separators=(",", ":")).encode()
 
 
 def short(token: str | None) -> str:

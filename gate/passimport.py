@@ -42,24 +42,36 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"revoked {value!r} is not a boolean")
 
 
-def to_row(rec: dict[str, Any]) -> Row:
-    """Validate one record; ValueError says which field is wrong."""
-    unknown = set(rec) - set(FIELDS)
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
-    token = rec.get("token")
+def check_row(token: Any, status: Any, until: Any, revoked: Any, companions: Any) -> Row:
+    """The one validation of a cache row, whatever it was read from; ValueError names the field."""
     if not isinstance(token, str):
         raise ValueError("token is missing")
     try:
         check_token(token)
     except CodeError as exc:
         raise ValueError(str(exc)) from None
+    if status not in (0, 1, 2) or isinstance(status, bool):
+        raise ValueError(f"status {status!r} is not 0, 1 or 2")
+    if revoked not in (0, 1):
+        raise ValueError(f"revoked {revoked!r} is not a boolean")
+    for name, value, hi in (("valid_until", until, 2**40), ("companions", companions, MAX_COMPANIONS)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi):
+            raise ValueError(f"{name} {value!r} is not an integer in 0..{hi}")
+    return (token, status, until, int(revoked), companions)
+
+
+def to_row(rec: dict[str, Any]) -> Row:
+    """Validate one record; ValueError says which field is wrong."""
+    unknown = set(rec) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
     status = rec.get("status")
     if status not in _STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(_STATUSES)}")
     until = _opt_int(rec.get("valid_until"), "valid_until", 0, 2**40)
     companions = _opt_int(rec.get("companions"), "companions", 0, MAX_COMPANIONS)
-    return (token, _STATUSES.index(status), until, int(_bool(rec.get("revoked", False))), companions)
+    return check_row(rec.get("token"), _STATUSES.index(status), until, int(_bool(rec.get("revoked", False))),
+                     companions)  # fmt: skip
 
 
 def _records(text: str, ndjson: bool) -> Iterator[tuple[int, dict[str, Any] | str]]:

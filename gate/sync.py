@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from gate.codes import MAX_COMPANIONS, check_token
+from gate.codes import check_token
 from gate.control import ControlMessage, Rejected, Verifier
 from gate.docstore import DocStore
 from gate.errors import CodeError, ConfigError
 from gate.keys import TrustStore, public_from_pem
 from gate.passcache import PassCache, Row
+from gate.passimport import check_row
 from gate.policy import Policy, PolicyStore
 
 if TYPE_CHECKING:
@@ -46,15 +47,7 @@ def parse_row(r: Any) -> Row:
     """[token, status 0..2, valid_until|null, revoked 0|1, companions|null], validated."""
     if not isinstance(r, list) or len(r) != 5:
         raise ValueError("a row is [token, status, valid_until, revoked, companions]")
-    token, status, until, revoked, comp = r
-    check_token(token) if isinstance(token, str) else None
-    if not isinstance(token, str) or status not in (0, 1, 2) or revoked not in (0, 1, True, False):
-        raise ValueError(f"bad row {r!r:.80}")
-    if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until < 0):
-        raise ValueError(f"bad valid_until in {r!r:.80}")
-    if comp is not None and (not isinstance(comp, int) or isinstance(comp, bool) or not 0 <= comp <= MAX_COMPANIONS):
-        raise ValueError(f"bad companions in {r!r:.80}")
-    return (token, status, until, int(revoked), comp)
+    return check_row(*r)
 
 
 class CentralSync:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from gate.actuator import Actuator, Alarm, PassageOutcome, Release
 from gate.config import GpioSection
@@ -235,7 +235,7 @@ def test_a_decision_flashes_then_the_idle_pattern_returns(rig_factory) -> None:
 
 
 def test_rgb_indicator_mixes_the_colours() -> None:
-    factory = MockFactory(pin_class=__import__("gpiozero.pins.mock", fromlist=["MockPWMPin"]).MockPWMPin)
+    factory = MockFactory(pin_class=MockPWMPin)
     cfg = GpioSection.model_validate({"relay": {"pin": RELAY}, "indicator": {"kind": "rgb", "red": 22, "green": 23,
                                                                             "blue": 24}})  # fmt: skip
     with Actuator(cfg, factory) as act:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -299,7 +300,7 @@ host = "{broker.host}"
 port = {broker.port}
 """)
     gate_proc = subprocess.Popen([sys.executable, "-m", "gate", "run", "--config", str(cfg)],
-                                 stderr=subprocess.DEVNULL, env={**__import__("os").environ})  # fmt: skip
+                                 stderr=subprocess.DEVNULL, env=dict(os.environ))  # fmt: skip
     try:
         assert collector.wait(60) == 0
     finally:
