@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -11,21 +12,23 @@ from datetime import UTC, datetime
 SCHEMA = "gate.checkin/1"
 _last_ms = 0
 _seq = 0
+_lock = threading.Lock()  # events are made on the scan loop, the actuator's thread and the sync worker
 
 
 def uuid7(now: float | None = None) -> str:
     """A time-ordered UUIDv7 (RFC 9562): 48-bit ms timestamp, 12-bit counter, random tail."""
     global _last_ms, _seq
     ms = int((time.time() if now is None else now) * 1000)
-    if ms <= _last_ms:
-        ms, _seq = _last_ms, _seq + 1
-        if _seq > 0xFFF:
-            ms, _seq = ms + 1, 0
-    else:
-        _seq = 0
-    _last_ms = ms
+    with _lock:
+        if ms <= _last_ms:
+            ms, _seq = _last_ms, _seq + 1
+            if _seq > 0xFFF:
+                ms, _seq = ms + 1, 0
+        else:
+            _seq = 0
+        _last_ms, seq = ms, _seq
     rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (_seq << 64) | (0b10 << 62) | rand
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

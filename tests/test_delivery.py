@@ -221,3 +221,18 @@ def test_a_check_in_handed_to_paho_during_a_disconnect_is_still_acked_and_remove
         assert g.drainer.wait_empty(30)
     finally:
         broker.stop()
+
+
+def test_event_ids_from_many_threads_are_unique_and_time_ordered_per_thread() -> None:
+    import threading
+
+    from gate.events import uuid7
+
+    out: list[list[str]] = [[] for _ in range(4)]
+    threads = [threading.Thread(target=lambda o=o: o.extend(uuid7() for _ in range(5000))) for o in out]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({i for o in out for i in o}) == 20_000
+    assert all(o == sorted(o) for o in out)
