@@ -43,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gate.demo import run_demo
 
-    return run_demo(args.once, args.broker, args.timeout, Path(args.state_dir) if args.state_dir else None)
+    return run_demo(args.once, args.broker, args.timeout, Path(args.state_dir) if args.state_dir else None,
+                    as_json=args.json)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--broker", type=broker_address, help="publish check-ins to this broker, HOST:PORT")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks with --once")
     sp.add_argument("--state-dir", help="keep the demo's state here instead of a temp dir")
+    sp.add_argument("--json", action="store_true",
+                    help="one JSON object per line (start, decision, passage, delivered, done) instead of the table")
     sp = add("check-config", cmd_check_config, "validate a config file; exit 2 naming each bad key")
     sp.add_argument("path")
     sp = add("decode", cmd_decode, "decode codes in image files (camera snapshots)")

@@ -69,7 +69,9 @@ def collect(broker: tuple[str, int], prefix: str, db_path: Path, group: str, cou
 
     client = connect(broker, client_id=f"gate-collect-{group}")
     client.on_message = on_message
-    client.subscribe(f"$share/{group}/{prefix}/+/checkin", qos=1)
+    topic = f"$share/{group}/{prefix}/+/checkin"
+    client.on_subscribe = lambda *a: print(f"collect: subscribed to {topic}", file=sys.stderr, flush=True)
+    client.subscribe(topic, qos=1)
     try:
         while not done.wait(1.0):
             print(f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "

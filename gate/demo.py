@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import secrets
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from gate.actuator import PassageOutcome
 from gate.app import Gate, build
 from gate.base45 import b45decode, b45encode
 from gate.clock import SystemClock
@@ -22,7 +26,7 @@ from gate.decoders import Frame, make_decoder
 from gate.events import CheckIn, short
 from gate.framegen import code_frame
 from gate.keys import TrustStore, generate_keypair, load_private_key
-from gate.scanner import DecodingSource, Scan
+from gate.scanner import DecodingSource
 
 FPS = 20.0
 RELAY, PASSAGE = 17, 5
@@ -139,16 +143,64 @@ class Walker:
         threading.Timer(0.35, sensor.drive_high).start()
 
 
-def _line(source: PacedFrames, d: Decision, ev: CheckIn, gate: Gate) -> str:
+class Printer:
+    """The demo's one output path. Listeners run on the scan loop, the actuator's thread and the drainer;
+    they only queue whole records, and one thread writes each as one line, so lines never merge."""
+
+    def __init__(self, as_json: bool, stream: TextIO | None = None) -> None:
+        self.as_json, self.stream = as_json, stream or sys.stdout
+        self._q: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="demo-output", daemon=True)
+        self._thread.start()
+
+    def emit(self, text: str, event: str, **fields: Any) -> None:
+        """`text` for the table, `event` and `fields` for --json; both describe the same record."""
+        self._q.put((text, {"event": event, **fields}))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            text, record = item
+            self.stream.write((json.dumps(record) if self.as_json else text) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Write everything queued so far, then stop. Safe to call twice."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join(timeout=5.0)
+
+
+def show_decision(out: Printer, source: PacedFrames, d: Decision, ev: CheckIn, gate: Gate) -> None:
     label = source.current.label if source.current else "?"
     relay = "released" if gate.actuator.relay.value else "locked"
     light = {"admit": "green", "assist": "amber", "deny": "red"}[d.action.value]
     extra = f" +{d.companions}" if d.companions else ""
-    return (f"{label:<26} token {short(d.token):<6} {d.action.value.upper():<6} {d.reason.value:<18}"
+    text = (f"{label:<26} token {short(d.token):<6} {d.action.value.upper():<6} {d.reason.value:<18}"
             f" relay {relay:<8} light {light:<5}{extra:<3} check-in {ev.event_id[:13]} stored")  # fmt: skip
+    out.emit(text, "decision", label=label, token=short(d.token), decision=d.action.value, reason=d.reason.value,
+             relay=relay, light=light, companions=d.companions, event_id=ev.event_id)  # fmt: skip
 
 
-def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None) -> int:
+def show_passage(out: Printer, o: PassageOutcome) -> None:
+    out.emit(f"{'':<26} passage {o.index}: {o.outcome}", "passage", decision_id=o.ref, index=o.index,
+             outcome=o.outcome)  # fmt: skip
+
+
+def show_delivered(out: Printer, ids: list[str]) -> None:
+    text = f"{'':<26} delivered: broker acked check-in {', '.join(i[:13] for i in ids)}"
+    out.emit(text, "delivered", event_ids=ids)
+
+
+def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None,
+             as_json: bool = False) -> int:  # fmt: skip
+    out = Printer(as_json)
+    try:
+        return _run(out, once, broker, timeout, state_dir)
+    finally:
+        out.close()
+
+
+def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="gate-demo-") as tmp:
         state = state_dir or Path(tmp)
         keydir = state / "keys"
@@ -165,19 +217,15 @@ def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_d
         gate.cache.apply_delta([], [], seq=0)  # the demo's cache counts as freshly synced
         walker = Walker(gate, frames)
         logging.getLogger("gate.app").setLevel(logging.WARNING)  # the table below says it better
-        print(f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}; "
-              f"broker {f'{broker[0]}:{broker[1]}' if broker else 'none (check-ins stay in the outbox)'}")
-
-        def show(scan: Scan | None, d: Decision, ev: CheckIn) -> None:
-            print(_line(frames, d, ev, gate), flush=True)
-
-        gate.listeners.append(show)
-        gate.outcome_listeners.append(lambda o: print(f"{'':<26} passage {o.index}: {o.outcome}", flush=True))
+        where = f"{broker[0]}:{broker[1]}" if broker else None
+        out.emit(f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}; "
+                 f"broker {where or 'none (check-ins stay in the outbox)'}", "start", gate_id=cfg.gate.id,
+                 venue=cfg.venue.id, broker=where)  # fmt: skip
+        gate.listeners.append(lambda scan, d, ev: show_decision(out, frames, d, ev, gate))
+        gate.outcome_listeners.append(lambda o: show_passage(out, o))
         gate.actuator.pulse_listeners.append(walker.on_relay)
         if gate.drainer is not None:
-            gate.drainer.listeners.append(
-                lambda ids: print(f"{'':<26} delivered: broker acked check-in {', '.join(i[:13] for i in ids)}",
-                                  flush=True))  # fmt: skip
+            gate.drainer.listeners.append(lambda ids: show_delivered(out, ids))
         stop = threading.Event()
         try:
             while not stop.is_set() and not frames.exhausted:
@@ -185,23 +233,27 @@ def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_d
                     gate.stats.scanned(scan.decode_ms)
                     gate.handle(scan.payload, scan)
                 gate.tick()
-            return _finish(gate, broker, timeout)
+            return _finish(out, gate, where, timeout)
         except KeyboardInterrupt:
-            print("\ngate demo: stopped")
+            out.emit("\ngate demo: stopped", "stopped")
             return 0
         finally:
             gate.close()
 
 
-def _finish(gate: Gate, broker: tuple[str, int] | None, timeout: float) -> int:
+def _finish(out: Printer, gate: Gate, where: str | None, timeout: float) -> int:
     gate.actuator.wait_idle(timeout)
     if gate.drainer is None:
-        print(f"gate demo: done; {gate.outbox.depth} check-ins wait in the outbox (no broker)")
+        depth = gate.outbox.depth
+        out.emit(f"gate demo: done; {depth} check-ins wait in the outbox (no broker)", "done", ok=True,
+                 undelivered=depth)  # fmt: skip
         return 0
     total = gate.outbox.depth + gate.drainer.delivered
     if gate.drainer.wait_empty(timeout):
-        print(f"gate demo: done; all {total} check-ins and alarms acknowledged by the broker {broker[0]}:{broker[1]}"
-              if broker else "")  # fmt: skip
+        out.emit(f"gate demo: done; all {total} check-ins and alarms acknowledged by the broker {where}", "done",
+                 ok=True, acknowledged=total)  # fmt: skip
         return 0
-    print(f"gate demo: timed out after {timeout:.0f}s with {gate.outbox.depth} check-ins not acknowledged")
+    depth = gate.outbox.depth
+    out.emit(f"gate demo: timed out after {timeout:.0f}s with {depth} check-ins not acknowledged", "done", ok=False,
+             undelivered=depth)  # fmt: skip
     return 1

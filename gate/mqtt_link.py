@@ -53,6 +53,9 @@ class MqttLink:
         self._on_publish_cb, self._on_up = on_publish, on_up
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
+        self._pending_subs: set[int] = set()
+        self._subs_lock = threading.Lock()
         self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
         self.client = self._build()
 
@@ -77,6 +80,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def start(self) -> None:
@@ -103,8 +107,10 @@ class MqttLink:
         log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port,
                  "5" if self.protocol == mqtt.MQTTv5 else "3.1.1")  # fmt: skip
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        for topic in self._subs:
-            client.subscribe(topic, qos=1)
+        self.subscribed.clear()
+        for topic in list(self._subs):
+            self._subscribe(topic)
+        self._check_subscribed()
         self.connected.set()
         self._on_up()
 
@@ -121,6 +127,24 @@ class MqttLink:
         if self.connected.is_set():  # cleared first by stop(), so a clean stop is not reported here
             log.warning("mqtt: disconnected (%s); reconnecting", reason)
         self.connected.clear()
+        self.subscribed.clear()
+
+    def _subscribe(self, topic: str) -> None:
+        with self._subs_lock:
+            rc, mid = self.client.subscribe(topic, qos=1)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                self._pending_subs.add(mid)
+
+    def _check_subscribed(self) -> None:
+        with self._subs_lock:
+            if not self._pending_subs:
+                self.subscribed.set()
+
+    @guarded
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        with self._subs_lock:
+            self._pending_subs.discard(mid)
+        self._check_subscribed()
 
     @guarded
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -135,7 +159,8 @@ class MqttLink:
     def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
         self._subs[topic] = handler
         if self.connected.is_set():
-            self.client.subscribe(topic, qos=1)
+            self.subscribed.clear()
+            self._subscribe(topic)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Hand a message to paho (kept in memory and re-sent across reconnects)."""

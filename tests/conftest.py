@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,17 @@ def require(tool: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll `condition` until it is truthy or `timeout` passes; returns its last value. Tests wait for the
+    condition they assert, never for a fixed time or a first message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -110,10 +122,23 @@ class Subscriber:
             return [p for t, p, _ in self.messages if t.endswith(suffix)]
 
     def wait_for(self, suffix: str, count: int, timeout: float = 20.0) -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.on(suffix)) < count:
-            time.sleep(0.05)
+        """At least `count` messages on topics ending in `suffix` (all of them), or what came by the timeout."""
+        wait_until(lambda: len(self.on(suffix)) >= count, timeout)
         return self.on(suffix)
+
+    def event_ids(self, suffix: str, **match: Any) -> set[str]:
+        """The event_ids of the JSON payloads on `suffix` whose fields equal `match`."""
+        out = set()
+        for p in self.on(suffix):
+            body = json.loads(p)
+            if all(body.get(k) == v for k, v in match.items()):
+                out.add(body["event_id"])
+        return out
+
+    def wait_for_ids(self, suffix: str, expected: set[str], timeout: float = 20.0, **match: Any) -> set[str]:
+        """Wait until every id in `expected` has arrived on `suffix`; returns all ids seen (a superset on success)."""
+        return set(wait_until(lambda: (ids := self.event_ids(suffix, **match)) >= expected and ids, timeout)
+                   or self.event_ids(suffix, **match))  # fmt: skip
 
     def close(self) -> None:
         self.client.disconnect()

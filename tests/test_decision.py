@@ -84,8 +84,12 @@ def test_a_1970_clock_is_never_trusted_even_if_flagged_synced(keys, cache) -> No
 
 
 def test_use_code_fallback_skips_time_checks_when_clock_unsynced(keys, cache) -> None:
+    # Staff default to use_code for both an unsynced clock and the stale cache it implies: the signed code decides.
     d = decider(keys, cache).decide(code(keys, kind=Kind.STAFF, iat=NOW - 10**6), FixedClock(50, synced=False).read())
-    assert d.reason is not Reason.EXPIRED
+    assert (d.action, d.reason) == (Action.ADMIT, Reason.ADMITTED)
+    red = decider(keys, cache).decide(code(keys, "tok-holder2", Status.RED, kind=Kind.STAFF, iat=NOW - 10**6),
+                                      FixedClock(50, synced=False).read())  # fmt: skip
+    assert (red.action, red.reason) == (Action.DENY, Reason.STATUS_RED)  # the code's own status still counts
 
 
 def test_revoked_cache_entry_beats_a_green_code(keys, cache) -> None:

@@ -1,27 +1,43 @@
-"""`gate demo --once` against a real broker: every scan shown is one check-in a subscriber receives."""
+"""`gate demo --once --json` against a real broker: every decision shown is one check-in a subscriber receives."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 
-def test_demo_once_exits_0_and_every_shown_scan_reached_the_broker(broker, subscriber_factory) -> None:
+def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, subscriber_factory) -> None:
     sub = subscriber_factory(broker)
+    r = subprocess.run([sys.executable, "-m", "gate", "demo", "--once", "--json", "--broker",
+                        f"{broker.host}:{broker.port}"], capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]  # every line is one whole JSON object
+    events = [rec["event"] for rec in records]
+    assert events[0] == "start" and events[-1] == "done" and records[-1]["ok"] is True
+    shown = {rec["event_id"] for rec in records if rec["event"] == "decision"}
+    assert len(shown) == events.count("decision") == 14  # one line per sample, ids unique
+    received = sub.wait_for_ids("/checkin", shown, type="decision")
+    assert received == shown
+    reasons = {rec["reason"] for rec in records if rec["event"] == "decision"}
+    assert {"admitted", "replay", "expired", "forged_signature", "unknown_key", "status_red", "revoked",
+            "status_yellow_assist", "staff_assisted", "malformed"} <= reasons  # fmt: skip
+    acked = {i for rec in records if rec["event"] == "delivered" for i in rec["event_ids"]}
+    assert shown <= acked  # the demo showed each check-in's delivery
+    passages = [rec for rec in records if rec["event"] == "passage"]
+    assert {p["decision_id"] for p in passages} <= shown and {p["outcome"] for p in passages} >= {"passed"}
+
+
+def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
     r = subprocess.run([sys.executable, "-m", "gate", "demo", "--once", "--broker", f"{broker.host}:{broker.port}"],
                        capture_output=True, text=True, timeout=240)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    shown = [line for line in r.stdout.splitlines() if line.endswith(" stored")]
-    decisions = [json.loads(p) for p in sub.wait_for("/checkin", len(shown))]
-    decisions = [d for d in decisions if d["type"] == "decision"]
-    assert len(decisions) == len(shown) >= 12
-    shown_ids = {line.split(" check-in ")[1].split()[0] for line in shown}
-    assert shown_ids == {d["event_id"][:13] for d in decisions}
-    reasons = {d["reason"] for d in decisions}
-    assert {"admitted", "replay", "expired", "forged_signature", "unknown_key", "status_red", "revoked",
-            "status_yellow_assist", "staff_assisted", "malformed"} <= reasons  # fmt: skip
-    assert "acknowledged by the broker" in r.stdout
-    acks = [line.split("check-in ")[1] for line in r.stdout.splitlines() if "broker acked" in line]
-    acked = {i for line in acks for i in line.split(", ")}
-    assert shown_ids <= acked  # the demo showed each check-in's delivery
+    lines = r.stdout.splitlines()
+    eid = r"[0-9a-f]{8}-[0-9a-f]{4}"
+    kinds = {"decision": rf"\S.* check-in {eid} stored", "passage": r" +passage \d: \w+",
+             "delivered": rf" +delivered: broker acked check-in {eid}(, {eid})*",
+             "start": r"gate demo: lane .*", "done": r"gate demo: done; all \d+ check-ins .* acknowledged .*"}
+    seen = [next((k for k, rx in kinds.items() if re.fullmatch(rx, line)), line) for line in lines]
+    assert set(seen) <= set(kinds), "merged or garbled lines"
+    assert seen.count("decision") == 14 and seen[0] == "start" and seen[-1] == "done"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 
+from conftest import wait_until
 from gate.config import MqttSection
 from gate.mqtt_link import MqttLink
 
@@ -96,10 +96,7 @@ def test_an_exception_in_a_callback_does_not_kill_the_network_thread(broker) -> 
         link.start()
         assert link.connected.wait(10)
         infos = [link.publish("gate/lane-g/x", b"1", qos=1) for _ in range(3)]
-        deadline = time.monotonic() + 10
-        while not all(i.is_published() for i in infos) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert all(i.is_published() for i in infos) and len(calls) >= 3
+        assert wait_until(lambda: all(i.is_published() for i in infos) and len(calls) >= 3, 10)
         assert link.client._thread is not None and link.client._thread.is_alive()
     finally:
         link.stop()

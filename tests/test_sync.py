@@ -17,7 +17,7 @@ from gpiozero.pins.mock import MockFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Broker, make_config
+from conftest import Broker, make_config, wait_until
 from gate.app import Gate, build
 from gate.central_mqtt import publisher
 from gate.clock import SystemClock
@@ -68,8 +68,7 @@ def gate(tmp_path, keys, broker, central):
                       gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}})  # fmt: skip
     g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
               clock=SystemClock("assume_synced"))  # fmt: skip
-    assert g.link.connected.wait(10)
-    time.sleep(0.2)  # subscriptions acknowledged
+    assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     yield g
     g.close()
 
@@ -108,7 +107,8 @@ def test_a_100k_snapshot_is_applied_while_decisions_continue(gate, central, keys
     t.start()
     central.snapshot(2, rows(100_000, status=2))
     ok = settle(gate, lambda: gate.cache.info().version == 2, 60)
-    time.sleep(0.05)
+    n = len(seen)
+    wait_until(lambda: len(seen) > n)  # at least one decision made after the swap
     stop.set()
     t.join()
     assert ok and gate.cache.info().count == 100_000
@@ -268,7 +268,7 @@ def test_end_to_end_issue_scan_collect_trace(tmp_path, keys, broker, central) ->
     db = tmp_path / "collected.db"
     collect = ["collect", "--broker", b, "--db", str(db), "--count", "3", "--idle-timeout", "60"]
     collector = subprocess.Popen([sys.executable, "-m", "gate", "central", *collect], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    assert "collect: subscribed" in collector.stderr.readline()  # before the gate publishes anything
     cfg = tmp_path / "gate.toml"
     cfg.write_text(f"""
 [gate]
@@ -331,8 +331,7 @@ def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, cen
     again = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
                   clock=SystemClock("assume_synced"))  # fmt: skip
     try:
-        assert again.link.connected.wait(10)
-        time.sleep(0.2)
+        assert again.link.connected.wait(10) and again.link.subscribed.wait(10)
         central.send(f"{PREFIX}/central/passes/chunk/7/2", sign(central.key, "chunk",
                                                                 {"version": 7, "index": 2, "rows": chunks[2]}))
         manifest = {"version": 7, "count": len(data), "chunks": 3, "sha256": rows_digest(chunks)}
