@@ -15,13 +15,13 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from _util import pct, table
 from gate.actuator import Actuator, Release
-from gate.app import build
 from gate.clock import SystemClock
 from gate.codes import Status, issue
 from gate.config import GpioSection, parse_config
 from gate.decoders import make_decoder
 from gate.keys import TrustStore
 from gate.scanner import DecodingSource, ScriptedFrames
+from gate.wiring import build
 
 RELAY = 17
 

@@ -19,7 +19,6 @@ from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
 from _util import pct, start_broker, table
-from gate.app import build
 from gate.central_mqtt import connect, publisher
 from gate.clock import SystemClock
 from gate.codes import Kind, Status, issue
@@ -29,6 +28,7 @@ from gate.decoders import make_decoder
 from gate.keys import TrustStore, generate_keypair, load_private_key
 from gate.scanner import DecodingSource, ScriptedFrames
 from gate.sync import central_topics, rows_digest
+from gate.wiring import build
 
 
 def naive_apply_rate(tmp: Path, n: int) -> float:
@@ -84,8 +84,7 @@ def main() -> None:
                      pin_factory=MockFactory(), clock=SystemClock("assume_synced"),
                      trust=TrustStore.from_files([ipub]))  # fmt: skip
         try:
-            gate.link.connected.wait(10)
-            time.sleep(0.3)
+            gate.link.connected.wait(10) and gate.link.subscribed.wait(10)
             rows: list[list[Any]] = [[f"tok-{i:010d}", 0, None, 0, None] for i in range(args.entries)]
             chunks = [rows[i : i + 10_000] for i in range(0, len(rows), 10_000)]
             t0 = time.perf_counter()

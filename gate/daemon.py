@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from gate.app import build
 from gate.config import Config, load_config
 from gate.errors import ConfigError
 from gate.sdnotify import Notifier
+from gate.wiring import build
 
 log = logging.getLogger(__name__)
 

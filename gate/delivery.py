@@ -41,6 +41,7 @@ class Drainer:
         self.delivered = 0
         self.listeners: list[Callable[[list[str]], None]] = []  # event_ids just acknowledged
         self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)
+        link.ack_listeners.append(self.on_publish)
 
     def start(self) -> None:
         self._thread.start()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gate.actuator import PassageOutcome
-from gate.app import Gate, build
+from gate.app import Gate
 from gate.base45 import b45decode, b45encode
 from gate.clock import SystemClock
 from gate.codes import PREFIX, Kind, Status, issue
@@ -27,6 +27,7 @@ from gate.events import CheckIn, short
 from gate.framegen import code_frame
 from gate.keys import TrustStore, generate_keypair, load_private_key
 from gate.scanner import DecodingSource
+from gate.wiring import build
 
 FPS = 20.0
 RELAY, PASSAGE = 17, 5
@@ -98,6 +99,7 @@ class PacedFrames:
         self._next_at = time.monotonic()
         self.current: Sample | None = None
         self.exhausted = False
+        self.done = threading.Event()  # set when the script has run out: the demo's scan loop stops
 
     def capture(self, timeout: float) -> Frame | None:
         delay = self._next_at - time.monotonic()
@@ -108,11 +110,13 @@ class PacedFrames:
             self.current, frame = next(self.frames)
         except StopIteration:
             self.exhausted = True
+            self.done.set()
             return None
         return frame
 
     def close(self) -> None:
         self.exhausted = True
+        self.done.set()
 
 
 def _frames(keydir: Path, gate: Gate, once: bool) -> Iterator[tuple[Sample | None, Frame]]:
@@ -226,13 +230,8 @@ def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: floa
         gate.actuator.pulse_listeners.append(walker.on_relay)
         if gate.drainer is not None:
             gate.drainer.listeners.append(lambda ids: show_delivered(out, ids))
-        stop = threading.Event()
         try:
-            while not stop.is_set() and not frames.exhausted:
-                for scan in gate.scanner.poll(0.2) or ():
-                    gate.stats.scanned(scan.decode_ms)
-                    gate.handle(scan.payload, scan)
-                gate.tick()
+            gate.run(frames.done)
             return _finish(out, gate, where, timeout)
         except KeyboardInterrupt:
             out.emit("\ngate demo: stopped", "stopped")
@@ -243,6 +242,7 @@ def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: floa
 
 def _finish(out: Printer, gate: Gate, where: str | None, timeout: float) -> int:
     gate.actuator.wait_idle(timeout)
+    gate.pump()  # record the last passages
     if gate.drainer is None:
         depth = gate.outbox.depth
         out.emit(f"gate demo: done; {depth} check-ins wait in the outbox (no broker)", "done", ok=True,

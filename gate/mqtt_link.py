@@ -46,11 +46,13 @@ class MqttLink:
     """Owns one paho client. `online` is published only after a successful CONNACK; the will says
     `offline`; a clean stop says `stopped`. MQTT 5 first, falling back to 3.1.1 if refused."""
 
-    def __init__(self, cfg: MqttSection, gate_id: str, on_publish: Callable[[int, bool], None],
+    def __init__(self, cfg: MqttSection, gate_id: str, on_publish: Callable[[int, bool], None] | None = None,
                  on_up: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self.cfg, self.gate_id = cfg, gate_id
         self.topics = Topics(cfg.topic_prefix, gate_id)
-        self._on_publish_cb, self._on_up = on_publish, on_up
+        self._on_up = on_up
+        # Called on paho's thread with (mid, ok) for each PUBACK; listeners only note it and return.
+        self.ack_listeners: list[Callable[[int, bool], None]] = [on_publish] if on_publish else []
         self._subs: dict[str, Callable[[str, bytes], None]] = {}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
@@ -148,7 +150,8 @@ class MqttLink:
 
     @guarded
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        self._on_publish_cb(mid, not reason.is_failure)
+        for listener in self.ack_listeners:
+            listener(mid, not reason.is_failure)
 
     @guarded
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gate.codes import Status
+from gate.sqlite import Owned
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS passes (
@@ -43,19 +44,27 @@ class CacheInfo:
     count: int
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # a cache: re-syncable from central
+    db.executescript(_SCHEMA)
+
+
 class PassCache:
-    """One connection; give each thread its own PassCache on the same file."""
+    """One connection, owned by the thread that first uses it (the lane reads, the sync worker writes):
+    each thread that needs the cache opens its own PassCache on the same file."""
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a cache: re-syncable from central
-        self._db.executescript(_SCHEMA)
+        self._conn = Owned(path, _setup, timeout)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._conn.db
 
     def close(self) -> None:
-        self._db.close()
+        self._conn.close()
 
     def __enter__(self) -> PassCache:
         return self
@@ -80,30 +89,22 @@ class PassCache:
 
     def replace_all(self, rows: Iterable[Row], version: int, synced_at: float | None = None) -> int:
         """Atomically swap in a whole snapshot; readers see the old data until the final commit."""
-        db = self._db
-        db.execute("DROP TABLE IF EXISTS passes_next")
-        db.execute(_SCHEMA.split(";")[0].replace("passes (", "passes_next (", 1))
-        db.execute("BEGIN")
-        try:
+        self._db.execute("DROP TABLE IF EXISTS passes_next")
+        with self._conn.transaction() as db:
+            db.execute(_SCHEMA.split(";")[0].replace("passes (", "passes_next (", 1))
             db.executemany("INSERT OR REPLACE INTO passes_next VALUES (?, ?, ?, ?, ?)", rows)
             count = db.execute("SELECT count(*) FROM passes_next").fetchone()[0]
             db.execute("DROP TABLE passes")
             db.execute("ALTER TABLE passes_next RENAME TO passes")
             self._set_meta(version=version, seq=0, count=count, synced_at=synced_at or time.time())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(count)
 
     def apply_delta(self, upserts: Iterable[Row], deletes: Iterable[str], seq: int,
                     synced_at: float | None = None) -> None:  # fmt: skip
         """Apply one incremental change set in a single transaction."""
-        db = self._db
         upserts, deletes = list(upserts), list(deletes)
-        db.execute("BEGIN")
-        try:
+        with self._conn.transaction() as db:
             count = self.info().count  # kept up to date here: count(*) over 1M rows would cost milliseconds
             count += sum(1 for r in upserts if not db.execute("SELECT 1 FROM passes WHERE token = ?", r[:1]).fetchone())
             db.executemany("INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?, ?)", upserts)
@@ -111,10 +112,6 @@ class PassCache:
             db.executemany("DELETE FROM passes WHERE token = ?", ((t,) for t in deletes))
             count -= db.total_changes - before
             self._set_meta(seq=seq, count=count, synced_at=synced_at or time.time())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     # -- snapshot chunks staged until the whole snapshot is here (resumable across restarts) ----------
     def stage(self, version: int, idx: int, rows_json: str) -> None:

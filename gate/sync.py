@@ -10,21 +10,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from gate.codes import check_token
+from gate.config import Config
 from gate.control import ControlMessage, Rejected, Verifier
 from gate.docstore import DocStore
 from gate.errors import CodeError, ConfigError
-from gate.keys import TrustStore, public_from_pem
+from gate.keys import key_id_of, public_from_pem
+from gate.lanecontrol import LaneControl
+from gate.mqtt_link import MqttLink, Topics
 from gate.passcache import PassCache, Row
 from gate.passimport import check_row
 from gate.policy import Policy, PolicyStore
-
-if TYPE_CHECKING:
-    from gate.app import Gate
 
 log = logging.getLogger(__name__)
 
@@ -50,58 +50,109 @@ def parse_row(r: Any) -> Row:
     return check_row(*r)
 
 
-class CentralSync:
-    """Handlers run on one worker thread, never on paho's: a 1M-entry snapshot does not stall MQTT,
-    and decisions keep reading the previous data until the swap commits."""
+def central_keys(state_dir: Path, now: float | None = None) -> list[Any]:
+    """Central's stored trust keys whose window includes now (overlap makes rotation seamless)."""
+    now = time.time() if now is None else now
+    doc = DocStore(state_dir / "device.json", "trust_keys").get() or {}
+    return [public_from_pem(k["pem"].encode(), "stored keys") for k in doc.get("keys", [])
+            if k["not_before"] <= now and (not k["not_after"] or now < k["not_after"])]  # fmt: skip
 
-    def __init__(self, gate: Gate, verifier: Verifier, base_keys: list[Any], state_dir: Path) -> None:
-        self.gate, self.verifier, self.base_keys = gate, verifier, base_keys
+
+TRUST_REFRESH_SECONDS = 30.0
+
+
+class CentralSync:
+    """Handlers run on one worker thread, never on paho's: a 1M-entry snapshot does not stall MQTT, and
+    decisions keep reading the previous data until the swap commits. The worker owns its own pass-cache
+    connection and the device documents; the lane hears of changes only through `LaneControl` requests,
+    and other threads read `status()`, a snapshot the worker publishes."""
+
+    def __init__(self, control: LaneControl, link: MqttLink, verifier: Verifier, base_keys: list[Any],
+                 cfg: Config) -> None:  # fmt: skip
+        self.control, self.link, self.verifier, self.base_keys = control, link, verifier, base_keys
+        self.gate_id, self.prefix = cfg.gate.id, cfg.mqtt.topic_prefix
+        self.topics = Topics(self.prefix, self.gate_id)
+        state_dir = cfg.gate.state_dir
+        self.state_dir = state_dir
         self.cache = PassCache(state_dir / "passes.db")  # the writer's own connection
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
-        self.policies = PolicyStore(state_dir / "device.json", gate.cfg.policy)
+        self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
+        self.policy_version = self.policies.load().version
         self.manifest: dict[str, Any] | None = None
         self.awaiting_resync = False
+        self._trusted: list[bytes] = []
+        self._status: dict[str, Any] = self._snapshot(staged=0)
         self._jobs: queue.Queue[tuple[Callable[[ControlMessage], None], str, str, bytes] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
-        self.refresh_trust()
 
     def start(self) -> None:
-        assert self.gate.link is not None
-        t = central_topics(self.gate.cfg.mqtt.topic_prefix)
+        t = central_topics(self.prefix)
         routes = {"policy": self._policy, "keys": self._keys, "manifest": self._manifest, "chunk": self._chunk,
                   "delta": self._delta}  # fmt: skip
         for kind, topic in t.items():
-            self.gate.link.subscribe(topic, self._enqueue(routes[kind], kind))
-        self.gate.link.subscribe(f"{self.gate.topics.base}/command", self._enqueue(self._command, "command"))
+            self.link.subscribe(topic, self._enqueue(routes[kind], kind))
+        self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
         self._thread.start()
 
     def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Callable[[str, bytes], None]:
         return lambda topic, payload: self._jobs.put((fn, kind, topic, payload))
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        next_refresh = 0.0
+        while True:
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + TRUST_REFRESH_SECONDS
+                self._guard(self.refresh_trust, "trust refresh")
+            try:
+                job = self._jobs.get(timeout=max(0.0, next_refresh - time.monotonic()))
+            except queue.Empty:
+                continue
+            if job is None:
+                self._jobs.task_done()
+                return
             fn, kind, topic, payload = job
             try:
-                if not payload:
-                    continue  # a retained message being cleared
-                msg = self.verifier.open(payload, kind)
-                fn(msg)
-                self.verifier.accepted += 1
+                if payload:  # empty: a retained message being cleared
+                    msg = self.verifier.open(payload, kind)
+                    fn(msg)
+                    self.verifier.accepted += 1
             except Rejected as exc:
                 log.warning("central: rejected %s on %s: %s (%s)", kind, topic, exc.reason, exc)
             except Exception:
                 self.verifier.rejected["error"] += 1
                 log.exception("central: %s on %s failed; ignored", kind, topic)
             finally:
+                self._publish_status()
                 self._jobs.task_done()
+
+    @staticmethod
+    def _guard(fn: Callable[[], None], what: str) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("central: %s failed; retrying later", what)
+
+    def _snapshot(self, staged: int) -> dict[str, Any]:
+        m = self.manifest
+        progress = None if m is None else f"version {m['version']}: {staged}/{m['chunks']} chunks"
+        return {"accepted": self.verifier.accepted, "rejected": dict(self.verifier.rejected),
+                "awaiting_resync": self.awaiting_resync, "snapshot_in_progress": progress}  # fmt: skip
+
+    def _publish_status(self) -> None:
+        m = self.manifest
+        self._status = self._snapshot(0 if m is None else len(self.cache.staged(m["version"])))
+
+    def status(self) -> dict[str, Any]:
+        """Any thread: the worker's last published status (a copy)."""
+        return dict(self._status)
 
     def wait_idle(self) -> None:
         """Block until every received control message has been handled (tests and benchmarks)."""
         self._jobs.join()
 
     def stop(self) -> None:
-        self._jobs.put(None)
         if self._thread.is_alive():
+            self._jobs.put(None)
             self._thread.join(timeout=5)
         self.cache.close()
 
@@ -155,7 +206,7 @@ class CentralSync:
         self.manifest, self.awaiting_resync = None, False
         log.info("central: snapshot %d applied: %d passes in %.2fs", m["version"], len(rows),
                  time.perf_counter() - start)  # fmt: skip
-        self.gate.publish_state()
+        self.control.report()
 
     def _delta(self, msg: ControlMessage) -> None:
         b = msg.body
@@ -179,11 +230,11 @@ class CentralSync:
         self.awaiting_resync = True
         log.warning("central: %s; asking for a resync and deciding from cache %d.%d meanwhile",
                     why, info.version, info.seq)  # fmt: skip
-        assert self.gate.link is not None
-        body = {"gate_id": self.gate.cfg.gate.id, "have_version": info.version, "have_seq": info.seq,
+        body = {"gate_id": self.gate_id, "have_version": info.version, "have_seq": info.seq,
                 "reason": why, "time": time.time()}  # fmt: skip
-        self.gate.link.publish(f"{self.gate.topics.base}/resync", json.dumps(body).encode(), qos=1)
-        self.gate.publish_state()
+        self.link.publish(f"{self.topics.base}/resync", json.dumps(body).encode(), qos=1)
+        self._publish_status()
+        self.control.report()
 
     # -- policy and trust keys ---------------------------------------------------------------------
     def _policy(self, msg: ControlMessage) -> None:
@@ -191,15 +242,16 @@ class CentralSync:
             policy = Policy.model_validate({**msg.body.get("policy", {}), "version": int(msg.body["version"])})
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise self.verifier.invalid(f"policy: {str(exc)[:200]}") from None
-        current = self.gate.decider.policy.version
+        current = self.policy_version
         if policy.version < current:
             raise self.verifier.old(f"policy version {policy.version} is older than {current}")
         if policy.version == current:
             return
-        self.policies.save(policy)
-        self.gate.decider.policy = policy
+        self.policies.save(policy)  # on disk before the lane acts on it
+        self.policy_version = policy.version
+        self.control.apply_policy(policy)
         log.info("central: policy version %d in force", policy.version)
-        self.gate.publish_state()
+        self.control.report()
 
     def _keys(self, msg: ControlMessage) -> None:
         try:
@@ -220,52 +272,43 @@ class CentralSync:
         log.info("central: trust keys version %d (%d keys)", version, len(keys))
 
     def refresh_trust(self, now: float | None = None) -> None:
-        """Config keys plus central's keys whose window includes now (overlap makes rotation seamless)."""
-        now = time.time() if now is None else now
-        doc = self.keys_doc.get() or {}
-        active = [public_from_pem(k["pem"].encode(), "stored keys") for k in doc.get("keys", [])
-                  if k["not_before"] <= now and (not k["not_after"] or now < k["not_after"])]  # fmt: skip
-        self.gate.decider.trust = TrustStore.of([*self.base_keys, *active])
+        """Config keys plus central's keys in their window; the lane hears only when the set changes."""
+        keys = [*self.base_keys, *central_keys(self.state_dir, now)]
+        ids = sorted(key_id_of(k) for k in keys)
+        if ids != self._trusted:
+            self._trusted = ids
+            self.control.trust_keys(keys)
 
     # -- commands ------------------------------------------------------------------------------------
     def _command(self, msg: ControlMessage) -> None:
         self.verifier.fresh(msg, time.time())
         name, args = str(msg.body.get("name")), msg.body.get("args") or {}
         reply_to = str(msg.body.get("reply_to") or "")
-        replies = f"{self.gate.cfg.mqtt.topic_prefix}/central/replies/"
+        replies = f"{self.prefix}/central/replies/"
         if not (reply_to.startswith(replies) and len(reply_to) <= 200 and not set(reply_to) & {"+", "#", "\0"}):
-            reply_to = f"{self.gate.topics.base}/reply"  # never publish where a message merely asks
-        result: dict[str, Any] = {"correlation_id": msg.body.get("correlation_id"), "gate_id": self.gate.cfg.gate.id,
-                                  "command": name, "ok": True}  # fmt: skip
-        try:
-            result["result"] = self._run_command(name, args)
-        except (ValueError, CodeError) as exc:
-            result.update(ok=False, error=str(exc))
-        assert self.gate.link is not None
-        self.gate.link.publish(reply_to, json.dumps(result).encode(), qos=1)
+            reply_to = f"{self.topics.base}/reply"  # never publish where a message merely asks
+        head: dict[str, Any] = {"correlation_id": msg.body.get("correlation_id"), "gate_id": self.gate_id,
+                                "command": name}  # fmt: skip
 
-    def _run_command(self, name: str, args: dict[str, Any]) -> Any:
-        act = self.gate.actuator
+        def reply(result: dict[str, Any]) -> None:  # runs on the lane thread
+            self.link.publish(reply_to, json.dumps({**head, "ok": True, "result": result}).encode(), qos=1)
+
+        try:
+            self._run_command(name, args, reply)
+        except (ValueError, CodeError) as exc:
+            self.link.publish(reply_to, json.dumps({**head, "ok": False, "error": str(exc)}).encode(), qos=1)
+
+    def _run_command(self, name: str, args: dict[str, Any], reply: Callable[[dict[str, Any]], None]) -> None:
         if name == "open":
-            operator = check_token(str(args.get("operator", "")))
-            return {"event_id": self.gate.remote_open(operator)}
-        if name == "out-of-service":
-            act.set_mode("out_of_service")
-        elif name == "in-service":
-            act.set_mode("normal")
-        elif name == "free-pass":
-            act.set_mode("free_pass" if args.get("state", "on") == "on" else "normal")
+            self.control.open(check_token(str(args.get("operator", ""))), reply)
+            return
+        modes = {"out-of-service": "out_of_service", "in-service": "normal",
+                 "free-pass": "free_pass" if args.get("state", "on") == "on" else "normal"}  # fmt: skip
+        if name in modes:
+            self.control.set_mode(modes[name], by="central")
         elif name == "resync":
             self.cache.drop_staging()
             self.request_resync("requested by central")
         elif name != "status":
             raise ValueError(f"unknown command {name!r}")
-        self.gate.publish_state()
-        return self.gate.state()
-
-    def status(self) -> dict[str, Any]:
-        m = self.manifest
-        return {"accepted": self.verifier.accepted, "rejected": dict(self.verifier.rejected),
-                "awaiting_resync": self.awaiting_resync,
-                "snapshot_in_progress": None if m is None else
-                f"version {m['version']}: {len(self.cache.staged(m['version']))}/{m['chunks']} chunks"}  # fmt: skip
+        self.control.report(reply)  # carried out after the request above: the reply shows its effect

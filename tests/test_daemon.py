@@ -19,11 +19,11 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, make_config, require
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.app import build
 from gate.clock import SystemClock
 from gate.codes import Status, issue
 from gate.decoders import make_decoder
 from gate.scanner import DecodingSource, ScriptedFrames
+from gate.wiring import build
 
 EVENT = re.compile(r"event=([0-9a-f-]{36})")
 

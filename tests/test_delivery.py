@@ -13,11 +13,12 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, make_config, wait_until
 from gate.actuator import Alarm
-from gate.app import Gate, build
+from gate.app import Gate
 from gate.clock import SystemClock
 from gate.codes import Status, issue
 from gate.decoders import make_decoder
 from gate.scanner import DecodingSource, ScriptedFrames
+from gate.wiring import build
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "gate" / "schemas"
 
@@ -69,9 +70,9 @@ def test_every_published_payload_matches_its_schema(tmp_path, keys, broker, subs
     gates.append(gate)
     gate.handle(codes(keys, 1)[0])  # admit -> decision + not_passed passage
     gate.handle(b"garbage")  # deny malformed: token null
-    gate.on_alarm(Alarm("fire", True, "test"))
-    assert len(sub.wait_for("/checkin", 3)) == 3 and sub.wait_for("/alarm", 1)
-    gate._last_telemetry = 0
+    gate.control.post(Alarm("fire", True, "test"))  # as the actuator's threads report one
+    assert wait_until(lambda: (gate.tick(), len(sub.on("/checkin")) == 3 and sub.on("/alarm"))[1])
+    gate.reporter._last_telemetry = 0
     gate.tick()
     assert sub.wait_for("/telemetry", 1) and sub.wait_for("/state", 1)
     for suffix, name in (("/checkin", "checkin"), ("/alarm", "alarm"), ("/state", "state"),
@@ -174,9 +175,9 @@ def test_drop_oldest_policy_drops_counted_and_keeps_admitting(tmp_path, keys, ga
 
 
 def test_indicator_shows_offline_while_the_broker_is_unreachable(tmp_path, keys, monkeypatch, gates) -> None:
-    import gate.app
+    import gate.reporting
 
-    monkeypatch.setattr(gate.app, "OFFLINE_AFTER", 0.2)
+    monkeypatch.setattr(gate.reporting, "OFFLINE_AFTER", 0.2)
     broker = Broker(tmp_path)
     g = make_gate(tmp_path, keys, broker)
     gates.append(g)

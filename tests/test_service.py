@@ -16,10 +16,10 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, require, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.app import build
 from gate.clock import SystemClock
 from gate.scanner import Observation
 from gate.sdnotify import Notifier
+from gate.wiring import build
 
 ROOT = Path(__file__).resolve().parent.parent
 

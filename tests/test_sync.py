@@ -8,8 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,17 +20,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Broker, make_config, wait_until
-from gate.app import Gate, build
+from gate.app import Gate
 from gate.central_mqtt import publisher
 from gate.clock import SystemClock
 from gate.codes import Kind, Status, issue
 from gate.control import sign
 from gate.decoders import make_decoder
 from gate.keys import generate_keypair, load_private_key
+from gate.passcache import PassCache
 from gate.scanner import DecodingSource, ScriptedFrames
 from gate.sync import central_topics, rows_digest
+from gate.wiring import build
 
 PREFIX = "gate"
+R = TypeVar("R")
 T = central_topics(PREFIX)
 
 
@@ -74,13 +79,29 @@ def gate(tmp_path, keys, broker, central):
 
 
 def settle(g: Gate, cond, timeout: float = 20.0) -> bool:
+    """Wait, as the lane thread, until `cond` holds: the sync worker idle and the lane's requests done."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         g.sync.wait_idle()
+        g.pump()
         if cond():
             return True
         time.sleep(0.05)
     return False
+
+
+def pumping(g: Gate, fn: Callable[[], R], timeout: float = 60.0) -> R:
+    """Run `fn` on a helper thread while this thread, the lane's, carries out the lane's requests."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(fn)
+        assert wait_until(lambda: (g.pump(), future.done())[1], timeout, interval=0.01)
+        return future.result()
+
+
+def staged(g: Gate, version: int) -> set[int]:
+    """The chunks staged on disk, read through a connection of this thread's own."""
+    with PassCache(g.cfg.gate.state_dir / "passes.db") as reader:
+        return reader.staged(version)
 
 
 def rows(n: int, status: int = 0, prefix: str = "tok") -> list[list[Any]]:
@@ -97,19 +118,13 @@ def test_a_100k_snapshot_is_applied_while_decisions_continue(gate, central, keys
     gate.decider.policy = gate.decider.policy.model_copy(update={"passback_seconds": 0})
     code = card(keys, "tok-00099999")
     seen: list[str] = []
-    stop = threading.Event()
-
-    def decide() -> None:
-        while not stop.is_set():
-            seen.append(gate.decider.decide(code, gate.clock.read()).reason.value)
-
-    t = threading.Thread(target=decide)
+    t = threading.Thread(target=central.snapshot, args=(2, rows(100_000, status=2)))
     t.start()
-    central.snapshot(2, rows(100_000, status=2))
-    ok = settle(gate, lambda: gate.cache.info().version == 2, 60)
-    n = len(seen)
-    wait_until(lambda: len(seen) > n)  # at least one decision made after the swap
-    stop.set()
+    deadline = time.monotonic() + 60
+    while gate.cache.info().version != 2 and time.monotonic() < deadline:  # the lane decides while it arrives
+        seen.append(gate.decider.decide(code, gate.clock.read()).reason.value)
+    seen.append(gate.decider.decide(code, gate.clock.read()).reason.value)
+    ok = gate.cache.info().version == 2
     t.join()
     assert ok and gate.cache.info().count == 100_000
     assert set(seen) <= {"admitted", "status_red"} and seen[0] == "admitted" and seen[-1] == "status_red"
@@ -198,36 +213,41 @@ def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gat
     assert gate.decider.policy.version == 3 and gate.actuator.mode == "normal"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True, timeout=60)
+def _cli(*args: str, gate: Gate | None = None) -> subprocess.CompletedProcess[str]:
+    """`gate central …`; with `gate`, run while this thread serves as that gate's lane (commands need it)."""
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    return run() if gate is None else pumping(gate, run)
 
 
 def test_command_round_trip_open_service_modes_and_status(gate, central, broker, subscriber_factory, keys) -> None:
     b = f"{broker.host}:{broker.port}"
     sub = subscriber_factory(broker, f"{PREFIX}/lane-t/checkin")
-    r = _cli("command", "--broker", b, "--key", str(central.pub.with_suffix(".key")), "lane-t", "status")
+    r = _cli("command", "--broker", b, "--key", str(central.pub.with_suffix(".key")), "lane-t", "status", gate=gate)
     assert r.returncode == 0, r.stderr
     reply = json.loads(r.stdout)
     assert reply["ok"] and reply["result"]["gate_id"] == "lane-t" and reply["result"]["mode"] == "normal"
     key = str(central.pub.with_suffix(".key"))
     relay = gate.actuator.relay.pin_factory.pin(17)
     relay.clear_states()
-    r = _cli("command", "--broker", b, "--key", key, "lane-t", "open", "--operator", "ctrl-room-07")
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "open", "--operator", "ctrl-room-07", gate=gate)
     assert r.returncode == 0, r.stderr
     assert any(s.state for s in relay.states)
     ev = [json.loads(p) for p in sub.wait_for("/checkin", 1)]
     assert (ev[0]["kind"], ev[0]["reason"], ev[0]["operator"], ev[0]["token"]) == (
         "staff_assisted", "staff_assisted", "ctrl-room-07", None)
-    assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "out-of-service").stdout)["ok"]
+    assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "out-of-service", gate=gate).stdout)["ok"]
     code = issue(keys.private, "tok-oos0001", Status.GREEN, int(time.time()), 60).encode()
     assert gate.handle(code)[0].reason.value == "out_of_service"
-    assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "in-service").stdout)["ok"]
+    assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "in-service", gate=gate).stdout)["ok"]
     assert gate.handle(code)[0].reason.value != "out_of_service"
-    r = _cli("command", "--broker", b, "--key", key, "lane-t", "free-pass", "--state", "on")
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "free-pass", "--state", "on", gate=gate)
     assert json.loads(r.stdout)["result"]["mode"] == "free_pass" and relay.state is True
-    _cli("command", "--broker", b, "--key", key, "lane-t", "free-pass", "--state", "off")
+    _cli("command", "--broker", b, "--key", key, "lane-t", "free-pass", "--state", "off", gate=gate)
     assert gate.actuator.mode == "normal" and relay.state is False
-    r = _cli("command", "--broker", b, "--key", key, "lane-t", "open", "--operator", "13812345678")
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "open", "--operator", "13812345678", gate=gate)
     assert r.returncode == 1 and "phone or ID-card" in json.loads(r.stdout)["error"]
 
 
@@ -325,7 +345,7 @@ def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, cen
     for i in (0, 1):
         central.send(f"{PREFIX}/central/passes/chunk/7/{i}", sign(central.key, "chunk",
                                                                   {"version": 7, "index": i, "rows": chunks[i]}))
-    assert settle(gate, lambda: gate.sync.cache.staged(7) == {0, 1})
+    assert settle(gate, lambda: staged(gate, 7) == {0, 1})
     cfg = gate.cfg
     gate.close()
     again = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
@@ -337,7 +357,7 @@ def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, cen
         manifest = {"version": 7, "count": len(data), "chunks": 3, "sha256": rows_digest(chunks)}
         central.send(T["manifest"], sign(central.key, "manifest", manifest))
         assert settle(again, lambda: again.cache.info().version == 7)
-        assert again.cache.info().count == 30_000 and again.sync.cache.staged(7) == set()
+        assert again.cache.info().count == 30_000 and staged(again, 7) == set()
     finally:
         again.close()
 

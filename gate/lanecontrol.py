@@ -1,0 +1,75 @@
+"""Requests to the lane from other threads: the control plane, the actuator and the MQTT link."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gate.actuator import Alarm, PassageOutcome
+from gate.policy import Policy
+
+Reply = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SetMode:
+    mode: str  # normal | out_of_service | free_pass
+    by: str  # who asked: "central", "operator", …
+
+
+@dataclass(frozen=True)
+class ApplyPolicy:
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class TrustKeys:
+    keys: tuple[Ed25519PublicKey, ...]  # the whole set in force: config keys plus central's current ones
+
+
+@dataclass(frozen=True)
+class RemoteOpen:
+    operator: str  # the staff token that asked
+    reply: Reply | None = None  # called on the lane thread with {"event_id": …}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Publish the retained state now; `reply`, if given, is called with it (on the lane thread)."""
+
+    reply: Reply | None = None
+
+
+Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | Report | PassageOutcome | Alarm
+Inbox = queue.SimpleQueue[Request]
+
+
+class LaneControl:
+    """The only way into the lane from another thread. Each call queues a request and returns at once;
+    the lane thread carries requests out in order, between scans."""
+
+    def __init__(self, inbox: Inbox, wake: Callable[[], None] = lambda: None) -> None:
+        self._inbox, self._wake = inbox, wake
+
+    def post(self, request: Request) -> None:
+        self._inbox.put(request)
+        self._wake()
+
+    def set_mode(self, mode: str, by: str) -> None:
+        self.post(SetMode(mode, by))
+
+    def apply_policy(self, policy: Policy) -> None:
+        self.post(ApplyPolicy(policy))
+
+    def trust_keys(self, keys: Sequence[Ed25519PublicKey]) -> None:
+        self.post(TrustKeys(tuple(keys)))
+
+    def open(self, operator: str, reply: Reply | None = None) -> None:
+        self.post(RemoteOpen(operator, reply))
+
+    def report(self, reply: Reply | None = None) -> None:
+        self.post(Report(reply))

@@ -1,0 +1,70 @@
+"""Recording: every decision, passage and alarm becomes an event committed to the outbox before it counts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from gate.actuator import Alarm, PassageOutcome
+from gate.clock import Clock, ClockReading
+from gate.config import Config
+from gate.decision import Decision
+from gate.errors import OutboxFull
+from gate.events import CheckIn, Venue, alarm_json, uuid7
+from gate.mqtt_link import Topics
+from gate.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """The lane thread's writer into the outbox. It also remembers each release until all of its
+    passages are recorded, so a passage event names its decision."""
+
+    def __init__(self, cfg: Config, outbox: Outbox, clock: Clock, wake: Callable[[], None] = lambda: None) -> None:
+        v = cfg.venue
+        self.gate_id, self.venue = cfg.gate.id, Venue(v.id, v.name, v.category.value)
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
+        self.outbox, self.clock, self._wake = outbox, clock, wake
+        self._released: dict[str, CheckIn] = {}  # decision event_id -> its check-in
+
+    def checkin(self, d: Decision, now: ClockReading, policy_version: int, cache_version: int) -> CheckIn:
+        return CheckIn(
+            event_id=uuid7(now.wall), type="decision", gate_id=self.gate_id, venue=self.venue, token=d.token,
+            kind=d.kind, decision=d.action.value, reason=d.reason.value, companions=d.companions,
+            companion_index=None, outcome=None, decision_id=None, operator=d.operator, time=now.wall,
+            clock_synced=now.usable, policy_version=policy_version, cache_version=cache_version,
+        )  # fmt: skip
+
+    def record(self, event_id: str, topic: str, payload: bytes) -> None:
+        """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
+        try:
+            self.outbox.append(event_id, topic, payload)
+        except OutboxFull as exc:
+            log.critical("CHECK-IN NOT RECORDED %s: %s", event_id, exc)
+            raise
+        self._wake()
+
+    def decision(self, event: CheckIn, released: bool) -> None:
+        self.record(event.event_id, self.topics.checkin, event.to_json())
+        if released:
+            self._released[event.event_id] = event
+
+    def passage(self, o: PassageOutcome) -> None:
+        """One passage of a release finished; record it against its decision."""
+        decided = self._released.get(o.ref)
+        if decided is None:
+            return
+        if o.index + 1 >= decided.companions + 1:
+            del self._released[o.ref]
+        now = self.clock.read()
+        ev = replace(decided, event_id=uuid7(now.wall), type="passage", reason="passage", outcome=o.outcome,
+                     companion_index=o.index, decision_id=decided.event_id, time=now.wall,
+                     clock_synced=now.usable)  # fmt: skip
+        self.record(ev.event_id, self.topics.checkin, ev.to_json())
+
+    def alarm(self, a: Alarm) -> str:
+        event_id, payload = alarm_json(self.gate_id, a.name, a.active, a.detail, self.clock.read().wall)
+        self.record(event_id, self.topics.alarm, payload)
+        return event_id

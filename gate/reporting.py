@@ -1,0 +1,129 @@
+"""Periodic reporting off the hot path: the state document, status file, telemetry and health alarms."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gate import __version__
+from gate.actuator import Actuator, Alarm
+from gate.clock import Clock
+from gate.config import Config
+from gate.decision import Decider
+from gate.mqtt_link import MqttLink, Topics
+from gate.outbox import Outbox
+from gate.passcache import PassCache
+from gate.recorder import Recorder
+from gate.telemetry import Stats
+
+log = logging.getLogger(__name__)
+OFFLINE_AFTER = 30.0  # seconds without the broker before the idle indicator shows offline
+SLOW_CHECK_SECONDS = 30.0
+STATUS_SECONDS = 2.0
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Reporter:
+    """Runs on the lane thread (it reads the lane's cache connection and sets the lane's idle mode)."""
+
+    cfg: Config
+    cache: PassCache
+    outbox: Outbox
+    decider: Decider
+    actuator: Actuator
+    clock: Clock
+    recorder: Recorder
+    stats: Stats
+    link: MqttLink | None = None
+    sync_status: Callable[[], dict[str, Any]] | None = None
+    source_restarts: Callable[[], int] = lambda: 0
+    _last_status: float = 0.0
+    _last_telemetry: float = 0.0
+    _last_slow: float = float("-inf")
+    _full_alarm: bool = False
+    _stale_alarm: bool = False
+    _link_seen: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
+
+    def state(self) -> dict[str, Any]:
+        info = self.cache.info()
+        now = self.clock.read()
+        return {
+            "schema": "gate.state/1", "version": __version__, "gate_id": self.cfg.gate.id,
+            "mode": self.actuator.mode,
+            "broker_connected": bool(self.link and self.link.connected.is_set()),
+            "cache_version": info.version, "cache_seq": info.seq, "cache_entries": info.count,
+            "cache_age_s": None if info.synced_at is None else round(now.wall - info.synced_at, 1),
+            "policy_version": self.decider.policy.version, "outbox_depth": self.outbox.depth,
+            "outbox_dropped": self.outbox.dropped, "clock_synced": now.usable, "time": now.wall,
+            "sync": None if self.sync_status is None else self.sync_status(),
+        }  # fmt: skip
+
+    def publish_state(self) -> dict[str, Any]:
+        state = self.state()
+        if self.link is not None:
+            self.link.publish(self.topics.state, json.dumps(state).encode(), qos=1, retain=True)
+        return state
+
+    def tick(self) -> None:
+        mono = time.monotonic()
+        self._watch_link(mono)
+        if mono - self._last_slow >= SLOW_CHECK_SECONDS:
+            self._last_slow = mono
+            self._check_stale()
+        if self.outbox.full != self._full_alarm:
+            self._full_alarm = self.outbox.full
+            ob = self.outbox
+            detail = f"{ob.depth} undelivered, {ob.free_mb():.0f} MB free; on_full={self.cfg.outbox.on_full}"
+            log.critical("outbox %s: %s", "full" if self._full_alarm else "no longer full", detail)
+            self.recorder.alarm(Alarm("outbox_full", self._full_alarm, detail))
+        if mono - self._last_status >= STATUS_SECONDS:
+            self._last_status = mono
+            doc = {**self.state(), "stats": self.stats.snapshot(), "last": list(self.stats.last)}
+            write_json_atomic(self.cfg.gate.state_dir / "status.json", doc)
+        if self.link is not None and mono - self._last_telemetry >= self.cfg.mqtt.telemetry_seconds:
+            self._last_telemetry = mono
+            self.publish_state()
+            tel = {"schema": "gate.telemetry/1", "gate_id": self.cfg.gate.id, "time": time.time(),
+                   "outbox_depth": self.outbox.depth, "source_restarts": self.source_restarts(),
+                   **self.stats.snapshot()}  # fmt: skip
+            self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
+
+    def _check_stale(self) -> None:
+        """A stale cache is raised as an alarm, not hidden."""
+        info, now = self.cache.info(), self.clock.read()
+        stale = info.synced_at is None or now.wall - info.synced_at > self.decider.policy.cache_stale_after_seconds
+        if stale != self._stale_alarm:
+            self._stale_alarm = stale
+            age = "never synced" if info.synced_at is None else f"{now.wall - info.synced_at:.0f}s old"
+            self.recorder.alarm(Alarm("cache_stale", stale, f"pass cache version {info.version}.{info.seq}, {age}"))
+
+    def _watch_link(self, mono: float) -> None:
+        """Show `offline` on the idle indicator after OFFLINE_AFTER s without the broker; keep deciding."""
+        if self.link is None:
+            return
+        if self.link.connected.is_set():
+            self._link_seen = mono
+        offline = mono - self._link_seen > OFFLINE_AFTER
+        if offline and self.actuator.mode == "normal":
+            log.warning("broker unreachable for %.0fs: indicator shows offline; check-ins wait in the outbox",
+                        mono - self._link_seen)  # fmt: skip
+            self.actuator.set_mode("offline")
+        elif not offline and self.actuator.mode == "offline":
+            self.actuator.set_mode("normal")
