@@ -1,0 +1,74 @@
+"""One owner per SQLite connection: cross-thread use is refused, transactions always end, and the lane's
+state can be read while the sync worker applies snapshots (tests/test_sync.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from gate.outbox import Outbox
+from gate.passcache import PassCache
+from gate.sqlite import Owned, WrongThread
+
+
+def on_thread(fn):
+    """Run `fn` on a fresh thread; return its result or raise its exception here."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:
+            out.append(("err", exc))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
+
+
+def test_a_connection_used_by_a_second_thread_is_refused(tmp_path) -> None:
+    cache = PassCache(tmp_path / "passes.db")
+    cache.info()  # this thread now owns it
+    with pytest.raises(WrongThread, match=r"passes\.db"):
+        on_thread(cache.info)
+    cache.close()
+
+
+def test_ownership_passes_on_only_when_the_owner_thread_has_ended(tmp_path) -> None:
+    cache = PassCache(tmp_path / "passes.db")
+    on_thread(cache.info)  # owned by a thread that has now ended
+    assert cache.info().version == 0  # so this thread may take it over
+    cache.close()
+
+
+def test_a_failed_transaction_rolls_back_and_leaves_the_connection_usable(tmp_path) -> None:
+    conn = Owned(tmp_path / "t.db", lambda db: db.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY)"))
+    with pytest.raises(sqlite3.IntegrityError), conn.transaction() as db:
+        db.execute("INSERT INTO t VALUES (1)")
+        db.execute("INSERT INTO t VALUES (1)")
+    assert not conn.db.in_transaction
+    assert conn.db.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # the first insert went too
+    with conn.transaction() as db:
+        db.execute("INSERT INTO t VALUES (2)")
+    assert conn.db.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    conn.close()
+
+
+def test_outbox_appends_and_acks_from_their_own_threads_keep_an_exact_depth(tmp_path) -> None:
+    box = Outbox(tmp_path / "outbox.db")
+    seqs = [box.append(f"e{i}", "t", b"x") for i in range(50)]
+
+    def drain() -> int:
+        rows = box.fetch(0, 100)
+        return box.ack([r[0] for r in rows[:20]])
+
+    assert on_thread(drain) == 20
+    assert box.depth == 30 and len(seqs) == 50
+    box.close()
+    assert Outbox(tmp_path / "outbox.db").depth == 30  # and it agrees with the file
