@@ -20,7 +20,8 @@ from gate.codes import Status, issue
 from gate.config import GpioSection, parse_config
 from gate.decoders import make_decoder
 from gate.keys import TrustStore
-from gate.scanner import DecodingSource, ScriptedFrames
+from gate.scanner import DecodingSource
+from gate.testing import ScriptedFrames
 from gate.wiring import build
 
 RELAY = 17
@@ -46,8 +47,9 @@ def wait_on(deadline: float = 1.0) -> float:
 
 
 def actuator_latency(runs: int) -> list[float]:
-    act = Actuator(GpioSection.model_validate({"relay": {"pin": RELAY, "pulse_seconds": 0.001}}),
-                   MockFactory(pin_class=StampedPin))  # fmt: skip
+    act = Actuator(
+        GpioSection.model_validate({"relay": {"pin": RELAY, "pulse_seconds": 0.001}}), MockFactory(pin_class=StampedPin)
+    )
     out = []
     for i in range(runs):
         act.wait_idle(1)
@@ -79,12 +81,22 @@ def full_path_latency(runs: int) -> list[float]:
 
     key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory() as d:
-        cfg = parse_config({"gate": {"id": "b", "state_dir": d}, "venue": {"id": "v"},
-                            "policy": {"passback_seconds": 0},
-                            "gpio": {"relay": {"pin": RELAY, "pulse_seconds": 0.001}}})  # fmt: skip
-        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
-                     pin_factory=MockFactory(pin_class=StampedPin), clock=SystemClock("assume_synced"),
-                     trust=TrustStore.of([key.public_key()]), with_mqtt=False)  # fmt: skip
+        cfg = parse_config(
+            {
+                "gate": {"id": "b", "state_dir": d},
+                "venue": {"id": "v"},
+                "policy": {"passback_seconds": 0},
+                "gpio": {"relay": {"pin": RELAY, "pulse_seconds": 0.001}},
+            }
+        )
+        gate = build(
+            cfg,
+            source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+            pin_factory=MockFactory(pin_class=StampedPin),
+            clock=SystemClock("assume_synced"),
+            trust=TrustStore.of([key.public_key()]),
+            with_mqtt=False,
+        )
         now = int(time.time())
         gate.cache.apply_delta([], [], 0)
         codes = [issue(key, f"tok-{i:08d}", Status.GREEN, now, 600).encode() for i in range(runs)]
@@ -104,9 +116,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000)
     args = ap.parse_args()
     rows = []
-    for label, fn in (("gate Actuator.release (relay on in caller)", actuator_latency),
-                      ("naive relay.blink(background=True)", naive_latency),
-                      ("gate full path: verify+decide+fsync'd outbox+relay", full_path_latency)):  # fmt: skip
+    for label, fn in (
+        ("gate Actuator.release (relay on in caller)", actuator_latency),
+        ("naive relay.blink(background=True)", naive_latency),
+        ("gate full path: verify+decide+fsync'd outbox+relay", full_path_latency),
+    ):
         ms = fn(args.runs)
         rows.append([label, f"{pct(ms, 50):.3f}", f"{pct(ms, 99):.3f}", f"{max(ms):.3f}"])
     print(f"Decision -> relay on, mock pins, {args.runs} runs (target: p99 <= 1 ms)")

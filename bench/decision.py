@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from _util import median, pct, table, time_calls
-from gate.clock import FixedClock
 from gate.codes import Status, issue
 from gate.decision import Decider
 from gate.keys import TrustStore
 from gate.passcache import PassCache
 from gate.passimport import read_file
 from gate.policy import Policy
+from gate.testing import FixedClock
 
 LOOKUP_CHILD = r"""
 import json, random, sys, time
@@ -62,8 +62,9 @@ def sqlite_side(tmp: Path, n: int) -> dict[str, float]:
         cache.replace_all(rows, version=1)
     import_s = time.perf_counter() - t
     del rows
-    child = subprocess.run([sys.executable, "-c", LOOKUP_CHILD, str(db), str(n)], capture_output=True, text=True,
-                           check=True)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", LOOKUP_CHILD, str(db), str(n)], capture_output=True, text=True, check=True
+    )
     return {"import_rows_s": n / import_s, **json.loads(child.stdout)}
 
 
@@ -107,15 +108,25 @@ def main() -> None:
         sq = sqlite_side(tmp, args.entries)
         tn = tinydb_side(tmp, args.tinydb)
         dec = decide_side(20_000, tmp / "passes.db")
-    print(table(["measure", f"gate SQLite, {args.entries:,} passes", f"naive TinyDB Query, {args.tinydb:,} docs",
-                 "ratio", "target"], [
-        ["lookup p50 (ms)", f"{sq['p50']:.4f}", f"{tn['p50']:.1f}", f"{tn['p50'] / sq['p50']:,.0f}x", ""],
-        ["lookup p99 (ms)", f"{sq['p99']:.4f}", f"{tn['p99']:.1f}", f"{tn['p99'] / sq['p99']:,.0f}x", "<= 0.2"],
-        ["open (s)", f"{sq['open_s']:.3f}", f"{tn['open_s']:.2f}", "", "<= 0.5"],
-        ["import (rows/s)", f"{sq['import_rows_s']:,.0f}", f"{tn['import_rows_s']:,.0f}", "", ">= 100,000"],
-        ["lookup process RSS (MB)", f"{sq['rss_mb']:.1f}", "", "", "<= 80"],
-        ["verify + decide p50 / p99 (ms)", f"{dec['p50']:.3f} / {dec['p99']:.3f}", "", "", "p99 <= 1"],
-    ]))  # fmt: skip
+    print(
+        table(
+            [
+                "measure",
+                f"gate SQLite, {args.entries:,} passes",
+                f"naive TinyDB Query, {args.tinydb:,} docs",
+                "ratio",
+                "target",
+            ],
+            [
+                ["lookup p50 (ms)", f"{sq['p50']:.4f}", f"{tn['p50']:.1f}", f"{tn['p50'] / sq['p50']:,.0f}x", ""],
+                ["lookup p99 (ms)", f"{sq['p99']:.4f}", f"{tn['p99']:.1f}", f"{tn['p99'] / sq['p99']:,.0f}x", "<= 0.2"],
+                ["open (s)", f"{sq['open_s']:.3f}", f"{tn['open_s']:.2f}", "", "<= 0.5"],
+                ["import (rows/s)", f"{sq['import_rows_s']:,.0f}", f"{tn['import_rows_s']:,.0f}", "", ">= 100,000"],
+                ["lookup process RSS (MB)", f"{sq['rss_mb']:.1f}", "", "", "<= 80"],
+                ["verify + decide p50 / p99 (ms)", f"{dec['p50']:.3f} / {dec['p99']:.3f}", "", "", "p99 <= 1"],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

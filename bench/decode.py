@@ -36,9 +36,12 @@ def frame_costs(runs: int) -> list[list[object]]:
     zx, zb = ZxingDecoder(), ZbarDecoder()
     rows = []
     for w, h in ((640, 480), (1280, 720)):
-        frames = {"with code": code_frame(CODE, (w, h), scale=4), "no code": scene(w, h),
-                  "no code (flat)": np.full((h, w), 128, np.uint8),
-                  "no code (pure noise, worst case)": noise(w, h)}  # fmt: skip
+        frames = {
+            "with code": code_frame(CODE, (w, h), scale=4),
+            "no code": scene(w, h),
+            "no code (flat)": np.full((h, w), 128, np.uint8),
+            "no code (pure noise, worst case)": noise(w, h),
+        }
         for label, f in frames.items():
             base = median(time_calls(lambda f=f: pyzbar.decode(f), runs))
             z = median(time_calls(lambda f=f: zx.decode(f), runs))
@@ -89,8 +92,11 @@ def main() -> None:
     root = Path(args.samples)
     if root.is_dir():
         print(f"\nDecode rate on {root} (images with a .txt expectation; payload bytes or text must match)")
-        print(table(["folder", "images", "gate auto (zxing+fallback)", "zxing", "gate zbar", "naive pyzbar"],
-                    samples(root)))  # fmt: skip
+        print(
+            table(
+                ["folder", "images", "gate auto (zxing+fallback)", "zxing", "gate zbar", "naive pyzbar"], samples(root)
+            )
+        )
     else:
         print(f"\n(no sample folder at {root}: decode rate skipped)")
 

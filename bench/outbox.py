@@ -25,8 +25,18 @@ from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
 
 WINDOW = 200
-PAYLOAD = json.dumps({"schema": "gate.checkin/1", "event_id": "0" * 36, "gate_id": "lane-01", "token": "t" * 16,
-                      "decision": "deny", "reason": "status_red", "time": 1.0, "pad": "x" * 300}).encode()  # fmt: skip
+PAYLOAD = json.dumps(
+    {
+        "schema": "gate.checkin/1",
+        "event_id": "0" * 36,
+        "gate_id": "lane-01",
+        "token": "t" * 16,
+        "decision": "deny",
+        "reason": "status_red",
+        "time": 1.0,
+        "pad": "x" * 300,
+    }
+).encode()
 
 
 def rss_mb() -> float:
@@ -66,16 +76,21 @@ def fill(outbox: Outbox, n: int) -> None:
     db = outbox._db  # bulk set-up only; the measured path is the public one
     with outbox._lock:
         db.execute("BEGIN")
-        db.executemany("INSERT INTO outbox (event_id, topic, qos, payload) VALUES (?, ?, 1, ?)",
-                       ((uuid7(), "gate/lane-01/checkin", PAYLOAD) for _ in range(n)))  # fmt: skip
+        db.executemany(
+            "INSERT INTO outbox (event_id, topic, qos, payload) VALUES (?, ?, 1, ?)",
+            ((uuid7(), "gate/lane-01/checkin", PAYLOAD) for _ in range(n)),
+        )
         db.execute("COMMIT")
         outbox._depth += n
 
 
 def drain(outbox: Outbox, port: int, stop_at: int = 0, samples: list[tuple[int, float]] | None = None) -> float:
     holder: list[Drainer] = []
-    link = MqttLink(MqttSection(host="127.0.0.1", port=port, inflight_window=WINDOW), "bench",
-                    lambda mid, ok: holder[0].on_publish(mid, ok))  # fmt: skip
+    link = MqttLink(
+        MqttSection(host="127.0.0.1", port=port, inflight_window=WINDOW),
+        "bench",
+        lambda mid, ok: holder[0].on_publish(mid, ok),
+    )
     d = Drainer(outbox, link, WINDOW)
     holder.append(d)
     start_depth = outbox.depth
@@ -125,14 +140,32 @@ def main() -> None:
         finally:
             broker.kill()
     print(f"Outbox vs raw paho QoS 1 loop (both window {WINDOW}, {len(PAYLOAD)}-byte payloads, local mosquitto)")
-    print(table(["measure", "gate outbox", "raw paho loop", "ratio", "target"], [
-        [f"durable append p50 / p99 (ms), {args.appends} appends", f"{pct(append_ms, 50):.2f} / "
-         f"{pct(append_ms, 99):.2f}", "(in memory only)", "", "p99 <= 5"],
-        [f"drain {args.backlog:,} backlog (msg/s)", f"{ours:,.0f}", f"{raw:,.0f}", f"{ours / raw:.0%}", ">= 40 %"],
-        [f"drain of a {args.big_backlog:,} backlog (msg/s)", f"{big_rate:,.0f}", "", "", ""],
-    ]))  # fmt: skip
-    print(f"\nRSS while draining a {args.big_backlog:,}-event backlog (delivered -> MB): "
-          + ", ".join(f"{n:,} -> {mb:.1f}" for n, mb in samples))
+    print(
+        table(
+            ["measure", "gate outbox", "raw paho loop", "ratio", "target"],
+            [
+                [
+                    f"durable append p50 / p99 (ms), {args.appends} appends",
+                    f"{pct(append_ms, 50):.2f} / {pct(append_ms, 99):.2f}",
+                    "(in memory only)",
+                    "",
+                    "p99 <= 5",
+                ],
+                [
+                    f"drain {args.backlog:,} backlog (msg/s)",
+                    f"{ours:,.0f}",
+                    f"{raw:,.0f}",
+                    f"{ours / raw:.0%}",
+                    ">= 40 %",
+                ],
+                [f"drain of a {args.big_backlog:,} backlog (msg/s)", f"{big_rate:,.0f}", "", "", ""],
+            ],
+        )
+    )
+    print(
+        f"\nRSS while draining a {args.big_backlog:,}-event backlog (delivered -> MB): "
+        + ", ".join(f"{n:,} -> {mb:.1f}" for n, mb in samples)
+    )
     print(f"pid {os.getpid()} done")
 
 

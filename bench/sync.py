@@ -19,15 +19,17 @@ from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
 from _util import pct, start_broker, table
-from gate.central_mqtt import connect, publisher
+from gate.central.mqtt import connect, publisher
 from gate.clock import SystemClock
 from gate.codes import Kind, Status, issue
 from gate.config import parse_config
 from gate.control import sign
 from gate.decoders import make_decoder
 from gate.keys import TrustStore, generate_keypair, load_private_key
-from gate.scanner import DecodingSource, ScriptedFrames
-from gate.sync import central_topics, rows_digest
+from gate.passsync import rows_digest
+from gate.scanner import DecodingSource
+from gate.sync import central_topics
+from gate.testing import ScriptedFrames
 from gate.wiring import build
 
 
@@ -76,13 +78,23 @@ def main() -> None:
         ckey = load_private_key(cpriv)
         _, ipriv, ipub = generate_keypair(tmp / "issuer")
         ikey = load_private_key(ipriv)
-        cfg = parse_config({"gate": {"id": "bench", "state_dir": str(tmp / "state")}, "venue": {"id": "v"},
-                            "central": {"keys": [str(cpub)]}, "policy": {"passback_seconds": 0},
-                            "mqtt": {"host": "127.0.0.1", "port": port},
-                            "gpio": {"relay": {"pin": 17, "pulse_seconds": 0.01}}})  # fmt: skip
-        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
-                     pin_factory=MockFactory(), clock=SystemClock("assume_synced"),
-                     trust=TrustStore.from_files([ipub]))  # fmt: skip
+        cfg = parse_config(
+            {
+                "gate": {"id": "bench", "state_dir": str(tmp / "state")},
+                "venue": {"id": "v"},
+                "central": {"keys": [str(cpub)]},
+                "policy": {"passback_seconds": 0},
+                "mqtt": {"host": "127.0.0.1", "port": port},
+                "gpio": {"relay": {"pin": 17, "pulse_seconds": 0.01}},
+            }
+        )
+        gate = build(
+            cfg,
+            source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+            pin_factory=MockFactory(),
+            clock=SystemClock("assume_synced"),
+            trust=TrustStore.from_files([ipub]),
+        )
         try:
             gate.link.connected.wait(10) and gate.link.subscribed.wait(10)
             rows: list[list[Any]] = [[f"tok-{i:010d}", 0, None, 0, None] for i in range(args.entries)]
@@ -91,8 +103,11 @@ def main() -> None:
             topic = central_topics("gate")
             with publisher(("127.0.0.1", port)) as pub:
                 for i, c in enumerate(chunks):
-                    pub(f"gate/central/passes/chunk/1/{i}", sign(ckey, "chunk", {"version": 1, "index": i, "rows": c}),
-                        True)  # fmt: skip
+                    pub(
+                        f"gate/central/passes/chunk/1/{i}",
+                        sign(ckey, "chunk", {"version": 1, "index": i, "rows": c}),
+                        True,
+                    )
                 manifest = {"version": 1, "count": len(rows), "chunks": len(chunks), "sha256": rows_digest(chunks)}
                 pub(topic["manifest"], sign(ckey, "manifest", manifest), True)
             published = time.perf_counter() - t0
@@ -106,8 +121,11 @@ def main() -> None:
             for seq in range(1, args.deltas + 1):
                 status = seq % 2 * 2  # alternate red / green
                 want = "status_red" if status else "admitted"
-                delta = sign(ckey, "delta", {"base_version": 1, "seq": seq,
-                                             "upserts": [["tok-0000000007", status, None, 0, None]]})  # fmt: skip
+                delta = sign(
+                    ckey,
+                    "delta",
+                    {"base_version": 1, "seq": seq, "upserts": [["tok-0000000007", status, None, 0, None]]},
+                )
                 t = time.perf_counter()
                 central.publish(topic["delta"], delta, qos=1)
                 while gate.decider.decide(code, gate.clock.read()).reason.value != want:
@@ -119,13 +137,28 @@ def main() -> None:
             gate.close()
             broker.kill()
     print(f"Snapshot of {args.entries:,} passes in {len(chunks)} signed chunks, loopback mosquitto")
-    print(table(["measure", "gate", "naive baseline", "ratio", "target"], [
-        ["snapshot: publish -> applied (entries/s)", f"{args.entries / total:,.0f} ({total:.1f} s)",
-         f"{naive:,.0f} (row-by-row commits)", f"{args.entries / total / naive:.0f}x", ">= 50,000 (1M <= 20 s)"],
-        ["  of which central's signing + publishing (s)", f"{published:.1f}", "", "", ""],
-        ["delta published -> in effect for a decision, p50 / p99 (ms)", f"{pct(lat, 50):.1f} / {pct(lat, 99):.1f}",
-         f"{pct(raw, 50):.1f} / {pct(raw, 99):.1f} (raw publish -> receive)", "", "<= 100"],
-    ]))  # fmt: skip
+    print(
+        table(
+            ["measure", "gate", "naive baseline", "ratio", "target"],
+            [
+                [
+                    "snapshot: publish -> applied (entries/s)",
+                    f"{args.entries / total:,.0f} ({total:.1f} s)",
+                    f"{naive:,.0f} (row-by-row commits)",
+                    f"{args.entries / total / naive:.0f}x",
+                    ">= 50,000 (1M <= 20 s)",
+                ],
+                ["  of which central's signing + publishing (s)", f"{published:.1f}", "", "", ""],
+                [
+                    "delta published -> in effect for a decision, p50 / p99 (ms)",
+                    f"{pct(lat, 50):.1f} / {pct(lat, 99):.1f}",
+                    f"{pct(raw, 50):.1f} / {pct(raw, 99):.1f} (raw publish -> receive)",
+                    "",
+                    "<= 100",
+                ],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,13 @@ class Alarm:
     detail: str = ""
 
 
-_FACTORIES = {"lgpio": ("lgpio", "LGPIOFactory"), "rpigpio": ("rpigpio", "RPiGPIOFactory"),
-              "pigpio": ("pigpio", "PiGPIOFactory"), "native": ("native", "NativeFactory"),
-              "mock": ("mock", "MockFactory")}  # fmt: skip
+_FACTORIES = {
+    "lgpio": ("lgpio", "LGPIOFactory"),
+    "rpigpio": ("rpigpio", "RPiGPIOFactory"),
+    "pigpio": ("pigpio", "PiGPIOFactory"),
+    "native": ("native", "NativeFactory"),
+    "mock": ("mock", "MockFactory"),
+}
 
 
 def make_pin_factory(name: str) -> Any:
@@ -66,9 +70,13 @@ def _button(cfg: InputSection, factory: Any, **kw: Any) -> Any:
 class Actuator:
     """Owns every GPIO device. The relay is inactive at start; close() and safe() restore the safe state."""
 
-    def __init__(self, cfg: GpioSection, factory: Any = None,
-                 on_outcome: Callable[[PassageOutcome], None] = lambda o: None,
-                 on_alarm: Callable[[Alarm], None] = lambda a: None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: GpioSection,
+        factory: Any = None,
+        on_outcome: Callable[[PassageOutcome], None] = lambda o: None,
+        on_alarm: Callable[[Alarm], None] = lambda a: None,
+    ) -> None:
         from gpiozero import DigitalOutputDevice
 
         self.cfg, self._on_outcome, self._on_alarm = cfg, on_outcome, on_alarm
@@ -82,8 +90,9 @@ class Actuator:
         self.pulse_listeners: list[Callable[[], None]] = []
         self._devices: list[Any] = []
         try:
-            self.relay = DigitalOutputDevice(cfg.relay.pin, active_high=cfg.relay.active_high,
-                                             initial_value=False, pin_factory=factory)  # fmt: skip
+            self.relay = DigitalOutputDevice(
+                cfg.relay.pin, active_high=cfg.relay.active_high, initial_value=False, pin_factory=factory
+            )
             self._devices.append(self.relay)
             self.indicator = Indicator(cfg.indicator, cfg.buzzer, factory)
             self.passage = self.exit_button = self.fire = None
@@ -221,7 +230,10 @@ class Actuator:
 
     # -- modes and safe states -------------------------------------------------------------------
     _IDLE: ClassVar[dict[str, tuple[str, float | None]]] = {
-        "normal": ("off", None), "out_of_service": ("red", None), "offline": ("amber", 2.0)}  # fmt: skip
+        "normal": ("off", None),
+        "out_of_service": ("red", None),
+        "offline": ("amber", 2.0),
+    }
 
     def set_mode(self, mode: str) -> None:
         """normal | out_of_service | offline | free_pass (remote). The fire input overrides all."""

@@ -63,8 +63,12 @@ class Gate:
 
     def handle(self, payload: bytes, scan: Scan | None = None) -> tuple[Decision, CheckIn]:
         """Decide, record durably, then actuate: a power cut at any instant loses no passage record."""
-        blocked = Reason.OUT_OF_SERVICE if self.actuator.mode == "out_of_service" or (
-            self.outbox.full and self.cfg.outbox.on_full == "out_of_service") else None  # fmt: skip
+        blocked = (
+            Reason.OUT_OF_SERVICE
+            if self.actuator.mode == "out_of_service"
+            or (self.outbox.full and self.cfg.outbox.on_full == "out_of_service")
+            else None
+        )
         now = self.clock.read()
         decision = self.decider.decide(payload, now, blocked)
         event = self.recorder.checkin(decision, now, self.decider.policy.version, self.cache.info().version)
@@ -77,10 +81,19 @@ class Gate:
             self.actuator.release(Release(event.event_id, decision.companions + 1))
         self.actuator.signal(decision.action.value)
         tok = short(decision.token)
-        self.stats.decided(decision.reason.value, {"time": event.time, "decision": decision.action.value,
-                                                   "reason": decision.reason.value, "token": tok})  # fmt: skip
-        log.info("decision %s %s token=%s kind=%s companions=%d event=%s", decision.action.value,
-                 decision.reason.value, tok, decision.kind or "-", decision.companions, event.event_id)  # fmt: skip
+        self.stats.decided(
+            decision.reason.value,
+            {"time": event.time, "decision": decision.action.value, "reason": decision.reason.value, "token": tok},
+        )
+        log.info(
+            "decision %s %s token=%s kind=%s companions=%d event=%s",
+            decision.action.value,
+            decision.reason.value,
+            tok,
+            decision.kind or "-",
+            decision.companions,
+            event.event_id,
+        )
         for listener in self.listeners:
             listener(scan, decision, event)
         return decision, event
@@ -125,8 +138,9 @@ class Gate:
 
     def remote_open(self, operator: str) -> str:
         """Control room opens the lane for a person without a phone: a staff-assisted check-in."""
-        d = Decision(Action.ADMIT, Reason.STAFF_ASSISTED, "opened remotely by staff", None, "staff_assisted",
-                     operator=operator)  # fmt: skip
+        d = Decision(
+            Action.ADMIT, Reason.STAFF_ASSISTED, "opened remotely by staff", None, "staff_assisted", operator=operator
+        )
         event = self.recorder.checkin(d, self.clock.read(), self.decider.policy.version, self.cache.info().version)
         self.recorder.decision(event, released=True)
         self.actuator.release(Release(event.event_id, 1))

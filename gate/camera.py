@@ -27,8 +27,9 @@ class PiCamera:
 
     name = "camera"
 
-    def __init__(self, cfg: CameraSection, factory: Callable[[], Any] = _picamera2,
-                 mono: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: CameraSection, factory: Callable[[], Any] = _picamera2, mono: Callable[[], float] = time.monotonic
+    ) -> None:
         self.cfg, self._factory, self._mono = cfg, factory, mono
         self._cam: Any = None
         self.restarts = 0

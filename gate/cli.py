@@ -12,13 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gate import __version__
-from gate.central_mqtt import broker_address
+from gate.address import broker_address
 from gate.config import DEFAULT_PATH, Config, load_config
 from gate.errors import ConfigError, GateError
 from gate.logs import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
-
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -43,8 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gate.demo import run_demo
 
-    return run_demo(args.once, args.broker, args.timeout, Path(args.state_dir) if args.state_dir else None,
-                    as_json=args.json)
+    return run_demo(
+        args.once, args.broker, args.timeout, Path(args.state_dir) if args.state_dir else None, as_json=args.json
+    )
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -64,8 +64,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         ms = (time.perf_counter() - start) * 1000
         found_any = found_any or bool(codes)
         if args.json:
-            out = [{"text": c.text, "bytes_b64": base64.b64encode(c.data).decode(), "format": c.format,
-                    "exact_bytes": c.exact} for c in codes]  # fmt: skip
+            out = [
+                {
+                    "text": c.text,
+                    "bytes_b64": base64.b64encode(c.data).decode(),
+                    "format": c.format,
+                    "exact_bytes": c.exact,
+                }
+                for c in codes
+            ]
             print(json.dumps({"image": str(path), "codes": out, "ms": round(ms, 3)}))
         else:
             texts = ", ".join(repr(c.text) for c in codes) or "no code"
@@ -99,23 +106,42 @@ def cmd_cache(args: argparse.Namespace) -> int:
         elif args.cache_cmd == "stats":
             info = cache.info()
             age = None if info.synced_at is None else round(time.time() - info.synced_at)
-            print(json.dumps({"path": str(db), "version": info.version, "seq": info.seq, "entries": info.count,
-                              "synced_at": info.synced_at, "age_s": age}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "path": str(db),
+                        "version": info.version,
+                        "seq": info.seq,
+                        "entries": info.count,
+                        "synced_at": info.synced_at,
+                        "age_s": age,
+                    }
+                )
+            )
         else:
             entry = cache.lookup(args.token)
             if entry is None:
                 print(json.dumps({"token": args.token, "found": False}))
                 return 1
-            print(json.dumps({"token": entry.token, "found": True, "status": entry.status.value,
-                              "valid_until": entry.valid_until, "revoked": entry.revoked,
-                              "companions": entry.companions}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "token": entry.token,
+                        "found": True,
+                        "status": entry.status.value,
+                        "valid_until": entry.valid_until,
+                        "revoked": entry.revoked,
+                        "companions": entry.companions,
+                    }
+                )
+            )
     return 0
 
 
 def cmd_central(args: argparse.Namespace) -> int:
-    from gate import central
+    from gate.central.cli import main as central_main
 
-    return central.main(args)
+    return central_main(args.central_args)
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
@@ -140,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(fn=fn)
         if config:
-            sp.add_argument("--config", default=os.environ.get("GATE_CONFIG", str(DEFAULT_PATH)),
-                            help=f"config file (default $GATE_CONFIG or {DEFAULT_PATH})")  # fmt: skip
+            sp.add_argument(
+                "--config",
+                default=os.environ.get("GATE_CONFIG", str(DEFAULT_PATH)),
+                help=f"config file (default $GATE_CONFIG or {DEFAULT_PATH})",
+            )
         return sp
 
     add("run", cmd_run, "run the gate daemon (what systemd starts)", config=True)
@@ -150,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--broker", type=broker_address, help="publish check-ins to this broker, HOST:PORT")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks with --once")
     sp.add_argument("--state-dir", help="keep the demo's state here instead of a temp dir")
-    sp.add_argument("--json", action="store_true",
-                    help="one JSON object per line (start, decision, passage, delivered, done) instead of the table")
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (start, decision, passage, delivered, done) instead of the table",
+    )
     sp = add("check-config", cmd_check_config, "validate a config file; exit 2 naming each bad key")
     sp.add_argument("path")
     sp = add("decode", cmd_decode, "decode codes in image files (camera snapshots)")
@@ -173,10 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("stats", help="version, entries and age")
     cl = csub.add_parser("lookup", help="one token's cached status")
     cl.add_argument("token")
-    sp = add("central", cmd_central, "reference central tools: keys, codes, publishing, collection")
-    from gate.central import add_arguments
-
-    add_arguments(sp)
+    sp = sub.add_parser("central", help="reference central tools: keys, codes, publishing, collection", add_help=False)
+    sp.set_defaults(fn=cmd_central)
+    sp.add_argument("central_args", nargs=argparse.REMAINDER, help="see `gate central --help`")
     add("selftest", cmd_selftest, "cycle every output, report every input", config=True)
     sp = add("status", cmd_status, "the running daemon's state", config=True)
     sp.add_argument("--json", action="store_true")
@@ -184,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "central":
+        args.central_args = [*rest, *args.central_args]  # its options, --help included, are its own
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     setup_logging(args.verbose)
     try:
         return int(args.fn(args))

@@ -32,8 +32,12 @@ class Clock(Protocol):
 
 
 class _Timex(ctypes.Structure):
-    _fields_ = [("modes", ctypes.c_uint), ("offset_freq_maxerr_esterr", ctypes.c_long * 4), ("status", ctypes.c_int),
-                ("rest", ctypes.c_long * 40)]  # fmt: skip
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset_freq_maxerr_esterr", ctypes.c_long * 4),
+        ("status", ctypes.c_int),
+        ("rest", ctypes.c_long * 40),
+    ]
 
 
 def kernel_says_synced() -> bool | None:
@@ -76,17 +80,3 @@ class SystemClock:
             self._synced = self._probe()
             self._checked_at = mono
         return ClockReading(wall=time.time(), mono=mono, synced=self._synced)
-
-
-class FixedClock:
-    """A clock whose readings are set by hand: for tests, `gate verify` and the demo."""
-
-    def __init__(self, wall: float, synced: bool = True, mono: float = 1000.0) -> None:
-        self.wall, self.synced, self.mono = wall, synced, mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-    def read(self) -> ClockReading:
-        return ClockReading(self.wall, self.mono, self.synced)

@@ -37,11 +37,14 @@ class ControlMessage:
 
 def sign(key: Ed25519PrivateKey, type_: str, body: dict[str, Any], gate: str = "*", ts: float | None = None) -> bytes:
     """Central side: wrap `body` in a signed envelope `{"kid", "sig", "msg"}`."""
-    msg = json.dumps({"type": type_, "gate": gate, "ts": time.time() if ts is None else ts,
-                      "nonce": os.urandom(12).hex(), **body}, separators=(",", ":"))  # fmt: skip
+    msg = json.dumps(
+        {"type": type_, "gate": gate, "ts": time.time() if ts is None else ts, "nonce": os.urandom(12).hex(), **body},
+        separators=(",", ":"),
+    )
     sig = key.sign(msg.encode())
-    return json.dumps({"kid": key_id_of(key.public_key()).hex(), "sig": base64.b64encode(sig).decode(),
-                       "msg": msg}).encode()  # fmt: skip
+    return json.dumps(
+        {"kid": key_id_of(key.public_key()).hex(), "sig": base64.b64encode(sig).decode(), "msg": msg}
+    ).encode()
 
 
 class Verifier:
@@ -74,8 +77,9 @@ class Verifier:
             raise self._fail("bad_signature", "signature does not match")
         try:
             inner = json.loads(msg)
-            out = ControlMessage(str(inner.pop("type")), str(inner.pop("gate")), float(inner.pop("ts")),
-                                 str(inner.pop("nonce")), inner)  # fmt: skip
+            out = ControlMessage(
+                str(inner.pop("type")), str(inner.pop("gate")), float(inner.pop("ts")), str(inner.pop("nonce")), inner
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise self._fail("malformed", f"signed message lacks type/gate/ts/nonce: {exc}") from None
         if out.type != expect:

@@ -1,4 +1,4 @@
-"""The admission decision: verify a code offline and apply cache and policy. Pure, no I/O."""
+"""The admission decision: verify a code offline, apply cache and policy. Reads the cache through callbacks."""
 
 from __future__ import annotations
 
@@ -72,10 +72,18 @@ def _status_outcome(status: Status, action: Action) -> Reason:
 
 
 class Decider:
-    """Holds the trust keys, the policy and the short memories (anti-passback, pending assist)."""
+    """Holds the trust keys, the policy and the short memories (anti-passback, pending assist). It does no
+    I/O of its own: the pass cache is read through the `lookup` and `cache_info` callbacks it is given (in
+    the gate, the lane thread's SQLite reader), so it runs on the lane thread like they do."""
 
-    def __init__(self, trust: TrustStore, policy: Policy, lookup: Callable[[str], CacheEntry | None],
-                 cache_info: Callable[[], CacheInfo], max_payload: int = 512) -> None:  # fmt: skip
+    def __init__(
+        self,
+        trust: TrustStore,
+        policy: Policy,
+        lookup: Callable[[str], CacheEntry | None],
+        cache_info: Callable[[], CacheInfo],
+        max_payload: int = 512,
+    ) -> None:
         self.trust, self.policy = trust, policy
         self._lookup, self._cache_info, self._max_payload = lookup, cache_info, max_payload
         self._passed: OrderedDict[str, float] = OrderedDict()  # token -> monotonic admit time
@@ -129,8 +137,13 @@ class Decider:
             status = entry.status
         elif code.kind is Kind.CARD:
             action = p.card_without_cache_entry
-            return Decision(action, Reason.NOT_CACHED if action is not Action.ADMIT else Reason.ADMITTED,
-                            "card's token is not in the pass cache", code.token, kind)  # fmt: skip
+            return Decision(
+                action,
+                Reason.NOT_CACHED if action is not Action.ADMIT else Reason.ADMITTED,
+                "card's token is not in the pass cache",
+                code.token,
+                kind,
+            )
 
         companions = entry.companions if entry is not None and entry.companions is not None else code.companions
         action = getattr(p.status_actions, status.value)
@@ -144,8 +157,15 @@ class Decider:
             token, companions, _ = self._assist
             self._assist = None
             self._passed[token] = now
-            return Decision(Action.ADMIT, Reason.STAFF_ASSISTED, "admitted by staff after assist",
-                            token, "staff_assisted", companions, operator=code.token)  # fmt: skip
+            return Decision(
+                Action.ADMIT,
+                Reason.STAFF_ASSISTED,
+                "admitted by staff after assist",
+                token,
+                "staff_assisted",
+                companions,
+                operator=code.token,
+            )
         if d.action is Action.ASSIST:
             self._assist = (code.token, d.companions, now)
         if not d.admits:

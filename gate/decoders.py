@@ -31,8 +31,13 @@ class Decoder(Protocol):
     def decode(self, frame: Frame) -> list[DecodedCode]: ...
 
 
-_ZXING_FORMATS = {"qr": "QRCode", "micro_qr": "MicroQRCode", "datamatrix": "DataMatrix",
-                  "aztec": "Aztec", "pdf417": "PDF417"}  # fmt: skip
+_ZXING_FORMATS = {
+    "qr": "QRCode",
+    "micro_qr": "MicroQRCode",
+    "datamatrix": "DataMatrix",
+    "aztec": "Aztec",
+    "pdf417": "PDF417",
+}
 _ZBAR_FORMATS = {"qr": "QRCODE", "pdf417": "PDF417"}
 
 
@@ -50,12 +55,18 @@ class ZxingDecoder:
         self._formats = [getattr(zxingcpp.BarcodeFormat, _ZXING_FORMATS[f]) for f in formats]
         self._fallback = fallback
         self._invert_next = False
-        self.suspected = 0  # frames where a code was seen but not decoded at first
 
     def _read(self, frame: Frame, invert: bool, downscale: bool = True) -> list[Any]:
-        return list(self._zx.read_barcodes(frame, formats=self._formats, try_rotate=False,
-                                           try_downscale=downscale, try_invert=invert,
-                                           return_errors=True))  # fmt: skip
+        return list(
+            self._zx.read_barcodes(
+                frame,
+                formats=self._formats,
+                try_rotate=False,
+                try_downscale=downscale,
+                try_invert=invert,
+                return_errors=True,
+            )
+        )
 
     def _found(self, results: list[Any]) -> list[DecodedCode]:
         return [DecodedCode(bytes(r.bytes), str(r.format), True, str(r.text)) for r in results if r.valid]
@@ -74,7 +85,6 @@ class ZxingDecoder:
         return self._found(self._read(frame, True)) or self._try_harder(frame)
 
     def _try_harder(self, frame: Frame) -> list[DecodedCode]:
-        self.suspected += 1
         found = self._found(self._read(frame, True))
         if not found and frame.shape[0] * frame.shape[1] <= 1280 * 720:
             big = np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1)
@@ -103,8 +113,9 @@ class ZbarDecoder:
         found = self._zbar.decode(frame, symbols=self._symbols)
         if not found:
             found = self._zbar.decode(255 - frame, symbols=self._symbols)
-        return [DecodedCode(bytes(r.data), str(r.type), r.data.isascii(), r.data.decode("utf-8", "replace"))
-                for r in found]  # fmt: skip
+        return [
+            DecodedCode(bytes(r.data), str(r.type), r.data.isascii(), r.data.decode("utf-8", "replace")) for r in found
+        ]
 
     def decode_thoroughly(self, frame: Frame) -> list[DecodedCode]:
         return self.decode(frame)

@@ -43,16 +43,23 @@ class Sample:
 
 def demo_config(state: Path, broker: tuple[str, int] | None) -> Config:
     host, port = broker or ("localhost", 1883)
-    return parse_config({
-        "gate": {"id": "demo-lane-1", "state_dir": str(state)},
-        "venue": {"id": "rail-central", "name": "Central Station (demo)", "category": "rail_station"},
-        "scanner": {"source": "camera", "rearm_seconds": 5.0, "absent_seconds": 0.4},
-        "clock": {"sync_source": "assume_synced"},
-        "gpio": {"pin_factory": "mock", "relay": {"pin": RELAY, "pulse_seconds": 0.3},
-                 "indicator": {"green": 22, "red": 27, "amber": 23}, "buzzer": {"pin": 24},
-                 "passage": {"pin": PASSAGE, "timeout_seconds": 1.5}},
-        "mqtt": {"host": host, "port": port, "telemetry_seconds": 5},
-    }, "demo")  # fmt: skip
+    return parse_config(
+        {
+            "gate": {"id": "demo-lane-1", "state_dir": str(state)},
+            "venue": {"id": "rail-central", "name": "Central Station (demo)", "category": "rail_station"},
+            "scanner": {"source": "camera", "rearm_seconds": 5.0, "absent_seconds": 0.4},
+            "clock": {"sync_source": "assume_synced"},
+            "gpio": {
+                "pin_factory": "mock",
+                "relay": {"pin": RELAY, "pulse_seconds": 0.3},
+                "indicator": {"green": 22, "red": 27, "amber": 23},
+                "buzzer": {"pin": 24},
+                "passage": {"pin": PASSAGE, "timeout_seconds": 1.5},
+            },
+            "mqtt": {"host": host, "port": port, "telemetry_seconds": 5},
+        },
+        "demo",
+    )
 
 
 def samples(keydir: Path, gate: Gate) -> list[Sample]:
@@ -80,8 +87,11 @@ def samples(keydir: Path, gate: Gate) -> list[Sample]:
         Sample("code from an unknown key", issue(other, tok(), Status.GREEN, now, 300)),
         Sample("phone, red", issue(key, t_red, Status.RED, now, 300)),
         Sample("revoked in cache", issue(key, t_rev, Status.GREEN, now, 300)),
-        Sample("printed card (+1)", issue(key, t_card, Status.GREEN, now - 86_400, 86_400 * 365, kind=Kind.CARD),
-               look={"angle": 20}),
+        Sample(
+            "printed card (+1)",
+            issue(key, t_card, Status.GREEN, now - 86_400, 86_400 * 365, kind=Kind.CARD),
+            look={"angle": 20},
+        ),
         Sample("phone, yellow", issue(key, t_yel, Status.YELLOW, now, 300)),
         Sample("staff code after assist", issue(key, t_staff, Status.GREEN, now, 3600, kind=Kind.STAFF)),
         Sample("admitted, nobody walks", issue(key, tok(), Status.GREEN, now, 300), walk=False),
@@ -179,15 +189,26 @@ def show_decision(out: Printer, source: PacedFrames, d: Decision, ev: CheckIn, g
     relay = "released" if gate.actuator.relay.value else "locked"
     light = {"admit": "green", "assist": "amber", "deny": "red"}[d.action.value]
     extra = f" +{d.companions}" if d.companions else ""
-    text = (f"{label:<26} token {short(d.token):<6} {d.action.value.upper():<6} {d.reason.value:<18}"
-            f" relay {relay:<8} light {light:<5}{extra:<3} check-in {ev.event_id[:13]} stored")  # fmt: skip
-    out.emit(text, "decision", label=label, token=short(d.token), decision=d.action.value, reason=d.reason.value,
-             relay=relay, light=light, companions=d.companions, event_id=ev.event_id)  # fmt: skip
+    text = (
+        f"{label:<26} token {short(d.token):<6} {d.action.value.upper():<6} {d.reason.value:<18}"
+        f" relay {relay:<8} light {light:<5}{extra:<3} check-in {ev.event_id[:13]} stored"
+    )
+    out.emit(
+        text,
+        "decision",
+        label=label,
+        token=short(d.token),
+        decision=d.action.value,
+        reason=d.reason.value,
+        relay=relay,
+        light=light,
+        companions=d.companions,
+        event_id=ev.event_id,
+    )
 
 
 def show_passage(out: Printer, o: PassageOutcome) -> None:
-    out.emit(f"{'':<26} passage {o.index}: {o.outcome}", "passage", decision_id=o.ref, index=o.index,
-             outcome=o.outcome)  # fmt: skip
+    out.emit(f"{'':<26} passage {o.index}: {o.outcome}", "passage", decision_id=o.ref, index=o.index, outcome=o.outcome)
 
 
 def show_delivered(out: Printer, ids: list[str]) -> None:
@@ -195,8 +216,9 @@ def show_delivered(out: Printer, ids: list[str]) -> None:
     out.emit(text, "delivered", event_ids=ids)
 
 
-def run_demo(once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None,
-             as_json: bool = False) -> int:  # fmt: skip
+def run_demo(
+    once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None, as_json: bool = False
+) -> int:
     out = Printer(as_json)
     try:
         return _run(out, once, broker, timeout, state_dir)
@@ -215,16 +237,20 @@ def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: floa
         trust = TrustStore.from_files(keydir.glob("*.pub"))
         frames = PacedFrames(iter(()))
         source = DecodingSource(frames, make_decoder("auto"))
-        gate = build(cfg, source=source, clock=SystemClock("assume_synced"), trust=trust,
-                     with_mqtt=broker is not None)  # fmt: skip
+        gate = build(cfg, source=source, clock=SystemClock("assume_synced"), trust=trust, with_mqtt=broker is not None)
         frames.frames = _frames(keydir, gate, once)
         gate.cache.apply_delta([], [], seq=0)  # the demo's cache counts as freshly synced
         walker = Walker(gate, frames)
         logging.getLogger("gate.app").setLevel(logging.WARNING)  # the table below says it better
         where = f"{broker[0]}:{broker[1]}" if broker else None
-        out.emit(f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}; "
-                 f"broker {where or 'none (check-ins stay in the outbox)'}", "start", gate_id=cfg.gate.id,
-                 venue=cfg.venue.id, broker=where)  # fmt: skip
+        out.emit(
+            f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}; "
+            f"broker {where or 'none (check-ins stay in the outbox)'}",
+            "start",
+            gate_id=cfg.gate.id,
+            venue=cfg.venue.id,
+            broker=where,
+        )
         gate.listeners.append(lambda scan, d, ev: show_decision(out, frames, d, ev, gate))
         gate.outcome_listeners.append(lambda o: show_passage(out, o))
         gate.actuator.pulse_listeners.append(walker.on_relay)
@@ -245,15 +271,24 @@ def _finish(out: Printer, gate: Gate, where: str | None, timeout: float) -> int:
     gate.pump()  # record the last passages
     if gate.drainer is None:
         depth = gate.outbox.depth
-        out.emit(f"gate demo: done; {depth} check-ins wait in the outbox (no broker)", "done", ok=True,
-                 undelivered=depth)  # fmt: skip
+        out.emit(
+            f"gate demo: done; {depth} check-ins wait in the outbox (no broker)", "done", ok=True, undelivered=depth
+        )
         return 0
     total = gate.outbox.depth + gate.drainer.delivered
     if gate.drainer.wait_empty(timeout):
-        out.emit(f"gate demo: done; all {total} check-ins and alarms acknowledged by the broker {where}", "done",
-                 ok=True, acknowledged=total)  # fmt: skip
+        out.emit(
+            f"gate demo: done; all {total} check-ins and alarms acknowledged by the broker {where}",
+            "done",
+            ok=True,
+            acknowledged=total,
+        )
         return 0
     depth = gate.outbox.depth
-    out.emit(f"gate demo: timed out after {timeout:.0f}s with {depth} check-ins not acknowledged", "done", ok=False,
-             undelivered=depth)  # fmt: skip
+    out.emit(
+        f"gate demo: timed out after {timeout:.0f}s with {depth} check-ins not acknowledged",
+        "done",
+        ok=False,
+        undelivered=depth,
+    )
     return 1

@@ -72,8 +72,15 @@ class CheckIn:
 def alarm_json(gate_id: str, name: str, active: bool, detail: str, now: float) -> tuple[str, bytes]:
     """(event_id, payload) of an alarm event."""
     event_id = uuid7(now)
-    body = {"schema": "gate.alarm/1", "event_id": event_id, "gate_id": gate_id, "alarm": name,
-            "active": active, "detail": detail, "time": now}  # fmt: skip
+    body = {
+        "schema": "gate.alarm/1",
+        "event_id": event_id,
+        "gate_id": gate_id,
+        "alarm": name,
+        "active": active,
+        "detail": detail,
+        "time": now,
+    }
     return event_id, json.dumps(body, separators=(",", ":")).encode()
 
 

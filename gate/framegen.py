@@ -19,10 +19,19 @@ def qr_image(data: str | bytes, scale: int = 4, border: int = 4) -> Image.Image:
     return Image.open(buf).convert("L")
 
 
-def code_frame(data: str | bytes | None, size: tuple[int, int] = (640, 480), scale: int = 4,
-               angle: float = 0.0, invert: bool = False, blur: float = 0.0, noise: float = 0.0,
-               contrast: float = 1.0, background: int = 170, seed: int = 0,
-               perspective: float = 0.0) -> Frame:  # fmt: skip
+def code_frame(
+    data: str | bytes | None,
+    size: tuple[int, int] = (640, 480),
+    scale: int = 4,
+    angle: float = 0.0,
+    invert: bool = False,
+    blur: float = 0.0,
+    noise: float = 0.0,
+    contrast: float = 1.0,
+    background: int = 170,
+    seed: int = 0,
+    perspective: float = 0.0,
+) -> Frame:
     """A greyscale frame of `size` (w, h) with the code (or none) centred and distorted as asked."""
     w, h = size
     canvas = Image.new("L", (w, h), background)
@@ -35,8 +44,9 @@ def code_frame(data: str | bytes | None, size: tuple[int, int] = (640, 480), sca
         if perspective:
             cw, ch = code.size
             d = int(perspective * cw)
-            coeffs = _perspective_coeffs([(0, 0), (cw, 0), (cw, ch), (0, ch)],
-                                         [(d, d // 2), (cw - d, 0), (cw, ch), (0, ch - d // 2)])  # fmt: skip
+            coeffs = _perspective_coeffs(
+                [(0, 0), (cw, 0), (cw, ch), (0, ch)], [(d, d // 2), (cw - d, 0), (cw, ch), (0, ch - d // 2)]
+            )
             code = code.transform(code.size, Image.Transform.PERSPECTIVE, coeffs, fillcolor=0 if invert else 255)
         canvas.paste(code, ((w - code.size[0]) // 2, (h - code.size[1]) // 2))
     if blur:

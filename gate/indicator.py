@@ -23,8 +23,7 @@ class Indicator:
         self._timer: threading.Timer | None = None
         try:
             if cfg is not None and cfg.kind == "rgb":
-                self._rgb = RGBLED(cfg.red, cfg.green, cfg.blue, active_high=cfg.active_high,
-                                   pin_factory=factory)  # fmt: skip
+                self._rgb = RGBLED(cfg.red, cfg.green, cfg.blue, active_high=cfg.active_high, pin_factory=factory)
             elif cfg is not None:
                 for colour in ("green", "red", "amber"):
                     pin = getattr(cfg, colour)
@@ -37,7 +36,11 @@ class Indicator:
             raise
 
     _RGB: ClassVar[dict[str, tuple[float, float, float]]] = {
-        "green": (0, 1, 0), "red": (1, 0, 0), "amber": (1, 0.5, 0), "off": (0, 0, 0)}  # fmt: skip
+        "green": (0, 1, 0),
+        "red": (1, 0, 0),
+        "amber": (1, 0.5, 0),
+        "off": (0, 0, 0),
+    }
 
     def _all_off(self) -> None:
         for led in self._leds.values():
@@ -90,8 +93,12 @@ class Indicator:
         """admit: one short; deny: three short; assist: two long; alarm: continuous until idle."""
         if self._buzzer is None:
             return
-        on, off, n = {"admit": (0.1, 0.1, 1), "deny": (0.08, 0.08, 3), "assist": (0.4, 0.2, 2),
-                      "alarm": (0.5, 0.5, None)}[pattern]  # fmt: skip
+        on, off, n = {
+            "admit": (0.1, 0.1, 1),
+            "deny": (0.08, 0.08, 3),
+            "assist": (0.4, 0.2, 2),
+            "alarm": (0.5, 0.5, None),
+        }[pattern]
         self._buzzer.beep(on_time=on, off_time=off, n=n)
 
     def quiet(self) -> None:

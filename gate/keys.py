@@ -39,9 +39,7 @@ def generate_keypair(out_dir: Path) -> tuple[str, Path, Path]:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     pub_path.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return kid, priv_path, pub_path
 

@@ -46,8 +46,13 @@ class MqttLink:
     """Owns one paho client. `online` is published only after a successful CONNACK; the will says
     `offline`; a clean stop says `stopped`. MQTT 5 first, falling back to 3.1.1 if refused."""
 
-    def __init__(self, cfg: MqttSection, gate_id: str, on_publish: Callable[[int, bool], None] | None = None,
-                 on_up: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: MqttSection,
+        gate_id: str,
+        on_publish: Callable[[int, bool], None] | None = None,
+        on_up: Callable[[], None] = lambda: None,
+    ) -> None:
         self.cfg, self.gate_id = cfg, gate_id
         self.topics = Topics(cfg.topic_prefix, gate_id)
         self._on_up = on_up
@@ -63,8 +68,12 @@ class MqttLink:
 
     def _build(self) -> mqtt.Client:
         v5 = self.protocol == mqtt.MQTTv5
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gate-{self.gate_id}",
-                             protocol=self.protocol, clean_session=None if v5 else False)  # fmt: skip
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"gate-{self.gate_id}",
+            protocol=self.protocol,
+            clean_session=None if v5 else False,
+        )
         client.max_inflight_messages_set(self.cfg.inflight_window)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
@@ -73,10 +82,12 @@ class MqttLink:
             client.username_pw_set(self.cfg.username, password)
         tls = self.cfg.tls
         if tls is not None:
-            client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                           certfile=str(tls.cert_file) if tls.cert_file else None,
-                           keyfile=str(tls.key_file) if tls.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
             client.tls_insecure_set(tls.insecure)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -106,8 +117,12 @@ class MqttLink:
             if self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5 and reason.value in (1, 0x84):
                 threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
             return
-        log.info("mqtt: connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port,
-                 "5" if self.protocol == mqtt.MQTTv5 else "3.1.1")  # fmt: skip
+        log.info(
+            "mqtt: connected to %s:%s (MQTT %s)",
+            self.cfg.host,
+            self.cfg.port,
+            "5" if self.protocol == mqtt.MQTTv5 else "3.1.1",
+        )
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
         self.subscribed.clear()
         for topic in list(self._subs):

@@ -32,8 +32,7 @@ class CacheEntry:
     companions: int | None
 
     def as_row(self) -> Row:
-        return (self.token, _STATUSES.index(self.status), self.valid_until, int(self.revoked),
-                self.companions)  # fmt: skip
+        return (self.token, _STATUSES.index(self.status), self.valid_until, int(self.revoked), self.companions)
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,9 @@ class PassCache:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(count)
 
-    def apply_delta(self, upserts: Iterable[Row], deletes: Iterable[str], seq: int,
-                    synced_at: float | None = None) -> None:  # fmt: skip
+    def apply_delta(
+        self, upserts: Iterable[Row], deletes: Iterable[str], seq: int, synced_at: float | None = None
+    ) -> None:
         """Apply one incremental change set in a single transaction."""
         upserts, deletes = list(upserts), list(deletes)
         with self._conn.transaction() as db:

@@ -70,8 +70,9 @@ def to_row(rec: dict[str, Any]) -> Row:
         raise ValueError(f"status {status!r} is not one of {', '.join(_STATUSES)}")
     until = _opt_int(rec.get("valid_until"), "valid_until", 0, 2**40)
     companions = _opt_int(rec.get("companions"), "companions", 0, MAX_COMPANIONS)
-    return check_row(rec.get("token"), _STATUSES.index(status), until, int(_bool(rec.get("revoked", False))),
-                     companions)  # fmt: skip
+    return check_row(
+        rec.get("token"), _STATUSES.index(status), until, int(_bool(rec.get("revoked", False))), companions
+    )
 
 
 def _records(text: str, ndjson: bool) -> Iterator[tuple[int, dict[str, Any] | str]]:

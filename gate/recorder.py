@@ -31,11 +31,24 @@ class Recorder:
 
     def checkin(self, d: Decision, now: ClockReading, policy_version: int, cache_version: int) -> CheckIn:
         return CheckIn(
-            event_id=uuid7(now.wall), type="decision", gate_id=self.gate_id, venue=self.venue, token=d.token,
-            kind=d.kind, decision=d.action.value, reason=d.reason.value, companions=d.companions,
-            companion_index=None, outcome=None, decision_id=None, operator=d.operator, time=now.wall,
-            clock_synced=now.usable, policy_version=policy_version, cache_version=cache_version,
-        )  # fmt: skip
+            event_id=uuid7(now.wall),
+            type="decision",
+            gate_id=self.gate_id,
+            venue=self.venue,
+            token=d.token,
+            kind=d.kind,
+            decision=d.action.value,
+            reason=d.reason.value,
+            companions=d.companions,
+            companion_index=None,
+            outcome=None,
+            decision_id=None,
+            operator=d.operator,
+            time=now.wall,
+            clock_synced=now.usable,
+            policy_version=policy_version,
+            cache_version=cache_version,
+        )
 
     def record(self, event_id: str, topic: str, payload: bytes) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
@@ -59,9 +72,17 @@ class Recorder:
         if o.index + 1 >= decided.companions + 1:
             del self._released[o.ref]
         now = self.clock.read()
-        ev = replace(decided, event_id=uuid7(now.wall), type="passage", reason="passage", outcome=o.outcome,
-                     companion_index=o.index, decision_id=decided.event_id, time=now.wall,
-                     clock_synced=now.usable)  # fmt: skip
+        ev = replace(
+            decided,
+            event_id=uuid7(now.wall),
+            type="passage",
+            reason="passage",
+            outcome=o.outcome,
+            companion_index=o.index,
+            decision_id=decided.event_id,
+            time=now.wall,
+            clock_synced=now.usable,
+        )
         self.record(ev.event_id, self.topics.checkin, ev.to_json())
 
     def alarm(self, a: Alarm) -> str:

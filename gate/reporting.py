@@ -50,7 +50,7 @@ class Reporter:
     stats: Stats
     link: MqttLink | None = None
     sync_status: Callable[[], dict[str, Any]] | None = None
-    source_restarts: Callable[[], int] = lambda: 0
+    source_counters: Callable[[], dict[str, int]] = lambda: {"source_restarts": 0, "dropped_lines": 0}
     _last_status: float = 0.0
     _last_telemetry: float = 0.0
     _last_slow: float = float("-inf")
@@ -65,15 +65,22 @@ class Reporter:
         info = self.cache.info()
         now = self.clock.read()
         return {
-            "schema": "gate.state/1", "version": __version__, "gate_id": self.cfg.gate.id,
+            "schema": "gate.state/1",
+            "version": __version__,
+            "gate_id": self.cfg.gate.id,
             "mode": self.actuator.mode,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
-            "cache_version": info.version, "cache_seq": info.seq, "cache_entries": info.count,
+            "cache_version": info.version,
+            "cache_seq": info.seq,
+            "cache_entries": info.count,
             "cache_age_s": None if info.synced_at is None else round(now.wall - info.synced_at, 1),
-            "policy_version": self.decider.policy.version, "outbox_depth": self.outbox.depth,
-            "outbox_dropped": self.outbox.dropped, "clock_synced": now.usable, "time": now.wall,
+            "policy_version": self.decider.policy.version,
+            "outbox_depth": self.outbox.depth,
+            "outbox_dropped": self.outbox.dropped,
+            "clock_synced": now.usable,
+            "time": now.wall,
             "sync": None if self.sync_status is None else self.sync_status(),
-        }  # fmt: skip
+        }
 
     def publish_state(self) -> dict[str, Any]:
         state = self.state()
@@ -100,9 +107,14 @@ class Reporter:
         if self.link is not None and mono - self._last_telemetry >= self.cfg.mqtt.telemetry_seconds:
             self._last_telemetry = mono
             self.publish_state()
-            tel = {"schema": "gate.telemetry/1", "gate_id": self.cfg.gate.id, "time": time.time(),
-                   "outbox_depth": self.outbox.depth, "source_restarts": self.source_restarts(),
-                   **self.stats.snapshot()}  # fmt: skip
+            tel = {
+                "schema": "gate.telemetry/1",
+                "gate_id": self.cfg.gate.id,
+                "time": time.time(),
+                "outbox_depth": self.outbox.depth,
+                **self.source_counters(),
+                **self.stats.snapshot(),
+            }
             self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
 
     def _check_stale(self) -> None:
@@ -122,8 +134,10 @@ class Reporter:
             self._link_seen = mono
         offline = mono - self._link_seen > OFFLINE_AFTER
         if offline and self.actuator.mode == "normal":
-            log.warning("broker unreachable for %.0fs: indicator shows offline; check-ins wait in the outbox",
-                        mono - self._link_seen)  # fmt: skip
+            log.warning(
+                "broker unreachable for %.0fs: indicator shows offline; check-ins wait in the outbox",
+                mono - self._link_seen,
+            )
             self.actuator.set_mode("offline")
         elif not offline and self.actuator.mode == "offline":
             self.actuator.set_mode("normal")

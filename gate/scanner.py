@@ -29,10 +29,10 @@ class Observation:
 
 @dataclass(frozen=True)
 class Scan:
+    """One presentation of a code: its payload and what decoding the frame it came from cost."""
+
     payload: bytes
-    source: str
     decode_ms: float
-    mono: float
 
 
 class CodeSource(Protocol):
@@ -58,7 +58,6 @@ class DecodingSource:
     def __init__(self, frames: FrameSource, decoder: Decoder) -> None:
         self.frames, self.decoder = frames, decoder
         self.name = frames.name
-        self.frames_decoded = 0
 
     def read(self, timeout: float) -> Observation | None:
         frame = self.frames.capture(timeout)
@@ -67,7 +66,6 @@ class DecodingSource:
         start = time.perf_counter()
         codes = self.decoder.decode(frame)
         ms = (time.perf_counter() - start) * 1000
-        self.frames_decoded += 1
         # Oversized payloads are passed on: the decision denies them as too_large, visibly.
         return Observation(tuple(c.data for c in codes), ms)
 
@@ -98,8 +96,7 @@ class Deduplicator:
 class Scanner:
     """A code source plus de-duplication: yields Scans."""
 
-    def __init__(self, source: CodeSource, dedup: Deduplicator,
-                 mono: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(self, source: CodeSource, dedup: Deduplicator, mono: Callable[[], float] = time.monotonic) -> None:
         self.source, self.dedup, self._mono = source, dedup, mono
 
     def poll(self, timeout: float) -> list[Scan] | None:
@@ -108,7 +105,7 @@ class Scanner:
         if obs is None:
             return None
         now = self._mono()
-        return [Scan(p, self.source.name, obs.decode_ms, now) for p in self.dedup.feed(obs.payloads, now)]
+        return [Scan(p, obs.decode_ms) for p in self.dedup.feed(obs.payloads, now)]
 
     def close(self) -> None:
         self.source.close()
@@ -160,26 +157,3 @@ class ImageSource:
 
     def close(self) -> None:
         self._next = len(self._files)
-
-
-class ScriptedFrames:
-    """Frames handed in ahead of time (tests and the demo), each captured once, in order."""
-
-    name = "scripted"
-
-    def __init__(self, frames: Iterable[Frame | None]) -> None:
-        self._frames = iter(frames)
-        self.exhausted = False
-
-    def capture(self, timeout: float) -> Frame | None:
-        if self.exhausted:
-            time.sleep(min(timeout, 0.05))
-            return None
-        try:
-            return next(self._frames)
-        except StopIteration:
-            self.exhausted = True
-            return None
-
-    def close(self) -> None:
-        self.exhausted = True

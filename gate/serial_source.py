@@ -30,8 +30,12 @@ class SerialScanner:
 
     name = "serial"
 
-    def __init__(self, cfg: SerialSection, opener: Callable[[SerialSection], Any] = _open_port,
-                 mono: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: SerialSection,
+        opener: Callable[[SerialSection], Any] = _open_port,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg, self._opener, self._mono = cfg, opener, mono
         self._term = _unescape(cfg.terminator)
         self._port: Any = None

@@ -39,8 +39,9 @@ class Owned:
         """Open on first use; ownership passes on only when the owner thread has ended."""
         with self._lock:
             if self._owner is not None and self._owner is not me and self._owner.is_alive():
-                raise WrongThread(f"{self.name}: this connection belongs to thread {self._owner.name!r}, "
-                                  f"not {me.name!r}")  # fmt: skip
+                raise WrongThread(
+                    f"{self.name}: this connection belongs to thread {self._owner.name!r}, not {me.name!r}"
+                )
             if self._db is None:
                 db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
                 try:

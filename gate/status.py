@@ -23,17 +23,27 @@ def show_status(cfg: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps(state))
         return 0 if age < 30 else 1
-    print(f"gate {state['gate_id']} (version {state['version']})"
-          + ("" if age < 30 else f"  STALE: not updated for {age:.0f}s, daemon hung or stopped"))  # fmt: skip
-    rows = [("mode", state["mode"]), ("broker", "connected" if state["broker_connected"] else "DISCONNECTED"),
-            ("cache", f"version {state['cache_version']}.{state['cache_seq']}, {state['cache_entries']} entries, "
-                      f"age {state['cache_age_s']}s"),
-            ("policy", f"version {state['policy_version']}"),
-            ("outbox", f"{state['outbox_depth']} waiting, {state['outbox_dropped']} dropped"),
-            ("clock", "synchronised" if state["clock_synced"] else "NOT synchronised")]  # fmt: skip
+    print(
+        f"gate {state['gate_id']} (version {state['version']})"
+        + ("" if age < 30 else f"  STALE: not updated for {age:.0f}s, daemon hung or stopped")
+    )
+    rows = [
+        ("mode", state["mode"]),
+        ("broker", "connected" if state["broker_connected"] else "DISCONNECTED"),
+        (
+            "cache",
+            f"version {state['cache_version']}.{state['cache_seq']}, {state['cache_entries']} entries, "
+            f"age {state['cache_age_s']}s",
+        ),
+        ("policy", f"version {state['policy_version']}"),
+        ("outbox", f"{state['outbox_depth']} waiting, {state['outbox_dropped']} dropped"),
+        ("clock", "synchronised" if state["clock_synced"] else "NOT synchronised"),
+    ]
     for k, v in rows:
         print(f"  {k:<8} {v}")
     for d in state.get("last", [])[-5:]:
-        print(f"  last     {time.strftime('%H:%M:%S', time.localtime(d['time']))} {d['decision']:<6} "
-              f"{d['reason']} {d['token']}")  # fmt: skip
+        print(
+            f"  last     {time.strftime('%H:%M:%S', time.localtime(d['time']))} {d['decision']:<6} "
+            f"{d['reason']} {d['token']}"
+        )
     return 0 if age < 30 else 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -22,8 +21,8 @@ from gate.errors import CodeError, ConfigError
 from gate.keys import key_id_of, public_from_pem
 from gate.lanecontrol import LaneControl
 from gate.mqtt_link import MqttLink, Topics
-from gate.passcache import PassCache, Row
-from gate.passimport import check_row
+from gate.passcache import PassCache
+from gate.passsync import PassSync
 from gate.policy import Policy, PolicyStore
 
 log = logging.getLogger(__name__)
@@ -31,31 +30,24 @@ log = logging.getLogger(__name__)
 
 def central_topics(prefix: str) -> dict[str, str]:
     base = f"{prefix}/central"
-    return {"policy": f"{base}/policy", "keys": f"{base}/keys", "manifest": f"{base}/passes/manifest",
-            "chunk": f"{base}/passes/chunk/+/+", "delta": f"{base}/passes/delta"}  # fmt: skip
-
-
-def rows_digest(chunks: list[list[Any]] | Any) -> str:
-    """How central and gate agree on a snapshot: SHA-256 over each chunk's compact JSON, in order."""
-    h = hashlib.sha256()
-    for rows in chunks:
-        h.update(json.dumps(rows, separators=(",", ":")).encode())
-    return h.hexdigest()
-
-
-def parse_row(r: Any) -> Row:
-    """[token, status 0..2, valid_until|null, revoked 0|1, companions|null], validated."""
-    if not isinstance(r, list) or len(r) != 5:
-        raise ValueError("a row is [token, status, valid_until, revoked, companions]")
-    return check_row(*r)
+    return {
+        "policy": f"{base}/policy",
+        "keys": f"{base}/keys",
+        "manifest": f"{base}/passes/manifest",
+        "chunk": f"{base}/passes/chunk/+/+",
+        "delta": f"{base}/passes/delta",
+    }
 
 
 def central_keys(state_dir: Path, now: float | None = None) -> list[Any]:
     """Central's stored trust keys whose window includes now (overlap makes rotation seamless)."""
     now = time.time() if now is None else now
     doc = DocStore(state_dir / "device.json", "trust_keys").get() or {}
-    return [public_from_pem(k["pem"].encode(), "stored keys") for k in doc.get("keys", [])
-            if k["not_before"] <= now and (not k["not_after"] or now < k["not_after"])]  # fmt: skip
+    return [
+        public_from_pem(k["pem"].encode(), "stored keys")
+        for k in doc.get("keys", [])
+        if k["not_before"] <= now and (not k["not_after"] or now < k["not_after"])
+    ]
 
 
 TRUST_REFRESH_SECONDS = 30.0
@@ -67,28 +59,32 @@ class CentralSync:
     connection and the device documents; the lane hears of changes only through `LaneControl` requests,
     and other threads read `status()`, a snapshot the worker publishes."""
 
-    def __init__(self, control: LaneControl, link: MqttLink, verifier: Verifier, base_keys: list[Any],
-                 cfg: Config) -> None:  # fmt: skip
+    def __init__(
+        self, control: LaneControl, link: MqttLink, verifier: Verifier, base_keys: list[Any], cfg: Config
+    ) -> None:
         self.control, self.link, self.verifier, self.base_keys = control, link, verifier, base_keys
         self.gate_id, self.prefix = cfg.gate.id, cfg.mqtt.topic_prefix
         self.topics = Topics(self.prefix, self.gate_id)
         state_dir = cfg.gate.state_dir
         self.state_dir = state_dir
-        self.cache = PassCache(state_dir / "passes.db")  # the writer's own connection
+        self.passes = PassSync(PassCache(state_dir / "passes.db"), verifier, self.request_resync, control.report)
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
         self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
         self.policy_version = self.policies.load().version
-        self.manifest: dict[str, Any] | None = None
-        self.awaiting_resync = False
         self._trusted: list[bytes] = []
-        self._status: dict[str, Any] = self._snapshot(staged=0)
+        self._status: dict[str, Any] = self._snapshot(None)
         self._jobs: queue.Queue[tuple[Callable[[ControlMessage], None], str, str, bytes] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
 
     def start(self) -> None:
         t = central_topics(self.prefix)
-        routes = {"policy": self._policy, "keys": self._keys, "manifest": self._manifest, "chunk": self._chunk,
-                  "delta": self._delta}  # fmt: skip
+        routes = {
+            "policy": self._policy,
+            "keys": self._keys,
+            "manifest": self.passes.manifest,
+            "chunk": self.passes.chunk,
+            "delta": self.passes.delta,
+        }
         for kind, topic in t.items():
             self.link.subscribe(topic, self._enqueue(routes[kind], kind))
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
@@ -132,15 +128,16 @@ class CentralSync:
         except Exception:
             log.exception("central: %s failed; retrying later", what)
 
-    def _snapshot(self, staged: int) -> dict[str, Any]:
-        m = self.manifest
-        progress = None if m is None else f"version {m['version']}: {staged}/{m['chunks']} chunks"
-        return {"accepted": self.verifier.accepted, "rejected": dict(self.verifier.rejected),
-                "awaiting_resync": self.awaiting_resync, "snapshot_in_progress": progress}  # fmt: skip
+    def _snapshot(self, progress: str | None) -> dict[str, Any]:
+        return {
+            "accepted": self.verifier.accepted,
+            "rejected": dict(self.verifier.rejected),
+            "awaiting_resync": self.passes.awaiting_resync,
+            "snapshot_in_progress": progress,
+        }
 
     def _publish_status(self) -> None:
-        m = self.manifest
-        self._status = self._snapshot(0 if m is None else len(self.cache.staged(m["version"])))
+        self._status = self._snapshot(self.passes.progress())
 
     def status(self) -> dict[str, Any]:
         """Any thread: the worker's last published status (a copy)."""
@@ -154,84 +151,21 @@ class CentralSync:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join(timeout=5)
-        self.cache.close()
-
-    # -- pass status -------------------------------------------------------------------------------
-    def _manifest(self, msg: ControlMessage) -> None:
-        b = msg.body
-        try:
-            m: dict[str, Any] = {"version": int(b["version"]), "count": int(b["count"]), "chunks": int(b["chunks"]),
-                 "sha256": str(b["sha256"])}  # fmt: skip
-        except (KeyError, TypeError, ValueError):
-            raise self.verifier.invalid("manifest needs version, count, chunks, sha256") from None
-        current = self.cache.info().version
-        if m["version"] < current:
-            raise self.verifier.old(f"snapshot version {m['version']} is older than {current}")
-        if m["version"] == current and not self.awaiting_resync:
-            return  # the retained manifest of what we already have
-        self.manifest = m
-        self.cache.drop_staging(below=m["version"])
-        self._maybe_apply()
-
-    def _chunk(self, msg: ControlMessage) -> None:
-        try:
-            version, idx, rows = int(msg.body["version"]), int(msg.body["index"]), msg.body["rows"]
-            if not isinstance(rows, list):
-                raise TypeError
-        except (KeyError, TypeError, ValueError):
-            raise self.verifier.invalid("chunk needs version, index, rows") from None
-        if version <= self.cache.info().version and not self.awaiting_resync:
-            return
-        self.cache.stage(version, idx, json.dumps(rows, separators=(",", ":")))
-        self._maybe_apply()
-
-    def _maybe_apply(self) -> None:
-        m = self.manifest
-        if m is None or len(self.cache.staged(m["version"])) < m["chunks"]:
-            return
-        chunks = [json.loads(c) for c in self.cache.staged_chunks(m["version"])][: m["chunks"]]
-        if rows_digest(chunks) != m["sha256"]:
-            self.cache.drop_staging(below=m["version"] + 1)
-            raise self.verifier.invalid(f"snapshot {m['version']} does not match its manifest hash; re-fetching")
-        try:
-            rows = [parse_row(r) for chunk in chunks for r in chunk]
-        except (ValueError, CodeError) as exc:
-            self.cache.drop_staging(below=m["version"] + 1)
-            raise self.verifier.invalid(f"snapshot {m['version']}: {exc}") from None
-        if len(rows) != m["count"]:
-            raise self.verifier.invalid(f"snapshot {m['version']} has {len(rows)} rows, manifest says {m['count']}")
-        start = time.perf_counter()
-        self.cache.replace_all(rows, m["version"])
-        self.cache.drop_staging()
-        self.manifest, self.awaiting_resync = None, False
-        log.info("central: snapshot %d applied: %d passes in %.2fs", m["version"], len(rows),
-                 time.perf_counter() - start)  # fmt: skip
-        self.control.report()
-
-    def _delta(self, msg: ControlMessage) -> None:
-        b = msg.body
-        try:
-            seq, base = int(b["seq"]), int(b["base_version"])
-            upserts = [parse_row(r) for r in b.get("upserts", [])]
-            deletes = [check_token(t) for t in b.get("deletes", [])]
-        except (KeyError, TypeError, ValueError, CodeError) as exc:
-            raise self.verifier.invalid(f"delta: {exc}") from None
-        info = self.cache.info()
-        if base < info.version or (base == info.version and seq <= info.seq):
-            raise self.verifier.old(f"delta {base}.{seq} is not newer than {info.version}.{info.seq}")
-        if base > info.version or seq > info.seq + 1:
-            self.request_resync(f"sequence gap: have {info.version}.{info.seq}, got {base}.{seq}")
-            return
-        self.cache.apply_delta(upserts, deletes, seq)
-        log.info("central: delta %d.%d applied (%d upserts, %d deletes)", base, seq, len(upserts), len(deletes))
+        self.passes.cache.close()
 
     def request_resync(self, why: str) -> None:
-        info = self.cache.info()
-        self.awaiting_resync = True
-        log.warning("central: %s; asking for a resync and deciding from cache %d.%d meanwhile",
-                    why, info.version, info.seq)  # fmt: skip
-        body = {"gate_id": self.gate_id, "have_version": info.version, "have_seq": info.seq,
-                "reason": why, "time": time.time()}  # fmt: skip
+        info = self.passes.cache.info()
+        self.passes.awaiting_resync = True
+        log.warning(
+            "central: %s; asking for a resync and deciding from cache %d.%d meanwhile", why, info.version, info.seq
+        )
+        body = {
+            "gate_id": self.gate_id,
+            "have_version": info.version,
+            "have_seq": info.seq,
+            "reason": why,
+            "time": time.time(),
+        }
         self.link.publish(f"{self.topics.base}/resync", json.dumps(body).encode(), qos=1)
         self._publish_status()
         self.control.report()
@@ -256,8 +190,14 @@ class CentralSync:
     def _keys(self, msg: ControlMessage) -> None:
         try:
             version = int(msg.body["version"])
-            keys: list[dict[str, Any]] = [{"pem": str(k["pem"]), "not_before": float(k.get("not_before") or 0),
-                     "not_after": float(k.get("not_after") or 0)} for k in msg.body["keys"]]  # fmt: skip
+            keys: list[dict[str, Any]] = [
+                {
+                    "pem": str(k["pem"]),
+                    "not_before": float(k.get("not_before") or 0),
+                    "not_after": float(k.get("not_after") or 0),
+                }
+                for k in msg.body["keys"]
+            ]
             for k in keys:
                 public_from_pem(k["pem"].encode(), "keys message")
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
@@ -287,8 +227,11 @@ class CentralSync:
         replies = f"{self.prefix}/central/replies/"
         if not (reply_to.startswith(replies) and len(reply_to) <= 200 and not set(reply_to) & {"+", "#", "\0"}):
             reply_to = f"{self.topics.base}/reply"  # never publish where a message merely asks
-        head: dict[str, Any] = {"correlation_id": msg.body.get("correlation_id"), "gate_id": self.gate_id,
-                                "command": name}  # fmt: skip
+        head: dict[str, Any] = {
+            "correlation_id": msg.body.get("correlation_id"),
+            "gate_id": self.gate_id,
+            "command": name,
+        }
 
         def reply(result: dict[str, Any]) -> None:  # runs on the lane thread
             self.link.publish(reply_to, json.dumps({**head, "ok": True, "result": result}).encode(), qos=1)
@@ -302,12 +245,15 @@ class CentralSync:
         if name == "open":
             self.control.open(check_token(str(args.get("operator", ""))), reply)
             return
-        modes = {"out-of-service": "out_of_service", "in-service": "normal",
-                 "free-pass": "free_pass" if args.get("state", "on") == "on" else "normal"}  # fmt: skip
+        modes = {
+            "out-of-service": "out_of_service",
+            "in-service": "normal",
+            "free-pass": "free_pass" if args.get("state", "on") == "on" else "normal",
+        }
         if name in modes:
             self.control.set_mode(modes[name], by="central")
         elif name == "resync":
-            self.cache.drop_staging()
+            self.passes.cache.drop_staging()
             self.request_resync("requested by central")
         elif name != "status":
             raise ValueError(f"unknown command {name!r}")

@@ -34,8 +34,14 @@ def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict
     d = decider.decide(code.strip().encode(), clock.read())
     if cache is not None:
         cache.close()
-    out: dict[str, Any] = {"decision": d.action.value, "reason": d.reason.value, "companions": d.companions,
-           "token": d.token, "kind": d.kind, "detail": d.detail}  # fmt: skip
+    out: dict[str, Any] = {
+        "decision": d.action.value,
+        "reason": d.reason.value,
+        "companions": d.companions,
+        "token": d.token,
+        "kind": d.kind,
+        "detail": d.detail,
+    }
     if config is not None:
         out["venue"] = {"id": cfg.venue.id, "name": cfg.venue.name, "category": cfg.venue.category.value}
     return out

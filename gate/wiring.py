@@ -45,13 +45,20 @@ def make_source(cfg: Config) -> CodeSource:
     return DecodingSource(PiCamera(sc.camera), decoder)
 
 
-def source_restarts(source: CodeSource) -> int:
-    """Camera restarts plus serial reconnects, for telemetry."""
-    return int(getattr(getattr(source, "frames", source), "restarts", 0) + getattr(source, "reconnects", 0))
+def source_counters(source: CodeSource) -> dict[str, int]:
+    """For telemetry: camera restarts or serial reconnects, and serial lines dropped."""
+    restarts = getattr(getattr(source, "frames", source), "restarts", 0) + getattr(source, "reconnects", 0)
+    return {"source_restarts": int(restarts), "dropped_lines": int(getattr(source, "dropped_lines", 0))}
 
 
-def build(cfg: Config, source: CodeSource | None = None, pin_factory: Any = None, clock: Clock | None = None,
-          trust: TrustStore | None = None, with_mqtt: bool = True) -> Gate:  # fmt: skip
+def build(
+    cfg: Config,
+    source: CodeSource | None = None,
+    pin_factory: Any = None,
+    clock: Clock | None = None,
+    trust: TrustStore | None = None,
+    with_mqtt: bool = True,
+) -> Gate:
     state = cfg.gate.state_dir
     state.mkdir(parents=True, exist_ok=True)
     inbox: Inbox = queue.SimpleQueue()
@@ -60,8 +67,13 @@ def build(cfg: Config, source: CodeSource | None = None, pin_factory: Any = None
     base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
     policy = PolicyStore(state / "device.json", cfg.policy).load()
     cache = PassCache(state / "passes.db")
-    decider = Decider(TrustStore.of([*base_keys, *central_keys(state)]), policy, cache.lookup, cache.info,
-                      cfg.scanner.max_payload_bytes)  # fmt: skip
+    decider = Decider(
+        TrustStore.of([*base_keys, *central_keys(state)]),
+        policy,
+        cache.lookup,
+        cache.info,
+        cfg.scanner.max_payload_bytes,
+    )
     outbox = Outbox(state / "outbox.db", cfg.outbox)
     code_source = source or make_source(cfg)
     scanner = Scanner(code_source, Deduplicator(cfg.scanner.rearm_seconds, cfg.scanner.absent_seconds))
@@ -72,16 +84,32 @@ def build(cfg: Config, source: CodeSource | None = None, pin_factory: Any = None
     recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
     sync = None
     if link is not None and cfg.central.keys:
-        verifier = Verifier(TrustStore.from_files(cfg.central.keys), cfg.gate.id, cfg.central.max_message_bytes,
-                            cfg.central.command_max_age_seconds)  # fmt: skip
+        verifier = Verifier(
+            TrustStore.from_files(cfg.central.keys),
+            cfg.gate.id,
+            cfg.central.max_message_bytes,
+            cfg.central.command_max_age_seconds,
+        )
         sync = CentralSync(control, link, verifier, base_keys, cfg)
     elif link is not None:
         log.warning("no [central] keys pinned: pass status, policy and commands from central are ignored")
     stats = Stats()
-    reporter = Reporter(cfg, cache, outbox, decider, actuator, clock, recorder, stats, link,
-                        sync.status if sync is not None else None, lambda: source_restarts(code_source))  # fmt: skip
-    gate = Gate(cfg, scanner, decider, cache, outbox, actuator, clock, recorder, reporter, inbox, stats, link,
-                drainer, sync)  # fmt: skip
+    reporter = Reporter(
+        cfg,
+        cache,
+        outbox,
+        decider,
+        actuator,
+        clock,
+        recorder,
+        stats,
+        link,
+        sync.status if sync is not None else None,
+        lambda: source_counters(code_source),
+    )
+    gate = Gate(
+        cfg, scanner, decider, cache, outbox, actuator, clock, recorder, reporter, inbox, stats, link, drainer, sync
+    )
     if sync is not None:
         sync.start()
     if drainer is not None:

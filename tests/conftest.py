@@ -68,8 +68,9 @@ class Broker:
         user = "user root\n" if os.geteuid() == 0 else ""
         anon = "true" if self.anonymous else "false"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous {anon}\n{user}{self.extra}")
-        self.proc = subprocess.Popen([require("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [require("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -137,8 +138,10 @@ class Subscriber:
 
     def wait_for_ids(self, suffix: str, expected: set[str], timeout: float = 20.0, **match: Any) -> set[str]:
         """Wait until every id in `expected` has arrived on `suffix`; returns all ids seen (a superset on success)."""
-        return set(wait_until(lambda: (ids := self.event_ids(suffix, **match)) >= expected and ids, timeout)
-                   or self.event_ids(suffix, **match))  # fmt: skip
+        return set(
+            wait_until(lambda: (ids := self.event_ids(suffix, **match)) >= expected and ids, timeout)
+            or self.event_ids(suffix, **match)
+        )
 
     def close(self) -> None:
         self.client.disconnect()
@@ -182,9 +185,13 @@ def make_config(state: Path, keys: Keys | None = None, **sections: Any) -> Confi
         "venue": {"id": "rail-test", "name": "Test Station", "category": "rail_station"},
         "clock": {"sync_source": "assume_synced"},
         "trust": {"keys": [str(keys.public_path)] if keys else []},
-        "gpio": {"pin_factory": "mock", "relay": {"pin": 17, "pulse_seconds": 0.2},
-                 "indicator": {"green": 22, "red": 27, "amber": 23}, "buzzer": {"pin": 24}},
-    }  # fmt: skip
+        "gpio": {
+            "pin_factory": "mock",
+            "relay": {"pin": 17, "pulse_seconds": 0.2},
+            "indicator": {"green": 22, "red": 27, "amber": 23},
+            "buzzer": {"pin": 24},
+        },
+    }
     for name, value in sections.items():
         base = data.setdefault(name, {})
         base.update(value)

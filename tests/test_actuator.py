@@ -21,8 +21,9 @@ RELAY, PASSAGE, EXIT, FIRE = 17, 5, 6, 13
 
 def gpio(**kw: Any) -> GpioSection:
     relay = {"pin": RELAY, "pulse_seconds": 0.2, **kw.pop("relay", {})}
-    return GpioSection.model_validate({"relay": relay, "indicator": {"green": 22, "red": 27, "amber": 23},
-                                       "buzzer": {"pin": 24}, **kw})  # fmt: skip
+    return GpioSection.model_validate(
+        {"relay": relay, "indicator": {"green": 22, "red": 27, "amber": 23}, "buzzer": {"pin": 24}, **kw}
+    )
 
 
 class Rig:
@@ -204,11 +205,18 @@ def test_busy_lane_queues_the_next_release(rig_factory) -> None:
 
 def test_selftest_cycles_outputs_and_reports_inputs(tmp_path: Path) -> None:
     cfg = tmp_path / "gate.toml"
-    cfg.write_text('[gate]\nid="t"\n[venue]\nid="v"\n[gpio.relay]\npin=17\n[gpio.indicator]\ngreen=22\nred=27\n'
-                   '[gpio.passage]\npin=5\n')  # fmt: skip
+    cfg.write_text(
+        '[gate]\nid="t"\n[venue]\nid="v"\n[gpio.relay]\npin=17\n[gpio.indicator]\ngreen=22\nred=27\n'
+        "[gpio.passage]\npin=5\n"
+    )
     env = {"GPIOZERO_PIN_FACTORY": "mock", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "gate", "selftest", "--config", str(cfg)], capture_output=True,
-                       text=True, timeout=60, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "selftest", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "relay" in r.stdout and "passage" in r.stdout and "inactive" in r.stdout and "locked" in r.stdout
 
@@ -216,8 +224,9 @@ def test_selftest_cycles_outputs_and_reports_inputs(tmp_path: Path) -> None:
 def test_selftest_fails_when_a_device_cannot_be_opened(tmp_path: Path) -> None:
     cfg = tmp_path / "gate.toml"
     cfg.write_text('[gate]\nid="t"\n[venue]\nid="v"\n[gpio]\npin_factory="pigpio"\n')
-    r = subprocess.run([sys.executable, "-m", "gate", "selftest", "--config", str(cfg)], capture_output=True,
-                       text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "selftest", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode != 0 and "FAIL" in r.stdout + r.stderr and "Traceback" not in r.stderr
 
 
@@ -233,8 +242,9 @@ def test_a_decision_flashes_then_the_idle_pattern_returns(rig_factory) -> None:
 
 def test_rgb_indicator_mixes_the_colours() -> None:
     factory = MockFactory(pin_class=MockPWMPin)
-    cfg = GpioSection.model_validate({"relay": {"pin": RELAY}, "indicator": {"kind": "rgb", "red": 22, "green": 23,
-                                                                            "blue": 24}})  # fmt: skip
+    cfg = GpioSection.model_validate(
+        {"relay": {"pin": RELAY}, "indicator": {"kind": "rgb", "red": 22, "green": 23, "blue": 24}}
+    )
     with Actuator(cfg, factory) as act:
         act.set_mode("out_of_service")
         assert (factory.pin(22).state, factory.pin(23).state, factory.pin(24).state) == (1, 0, 0)

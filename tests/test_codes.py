@@ -40,18 +40,26 @@ def test_code_is_compact_enough_for_a_small_qr(keys) -> None:
     assert len(text) <= 160  # QR version 7 (45x45) holds 154..224 alphanumeric chars at level M
 
 
-@pytest.mark.parametrize("token", ["13812345678", "110101199003071234", "11010119900307123X", "short", "has space1",
-                                   "x" * 33, "ünïcode12"])  # fmt: skip
+@pytest.mark.parametrize(
+    "token", ["13812345678", "110101199003071234", "11010119900307123X", "short", "has space1", "x" * 33, "ünïcode12"]
+)
 def test_tokens_that_are_not_pseudonymous_ids_are_refused(token: str) -> None:
     with pytest.raises(CodeError):
         check_token(token)
 
 
-@pytest.mark.parametrize("payload, why", [
-    (b"", "does not start"), (b"GT2:AAAA", "does not start"), (b"GT1:", "too short"),
-    (b"GT1:@@@", "not base45"), ("GT1:\u00e9".encode(), "not ASCII"), (b"GT1:00", "too short"),
-    (b"GT1:AA", "out of range"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b"", "does not start"),
+        (b"GT2:AAAA", "does not start"),
+        (b"GT1:", "too short"),
+        (b"GT1:@@@", "not base45"),
+        ("GT1:\u00e9".encode(), "not ASCII"),
+        (b"GT1:00", "too short"),
+        (b"GT1:AA", "out of range"),
+    ],
+)
 def test_malformed_payloads_name_what_is_wrong(payload: bytes, why: str) -> None:
     with pytest.raises(CodeError) as exc:
         parse(payload)

@@ -20,28 +20,36 @@ MIN = '[gate]\nid = "lane-1"\n[venue]\nid = "v1"\n'
 def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     f = tmp_path / "gate.toml"
     f.write_text(text)
-    return subprocess.run([sys.executable, "-m", "gate", "check-config", str(f)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "gate", "check-config", str(f)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_example_config_is_valid() -> None:
-    r = subprocess.run([sys.executable, "-m", "gate", "check-config", str(ROOT / "gate.example.toml")],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "check-config", str(ROOT / "gate.example.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("extra, path, words", [
-    ("[gate]\nid='a'\ncolour='x'\n[venue]\nid='v'\n", "gate.colour", "unknown key"),
-    (MIN + "[mqtt]\nport = 'abc'\n", "mqtt.port", "valid integer"),
-    ("[gate]\nid='a'\n", "venue", "required value is missing"),
-    (MIN + "[mqtt]\nport = 70000\n", "mqtt.port", "less than or equal to 65535"),
-    (MIN + "[mqtt]\nusername = 'u'\n", "mqtt", "neither password nor password_file"),
-    (MIN + "[gpio.relay]\npin = 40\n", "gpio.relay.pin", "less than or equal to 27"),
-    (MIN + "[gpio]\nbuzzer = {pin = 17}\n", "gpio", "pin 17 is used by both gpio.relay.pin and gpio.buzzer.pin"),
-    (MIN + "[scanner]\nsource = 'serial'\n", "(top level)", "scanner.serial.port is empty"),
-    (MIN + "[mqtt.tls]\ncert_file = '/x.crt'\n", "mqtt.tls", "cert_file and key_file must be given together"),
-    ("[gate\n", "not valid TOML", ""),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, path, words",
+    [
+        ("[gate]\nid='a'\ncolour='x'\n[venue]\nid='v'\n", "gate.colour", "unknown key"),
+        (MIN + "[mqtt]\nport = 'abc'\n", "mqtt.port", "valid integer"),
+        ("[gate]\nid='a'\n", "venue", "required value is missing"),
+        (MIN + "[mqtt]\nport = 70000\n", "mqtt.port", "less than or equal to 65535"),
+        (MIN + "[mqtt]\nusername = 'u'\n", "mqtt", "neither password nor password_file"),
+        (MIN + "[gpio.relay]\npin = 40\n", "gpio.relay.pin", "less than or equal to 27"),
+        (MIN + "[gpio]\nbuzzer = {pin = 17}\n", "gpio", "pin 17 is used by both gpio.relay.pin and gpio.buzzer.pin"),
+        (MIN + "[scanner]\nsource = 'serial'\n", "(top level)", "scanner.serial.port is empty"),
+        (MIN + "[mqtt.tls]\ncert_file = '/x.crt'\n", "mqtt.tls", "cert_file and key_file must be given together"),
+        ("[gate\n", "not valid TOML", ""),
+    ],
+)
 def test_bad_config_names_the_key_path_and_exits_2(tmp_path: Path, extra: str, path: str, words: str) -> None:
     r = check(tmp_path, extra)
     assert r.returncode == 2
@@ -72,9 +80,13 @@ def test_config_models_are_frozen() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["gate", "venue", "mqtt", "gpio", "scanner", "policy", "zzz"]),
-                       st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8),
-                                                                      st.booleans()), max_size=3), max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(["gate", "venue", "mqtt", "gpio", "scanner", "policy", "zzz"]),
+        st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8), st.booleans()), max_size=3),
+        max_size=5,
+    )
+)
 def test_arbitrary_config_data_validates_or_raises_config_error_only(data) -> None:
     try:
         parse_config(data)

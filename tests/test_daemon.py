@@ -22,7 +22,8 @@ from fakes import Feeder, daemon_config, start, wait_log
 from gate.clock import SystemClock
 from gate.codes import Status, issue
 from gate.decoders import make_decoder
-from gate.scanner import DecodingSource, ScriptedFrames
+from gate.scanner import DecodingSource
+from gate.testing import ScriptedFrames
 from gate.wiring import build
 
 EVENT = re.compile(r"event=([0-9a-f-]{36})")
@@ -82,37 +83,56 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path, keys, broker, subscriber_fac
 
 # -- TLS and password authentication -----------------------------------------------------------------
 
+
 def _certs(d: Path) -> tuple[Path, Path, Path]:
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     now = dt.datetime.now(dt.UTC)
     ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("gate test CA")).issuer_name(name("gate test CA"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(days=1))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    srv = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
-           .public_key(srv_key.public_key()).serial_number(2).not_valid_before(now - dt.timedelta(days=1))
-           .not_valid_after(now + dt.timedelta(days=2))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-           .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("gate test CA"))
+        .issuer_name(name("gate test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    srv = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(srv_key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = d / "ca.crt", d / "server.crt", d / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))  # fmt: skip
+    paths[2].write_bytes(
+        srv_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
 def test_tls_with_password_auth_delivers_check_ins(tmp_path, keys, subscriber_factory, monkeypatch) -> None:
     ca, crt, key = _certs(tmp_path)
     pw = tmp_path / "passwd"
-    subprocess.run([require("mosquitto_passwd"), "-b", "-c", str(pw), "lane-t", "s3cret"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [require("mosquitto_passwd"), "-b", "-c", str(pw), "lane-t", "s3cret"], check=True, capture_output=True
+    )
     pw.chmod(0o600)
-    broker = Broker(tmp_path, extra=f"cafile {ca}\ncertfile {crt}\nkeyfile {key}\npassword_file {pw}\n",
-                    anonymous=False)
+    broker = Broker(
+        tmp_path, extra=f"cafile {ca}\ncertfile {crt}\nkeyfile {key}\npassword_file {pw}\n", anonymous=False
+    )
     broker.start()
     broker.host = "localhost"  # the name in the server certificate
     try:
@@ -121,11 +141,23 @@ def test_tls_with_password_auth_delivers_check_ins(tmp_path, keys, subscriber_fa
         (creds / "mqtt-password").write_text("s3cret")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
         sub = subscriber_factory(broker, username="lane-t", password="s3cret", tls=str(ca))
-        cfg = make_config(tmp_path / "state", keys, mqtt={"host": "localhost", "port": broker.port,
-                                                          "username": "lane-t", "password_file": "mqtt-password",
-                                                          "tls": {"ca_file": str(ca)}})  # fmt: skip
-        gate = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
-                     pin_factory=MockFactory(), clock=SystemClock("assume_synced"))  # fmt: skip
+        cfg = make_config(
+            tmp_path / "state",
+            keys,
+            mqtt={
+                "host": "localhost",
+                "port": broker.port,
+                "username": "lane-t",
+                "password_file": "mqtt-password",
+                "tls": {"ca_file": str(ca)},
+            },
+        )
+        gate = build(
+            cfg,
+            source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+            pin_factory=MockFactory(),
+            clock=SystemClock("assume_synced"),
+        )
         try:
             now = int(time.time())
             eid = gate.handle(issue(keys.private, "tok-tls001", Status.RED, now, 60).encode())[1].event_id

@@ -9,11 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gate.base45 import b45decode, b45encode
-from gate.clock import PLAUSIBLE_AFTER, FixedClock
+from gate.clock import PLAUSIBLE_AFTER
 from gate.codes import PREFIX, Kind, Status, issue
 from gate.decision import Decider, Reason
 from gate.passcache import CacheEntry, PassCache
 from gate.policy import Action, Fallback, PerKind, Policy
+from gate.testing import FixedClock
 
 NOW = 1_800_000_000
 
@@ -35,12 +36,19 @@ def code(keys, token="tok-holder1", status=Status.GREEN, iat=NOW - 30, valid=600
 
 def test_valid_green_code_is_admitted_with_its_companions(keys, cache) -> None:
     d = decider(keys, cache).decide(code(keys, comp=2), FixedClock(NOW).read())
-    assert (d.action, d.reason, d.companions, d.token, d.kind) == (Action.ADMIT, Reason.ADMITTED, 2,
-                                                                    "tok-holder1", "phone")  # fmt: skip
+    assert (d.action, d.reason, d.companions, d.token, d.kind) == (
+        Action.ADMIT,
+        Reason.ADMITTED,
+        2,
+        "tok-holder1",
+        "phone",
+    )
 
 
-@pytest.mark.parametrize("status, action, reason", [
-    (Status.YELLOW, Action.ASSIST, Reason.STATUS_YELLOW_ASSIST), (Status.RED, Action.DENY, Reason.STATUS_RED)])
+@pytest.mark.parametrize(
+    "status, action, reason",
+    [(Status.YELLOW, Action.ASSIST, Reason.STATUS_YELLOW_ASSIST), (Status.RED, Action.DENY, Reason.STATUS_RED)],
+)
 def test_status_maps_to_action_and_reason(keys, cache, status, action, reason) -> None:
     d = decider(keys, cache).decide(code(keys, status=status), FixedClock(NOW).read())
     assert (d.action, d.reason) == (action, reason)
@@ -71,9 +79,12 @@ def test_unsynced_clock_applies_the_per_kind_policy(keys, cache) -> None:
     clock = FixedClock(NOW, synced=False)
     dec = decider(keys, cache)
     assert (dec.decide(code(keys), clock.read()).action, dec.decide(code(keys), clock.read()).reason) == (
-        Action.ASSIST, Reason.CLOCK_UNSYNCED)
-    strict = decider(keys, cache, on_clock_unsynced=PerKind(phone=Fallback.DENY, card=Fallback.DENY,
-                                                           staff=Fallback.DENY))  # fmt: skip
+        Action.ASSIST,
+        Reason.CLOCK_UNSYNCED,
+    )
+    strict = decider(
+        keys, cache, on_clock_unsynced=PerKind(phone=Fallback.DENY, card=Fallback.DENY, staff=Fallback.DENY)
+    )
     assert strict.decide(code(keys), clock.read()).action is Action.DENY
 
 
@@ -87,14 +98,14 @@ def test_use_code_fallback_skips_time_checks_when_clock_unsynced(keys, cache) ->
     # Staff default to use_code for both an unsynced clock and the stale cache it implies: the signed code decides.
     d = decider(keys, cache).decide(code(keys, kind=Kind.STAFF, iat=NOW - 10**6), FixedClock(50, synced=False).read())
     assert (d.action, d.reason) == (Action.ADMIT, Reason.ADMITTED)
-    red = decider(keys, cache).decide(code(keys, "tok-holder2", Status.RED, kind=Kind.STAFF, iat=NOW - 10**6),
-                                      FixedClock(50, synced=False).read())  # fmt: skip
+    red = decider(keys, cache).decide(
+        code(keys, "tok-holder2", Status.RED, kind=Kind.STAFF, iat=NOW - 10**6), FixedClock(50, synced=False).read()
+    )
     assert (red.action, red.reason) == (Action.DENY, Reason.STATUS_RED)  # the code's own status still counts
 
 
 def test_revoked_cache_entry_beats_a_green_code(keys, cache) -> None:
-    cache.apply_delta([CacheEntry("tok-holder1", Status.GREEN, None, True, None).as_row()], [], seq=1,
-                      synced_at=NOW)  # fmt: skip
+    cache.apply_delta([CacheEntry("tok-holder1", Status.GREEN, None, True, None).as_row()], [], seq=1, synced_at=NOW)
     assert decider(keys, cache).decide(code(keys), FixedClock(NOW).read()).reason is Reason.REVOKED
 
 
@@ -157,7 +168,13 @@ def test_staff_code_after_assist_admits_the_passenger_as_staff_assisted(keys, ca
     clock.advance(20)
     d = dec.decide(code(keys, token="staff-0001", kind=Kind.STAFF), clock.read())
     assert (d.action, d.reason, d.token, d.kind, d.operator, d.companions) == (
-        Action.ADMIT, Reason.STAFF_ASSISTED, "tok-yellow1", "staff_assisted", "staff-0001", 1)
+        Action.ADMIT,
+        Reason.STAFF_ASSISTED,
+        "tok-yellow1",
+        "staff_assisted",
+        "staff-0001",
+        1,
+    )
 
 
 def test_staff_code_long_after_assist_is_the_staff_members_own_entry(keys, cache) -> None:
@@ -175,6 +192,7 @@ def test_out_of_service_gate_denies_with_that_reason(keys, cache) -> None:
 
 
 # -- hostile payloads: never admit, never raise ------------------------------------------------------
+
 
 def _raw(keys) -> bytes:
     return b45decode(issue(keys.private, "tok-fuzzed1", Status.GREEN, NOW - 30, 600)[len(PREFIX) :])

@@ -17,7 +17,8 @@ from gate.app import Gate
 from gate.clock import SystemClock
 from gate.codes import Status, issue
 from gate.decoders import make_decoder
-from gate.scanner import DecodingSource, ScriptedFrames
+from gate.scanner import DecodingSource
+from gate.testing import ScriptedFrames
 from gate.wiring import build
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "gate" / "schemas"
@@ -28,9 +29,13 @@ def schema(name: str) -> dict[str, Any]:
 
 
 def make_gate(tmp_path: Path, keys, broker: Broker, **sections: Any) -> Gate:
-    cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port,
-                                                      "telemetry_seconds": 1, **sections.pop("mqtt", {})},
-                      policy={"passback_seconds": 0}, **sections)  # fmt: skip
+    cfg = make_config(
+        tmp_path / "state",
+        keys,
+        mqtt={"host": broker.host, "port": broker.port, "telemetry_seconds": 1, **sections.pop("mqtt", {})},
+        policy={"passback_seconds": 0},
+        **sections,
+    )
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
     return build(cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"))
 
@@ -75,8 +80,12 @@ def test_every_published_payload_matches_its_schema(tmp_path, keys, broker, subs
     gate.reporter._last_telemetry = 0
     gate.tick()
     assert sub.wait_for("/telemetry", 1) and sub.wait_for("/state", 1)
-    for suffix, name in (("/checkin", "checkin"), ("/alarm", "alarm"), ("/state", "state"),
-                         ("/telemetry", "telemetry")):  # fmt: skip
+    for suffix, name in (
+        ("/checkin", "checkin"),
+        ("/alarm", "alarm"),
+        ("/state", "state"),
+        ("/telemetry", "telemetry"),
+    ):
         for payload in sub.on(suffix):
             jsonschema.validate(json.loads(payload), schema(name))
     for payload in sub.on("/availability"):
@@ -144,8 +153,13 @@ def test_a_shared_subscription_group_receives_every_check_in(tmp_path, keys, bro
 
 def offline_gate(tmp_path: Path, keys, **outbox: Any) -> Gate:
     cfg = make_config(tmp_path / "state", keys, outbox=outbox, policy={"passback_seconds": 0})
-    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
-                 clock=SystemClock("assume_synced"), with_mqtt=False)  # fmt: skip
+    return build(
+        cfg,
+        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+        pin_factory=MockFactory(),
+        clock=SystemClock("assume_synced"),
+        with_mqtt=False,
+    )
 
 
 def test_full_outbox_takes_the_gate_out_of_service_and_alarms(tmp_path, keys, gates) -> None:

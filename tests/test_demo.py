@@ -10,8 +10,12 @@ import sys
 
 def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, subscriber_factory) -> None:
     sub = subscriber_factory(broker)
-    r = subprocess.run([sys.executable, "-m", "gate", "demo", "--once", "--json", "--broker",
-                        f"{broker.host}:{broker.port}"], capture_output=True, text=True, timeout=240)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "demo", "--once", "--json", "--broker", f"{broker.host}:{broker.port}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]  # every line is one whole JSON object
     events = [rec["event"] for rec in records]
@@ -21,8 +25,18 @@ def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, s
     received = sub.wait_for_ids("/checkin", shown, type="decision")
     assert received == shown
     reasons = {rec["reason"] for rec in records if rec["event"] == "decision"}
-    assert {"admitted", "replay", "expired", "forged_signature", "unknown_key", "status_red", "revoked",
-            "status_yellow_assist", "staff_assisted", "malformed"} <= reasons  # fmt: skip
+    assert {
+        "admitted",
+        "replay",
+        "expired",
+        "forged_signature",
+        "unknown_key",
+        "status_red",
+        "revoked",
+        "status_yellow_assist",
+        "staff_assisted",
+        "malformed",
+    } <= reasons
     acked = {i for rec in records if rec["event"] == "delivered" for i in rec["event_ids"]}
     assert shown <= acked  # the demo showed each check-in's delivery
     passages = [rec for rec in records if rec["event"] == "passage"]
@@ -30,14 +44,22 @@ def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, s
 
 
 def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
-    r = subprocess.run([sys.executable, "-m", "gate", "demo", "--once", "--broker", f"{broker.host}:{broker.port}"],
-                       capture_output=True, text=True, timeout=240)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "demo", "--once", "--broker", f"{broker.host}:{broker.port}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     eid = r"[0-9a-f]{8}-[0-9a-f]{4}"
-    kinds = {"decision": rf"\S.* check-in {eid} stored", "passage": r" +passage \d: \w+",
-             "delivered": rf" +delivered: broker acked check-in {eid}(, {eid})*",
-             "start": r"gate demo: lane .*", "done": r"gate demo: done; all \d+ check-ins .* acknowledged .*"}
+    kinds = {
+        "decision": rf"\S.* check-in {eid} stored",
+        "passage": r" +passage \d: \w+",
+        "delivered": rf" +delivered: broker acked check-in {eid}(, {eid})*",
+        "start": r"gate demo: lane .*",
+        "done": r"gate demo: done; all \d+ check-ins .* acknowledged .*",
+    }
     seen = [next((k for k, rx in kinds.items() if re.fullmatch(rx, line)), line) for line in lines]
     assert set(seen) <= set(kinds), "merged or garbled lines"
     assert seen.count("decision") == 14 and seen[0] == "start" and seen[-1] == "done"

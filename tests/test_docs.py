@@ -31,13 +31,16 @@ def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def test_example_config_documents_every_key() -> None:
     text = (ROOT / "gate.example.toml").read_text()
     # commented-out keys count as documented: uncomment them to parse
-    lines = [line[2:] if line.startswith("# ") and ("=" in line or line.startswith("# [")) else line
-             for line in text.splitlines()]  # fmt: skip
+    lines = [
+        line[2:] if line.startswith("# ") and ("=" in line or line.startswith("# [")) else line
+        for line in text.splitlines()
+    ]
     data = tomllib.loads("\n".join(lines))
 
     def flat(d: dict, prefix: str = "") -> set[str]:
-        return {k for key, v in d.items() for k in (flat(v, f"{prefix}{key}.") if isinstance(v, dict) else
-                                                     {prefix + key})}  # fmt: skip
+        return {
+            k for key, v in d.items() for k in (flat(v, f"{prefix}{key}.") if isinstance(v, dict) else {prefix + key})
+        }
 
     documented = flat(data)
     missing = {k for k in _keys(Config) if not any(d == k or d.startswith(k + ".") for d in documented)}
@@ -63,7 +66,22 @@ def test_mqtt_doc_names_every_reason_and_topic() -> None:
     from gate.decision import Reason
 
     codes = (ROOT / "docs/codes.md").read_text()
-    for reason in ("admitted", "staff_assisted", "malformed", "too_large", "unknown_key", "forged_signature",
-                   "clock_unsynced", "not_yet_valid", "expired", "revoked", "cache_stale", "not_cached", "replay",
-                   "out_of_service", "status_yellow_assist", "status_red"):  # fmt: skip
+    for reason in (
+        "admitted",
+        "staff_assisted",
+        "malformed",
+        "too_large",
+        "unknown_key",
+        "forged_signature",
+        "clock_unsynced",
+        "not_yet_valid",
+        "expired",
+        "revoked",
+        "cache_stale",
+        "not_cached",
+        "replay",
+        "out_of_service",
+        "status_yellow_assist",
+        "status_red",
+    ):
         assert Reason(reason) and f"`{reason}`" in codes, reason

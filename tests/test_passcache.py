@@ -65,12 +65,14 @@ def test_delta_upserts_and_deletes_in_one_transaction(tmp_path: Path) -> None:
 
 def test_csv_import_reports_every_bad_row_by_line_number(tmp_path: Path) -> None:
     f = tmp_path / "passes.csv"
-    f.write_text("token,status,valid_until,revoked,companions\n"
-                 "tok-good01,green,,0,\n"
-                 "13812345678,green,,0,\n"
-                 "tok-good02,purple,,0,\n"
-                 "tok-good03,red,soon,0,\n"
-                 "tok-good04,red,,maybe,99\n")  # fmt: skip
+    f.write_text(
+        "token,status,valid_until,revoked,companions\n"
+        "tok-good01,green,,0,\n"
+        "13812345678,green,,0,\n"
+        "tok-good02,purple,,0,\n"
+        "tok-good03,red,soon,0,\n"
+        "tok-good04,red,,maybe,99\n"
+    )
     with pytest.raises(ImportRowError) as exc:
         read_file(f)
     lines = [n for n, _ in exc.value.problems]
@@ -80,9 +82,11 @@ def test_csv_import_reports_every_bad_row_by_line_number(tmp_path: Path) -> None
 
 def test_ndjson_import_reads_all_fields(tmp_path: Path) -> None:
     f = tmp_path / "passes.ndjson"
-    f.write_text('{"token": "tok-nd0001", "status": "yellow", "valid_until": 99, "revoked": true, "companions": 2}\n'
-                 "\n"
-                 '{"token": "tok-nd0002", "status": "green"}\n')  # fmt: skip
+    f.write_text(
+        '{"token": "tok-nd0001", "status": "yellow", "valid_until": 99, "revoked": true, "companions": 2}\n'
+        "\n"
+        '{"token": "tok-nd0002", "status": "green"}\n'
+    )
     assert read_file(f) == [("tok-nd0001", 1, 99, 1, 2), ("tok-nd0002", 0, None, 0, None)]
     f.write_text('{"token": "tok-nd0001", "status": "green"}\nnot json\n[1]\n{"token": "tok-x00001", "extra": 1}\n')
     with pytest.raises(ImportRowError) as exc:

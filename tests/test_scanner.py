@@ -14,14 +14,21 @@ from PIL import Image
 
 from gate.decoders import ZbarDecoder, ZxingDecoder, make_decoder
 from gate.framegen import code_frame
-from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner, ScriptedFrames
+from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.testing import ScriptedFrames
 
 TEXT = "GT1:8C2*1Z.Q8T$HU2BT8 7HK5-9ZJPU:%0CS1K3B.:D4+T"
 LOOKS = {
-    "plain": {}, "rotated 35°": {"angle": 35}, "upside down": {"angle": 180}, "blurred": {"blur": 1.5},
-    "noisy": {"noise": 25, "seed": 3}, "inverted (dark mode)": {"invert": True}, "low contrast": {"contrast": 0.25},
-    "perspective": {"perspective": 0.12}, "small": {"scale": 3},
-}  # fmt: skip
+    "plain": {},
+    "rotated 35°": {"angle": 35},
+    "upside down": {"angle": 180},
+    "blurred": {"blur": 1.5},
+    "noisy": {"noise": 25, "seed": 3},
+    "inverted (dark mode)": {"invert": True},
+    "low contrast": {"contrast": 0.25},
+    "perspective": {"perspective": 0.12},
+    "small": {"scale": 3},
+}
 
 
 @pytest.fixture(scope="module")

@@ -103,8 +103,13 @@ class HangingSource:
 
 def test_watchdog_pings_stop_when_the_scan_loop_hangs(tmp_path, keys, notify_socket) -> None:
     src = HangingSource(hang_after=30)
-    gate = build(make_config(tmp_path / "state", keys), source=src, pin_factory=MockFactory(),
-                 clock=SystemClock("assume_synced"), with_mqtt=False)  # fmt: skip
+    gate = build(
+        make_config(tmp_path / "state", keys),
+        source=src,
+        pin_factory=MockFactory(),
+        clock=SystemClock("assume_synced"),
+        with_mqtt=False,
+    )
     notifier = Notifier({"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "60000"})
     sent: list[float] = []
     send = notifier.notify
@@ -161,10 +166,17 @@ def test_gate_status_shows_the_running_daemons_state(tmp_path, keys, broker) -> 
         status = tmp_path / "state" / "status.json"
         assert wait_until(lambda: status.exists() and json.loads(status.read_text())["last"], 30)
         feeder.on.clear()
-        out = subprocess.run([sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True,
-                             text=True, timeout=30)  # fmt: skip
-        js = json.loads(subprocess.run([sys.executable, "-m", "gate", "status", "--json", "--config", str(cfg)],
-                                       capture_output=True, text=True, timeout=30).stdout)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True, text=True, timeout=30
+        )
+        js = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "gate", "status", "--json", "--config", str(cfg)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(5)
     finally:
@@ -179,25 +191,32 @@ def test_gate_status_shows_the_running_daemons_state(tmp_path, keys, broker) -> 
 def test_status_without_a_daemon_says_so(tmp_path) -> None:
     cfg = tmp_path / "gate.toml"
     cfg.write_text(f'[gate]\nid="a"\nstate_dir="{tmp_path}"\n[venue]\nid="v"\n')
-    r = subprocess.run([sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True,
-                       text=True, timeout=30)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 1 and "is the daemon running" in r.stdout
 
 
 # -- install.sh and the unit ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     prefix = tmp_path_factory.mktemp("root")
-    r = subprocess.run([str(ROOT / "install.sh"), "--prefix", str(prefix)], capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    r = subprocess.run([str(ROOT / "install.sh"), "--prefix", str(prefix)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     return prefix
 
 
 def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
-    for rel in ("opt/gate/venv/bin/gate", "etc/gate/gate.toml", "etc/gate/credentials/mqtt-password",
-                "etc/systemd/system/gate.service", "var/lib/gate", "opt/gate/docs/operations.md"):  # fmt: skip
+    for rel in (
+        "opt/gate/venv/bin/gate",
+        "etc/gate/gate.toml",
+        "etc/gate/credentials/mqtt-password",
+        "etc/systemd/system/gate.service",
+        "var/lib/gate",
+        "opt/gate/docs/operations.md",
+    ):
         assert (installed / rel).exists(), rel
     assert (installed / "etc/gate/credentials").stat().st_mode & 0o777 == 0o700
     venv_cfg = (installed / "opt/gate/venv/pyvenv.cfg").read_text()
@@ -209,30 +228,50 @@ def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
 def test_reinstall_never_overwrites_an_existing_config(installed: Path) -> None:
     conf = installed / "etc/gate/gate.toml"
     conf.write_text(conf.read_text().replace('id = "lane-01"', 'id = "lane-77"'))
-    r = subprocess.run([str(ROOT / "install.sh"), "--upgrade", "--prefix", str(installed)], capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [str(ROOT / "install.sh"), "--upgrade", "--prefix", str(installed)], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'id = "lane-77"' in conf.read_text() and "keeping existing" in r.stdout
 
 
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
-    r = subprocess.run([str(ROOT / "install.sh"), "--dry-run", "--prefix", str(tmp_path / "r")], capture_output=True,
-                       text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [str(ROOT / "install.sh"), "--dry-run", "--prefix", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "would run" in r.stdout and not (tmp_path / "r").exists()
 
 
 def test_systemd_analyze_accepts_the_installed_unit(installed: Path) -> None:
-    r = subprocess.run([require("systemd-analyze"), "verify", str(installed / "etc/systemd/system/gate.service")],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [require("systemd-analyze"), "verify", str(installed / "etc/systemd/system/gate.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_the_unit_has_the_watchdog_restart_and_hardening_settings() -> None:
     unit = (ROOT / "systemd/gate.service").read_text()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=always", "StartLimitIntervalSec=0", "StateDirectory=gate",
-                 "RuntimeDirectory=gate", "WorkingDirectory=/var/lib/gate", "SupplementaryGroups=gpio video dialout",
-                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
-                 "LoadCredential="):  # fmt: skip
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=always",
+        "StartLimitIntervalSec=0",
+        "StateDirectory=gate",
+        "RuntimeDirectory=gate",
+        "WorkingDirectory=/var/lib/gate",
+        "SupplementaryGroups=gpio video dialout",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "LoadCredential=",
+    ):
         assert line in unit, line
     assert "\nPrivateDevices" not in unit
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import serial
 
-from fakes import FakePicamera2, FlakyPort
 from gate.camera import PiCamera
 from gate.config import CameraSection, SerialSection
 from gate.errors import DeviceError
 from gate.serial_source import SerialScanner
+from gate.testing import FakePicamera2, FlakyPort
 
 
 class Clock:
@@ -115,6 +115,7 @@ def test_a_port_that_cannot_be_opened_backs_off_and_keeps_trying() -> None:
 
 
 # -- camera ------------------------------------------------------------------------------------------
+
 
 def y_frames(n: int, h: int = 64, w: int = 96) -> list[np.ndarray]:
     return [np.full((h, w), i, np.uint8) for i in range(n)]

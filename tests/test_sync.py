@@ -21,15 +21,17 @@ from hypothesis import strategies as st
 
 from conftest import Broker, make_config, wait_until
 from gate.app import Gate
-from gate.central_mqtt import publisher
+from gate.central.mqtt import publisher
 from gate.clock import SystemClock
 from gate.codes import Kind, Status, issue
 from gate.control import sign
 from gate.decoders import make_decoder
 from gate.keys import generate_keypair, load_private_key
 from gate.passcache import PassCache
-from gate.scanner import DecodingSource, ScriptedFrames
-from gate.sync import central_topics, rows_digest
+from gate.passsync import rows_digest
+from gate.scanner import DecodingSource
+from gate.sync import central_topics
+from gate.testing import ScriptedFrames
 from gate.wiring import build
 
 PREFIX = "gate"
@@ -51,8 +53,11 @@ class Central:
         chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)] or [[]]
         with publisher((self.broker.host, self.broker.port)) as pub:
             for i, c in enumerate(chunks):
-                pub(f"{PREFIX}/central/passes/chunk/{version}/{i}",
-                    sign(self.key, "chunk", {"version": version, "index": i, "rows": c}), True)  # fmt: skip
+                pub(
+                    f"{PREFIX}/central/passes/chunk/{version}/{i}",
+                    sign(self.key, "chunk", {"version": version, "index": i, "rows": c}),
+                    True,
+                )
             manifest = {"version": version, "count": len(rows), "chunks": len(chunks), "sha256": rows_digest(chunks)}
             pub(T["manifest"], sign(self.key, "manifest", manifest), True)
 
@@ -68,11 +73,19 @@ def central(tmp_path, broker) -> Central:
 
 @pytest.fixture
 def gate(tmp_path, keys, broker, central):
-    cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port},
-                      central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
-                      gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}})  # fmt: skip
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
-              clock=SystemClock("assume_synced"))  # fmt: skip
+    cfg = make_config(
+        tmp_path / "state",
+        keys,
+        mqtt={"host": broker.host, "port": broker.port},
+        central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
+        gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}},
+    )
+    g = build(
+        cfg,
+        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+        pin_factory=MockFactory(),
+        clock=SystemClock("assume_synced"),
+    )
     assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     yield g
     g.close()
@@ -140,13 +153,13 @@ def test_deltas_apply_in_sequence_and_a_gap_asks_for_a_resync(gate, central, key
     assert settle(gate, lambda: gate.cache.info().seq == 1)
     assert gate.cache.lookup("tok-00000001").status.value == "red" and gate.cache.lookup("tok-00000002") is None
     central.send(T["delta"], central.delta(3, 3, [["tok-00000003", 2, None, 0, None]]))  # seq 2 never came
-    assert settle(gate, lambda: gate.sync.awaiting_resync)
+    assert settle(gate, lambda: gate.sync.passes.awaiting_resync)
     assert gate.cache.info().seq == 1 and gate.cache.lookup("tok-00000003").status.value == "green"
     req = json.loads(sub.wait_for("/resync", 1)[0])
     assert (req["have_version"], req["have_seq"]) == (3, 1) and "gap" in req["reason"]
     assert gate.state()["sync"]["awaiting_resync"] is True
     central.snapshot(4, rows(10, status=1))
-    assert settle(gate, lambda: gate.cache.info().version == 4 and not gate.sync.awaiting_resync)
+    assert settle(gate, lambda: gate.cache.info().version == 4 and not gate.sync.passes.awaiting_resync)
 
 
 def test_policy_and_trust_keys_are_pushed_versioned_and_rotate_with_overlap(gate, central, tmp_path) -> None:
@@ -190,7 +203,11 @@ def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gat
     assert settle(gate, lambda: sum(gate.sync.verifier.rejected.values()) >= 24)
     rejected = gate.sync.verifier.rejected
     assert (rejected["unknown_key"], rejected["bad_signature"], rejected["malformed"], rejected["oversized"]) == (
-        6, 6, 6, 6)
+        6,
+        6,
+        6,
+        6,
+    )
     after = gate.state()
     for k in ("cache_version", "cache_seq", "policy_version", "mode"):
         assert before[k] == after[k]
@@ -201,8 +218,10 @@ def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gat
     command = sign(central.key, "command", {"name": "status", "correlation_id": "c1"}, gate="lane-t")
     central.send(f"{PREFIX}/lane-t/command", command)
     central.send(f"{PREFIX}/lane-t/command", command)
-    central.send(f"{PREFIX}/lane-t/command", sign(central.key, "command", {"name": "status"}, gate="lane-t",
-                                                 ts=time.time() - 3600))  # fmt: skip
+    central.send(
+        f"{PREFIX}/lane-t/command",
+        sign(central.key, "command", {"name": "status"}, gate="lane-t", ts=time.time() - 3600),
+    )
     central.send(f"{PREFIX}/lane-t/command", sign(central.key, "command", {"name": "out-of-service"}, gate="lane-9"))
     central.snapshot(2, rows(3))
     assert settle(gate, lambda: gate.cache.info().version == 2)
@@ -215,9 +234,11 @@ def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gat
 
 def _cli(*args: str, gate: Gate | None = None) -> subprocess.CompletedProcess[str]:
     """`gate central …`; with `gate`, run while this thread serves as that gate's lane (commands need it)."""
+
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True,
-                              timeout=60)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True, timeout=60
+        )
 
     return run() if gate is None else pumping(gate, run)
 
@@ -237,7 +258,11 @@ def test_command_round_trip_open_service_modes_and_status(gate, central, broker,
     assert any(s.state for s in relay.states)
     ev = [json.loads(p) for p in sub.wait_for("/checkin", 1)]
     assert (ev[0]["kind"], ev[0]["reason"], ev[0]["operator"], ev[0]["token"]) == (
-        "staff_assisted", "staff_assisted", "ctrl-room-07", None)
+        "staff_assisted",
+        "staff_assisted",
+        "ctrl-room-07",
+        None,
+    )
     assert json.loads(_cli("command", "--broker", b, "--key", key, "lane-t", "out-of-service", gate=gate).stdout)["ok"]
     code = issue(keys.private, "tok-oos0001", Status.GREEN, int(time.time()), 60).encode()
     assert gate.handle(code)[0].reason.value == "out_of_service"
@@ -252,22 +277,39 @@ def test_command_round_trip_open_service_modes_and_status(gate, central, broker,
 
 
 HOSTILE = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                       max_leaves=20)  # fmt: skip
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=20,
+)
 
 
 @HOSTILE
-@given(st.sampled_from(["manifest", "chunk", "delta", "policy", "keys", "command"]),
-       st.one_of(st.binary(max_size=300), JSONISH.map(lambda v: json.dumps(v).encode()),
-                 st.dictionaries(st.text(max_size=10), JSONISH, max_size=6)))  # fmt: skip
+@given(
+    st.sampled_from(["manifest", "chunk", "delta", "policy", "keys", "command"]),
+    st.one_of(
+        st.binary(max_size=300),
+        JSONISH.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(st.text(max_size=10), JSONISH, max_size=6),
+    ),
+)
 def test_hostile_payloads_on_every_inbound_topic_never_crash_or_change_state(gate, central, kind, payload) -> None:
     if isinstance(payload, dict):  # validly signed, nonsense inside
-        payload = sign(central.key, kind, {k: v for k, v in payload.items()
-                                           if k not in ("type", "gate", "ts", "nonce")}, gate="lane-t")  # fmt: skip
+        payload = sign(
+            central.key,
+            kind,
+            {k: v for k, v in payload.items() if k not in ("type", "gate", "ts", "nonce")},
+            gate="lane-t",
+        )
     before = (gate.cache.info().version, gate.cache.info().seq, gate.decider.policy.version, gate.actuator.mode)
-    route = {"manifest": gate.sync._manifest, "chunk": gate.sync._chunk, "delta": gate.sync._delta,
-             "policy": gate.sync._policy, "keys": gate.sync._keys, "command": gate.sync._command}[kind]  # fmt: skip
+    route = {
+        "manifest": gate.sync.passes.manifest,
+        "chunk": gate.sync.passes.chunk,
+        "delta": gate.sync.passes.delta,
+        "policy": gate.sync._policy,
+        "keys": gate.sync._keys,
+        "command": gate.sync._command,
+    }[kind]
     gate.sync._enqueue(route, kind)("hostile/topic", payload)
     gate.sync.wait_idle()
     assert gate.sync._thread.is_alive()
@@ -281,9 +323,30 @@ def test_end_to_end_issue_scan_collect_trace(tmp_path, keys, broker, central) ->
     b = f"{broker.host}:{broker.port}"
     images = tmp_path / "images"
     images.mkdir()
-    r = subprocess.run([sys.executable, "-m", "gate", "central", "issue", "--key", str(keys.private_path),
-                        "--token", "tok-e2e-0001", "--status", "green", "--valid-for", "600", "--companions", "1",
-                        "--png", str(images / "code.png")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gate",
+            "central",
+            "issue",
+            "--key",
+            str(keys.private_path),
+            "--token",
+            "tok-e2e-0001",
+            "--status",
+            "green",
+            "--valid-for",
+            "600",
+            "--companions",
+            "1",
+            "--png",
+            str(images / "code.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.startswith("GT1:")
     db = tmp_path / "collected.db"
     collect = ["collect", "--broker", b, "--db", str(db), "--count", "3", "--idle-timeout", "60"]
@@ -293,7 +356,7 @@ def test_end_to_end_issue_scan_collect_trace(tmp_path, keys, broker, central) ->
     cfg.write_text(f"""
 [gate]
 id = "lane-e2e"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 [venue]
 id = "bus-north"
 category = "bus_station"
@@ -319,22 +382,44 @@ pulse_seconds = 0.1
 host = "{broker.host}"
 port = {broker.port}
 """)
-    gate_proc = subprocess.Popen([sys.executable, "-m", "gate", "run", "--config", str(cfg)],
-                                 stderr=subprocess.DEVNULL, env=dict(os.environ))  # fmt: skip
+    gate_proc = subprocess.Popen(
+        [sys.executable, "-m", "gate", "run", "--config", str(cfg)], stderr=subprocess.DEVNULL, env=dict(os.environ)
+    )
     try:
         assert collector.wait(60) == 0
     finally:
         gate_proc.terminate()
         gate_proc.wait(10)
     assert "stored 3 new" in collector.stderr.read()
-    r = subprocess.run([sys.executable, "-m", "gate", "central", "trace", "tok-e2e-0001", "--db", str(db), "--json"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "central", "trace", "tok-e2e-0001", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     trail = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.returncode == 0 and [t["type"] for t in trail] == ["decision", "passage", "passage"]
     assert trail[0]["decision"] == "admit" and trail[0]["venue_id"] == "bus-north" and trail[0]["gate_id"] == "lane-e2e"
-    r = subprocess.run([sys.executable, "-m", "gate", "central", "trace", "--venue", "bus-north", "--db", str(db),
-                        "--from", str(time.time() - 600), "--to", str(time.time() + 60)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gate",
+            "central",
+            "trace",
+            "--venue",
+            "bus-north",
+            "--db",
+            str(db),
+            "--from",
+            str(time.time() - 600),
+            "--to",
+            str(time.time() + 60),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "tok-e2e-0001" in r.stdout and len(r.stdout.splitlines()) == 3
 
 
@@ -343,17 +428,25 @@ def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, cen
     chunks = [data[i : i + 10_000] for i in range(0, len(data), 10_000)]
     # the first two chunks arrive (not retained: they will not come again), then the gate restarts
     for i in (0, 1):
-        central.send(f"{PREFIX}/central/passes/chunk/7/{i}", sign(central.key, "chunk",
-                                                                  {"version": 7, "index": i, "rows": chunks[i]}))
+        central.send(
+            f"{PREFIX}/central/passes/chunk/7/{i}",
+            sign(central.key, "chunk", {"version": 7, "index": i, "rows": chunks[i]}),
+        )
     assert settle(gate, lambda: staged(gate, 7) == {0, 1})
     cfg = gate.cfg
     gate.close()
-    again = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory(),
-                  clock=SystemClock("assume_synced"))  # fmt: skip
+    again = build(
+        cfg,
+        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+        pin_factory=MockFactory(),
+        clock=SystemClock("assume_synced"),
+    )
     try:
         assert again.link.connected.wait(10) and again.link.subscribed.wait(10)
-        central.send(f"{PREFIX}/central/passes/chunk/7/2", sign(central.key, "chunk",
-                                                                {"version": 7, "index": 2, "rows": chunks[2]}))
+        central.send(
+            f"{PREFIX}/central/passes/chunk/7/2",
+            sign(central.key, "chunk", {"version": 7, "index": 2, "rows": chunks[2]}),
+        )
         manifest = {"version": 7, "count": len(data), "chunks": 3, "sha256": rows_digest(chunks)}
         central.send(T["manifest"], sign(central.key, "manifest", manifest))
         assert settle(again, lambda: again.cache.info().version == 7)
@@ -372,8 +465,20 @@ def test_the_publishing_tools_reach_the_gate(tmp_path, gate, central, broker) ->
     assert settle(gate, lambda: gate.cache.info().version == 9 and gate.cache.info().count == 2500)
     change = tmp_path / "change.ndjson"
     change.write_text('{"token": "tok-pub00001", "status": "red"}\n')
-    r = _cli("publish-delta", str(change), "--base-version", "9", "--seq", "1", "--delete", "tok-pub00002",
-             "--broker", b, "--key", key)  # fmt: skip
+    r = _cli(
+        "publish-delta",
+        str(change),
+        "--base-version",
+        "9",
+        "--seq",
+        "1",
+        "--delete",
+        "tok-pub00002",
+        "--broker",
+        b,
+        "--key",
+        key,
+    )
     assert r.returncode == 0, r.stderr
     assert settle(gate, lambda: gate.cache.info().seq == 1)
     assert gate.cache.lookup("tok-pub00001").status.value == "red" and gate.cache.lookup("tok-pub00002") is None
@@ -391,9 +496,14 @@ def test_the_publishing_tools_reach_the_gate(tmp_path, gate, central, broker) ->
 def snapshot_messages(key, version: int, n: int) -> list[tuple[str, str, bytes]]:
     rows = [[f"tok-{version:03d}-{i:05d}", version % 3, None, 0, None] for i in range(n)]
     manifest = {"version": version, "count": n, "chunks": 1, "sha256": rows_digest([rows])}
-    return [("chunk", f"{PREFIX}/central/passes/chunk/{version}/0",
-             sign(key, "chunk", {"version": version, "index": 0, "rows": rows})),
-            ("manifest", T["manifest"], sign(key, "manifest", manifest))]  # fmt: skip
+    return [
+        (
+            "chunk",
+            f"{PREFIX}/central/passes/chunk/{version}/0",
+            sign(key, "chunk", {"version": version, "index": 0, "rows": rows}),
+        ),
+        ("manifest", T["manifest"], sign(key, "manifest", manifest)),
+    ]
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -403,7 +513,7 @@ def test_state_is_read_while_snapshots_are_applied(gate, central, attempt) -> No
     tests/test_sync.py -k while_snapshots` runs it a hundred times.)"""
     sync = gate.sync
     base = attempt * 30
-    routes = {"chunk": sync._chunk, "manifest": sync._manifest}
+    routes = {"chunk": sync.passes.chunk, "manifest": sync.passes.manifest}
     for version in range(base + 1, base + 31):
         for kind, topic, payload in snapshot_messages(central.key, version, 50):
             sync._enqueue(routes[kind], kind)(topic, payload)

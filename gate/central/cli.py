@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
-import uuid
 from pathlib import Path
-from typing import Any
 
-from gate.central_mqtt import broker_address
-from gate.codes import Kind, Status, issue
-from gate.control import sign
-from gate.errors import GateError
-from gate.keys import generate_keypair, load_private_key
-from gate.passimport import read_file
-from gate.sync import central_topics, rows_digest
+from gate.address import broker_address
+from gate.codes import Kind, Status
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,96 +65,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--json", action="store_true")
 
 
-
-def _publish(args: argparse.Namespace, messages: list[tuple[str, bytes, bool]]) -> None:
-    from gate.central_mqtt import publisher
-
-    with publisher(args.broker) as pub:
-        for topic, payload, retain in messages:
-            pub(topic, payload, retain)
-
-
-def _rows(path: Path) -> list[list[Any]]:
-    return [list(r) for r in read_file(path)]
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gate central", description="reference central tools: keys, codes, publishing, collection"
+    )
+    add_arguments(p)
+    return p
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str]) -> int:
+    """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
+    args = build_parser().parse_args(argv)
     cmd = args.central_cmd
-    if cmd == "keygen":
-        kid, priv, pub = generate_keypair(Path(args.out))
-        print(json.dumps({"key_id": kid, "private_key": str(priv), "public_key": str(pub)}))
-        return 0
-    if cmd == "issue":
-        start = args.not_before if args.not_before is not None else int(time.time())
-        text = issue(load_private_key(Path(args.key)), args.token, Status(args.status), start, args.valid_for,
-                     Kind(args.kind), args.companions)  # fmt: skip
-        if args.png:
-            import segno
+    if cmd in ("keygen", "issue"):
+        from gate.central import provision
 
-            segno.make(text, error="m", micro=False).save(args.png, scale=8, border=4)
-        print(text)
-        return 0
+        return provision.main(args)
     if cmd == "trace":
-        from gate.collect import trace
+        from gate.central.collect import trace
 
         return trace(Path(args.db), args.token, args.venue, args.t_from, args.t_to, args.json)
     if cmd == "collect":
-        from gate.collect import collect
+        from gate.central.collect import collect
 
         return collect(args.broker, args.prefix, Path(args.db), args.group, args.count, args.idle_timeout)
-    key = load_private_key(Path(args.key))
-    topics = central_topics(args.prefix)
-    if cmd == "publish-snapshot":
-        rows = _rows(Path(args.file))
-        chunks = [rows[i : i + args.chunk_size] for i in range(0, len(rows), args.chunk_size)] or [[]]
-        chunk_topic = topics["chunk"].rsplit("/", 2)[0]
-        msgs = [(f"{chunk_topic}/{args.version}/{i}",
-                 sign(key, "chunk", {"version": args.version, "index": i, "rows": c}), True)
-                for i, c in enumerate(chunks)]  # fmt: skip
-        manifest = {"version": args.version, "count": len(rows), "chunks": len(chunks), "sha256": rows_digest(chunks)}
-        msgs.append((topics["manifest"], sign(key, "manifest", manifest), True))
-        _publish(args, msgs)
-        print(json.dumps(manifest))
-        return 0
-    if cmd == "publish-delta":
-        upserts = _rows(Path(args.file)) if args.file else []
-        delta = {"base_version": args.base_version, "seq": args.seq, "upserts": upserts, "deletes": args.delete}
-        _publish(args, [(topics["delta"], sign(key, "delta", delta), False)])
-        print(json.dumps({"base_version": args.base_version, "seq": args.seq, "upserts": len(upserts),
-                          "deletes": len(args.delete)}))  # fmt: skip
-        return 0
-    if cmd == "publish-policy":
-        doc = json.loads(Path(args.file).read_text())
-        version = int(doc.pop("version"))
-        _publish(args, [(topics["policy"], sign(key, "policy", {"version": version, "policy": doc}), True)])
-        print(json.dumps({"policy_version": version}))
-        return 0
-    if cmd == "publish-keys":
-        entries = []
-        for spec in args.keys:
-            path, _, window = spec.partition("@")
-            start, _, end = window.partition(":")
-            pem = Path(path).read_text()
-            entries.append({"pem": pem, "not_before": float(start or 0), "not_after": float(end or 0)})
-        _publish(args, [(topics["keys"], sign(key, "keys", {"version": args.version, "keys": entries}), True)])
-        print(json.dumps({"keys_version": args.version, "keys": len(entries)}))
-        return 0
-    if cmd == "command":
-        from gate.central_mqtt import request
+    from gate.central import publish
 
-        cid = str(uuid.uuid4())
-        body: dict[str, Any] = {"name": args.name, "correlation_id": cid, "args": {}}
-        if args.name == "open":
-            if not args.operator:
-                raise GateError("command open needs --operator ID")
-            body["args"]["operator"] = args.operator
-        if args.name == "free-pass":
-            body["args"]["state"] = args.state
-        reply = request(args.broker, f"{args.prefix}/{args.gate_id}/command", body, key, args.gate_id, args.prefix,
-                        args.timeout)  # fmt: skip
-        if reply is None:
-            print(f"no reply from gate {args.gate_id} within {args.timeout:.0f}s", file=sys.stderr)
-            return 1
-        print(json.dumps(reply))
-        return 0 if reply.get("ok") else 1
-    raise GateError(f"gate central: unknown command {cmd}")
+    return publish.main(args)

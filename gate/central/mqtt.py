@@ -1,8 +1,7 @@
-"""Blocking MQTT helpers for the reference central tools: publish and wait, request and reply."""
+"""Blocking MQTT helpers for the central tools: publish and wait, request and reply."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import uuid
@@ -16,14 +15,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gate.control import sign
 from gate.errors import GateError
-
-
-def broker_address(text: str) -> tuple[str, int]:
-    """argparse type for --broker HOST:PORT."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def connect(broker: tuple[str, int], client_id: str = "") -> mqtt.Client:
@@ -53,8 +44,15 @@ def publisher(broker: tuple[str, int]) -> Iterator[Callable[[str, bytes, bool], 
         client.loop_stop()
 
 
-def request(broker: tuple[str, int], topic: str, body: dict[str, Any], key: Ed25519PrivateKey, gate_id: str,
-            prefix: str, timeout: float) -> dict[str, Any] | None:  # fmt: skip
+def request(
+    broker: tuple[str, int],
+    topic: str,
+    body: dict[str, Any],
+    key: Ed25519PrivateKey,
+    gate_id: str,
+    prefix: str,
+    timeout: float,
+) -> dict[str, Any] | None:
     """Send a signed command and wait for the reply with the same correlation id."""
     reply_to = f"{prefix}/central/replies/{uuid.uuid4().hex[:12]}"
     body = {**body, "reply_to": reply_to}

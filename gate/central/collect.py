@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gate.central_mqtt import connect
+from gate.central.mqtt import connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkins (
@@ -23,8 +23,24 @@ CREATE TABLE IF NOT EXISTS checkins (
 CREATE INDEX IF NOT EXISTS checkins_token ON checkins (token, time);
 CREATE INDEX IF NOT EXISTS checkins_venue ON checkins (venue_id, time);
 """
-_COLS = ("event_id", "type", "gate_id", "venue_id", "venue_name", "token", "kind", "decision", "reason", "companions",
-         "companion_index", "outcome", "decision_id", "operator", "time", "clock_synced")  # fmt: skip
+_COLS = (
+    "event_id",
+    "type",
+    "gate_id",
+    "venue_id",
+    "venue_name",
+    "token",
+    "kind",
+    "decision",
+    "reason",
+    "companions",
+    "companion_index",
+    "outcome",
+    "decision_id",
+    "operator",
+    "time",
+    "clock_synced",
+)
 
 
 def open_db(path: Path) -> sqlite3.Connection:
@@ -40,8 +56,9 @@ def _row(ev: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
     return (*(vals.get(c) for c in _COLS), raw.decode())
 
 
-def collect(broker: tuple[str, int], prefix: str, db_path: Path, group: str, count: int | None,
-            idle_timeout: float | None) -> int:  # fmt: skip
+def collect(
+    broker: tuple[str, int], prefix: str, db_path: Path, group: str, count: int | None, idle_timeout: float | None
+) -> int:
     """Subscribe with a shared subscription; INSERT OR IGNORE by event_id makes redelivery harmless."""
     db = open_db(db_path)
     lock = threading.Lock()
@@ -74,8 +91,13 @@ def collect(broker: tuple[str, int], prefix: str, db_path: Path, group: str, cou
     client.subscribe(topic, qos=1)
     try:
         while not done.wait(1.0):
-            print(f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
-                  f"bad {stats['bad']}", end="", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
+                f"bad {stats['bad']}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
             if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
                 break
     except KeyboardInterrupt:
@@ -83,8 +105,11 @@ def collect(broker: tuple[str, int], prefix: str, db_path: Path, group: str, cou
     finally:
         client.disconnect()
         client.loop_stop()
-        print(f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
-              f"bad {stats['bad']}", file=sys.stderr)  # fmt: skip
+        print(
+            f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
+            f"bad {stats['bad']}",
+            file=sys.stderr,
+        )
         db.close()
     return 0
 
@@ -106,8 +131,9 @@ def trace(db_path: Path, token: str | None, venue: str | None, t_from: float, t_
     if venue:
         where.append("venue_id = ?")
         params.append(venue)
-    rows = db.execute(f"SELECT {', '.join(_COLS)} FROM checkins WHERE {' AND '.join(where)} ORDER BY time",
-                      params).fetchall()  # fmt: skip
+    rows = db.execute(
+        f"SELECT {', '.join(_COLS)} FROM checkins WHERE {' AND '.join(where)} ORDER BY time", params
+    ).fetchall()
     db.close()
     for r in rows:
         rec = dict(zip(_COLS, r, strict=True))

@@ -1,0 +1,1 @@
+"""Reference central tools: server software that talks to the gates. The device never imports this package."""

@@ -1,0 +1,142 @@
+"""Doubles for the seams that have no library-provided one, shipped with gate the way gpiozero ships
+MockFactory: scripted camera frames, a fake Picamera2, a serial QR module on a pty, and a hand-set clock.
+Tests and the demo use them; so can anyone who builds on gate."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import tty
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from gate.clock import ClockReading
+from gate.decoders import Frame
+
+
+class FixedClock:
+    """A clock whose readings are set by hand: for tests, `gate verify` and the demo."""
+
+    def __init__(self, wall: float, synced: bool = True, mono: float = 1000.0) -> None:
+        self.wall, self.synced, self.mono = wall, synced, mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def read(self) -> ClockReading:
+        return ClockReading(self.wall, self.mono, self.synced)
+
+
+class ScriptedFrames:
+    """Frames handed in ahead of time (tests and the demo), each captured once, in order."""
+
+    name = "scripted"
+
+    def __init__(self, frames: Iterable[Frame | None]) -> None:
+        self._frames = iter(frames)
+        self.exhausted = False
+
+    def capture(self, timeout: float) -> Frame | None:
+        if self.exhausted:
+            time.sleep(min(timeout, 0.05))
+            return None
+        try:
+            return next(self._frames)
+        except StopIteration:
+            self.exhausted = True
+            return None
+
+    def close(self) -> None:
+        self.exhausted = True
+
+
+class FakePicamera2:
+    """The small surface of picamera2 the camera source uses. Frames are YUV420 arrays padded to
+    `stride`; `None` in the script simulates a capture that times out."""
+
+    def __init__(self, script: Iterator[np.ndarray | None], stride: int = 0) -> None:
+        self.script, self.stride = script, stride
+        self.started = self.closed = False
+        self.config: dict[str, Any] = {}
+        self.waits: list[float | None] = []
+
+    def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
+        return kw
+
+    def configure(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.started = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def capture_array(self, name: str = "main", wait: float | None = None) -> np.ndarray:
+        assert name == "lores" and self.started
+        self.waits.append(wait)
+        y = next(self.script, None)
+        if y is None:
+            raise TimeoutError("frame wait timed out")
+        h, w = y.shape
+        stride = max(self.stride, w)
+        out = np.full((h * 3 // 2, stride), 77, dtype=np.uint8)  # padding and chroma: not the image
+        out[:h, :w] = y
+        return out
+
+
+class FlakyPort:
+    """Wraps a pyserial loop:// port; `unplug()` makes the next read raise like a pulled USB cable."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.unplugged = False
+
+    def unplug(self) -> None:
+        self.unplugged = True
+
+    @property
+    def in_waiting(self) -> int:
+        return int(self.port.in_waiting)
+
+    def read(self, n: int) -> bytes:
+        import serial
+
+        if self.unplugged:
+            raise serial.SerialException("device reports readiness to read but returned no data")
+        return bytes(self.port.read(n))
+
+    def write(self, data: bytes) -> None:
+        self.port.write(data)
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class SerialModule:
+    """A serial QR module on a pseudo-terminal: `port` is the device path to configure, and each `send`
+    arrives at the gate as the module would type it (the code, then its terminator)."""
+
+    def __init__(self, terminator: bytes = b"\r") -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.terminator = terminator
+
+    def send(self, text: str | bytes, terminated: bool = True) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        os.write(self.master, data + (self.terminator if terminated else b""))
+
+    def close(self) -> None:
+        """Safe to call twice."""
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.master = self.slave = -1
