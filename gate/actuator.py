@@ -1,4 +1,4 @@
-"""Turnstile actuation on gpiozero: relay pulses, passage counting, alarms, free-pass and safe states."""
+"""The lane's pins on gpiozero: the relay, indicator, buzzer and inputs, driven by the lane machine."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from gate.config import GpioSection, InputSection
 from gate.errors import DeviceError
 from gate.indicator import Indicator
+from gate.lane import Buzz, Effect, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ def _button(cfg: InputSection, factory: Any, **kw: Any) -> Any:
 
 
 class Actuator:
-    """Owns every GPIO device. The relay is inactive at start; close() and safe() restore the safe state."""
+    """Owns every GPIO device and the lane machine. A release pulses the relay before `release()` returns
+    (on the lane thread); gpiozero's callbacks only queue what they saw, and one worker thread feeds those
+    events and the timeouts to the machine. The machine sits behind a lock because of that first pulse:
+    it is the one piece of state two threads touch, each for microseconds."""
 
     def __init__(
         self,
@@ -80,13 +84,11 @@ class Actuator:
         from gpiozero import DigitalOutputDevice
 
         self.cfg, self._on_outcome, self._on_alarm = cfg, on_outcome, on_alarm
-        self._jobs: queue.Queue[tuple[Release, bool] | None] = queue.Queue()
+        timeout = cfg.passage.timeout_seconds if cfg.passage is not None else None
+        self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout)
         self._lock = threading.Lock()
-        self._held = False
-        self._passage = threading.Event()
-        self._busy = threading.Event()  # a release is in progress: passages are expected
+        self._events: queue.SimpleQueue[Step | None] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self.mode = "normal"
         self.pulse_listeners: list[Callable[[], None]] = []
         self._devices: list[Any] = []
         try:
@@ -99,26 +101,32 @@ class Actuator:
             if cfg.passage is not None:
                 self.passage = _button(cfg.passage, factory, hold_time=cfg.passage.held_open_seconds)
                 # A passage counts when the person has cleared the sensor, not when they reach it.
-                self.passage.when_pressed = self._passage_entered
-                self.passage.when_held = self._passage_held
-                self.passage.when_released = self._passage_cleared
+                self.passage.when_pressed = lambda: self._events.put(m.passage_entered)
+                self.passage.when_held = lambda: self._events.put(m.passage_held)
+                self.passage.when_released = lambda: self._events.put(m.passage_cleared)
             if cfg.exit_button is not None:
                 self.exit_button = _button(cfg.exit_button, factory)
-                self.exit_button.when_pressed = lambda: self.release(Release("exit"))
+                self.exit_button.when_pressed = lambda: self._events.put(lambda now: m.release("exit", 1, now))
             if cfg.fire is not None:
                 self.fire = _button(cfg.fire, factory)
-                self.fire.when_pressed = lambda: self._free_pass(True, "fire input")
-                self.fire.when_released = lambda: self._free_pass(False, "fire input cleared")
+                self.fire.when_pressed = lambda: self._events.put(lambda now: m.fire_input(True, "fire input"))
+                self.fire.when_released = lambda: self._events.put(
+                    lambda now: m.fire_input(False, "fire input cleared")
+                )
             self._devices += [d for d in (self.passage, self.exit_button, self.fire) if d is not None]
         except Exception as exc:
             self.close()
             raise DeviceError(f"gpio: cannot open devices: {exc.__class__.__name__}: {exc}") from exc
+        if self.fire is not None and self.fire.is_active:
+            self._step(lambda now: m.fire_input(True, "fire input active at start"))
         self._worker = threading.Thread(target=self._work, name="actuator", daemon=True)
         self._worker.start()
-        if self.fire is not None and self.fire.is_active:
-            self._free_pass(True, "fire input active at start")
 
-    # -- decisions -------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.machine.mode
+
+    # -- the lane thread ---------------------------------------------------------------------------
     def signal(self, action: str) -> None:
         """Indicator and buzzer for a decision: admit, assist or deny."""
         colour = {"admit": "green", "assist": "amber", "deny": "red"}[action]
@@ -126,129 +134,73 @@ class Actuator:
         self.indicator.beep(action)
 
     def release(self, job: Release) -> None:
-        """Queue a release; when the lane is idle the first pulse starts before this returns."""
-        if self.mode == "free_pass":
-            return  # already held released
-        with self._lock:
-            first = not self._busy.is_set()
-            self._busy.set()
-            if first:
-                self._pulse()
-            self._jobs.put((job, first))
+        """Let `job.passages` people through; when the lane is idle the first pulse starts before this returns."""
+        self._step(lambda now: self.machine.release(job.ref, job.passages, now))
+        self._events.put(_nothing)  # wake the worker: it has a deadline to watch now
 
-    def _pulse(self) -> None:
-        self._passage.clear()
-        self.relay.on()  # immediately, in the caller's thread
-        # gpiozero's own thread ends the pulse even if this process's main loop stalls.
-        self.relay.blink(on_time=self.cfg.relay.pulse_seconds, off_time=0, n=1, background=True)
-        for listener in self.pulse_listeners:
-            listener()
+    def set_mode(self, mode: str) -> None:
+        """normal | out_of_service | offline | free_pass (remote). The fire input overrides all."""
+        self._step(lambda now: self.machine.set_mode(mode))
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until every queued release has finished, or the timeout passes."""
         deadline = time.monotonic() + timeout
-        while (self._busy.is_set() or not self._jobs.empty()) and time.monotonic() < deadline:
+        while self.machine.busy and time.monotonic() < deadline:
             time.sleep(0.02)
-        return not self._busy.is_set()
+        return not self.machine.busy
 
+    # -- the worker ----------------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
+            due = self.machine.deadline
+            wait = 0.5 if due is None else min(0.5, max(0.0, due - time.monotonic()))
             try:
-                item = self._jobs.get(timeout=0.5)
+                event = self._events.get(timeout=wait)
             except queue.Empty:
-                continue
-            if item is None:
+                event = self.machine.tick
+            if event is None:
                 break
-            try:
-                self._run(*item)
-            except Exception:
-                log.exception("actuator: release failed; locking")
-                self.safe()
-            finally:
-                with self._lock:
-                    if self._jobs.empty():
-                        self._busy.clear()
+            self._step(event)
+            self._step(self.machine.tick)
 
-    def _run(self, job: Release, first_started: bool) -> None:
-        self._busy.set()
-        for index in range(job.passages):
-            if not (first_started and index == 0):
-                self._pulse()
-            outcome = self._await_passage()
-            if outcome == "passed" and self.mode != "free_pass":
-                self.relay.off()  # lock behind this person; the next one gets a pulse of their own
-            if job.ref != "exit":
-                self._on_outcome(PassageOutcome(job.ref, index, outcome))
-            if outcome == "not_passed" or self._stop.is_set():
-                self.relay.off()
-                for rest in range(index + 1, job.passages):
-                    if job.ref != "exit":
-                        self._on_outcome(PassageOutcome(job.ref, rest, "not_passed"))
-                return
-
-    def _await_passage(self) -> str:
-        if self.passage is None:
-            self._stop.wait(self.cfg.relay.pulse_seconds + 0.2)
-            return "unconfirmed"
-        timeout = self.cfg.passage.timeout_seconds if self.cfg.passage else 0
-        return "passed" if self._passage.wait(timeout) else "not_passed"
-
-    # -- inputs ----------------------------------------------------------------------------------
-    def _passage_entered(self) -> None:
-        if not (self._busy.is_set() or self.mode == "free_pass"):
-            self._alarm("forced_passage", True, "passage with no release")
-
-    def _passage_held(self) -> None:
-        self._held = True
-        self._alarm("held_open", True, "passage blocked too long")
-
-    def _passage_cleared(self) -> None:
-        self._passage.set()
-        if self._held:
-            self._held = False
-            self._alarm("held_open", False, "passage clear")
-
-    def _alarm(self, name: str, active: bool, detail: str) -> None:
-        (log.warning if active else log.info)("alarm %s %s: %s", name, "raised" if active else "cleared", detail)
+    def _step(self, event: Step) -> None:
         try:
-            self._on_alarm(Alarm(name, active, detail))
+            with self._lock:
+                for effect in event(time.monotonic()):
+                    self._apply(effect)
         except Exception:
-            log.exception("alarm handler failed")
+            log.exception("actuator: lane step failed; locking")
+            self.safe()
 
-    def _free_pass(self, on: bool, why: str) -> None:
-        if on:
-            self.mode = "free_pass"
-            self.relay.on()  # held released: the one deliberate open-on-emergency
-            self.indicator.idle("green", blink=0.5)
-            self.indicator.beep("alarm")
-        else:
-            self.mode = "normal"
-            self.relay.off()
-            self.indicator.quiet()
-            self.indicator.idle("off")
-        self._alarm("fire", on, why)
+    def _apply(self, e: Effect) -> None:
+        match e:
+            case Pulse():
+                self.relay.on()  # at once, in the calling thread
+                # gpiozero's own thread ends the pulse even if this process's main loop stalls.
+                self.relay.blink(on_time=e.seconds, off_time=0, n=1, background=True)
+                for listener in self.pulse_listeners:
+                    listener()
+            case Lock():
+                self.relay.off()
+            case Hold():
+                self.relay.on()
+            case Idle():
+                self.indicator.idle(e.colour, e.blink)
+            case Buzz():
+                if e.pattern is None:
+                    self.indicator.quiet()
+                else:
+                    self.indicator.beep(e.pattern)
+            case Outcome():
+                if e.ref != "exit":
+                    _report(self._on_outcome, PassageOutcome(e.ref, e.index, e.outcome))
+            case Raise():
+                (log.warning if e.active else log.info)(
+                    "alarm %s %s: %s", e.name, "raised" if e.active else "cleared", e.detail
+                )
+                _report(self._on_alarm, Alarm(e.name, e.active, e.detail))
 
-    # -- modes and safe states -------------------------------------------------------------------
-    _IDLE: ClassVar[dict[str, tuple[str, float | None]]] = {
-        "normal": ("off", None),
-        "out_of_service": ("red", None),
-        "offline": ("amber", 2.0),
-    }
-
-    def set_mode(self, mode: str) -> None:
-        """normal | out_of_service | offline | free_pass (remote). The fire input overrides all."""
-        if self.fire is not None and self.fire.is_active and mode != "free_pass":
-            return
-        if mode == "free_pass":
-            self._free_pass(True, "free-pass requested")
-            return
-        if self.mode == "free_pass":
-            self._free_pass(False, "free-pass ended")
-        if mode == "out_of_service":
-            self.relay.off()
-        self.mode = mode
-        self.indicator.idle(*self._IDLE[mode])
-
+    # -- safe states -----------------------------------------------------------------------------------
     def safe(self) -> None:
         """Fail-secure: locked (relay inactive). Fail-safe lanes: held released."""
         with suppress(Exception):
@@ -258,13 +210,14 @@ class Actuator:
                 self.relay.off()
 
     def close(self) -> None:
-        """Safe state, then release every device. Safe to call twice."""
+        """Safe state, then release every device; a release in progress ends unconfirmed. Safe to call twice."""
         self._stop.set()
-        with suppress(Exception):
-            self._jobs.put(None)
         worker = getattr(self, "_worker", None)
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=2.0)
+        if worker is not None:
+            self._events.put(None)
+            if worker is not threading.current_thread():
+                worker.join(timeout=2.0)
+            self._step(lambda now: self.machine.abort())
         relay = getattr(self, "relay", None)
         if relay is not None:
             self.safe()
@@ -281,3 +234,17 @@ class Actuator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+Step = Callable[[float], list[Effect]]
+
+
+def _nothing(now: float) -> list[Effect]:
+    return []
+
+
+def _report(handler: Callable[[Any], None], what: PassageOutcome | Alarm) -> None:
+    try:
+        handler(what)
+    except Exception:
+        log.exception("actuator: %s handler failed", type(what).__name__)

@@ -38,8 +38,9 @@ class PassSync:
     resumes it) and swapped in whole once its manifest's count and hash match; a delta applies only in
     sequence, and a gap asks for a resync while decisions go on from the data the gate has."""
 
-    def __init__(self, cache: PassCache, verifier: Verifier, resync: Callable[[str], None],
-                 changed: Callable[[], None]) -> None:  # fmt: skip
+    def __init__(
+        self, cache: PassCache, verifier: Verifier, resync: Callable[[str], None], changed: Callable[[], None]
+    ) -> None:
         self.cache, self.verifier, self._resync, self._changed = cache, verifier, resync, changed
         self.pending: dict[str, Any] | None = None  # the manifest of the snapshot being gathered
         self.awaiting_resync = False
