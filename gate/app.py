@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 
 from gate.actuator import Actuator, Alarm, PassageOutcome, Release
 from gate.clock import Clock
 from gate.config import Config
 from gate.decision import Decider, Decision, Reason
 from gate.delivery import Drainer
-from gate.errors import OutboxFull
+from gate.errors import GateError, OutboxFull
 from gate.events import CheckIn, short
+from gate.faults import Faults
 from gate.keys import TrustStore
 from gate.lanecontrol import ApplyPolicy, Inbox, LaneControl, RemoteOpen, Report, Request, SetMode, TrustKeys
+from gate.lanestate import LaneState, ModeRecord
 from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
 from gate.passcache import PassCache
@@ -50,6 +51,8 @@ class Gate:
     reporter: Reporter
     inbox: Inbox
     stats: Stats
+    lanestate: LaneState
+    faults: Faults
     link: MqttLink | None = None
     drainer: Drainer | None = None
     sync: CentralSync | None = None
@@ -63,20 +66,21 @@ class Gate:
 
     def handle(self, payload: bytes, scan: Scan | None = None) -> tuple[Decision, CheckIn]:
         """Decide, record durably, then actuate: a power cut at any instant loses no passage record."""
-        blocked = (
-            Reason.OUT_OF_SERVICE
-            if self.actuator.mode == "out_of_service"
-            or (self.outbox.full and self.cfg.outbox.on_full == "out_of_service")
-            else None
-        )
+        full = self.outbox.full and self.cfg.outbox.on_full == "out_of_service"
+        blocked = Reason.OUT_OF_SERVICE if self.actuator.mode == "out_of_service" or full else None
         now = self.clock.read()
         decision = self.decider.decide(payload, now, blocked)
         event = self.recorder.checkin(decision, now, self.decider.policy.version, self.cache.info().version)
-        try:
-            self.recorder.decision(event, released=decision.admits)
-        except OutboxFull:  # cannot record, so cannot admit: fail closed
-            self.actuator.signal("deny")
-            return replace(decision, action=Action.DENY, reason=Reason.OUT_OF_SERVICE), event
+        if full:  # denied without adding a row: counted instead, and reported when the outbox clears
+            self.reporter.denied_while_full()
+        else:
+            try:
+                self.recorder.decision(event, released=decision.admits)
+            except OutboxFull:  # cannot record, so cannot admit: fail closed
+                if decision.token is not None:
+                    self.decider.cancel(decision.token)
+                self.actuator.signal("deny")
+                return replace(decision, action=Action.DENY, reason=Reason.OUT_OF_SERVICE), event
         if decision.admits:
             self.actuator.release(Release(event.event_id, decision.companions + 1))
         self.actuator.signal(decision.action.value)
@@ -86,13 +90,14 @@ class Gate:
             {"time": event.time, "decision": decision.action.value, "reason": decision.reason.value, "token": tok},
         )
         log.info(
-            "decision %s %s token=%s kind=%s companions=%d event=%s",
+            "decision %s %s token=%s kind=%s companions=%d event=%s%s",
             decision.action.value,
             decision.reason.value,
             tok,
             decision.kind or "-",
             decision.companions,
             event.event_id,
+            " (not recorded: outbox full)" if full else "",
         )
         for listener in self.listeners:
             listener(scan, decision, event)
@@ -117,12 +122,13 @@ class Gate:
                     self.stats.passed()
                 for listener in self.outcome_listeners:
                     listener(r)
-                self.recorder.passage(r)
+                decided = self.recorder.passage(r)
+                if decided is not None and decided.token is not None and r.index == 0:
+                    self._passback(decided.token, r.outcome)
             case Alarm():
                 self.recorder.alarm(r)
             case SetMode():
-                log.warning("lane mode %s (requested by %s)", r.mode, r.by)
-                self.actuator.set_mode(r.mode)
+                self.set_mode(r.mode, r.by)
             case ApplyPolicy():
                 self.decider.policy = r.policy
             case TrustKeys():
@@ -148,6 +154,28 @@ class Gate:
         log.info("remote open by operator %s event=%s", short(operator), event.event_id)
         return event.event_id
 
+    def set_mode(self, mode: str, by: str) -> None:
+        """A remote mode is on disk before the lane acts on it. If it cannot be stored, out-of-service still
+        applies (it only restricts), and any other mode is refused."""
+        record = ModeRecord(mode, by, self.clock.read().wall)
+        stored = mode == "offline" or self.faults.run("storing the lane mode", lambda: self.lanestate.set_mode(record))
+        if not stored and mode != "out_of_service":
+            raise GateError(f"lane mode {mode} not applied: it could not be stored ({self.lanestate.path})")
+        log.warning("lane mode %s (requested by %s)", mode, by)
+        self.actuator.set_mode(mode)
+        self.reporter.mode_record = record
+
+    def _passback(self, token: str, outcome: str) -> None:
+        """Anti-passback counts the holder only once they went through; it is kept across restarts."""
+        if outcome == "not_passed":
+            self.decider.cancel(token)
+            return
+        now = self.clock.read()
+        self.decider.confirm(token, now.mono)
+        window = self.decider.policy.passback_seconds
+        if window > 0:
+            self.faults.run("storing anti-passback", lambda: self.lanestate.passed(token, now.wall, window))
+
     def state(self) -> dict[str, object]:
         return self.reporter.state()
 
@@ -157,14 +185,16 @@ class Gate:
         self.reporter.tick()
 
     def run(self, stop: threading.Event) -> None:
+        """The scan loop. Nothing in it stops the daemon: a failure is logged once, counted, and the lane
+        stays safe (a decision that fails is a denial; the relay is only ever released after a record)."""
         while not stop.is_set():
             scans = self.scanner.poll(0.2)
             self.heartbeat()  # the scan loop made progress (watchdog)
             self.pump()  # a mode or policy change queued before this scan applies to it
             for scan in scans or ():
                 self.stats.scanned(scan.decode_ms)
-                with contextlib.suppress(OutboxFull):
-                    self.handle(scan.payload, scan)
+                if not self.faults.run("deciding", partial(self.handle, scan.payload, scan)):
+                    self.actuator.signal("deny")
             self.reporter.tick()
 
     def close(self) -> None:
@@ -180,3 +210,4 @@ class Gate:
             self.link.stop()
         self.outbox.close()
         self.cache.close()
+        self.lanestate.close()

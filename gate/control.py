@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gate.docstore import DocStore
 from gate.errors import GateError
 from gate.keys import TrustStore, key_id_of
 
@@ -50,11 +51,15 @@ def sign(key: Ed25519PrivateKey, type_: str, body: dict[str, Any], gate: str = "
 class Verifier:
     """Gate side. Every failure raises Rejected and is counted in `rejected`; nothing else escapes."""
 
-    def __init__(self, central: TrustStore, gate_id: str, max_bytes: int, max_age: float) -> None:
+    def __init__(
+        self, central: TrustStore, gate_id: str, max_bytes: int, max_age: float, nonces: DocStore | None = None
+    ) -> None:
         self.central, self.gate_id, self.max_bytes, self.max_age = central, gate_id, max_bytes, max_age
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
-        self._nonces: dict[str, float] = {}
+        self._store = nonces  # command nonces survive a restart: a captured command cannot be replayed
+        stored = (nonces.get() if nonces is not None else None) or {}
+        self._nonces: dict[str, float] = {str(n): float(t) for n, t in stored.get("seen", {}).items()}
 
     def _fail(self, reason: str, message: str) -> Rejected:
         self.rejected[reason] += 1
@@ -91,11 +96,15 @@ class Verifier:
     def fresh(self, msg: ControlMessage, now: float) -> None:
         """For commands: a recent timestamp and a nonce never seen before."""
         if abs(now - msg.ts) > self.max_age:
-            raise self._fail("stale", f"timestamp {msg.ts:.0f} is {now - msg.ts:+.0f}s from now")
+            age = now - msg.ts
+            when = f"{age:.0f}s old" if age > 0 else f"{-age:.0f}s in the future"
+            raise self._fail("stale", f"timestamp {msg.ts:.0f} is {when} (at most {self.max_age:.0f}s allowed)")
         self._nonces = {n: t for n, t in self._nonces.items() if now - t <= 2 * self.max_age}
         if msg.nonce in self._nonces:
             raise self._fail("replayed", "nonce already used")
         self._nonces[msg.nonce] = now
+        if self._store is not None:  # on disk before the command is acted on
+            self._store.put({"seen": self._nonces})
 
     def old(self, what: str) -> Rejected:
         return self._fail("replayed", what)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 from types import FrameType
@@ -17,16 +18,33 @@ log = logging.getLogger(__name__)
 
 
 class Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; a stop is never forgotten, even during a reload."""
+
     def __init__(self) -> None:
         self.stop = threading.Event()  # also set for a reload, to leave the scan loop
+        self.terminate = False
         self.reload = False
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on)
 
     def _on(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s", signal.Signals(signum).name)
-        self.reload = signum == signal.SIGHUP
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.terminate = True
         self.stop.set()
+
+    def next_round(self) -> bool:
+        """After a reload: True to start again, False if a stop arrived meanwhile."""
+        self.reload = False
+        if self.terminate:
+            return False
+        self.stop.clear()
+        if self.terminate:  # arrived between the check and the clear
+            self.stop.set()
+            return False
+        return True
 
 
 def _reload(path: Path, current: Config) -> Config:
@@ -45,7 +63,18 @@ def run_daemon(config_path: Path) -> int:
     notifier = Notifier()
     while True:
         logging.getLogger().setLevel(cfg.gate.log_level.upper())
-        gate = build(cfg)
+        try:
+            gate = build(cfg)
+        except (OSError, sqlite3.Error) as exc:  # a state file no repair can fix: say which, and what to do
+            where = getattr(exc, "filename", None) or cfg.gate.state_dir
+            log.critical(
+                "cannot start: %s: %s; check that %s exists, is writable by this user and the disk is healthy",
+                where,
+                exc,
+                cfg.gate.state_dir,
+            )
+            notifier.stopping()
+            return 1
         gate.heartbeat = notifier.heartbeat
         notifier.ready(f"gate {cfg.gate.id} scanning ({cfg.scanner.source})")
         log.info("gate %s started at venue %s (source %s)", cfg.gate.id, cfg.venue.id, cfg.scanner.source)
@@ -57,7 +86,7 @@ def run_daemon(config_path: Path) -> int:
             notifier.stopping()
             gate.close()
             return 1
-        if not signals.reload:
+        if not signals.reload or signals.terminate:
             notifier.stopping()
             gate.close()
             log.info("gate stopped cleanly")
@@ -65,5 +94,7 @@ def run_daemon(config_path: Path) -> int:
         notifier.reloading()
         gate.close()  # relay safe while the new configuration starts
         cfg = _reload(config_path, cfg)
-        signals.reload = False
-        signals.stop.clear()
+        if not signals.next_round():
+            notifier.stopping()
+            log.info("gate stopped cleanly (stop requested during a reload)")
+            return 0

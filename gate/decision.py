@@ -86,7 +86,8 @@ class Decider:
     ) -> None:
         self.trust, self.policy = trust, policy
         self._lookup, self._cache_info, self._max_payload = lookup, cache_info, max_payload
-        self._passed: OrderedDict[str, float] = OrderedDict()  # token -> monotonic admit time
+        self._passed: OrderedDict[str, float] = OrderedDict()  # token -> monotonic time of its confirmed passage
+        self._pending: dict[str, float] = {}  # token -> monotonic time of an admit still passing
         self._assist: tuple[str, int, float] | None = None  # token, companions, monotonic time
 
     def decide(self, payload: bytes, clock: ClockReading, blocked: Reason | None = None) -> Decision:
@@ -156,7 +157,7 @@ class Decider:
         if code.kind is Kind.STAFF and d.admits and self._assist and now - self._assist[2] <= window:
             token, companions, _ = self._assist
             self._assist = None
-            self._passed[token] = now
+            self._pending[token] = now
             return Decision(
                 Action.ADMIT,
                 Reason.STAFF_ASSISTED,
@@ -168,14 +169,38 @@ class Decider:
             )
         if d.action is Action.ASSIST:
             self._assist = (code.token, d.companions, now)
-        if not d.admits:
-            return d
         passback = self.policy.passback_seconds
-        while self._passed and now - next(iter(self._passed.values())) > passback:
-            self._passed.popitem(last=False)
+        if not d.admits or passback <= 0:
+            return d
+        self._prune(now)
         last = self._passed.get(code.token)
         if last is not None and now - last <= passback:
             return _deny(Reason.REPLAY, f"passed this gate {now - last:.0f}s ago", code)
-        self._passed[code.token] = now
-        self._passed.move_to_end(code.token)
+        if code.token in self._pending:
+            return _deny(Reason.REPLAY, "being let through at this gate now", code)
+        self._pending[code.token] = now
         return d
+
+    def _prune(self, now: float) -> None:
+        passback = self.policy.passback_seconds
+        while self._passed and now - next(iter(self._passed.values())) > passback:
+            self._passed.popitem(last=False)
+        # A release whose outcome never came (it always comes; this is a bound) ages out like a passage.
+        self._pending = {t: at for t, at in self._pending.items() if now - at <= passback}
+
+    # -- anti-passback counts a token only once its passage is confirmed ------------------------------
+    def confirm(self, token: str, now: float) -> None:
+        """The holder went through (`passed`, or `unconfirmed` without a sensor): passback starts now."""
+        self._pending.pop(token, None)
+        self._passed[token] = now
+        self._passed.move_to_end(token)
+
+    def cancel(self, token: str) -> None:
+        """The holder did not go through (`not_passed`): the code may be shown again at once."""
+        self._pending.pop(token, None)
+
+    def restore(self, passed: dict[str, float]) -> None:
+        """Confirmed passages from before a restart: token -> monotonic time, oldest first."""
+        for token, at in sorted(passed.items(), key=lambda kv: kv[1]):
+            self._passed[token] = at
+            self._passed.move_to_end(token)

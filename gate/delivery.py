@@ -81,6 +81,7 @@ class Drainer:
                 ids.append(event_id)
         if acked:
             self.delivered += self.outbox.ack(acked)
+            self.outbox.check_space()  # room came back: the lane may return to service at once
             for listener in self.listeners:
                 listener(ids)
         if retry:

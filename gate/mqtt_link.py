@@ -17,6 +17,7 @@ from gate.config import MqttSection
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
+Handler = Callable[[str, bytes, Callable[[], object]], None]  # (topic, payload, ack): call ack once it is handled
 
 
 def guarded(fn: F) -> F:
@@ -58,7 +59,7 @@ class MqttLink:
         self._on_up = on_up
         # Called on paho's thread with (mid, ok) for each PUBACK; listeners only note it and return.
         self.ack_listeners: list[Callable[[int, bool], None]] = [on_publish] if on_publish else []
-        self._subs: dict[str, Callable[[str, bytes], None]] = {}
+        self._subs: dict[str, Handler] = {}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
         self._pending_subs: set[int] = set()
@@ -73,6 +74,7 @@ class MqttLink:
             client_id=f"gate-{self.gate_id}",
             protocol=self.protocol,
             clean_session=None if v5 else False,
+            manual_ack=True,  # an inbound message is acknowledged once handled (a cache change: committed)
         )
         client.max_inflight_messages_set(self.cfg.inflight_window)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -170,11 +172,14 @@ class MqttLink:
 
     @guarded
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        ack = functools.partial(client.ack, msg.mid, msg.qos)
         for pattern, handler in self._subs.items():
             if mqtt.topic_matches_sub(pattern, msg.topic):
-                handler(msg.topic, bytes(msg.payload))
+                handler(msg.topic, bytes(msg.payload), ack)
+                return
+        ack()
 
-    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+    def subscribe(self, topic: str, handler: Handler) -> None:
         self._subs[topic] = handler
         if self.connected.is_set():
             self.subscribed.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -21,31 +22,47 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-def _setup(db: sqlite3.Connection) -> None:
+def setup(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")  # each commit is on disk before we open the relay
     db.executescript(_SCHEMA)
 
 
+def last_seq(db: sqlite3.Connection) -> int:
+    """The highest seq ever appended (AUTOINCREMENT keeps it after rows are deleted)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
 class Outbox:
     """Two connections, each owned by one thread: the lane appends, the drainer fetches and deletes.
-    The depth is derived from counters that each side alone increments, so no lock is shared."""
+    The depth is derived from counters that each side alone increments, so no lock is shared. Beside
+    the database, `outbox.db.hwm` holds the last seq appended, so rows lost with a damaged WAL are seen."""
 
     def __init__(self, path: Path, cfg: OutboxSection | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.cfg = path, cfg or OutboxSection()
-        self._writer = Owned(path, _setup, name=f"{path.name} (writer)")
-        self._reader = Owned(path, _setup, name=f"{path.name} (reader)")
+        self._writer = Owned(path, setup, name=f"{path.name} (writer)")
+        self._reader = Owned(path, setup, name=f"{path.name} (reader)")
         probe = sqlite3.connect(path, timeout=10)
         try:
-            _setup(probe)
+            setup(probe)
             self._initial = int(probe.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            self.last_seq_at_start = last_seq(probe)
         finally:
             probe.close()
+        self.hwm_path = path.with_name(path.name + ".hwm")
+        self.hwm_at_start = _read_hwm(self.hwm_path)
+        self._hwm = os.open(self.hwm_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.appended = self.dropped = 0  # the writer's counters
         self.acked = 0  # the reader's counter
-        self._appends = 0
         self._disk_low = False
+        self._drop_episode = 0  # rows dropped since the outbox last became full (drop_oldest)
+
+    @property
+    def lost_at_start(self) -> int:
+        """Rows appended before the last stop that the database no longer knows of (a damaged WAL)."""
+        return max(0, self.hwm_at_start - self.last_seq_at_start)
 
     @property
     def depth(self) -> int:
@@ -54,6 +71,11 @@ class Outbox:
     def free_mb(self) -> float:
         st = os.statvfs(self.path.parent)
         return st.f_bavail * st.f_frsize / 1e6
+
+    def check_space(self) -> bool:
+        """Measure free disk now (the lane on a timer, the drainer after acks); True if it is low."""
+        self._disk_low = self.free_mb() < self.cfg.min_free_mb
+        return self._disk_low
 
     @property
     def full(self) -> bool:
@@ -66,15 +88,15 @@ class Outbox:
                 "INSERT INTO outbox (event_id, topic, qos, payload) VALUES (?, ?, ?, ?)",
                 (event_id, topic, qos, payload),
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             raise OutboxFull(f"outbox {self.path}: cannot write ({exc})") from exc
+        seq = int(cur.lastrowid or 0)
         self.appended += 1
-        self._appends += 1
-        if self._appends % 256 == 1:
-            self._disk_low = self.free_mb() < self.cfg.min_free_mb
-        if self.full and self.cfg.on_full == "drop_oldest":
+        with contextlib.suppress(OSError):  # a hint for the next start; the row itself is committed
+            os.pwrite(self._hwm, b"%020d\n" % seq, 0)
+        if self.cfg.on_full == "drop_oldest" and self.depth >= self.cfg.max_events:
             self._drop_oldest()
-        return int(cur.lastrowid or 0)
+        return seq
 
     def _drop_oldest(self) -> None:
         excess = max(1, self.depth - self.cfg.max_events + 1)
@@ -82,8 +104,19 @@ class Outbox:
             before = db.total_changes
             db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (excess,))
             gone = db.total_changes - before
+        if not self._drop_episode:
+            log.critical("outbox full: dropping the oldest undelivered events to make room (on_full=drop_oldest)")
         self.dropped += gone
-        log.critical("outbox full: dropped the %d oldest undelivered events (%d in all)", gone, self.dropped)
+        self._drop_episode += gone
+
+    def end_drop_episode(self) -> int:
+        """The outbox is no longer full: how many rows this episode dropped (logged once, here)."""
+        n, self._drop_episode = self._drop_episode, 0
+        if n:
+            log.critical(
+                "outbox no longer full: %d oldest undelivered events were dropped (%d in all)", n, self.dropped
+            )
+        return n
 
     def fetch(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
         """The drainer: up to `limit` rows with seq > after, oldest first: (seq, event_id, topic, qos, payload)."""
@@ -107,3 +140,37 @@ class Outbox:
     def close(self) -> None:
         self._writer.close()
         self._reader.close()
+        with contextlib.suppress(OSError):
+            os.close(self._hwm)
+
+
+def _read_hwm(path: Path) -> int:
+    try:
+        return int(path.read_bytes().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def salvage(corrupt: Path, into: Outbox) -> tuple[int, int | None]:
+    """Copy every readable row of a corrupt outbox into a fresh one, in order: (saved, unreadable)."""
+    db = sqlite3.connect(f"file:{corrupt}?mode=ro", uri=True, timeout=10)
+    saved = bad = 0
+    try:
+        try:
+            lo, hi = db.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
+        except sqlite3.Error:
+            return 0, None  # not even the table can be read: how many were lost is unknown
+        if lo is None:
+            return 0, 0
+        for seq in range(int(lo), int(hi) + 1):  # row by row: one bad page costs only its rows
+            try:
+                row = db.execute("SELECT event_id, topic, qos, payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            except sqlite3.Error:
+                bad += 1
+                continue
+            if row is not None:
+                into.append(row[0], row[1], row[3], row[2])
+                saved += 1
+    finally:
+        db.close()
+    return saved, bad

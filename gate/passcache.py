@@ -43,9 +43,9 @@ class CacheInfo:
     count: int
 
 
-def _setup(db: sqlite3.Connection) -> None:
+def setup(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # a cache: re-syncable from central
+    db.execute("PRAGMA synchronous=FULL")  # a revocation is on disk before the broker's copy is acked
     db.executescript(_SCHEMA)
 
 
@@ -56,7 +56,7 @@ class PassCache:
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = Owned(path, _setup, timeout)
+        self._conn = Owned(path, setup, timeout)
 
     @property
     def _db(self) -> sqlite3.Connection:

@@ -61,6 +61,7 @@ class PassSync:
                 "count": int(b["count"]),
                 "chunks": int(b["chunks"]),
                 "sha256": str(b["sha256"]),
+                "ts": msg.ts,  # central vouches for the data as of its signature time
             }
         except (KeyError, TypeError, ValueError):
             raise self.verifier.invalid("manifest needs version, count, chunks, sha256") from None
@@ -101,7 +102,7 @@ class PassSync:
         if len(rows) != m["count"]:
             raise self.verifier.invalid(f"snapshot {m['version']} has {len(rows)} rows, manifest says {m['count']}")
         start = time.perf_counter()
-        self.cache.replace_all(rows, m["version"])
+        self.cache.replace_all(rows, m["version"], synced_at=m["ts"])
         self.cache.drop_staging()
         self.pending, self.awaiting_resync = None, False
         log.info(
@@ -123,5 +124,5 @@ class PassSync:
         if base > info.version or seq > info.seq + 1:
             self._resync(f"sequence gap: have {info.version}.{info.seq}, got {base}.{seq}")
             return
-        self.cache.apply_delta(upserts, deletes, seq)
+        self.cache.apply_delta(upserts, deletes, seq, synced_at=msg.ts)
         log.info("central: delta %d.%d applied (%d upserts, %d deletes)", base, seq, len(upserts), len(deletes))

@@ -64,11 +64,11 @@ class Recorder:
         if released:
             self._released[event.event_id] = event
 
-    def passage(self, o: PassageOutcome) -> None:
-        """One passage of a release finished; record it against its decision."""
+    def passage(self, o: PassageOutcome) -> CheckIn | None:
+        """One passage of a release finished; record it against its decision, which is returned."""
         decided = self._released.get(o.ref)
         if decided is None:
-            return
+            return None
         if o.index + 1 >= decided.companions + 1:
             del self._released[o.ref]
         now = self.clock.read()
@@ -84,6 +84,7 @@ class Recorder:
             clock_synced=now.usable,
         )
         self.record(ev.event_id, self.topics.checkin, ev.to_json())
+        return decided
 
     def alarm(self, a: Alarm) -> str:
         event_id, payload = alarm_json(self.gate_id, a.name, a.active, a.detail, self.clock.read().wall)

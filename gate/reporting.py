@@ -17,6 +17,8 @@ from gate.actuator import Actuator, Alarm
 from gate.clock import Clock
 from gate.config import Config
 from gate.decision import Decider
+from gate.faults import Faults
+from gate.lanestate import LaneState, ModeRecord
 from gate.mqtt_link import MqttLink, Topics
 from gate.outbox import Outbox
 from gate.passcache import PassCache
@@ -27,13 +29,19 @@ log = logging.getLogger(__name__)
 OFFLINE_AFTER = 30.0  # seconds without the broker before the idle indicator shows offline
 SLOW_CHECK_SECONDS = 30.0
 STATUS_SECONDS = 2.0
+SPACE_SECONDS = 1.0  # free disk is measured at least this often (and by the drainer after acks)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Readers see the old file or the new one, never half; a failed write (a full disk) leaves no temp file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -50,6 +58,9 @@ class Reporter:
     stats: Stats
     link: MqttLink | None = None
     sync_status: Callable[[], dict[str, Any]] | None = None
+    lanestate: LaneState | None = None
+    faults: Faults = field(default_factory=Faults)
+    mode_record: ModeRecord | None = None
     source_counters: Callable[[], dict[str, int]] = lambda: {"source_restarts": 0, "dropped_lines": 0}
     _last_status: float = 0.0
     _last_telemetry: float = 0.0
@@ -57,9 +68,19 @@ class Reporter:
     _full_alarm: bool = False
     _stale_alarm: bool = False
     _link_seen: float = field(default_factory=time.monotonic)
+    _last_space: float = float("-inf")
+    _denied_at_full: int = 0
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
+        self.denied = self.lanestate.counter("denied_while_full") if self.lanestate else 0
+
+    def denied_while_full(self) -> None:
+        """One more entry denied, unrecorded, because the outbox was full: one lasting counter."""
+        self.denied += 1
+        store = self.lanestate
+        if store is not None:  # best effort: the disk may be what is full
+            self.faults.run("storing the denied-while-full counter", lambda: store.add("denied_while_full"))
 
     def state(self) -> dict[str, Any]:
         info = self.cache.info()
@@ -80,6 +101,10 @@ class Reporter:
             "clock_synced": now.usable,
             "time": now.wall,
             "sync": None if self.sync_status is None else self.sync_status(),
+            "mode_set_by": None if self.mode_record is None else self.mode_record.set_by,
+            "mode_set_at": None if self.mode_record is None else self.mode_record.set_at,
+            "denied_while_full": self.denied,
+            "faults": self.faults.snapshot(),
         }
 
     def publish_state(self) -> dict[str, Any]:
@@ -89,33 +114,55 @@ class Reporter:
         return state
 
     def tick(self) -> None:
+        """Each step on its own: one that fails is logged once, counted and retried; none stops the lane."""
         mono = time.monotonic()
-        self._watch_link(mono)
+        run = self.faults.run
+        run("watching the broker link", lambda: self._watch_link(mono))
+        if mono - self._last_space >= SPACE_SECONDS:
+            self._last_space = mono
+            run("measuring free disk", self.outbox.check_space)
         if mono - self._last_slow >= SLOW_CHECK_SECONDS:
             self._last_slow = mono
-            self._check_stale()
+            run("checking the cache age", self._check_stale)
         if self.outbox.full != self._full_alarm:
-            self._full_alarm = self.outbox.full
-            ob = self.outbox
-            detail = f"{ob.depth} undelivered, {ob.free_mb():.0f} MB free; on_full={self.cfg.outbox.on_full}"
-            log.critical("outbox %s: %s", "full" if self._full_alarm else "no longer full", detail)
-            self.recorder.alarm(Alarm("outbox_full", self._full_alarm, detail))
+            run("raising the outbox_full alarm", self._full_changed)
         if mono - self._last_status >= STATUS_SECONDS:
             self._last_status = mono
-            doc = {**self.state(), "stats": self.stats.snapshot(), "last": list(self.stats.last)}
-            write_json_atomic(self.cfg.gate.state_dir / "status.json", doc)
+            run("writing status.json", self._write_status)
         if self.link is not None and mono - self._last_telemetry >= self.cfg.mqtt.telemetry_seconds:
             self._last_telemetry = mono
-            self.publish_state()
-            tel = {
-                "schema": "gate.telemetry/1",
-                "gate_id": self.cfg.gate.id,
-                "time": time.time(),
-                "outbox_depth": self.outbox.depth,
-                **self.source_counters(),
-                **self.stats.snapshot(),
-            }
-            self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
+            run("publishing telemetry", self._publish_telemetry)
+
+    def _full_changed(self) -> None:
+        full, ob = self.outbox.full, self.outbox
+        detail = f"{ob.depth} undelivered, {ob.free_mb():.0f} MB free; on_full={self.cfg.outbox.on_full}"
+        if full:
+            self._denied_at_full = self.denied
+        else:
+            denied, dropped = self.denied - self._denied_at_full, ob.end_drop_episode()
+            detail += f"; while full {denied} entries were denied unrecorded and {dropped} oldest events dropped"
+        log.critical("outbox %s: %s", "full" if full else "no longer full", detail)
+        self._full_alarm = full  # set first: if the disk is too full to record the alarm, it is not retried
+        self.recorder.alarm(Alarm("outbox_full", full, detail))
+
+    def _write_status(self) -> None:
+        doc = {**self.state(), "stats": self.stats.snapshot(), "last": list(self.stats.last)}
+        write_json_atomic(self.cfg.gate.state_dir / "status.json", doc)
+
+    def _publish_telemetry(self) -> None:
+        assert self.link is not None
+        self.publish_state()
+        tel = {
+            "schema": "gate.telemetry/1",
+            "gate_id": self.cfg.gate.id,
+            "time": time.time(),
+            "outbox_depth": self.outbox.depth,
+            "denied_while_full": self.denied,
+            "faults": self.faults.snapshot(),
+            **self.source_counters(),
+            **self.stats.snapshot(),
+        }
+        self.link.publish(self.topics.telemetry, json.dumps(tel).encode(), qos=0)
 
     def _check_stale(self) -> None:
         """A stale cache is raised as an alarm, not hidden."""

@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from gate.config import Config
 from gate.control import ControlMessage, Rejected, Verifier
 from gate.docstore import DocStore
 from gate.errors import CodeError, ConfigError
+from gate.inbound import BoundedQueue, Job
 from gate.keys import key_id_of, public_from_pem
 from gate.lanecontrol import LaneControl
-from gate.mqtt_link import MqttLink, Topics
+from gate.mqtt_link import Handler, MqttLink, Topics
 from gate.passcache import PassCache
 from gate.passsync import PassSync
 from gate.policy import Policy, PolicyStore
@@ -51,6 +53,7 @@ def central_keys(state_dir: Path, now: float | None = None) -> list[Any]:
 
 
 TRUST_REFRESH_SECONDS = 30.0
+QUEUE_BYTES_FACTOR = 4  # at most this many maximum-size messages wait in memory
 
 
 class CentralSync:
@@ -72,8 +75,8 @@ class CentralSync:
         self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
         self.policy_version = self.policies.load().version
         self._trusted: list[bytes] = []
+        self._jobs = BoundedQueue(verifier.max_bytes, QUEUE_BYTES_FACTOR * verifier.max_bytes)
         self._status: dict[str, Any] = self._snapshot(None)
-        self._jobs: queue.Queue[tuple[Callable[[ControlMessage], None], str, str, bytes] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
 
     def start(self) -> None:
@@ -90,8 +93,20 @@ class CentralSync:
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
         self._thread.start()
 
-    def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Callable[[str, bytes], None]:
-        return lambda topic, payload: self._jobs.put((fn, kind, topic, payload))
+    def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Handler:
+        """paho's thread: size-check, then queue within the bound; what is refused is counted and acked."""
+
+        def handler(topic: str, payload: bytes, ack: Callable[[], object] = lambda: None) -> None:
+            refused = self._jobs.offer(Job(fn, kind, topic, payload, ack))
+            if refused is not None:
+                ack()
+                log.warning("central: %s on %s refused before queuing: %s", kind, topic, refused)
+
+        return handler
+
+    def resync_soon(self, why: str) -> None:
+        """Any thread: the worker asks central for a snapshot."""
+        self._jobs.put_local(Job(lambda _msg: self.request_resync(why), "local", "", b"", lambda: None))
 
     def _work(self) -> None:
         next_refresh = 0.0
@@ -104,22 +119,28 @@ class CentralSync:
             except queue.Empty:
                 continue
             if job is None:
-                self._jobs.task_done()
+                self._jobs.done()
                 return
-            fn, kind, topic, payload = job
             try:
-                if payload:  # empty: a retained message being cleared
-                    msg = self.verifier.open(payload, kind)
-                    fn(msg)
-                    self.verifier.accepted += 1
-            except Rejected as exc:
-                log.warning("central: rejected %s on %s: %s (%s)", kind, topic, exc.reason, exc)
-            except Exception:
-                self.verifier.rejected["error"] += 1
-                log.exception("central: %s on %s failed; ignored", kind, topic)
+                self._handle(job)
             finally:
+                job.ack()  # after the handler: a cache change is committed before the broker forgets it
                 self._publish_status()
-                self._jobs.task_done()
+                self._jobs.done()
+
+    def _handle(self, job: Job) -> None:
+        try:
+            if job.kind == "local":
+                job.fn(None)
+            elif job.payload:  # empty: a retained message being cleared
+                msg = self.verifier.open(job.payload, job.kind)
+                job.fn(msg)
+                self.verifier.accepted += 1
+        except Rejected as exc:
+            log.warning("central: rejected %s on %s: %s (%s)", job.kind, job.topic, exc.reason, exc)
+        except Exception:
+            self.verifier.rejected["error"] += 1
+            log.exception("central: %s on %s failed; ignored", job.kind, job.topic)
 
     @staticmethod
     def _guard(fn: Callable[[], None], what: str) -> None:
@@ -140,8 +161,10 @@ class CentralSync:
         self._status = self._snapshot(self.passes.progress())
 
     def status(self) -> dict[str, Any]:
-        """Any thread: the worker's last published status (a copy)."""
-        return dict(self._status)
+        """Any thread: the worker's last published status, with what paho's thread refused before queuing."""
+        status = dict(self._status)
+        status["rejected"] = dict(Counter(status["rejected"]) + self._jobs.refused_now())
+        return status
 
     def wait_idle(self) -> None:
         """Block until every received control message has been handled (tests and benchmarks)."""
@@ -149,7 +172,7 @@ class CentralSync:
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            self._jobs.put(None)
+            self._jobs.put_local(None)
             self._thread.join(timeout=5)
         self.passes.cache.close()
 

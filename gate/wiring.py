@@ -6,7 +6,7 @@ import logging
 import queue
 from typing import Any
 
-from gate.actuator import Actuator, make_pin_factory
+from gate.actuator import Actuator, Alarm, make_pin_factory
 from gate.app import Gate
 from gate.clock import Clock, SystemClock
 from gate.config import Config
@@ -14,15 +14,16 @@ from gate.control import Verifier
 from gate.decision import Decider
 from gate.decoders import make_decoder
 from gate.delivery import Drainer
+from gate.docstore import DocStore
 from gate.keys import TrustStore, load_public_key
 from gate.lanecontrol import Inbox, LaneControl
 from gate.mqtt_link import MqttLink
-from gate.outbox import Outbox
 from gate.passcache import PassCache
 from gate.policy import PolicyStore
 from gate.recorder import Recorder
 from gate.reporting import Reporter
 from gate.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
 from gate.sync import CentralSync, central_keys
 from gate.telemetry import Stats
 
@@ -61,11 +62,14 @@ def build(
 ) -> Gate:
     state = cfg.gate.state_dir
     state.mkdir(parents=True, exist_ok=True)
+    recovery = Recovery()
     inbox: Inbox = queue.SimpleQueue()
     control = LaneControl(inbox)
     clock = clock or SystemClock(cfg.clock.sync_source)
     base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
+    check_device_doc(state / "device.json", recovery)
     policy = PolicyStore(state / "device.json", cfg.policy).load()
+    cache_lost = open_pass_cache(state / "passes.db", recovery)
     cache = PassCache(state / "passes.db")
     decider = Decider(
         TrustStore.of([*base_keys, *central_keys(state)]),
@@ -74,7 +78,8 @@ def build(
         cache.info,
         cfg.scanner.max_payload_bytes,
     )
-    outbox = Outbox(state / "outbox.db", cfg.outbox)
+    outbox = open_outbox(state / "outbox.db", cfg.outbox, recovery)
+    lanestate, mode_unknown = open_lane_state(state / "lane.db", recovery)
     code_source = source or make_source(cfg)
     scanner = Scanner(code_source, Deduplicator(cfg.scanner.rearm_seconds, cfg.scanner.absent_seconds))
     factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.gpio.pin_factory)
@@ -89,6 +94,7 @@ def build(
             cfg.gate.id,
             cfg.central.max_message_bytes,
             cfg.central.command_max_age_seconds,
+            DocStore(state / "device.json", "command_nonces"),
         )
         sync = CentralSync(control, link, verifier, base_keys, cfg)
     elif link is not None:
@@ -103,17 +109,52 @@ def build(
         clock,
         recorder,
         stats,
-        link,
-        sync.status if sync is not None else None,
-        lambda: source_counters(code_source),
+        link=link,
+        sync_status=sync.status if sync is not None else None,
+        lanestate=lanestate,
+        source_counters=lambda: source_counters(code_source),
     )
     gate = Gate(
-        cfg, scanner, decider, cache, outbox, actuator, clock, recorder, reporter, inbox, stats, link, drainer, sync
+        cfg,
+        scanner,
+        decider,
+        cache,
+        outbox,
+        actuator,
+        clock,
+        recorder,
+        reporter,
+        inbox,
+        stats,
+        lanestate,
+        reporter.faults,
+        link=link,
+        drainer=drainer,
+        sync=sync,
     )
+    restore_lane(gate, mode_unknown)
+    for name, detail in recovery.alarms:
+        control.post(Alarm(name, True, detail))
     if sync is not None:
         sync.start()
+        if cache_lost:
+            sync.resync_soon("the pass cache was unreadable and started empty")
     if drainer is not None:
         drainer.start()
     if link is not None:
         link.start()
     return gate
+
+
+def restore_lane(gate: Gate, mode_unknown: bool) -> None:
+    """Before the first scan: the remote mode and the anti-passback memory from before the restart."""
+    now = gate.clock.read()
+    if mode_unknown:
+        gate.set_mode("out_of_service", "start-up: lane.db was unreadable")
+    elif (record := gate.lanestate.mode()) is not None and record.mode != "normal":
+        log.warning("lane mode %s restored (set by %s at %.0f)", record.mode, record.set_by, record.set_at)
+        gate.actuator.set_mode(record.mode)
+        gate.reporter.mode_record = record
+    window = gate.decider.policy.passback_seconds
+    passed = gate.lanestate.recent_passages(now.wall, window) if window > 0 else {}
+    gate.decider.restore({t: now.mono - (now.wall - at) for t, at in passed.items()})

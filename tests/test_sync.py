@@ -200,8 +200,8 @@ def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gat
         central.send(topic, json.dumps(env).encode())  # tampered after signing
         central.send(topic, b"\x00not json")
         central.send(topic, b"{" + b" " * (5 << 20) + b"}")  # oversized
-    assert settle(gate, lambda: sum(gate.sync.verifier.rejected.values()) >= 24)
-    rejected = gate.sync.verifier.rejected
+    assert settle(gate, lambda: sum(gate.sync.status()["rejected"].values()) >= 24)
+    rejected = gate.sync.status()["rejected"]
     assert (rejected["unknown_key"], rejected["bad_signature"], rejected["malformed"], rejected["oversized"]) == (
         6,
         6,
@@ -228,6 +228,7 @@ def test_forged_and_replayed_messages_of_every_kind_are_rejected_and_counted(gat
     central.send(T["delta"], central.delta(2, 1, []))
     central.send(T["delta"], central.delta(2, 1, []))
     central.send(T["delta"], central.delta(1, 5, []))
+    rejected = gate.sync.verifier.rejected
     assert settle(gate, lambda: rejected["replayed"] >= 4 and rejected["stale"] >= 1 and rejected["wrong_gate"] >= 1)
     assert gate.decider.policy.version == 3 and gate.actuator.mode == "normal"
 
@@ -518,7 +519,7 @@ def test_state_is_read_while_snapshots_are_applied(gate, central, attempt) -> No
         for kind, topic, payload in snapshot_messages(central.key, version, 50):
             sync._enqueue(routes[kind], kind)(topic, payload)
     states = []
-    while sync._jobs.unfinished_tasks:  # the lane thread reads its state while the worker applies
+    while sync._jobs.unfinished:  # the lane thread reads its state while the worker applies
         states.append(gate.state())
     sync.wait_idle()
     gate.pump()
