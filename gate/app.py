@@ -122,9 +122,10 @@ class Gate:
                     self.stats.passed()
                 for listener in self.outcome_listeners:
                     listener(r)
-                decided = self.recorder.passage(r)
+                decided = self.recorder.decided(r.ref)
                 if decided is not None and decided.token is not None and r.index == 0:
-                    self._passback(decided.token, r.outcome)
+                    self._passback(decided.token, r.outcome)  # stored first: the record below may fail
+                self.recorder.passage(r)
             case Alarm():
                 self.recorder.alarm(r)
             case SetMode():

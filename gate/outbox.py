@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,7 +53,7 @@ class Outbox:
         finally:
             probe.close()
         self.hwm_path = path.with_name(path.name + ".hwm")
-        self.hwm_at_start = _read_hwm(self.hwm_path)
+        self.hwm_at_start = read_hwm(self.hwm_path)
         self._hwm = os.open(self.hwm_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.appended = self.dropped = 0  # the writer's counters
         self.acked = 0  # the reader's counter
@@ -144,25 +145,33 @@ class Outbox:
             os.close(self._hwm)
 
 
-def _read_hwm(path: Path) -> int:
+def read_hwm(path: Path) -> int:
     try:
         return int(path.read_bytes().split()[0])
     except (OSError, ValueError, IndexError):
         return 0
 
 
-def salvage(corrupt: Path, into: Outbox) -> tuple[int, int | None]:
-    """Copy every readable row of a corrupt outbox into a fresh one, in order: (saved, unreadable)."""
-    db = sqlite3.connect(f"file:{corrupt}?mode=ro", uri=True, timeout=10)
-    saved = bad = 0
+def salvage(corrupt: Path, into: Outbox, upper: int = 0) -> tuple[int, int | None]:
+    """Copy every readable row of a corrupt outbox into a fresh one, in order: (saved, unreadable or None
+    when unknown). A scan in order first; where it breaks, row by row up to `upper` (the last seq written)."""
+    readable = _padded(corrupt)
+    db = sqlite3.connect(f"file:{readable}?mode=ro", uri=True, timeout=10)
+    saved, last = 0, 0
     try:
         try:
-            lo, hi = db.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
+            for seq, event_id, topic, qos, payload in db.execute(
+                "SELECT seq, event_id, topic, qos, payload FROM outbox ORDER BY seq"
+            ):
+                into.append(event_id, topic, payload, qos)
+                saved, last = saved + 1, seq
+            return saved, 0
         except sqlite3.Error:
-            return 0, None  # not even the table can be read: how many were lost is unknown
-        if lo is None:
-            return 0, 0
-        for seq in range(int(lo), int(hi) + 1):  # row by row: one bad page costs only its rows
+            pass
+        if upper <= last:
+            return saved, None
+        bad = 0
+        for seq in range(last + 1, upper + 1):  # one bad page costs only its own rows
             try:
                 row = db.execute("SELECT event_id, topic, qos, payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
             except sqlite3.Error:
@@ -171,6 +180,24 @@ def salvage(corrupt: Path, into: Outbox) -> tuple[int, int | None]:
             if row is not None:
                 into.append(row[0], row[1], row[3], row[2])
                 saved += 1
+        return saved, bad
     finally:
         db.close()
-    return saved, bad
+        if readable != corrupt:
+            readable.unlink(missing_ok=True)
+
+
+def _padded(path: Path) -> Path:
+    """A cut file reads as malformed throughout; padded back to its header's size, its intact pages read."""
+    with path.open("rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return path
+    page = int.from_bytes(head[16:18], "big")
+    want = (65536 if page == 1 else page) * int.from_bytes(head[28:32], "big")
+    if want <= path.stat().st_size:
+        return path
+    padded = path.with_name(path.name + ".padded")
+    shutil.copyfile(path, padded)
+    os.truncate(padded, want)  # the missing pages read as zeros (sparse: no disk used)
+    return padded

@@ -64,6 +64,10 @@ class Recorder:
         if released:
             self._released[event.event_id] = event
 
+    def decided(self, ref: str) -> CheckIn | None:
+        """The decision a release was made for, while its passages are still being recorded."""
+        return self._released.get(ref)
+
     def passage(self, o: PassageOutcome) -> CheckIn | None:
         """One passage of a release finished; record it against its decision, which is returned."""
         decided = self._released.get(o.ref)

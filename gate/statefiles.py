@@ -14,7 +14,7 @@ from gate import lanestate, outbox, passcache
 from gate.config import OutboxSection
 from gate.docstore import AtomicJSONStorage
 from gate.lanestate import LaneState
-from gate.outbox import Outbox, salvage
+from gate.outbox import Outbox, read_hwm, salvage
 
 log = logging.getLogger(__name__)
 SIDE_FILES = ("-wal", "-shm", "-journal", ".hwm")
@@ -104,7 +104,7 @@ def open_outbox(path: Path, cfg: OutboxSection, recovery: Recovery) -> Outbox:
     if problem is not None:
         aside = move_aside(path)
         box = Outbox(path, cfg)
-        saved, bad = salvage(aside, box)
+        saved, bad = salvage(aside, box, read_hwm(aside.with_name(aside.name + ".hwm")))
         lost = "an unknown number of rows could not be read" if bad is None else f"{bad} could not be read"
         recovery.note(
             "state_file_corrupt",

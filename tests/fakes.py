@@ -14,7 +14,8 @@ from gate.codes import Status, issue
 from gate.testing import SerialModule
 
 
-def daemon_config(tmp_path: Path, keys, broker: Any, port: str) -> Path:
+def daemon_config(tmp_path: Path, keys, broker: Any, port: str, extra: str = "", passback: int = 0) -> Path:
+    """A `gate run` config: serial source on `port`, mock pins, the test broker; `extra` is appended TOML."""
     cfg = tmp_path / "gate.toml"
     cfg.write_text(f"""
 [gate]
@@ -31,7 +32,7 @@ keys = ["{keys.public_path}"]
 [clock]
 sync_source = "assume_synced"
 [policy]
-passback_seconds = 0
+passback_seconds = {passback}
 [gpio]
 pin_factory = "mock"
 [gpio.relay]
@@ -41,6 +42,7 @@ pulse_seconds = 0.05
 host = "{broker.host}"
 port = {broker.port}
 keepalive = 5
+{extra}
 """)
     return cfg
 
