@@ -13,9 +13,10 @@ class Faults:
     """`run(what, fn)` runs `fn`; a failure is logged when an episode starts and when it ends (never once
     per attempt), counted by `what`, and swallowed, so the caller simply tries again next time."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_episode: Callable[[str, bool, str], object] | None = None) -> None:
         self.counts: Counter[str] = Counter()
         self._failing: dict[str, int] = {}  # what -> failures in the current episode
+        self.on_episode = on_episode  # (what, started, detail): raise or clear an alarm, where one can be recorded
 
     def run(self, what: str, fn: Callable[[], object]) -> bool:
         try:

@@ -19,6 +19,7 @@ from gate.config import Config
 from gate.control import ControlMessage, Rejected, Verifier
 from gate.docstore import DocStore
 from gate.errors import CodeError, ConfigError
+from gate.faults import Faults
 from gate.inbound import BoundedQueue, Job
 from gate.keys import key_id_of, public_from_pem
 from gate.lanecontrol import LaneControl
@@ -75,6 +76,7 @@ class CentralSync:
         self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
         self.policy_version = self.policies.load().version
         self._trusted: list[bytes] = []
+        self.faults = Faults()
         self._jobs = BoundedQueue(verifier.max_bytes, QUEUE_BYTES_FACTOR * verifier.max_bytes)
         self._status: dict[str, Any] = self._snapshot(None)
         self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
@@ -113,7 +115,7 @@ class CentralSync:
         while True:
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + TRUST_REFRESH_SECONDS
-                self._guard(self.refresh_trust, "trust refresh")
+                self.faults.run("refreshing the trust keys", self.refresh_trust)
             try:
                 job = self._jobs.get(timeout=max(0.0, next_refresh - time.monotonic()))
             except queue.Empty:
@@ -141,13 +143,6 @@ class CentralSync:
         except Exception:
             self.verifier.rejected["error"] += 1
             log.exception("central: %s on %s failed; ignored", job.kind, job.topic)
-
-    @staticmethod
-    def _guard(fn: Callable[[], None], what: str) -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("central: %s failed; retrying later", what)
 
     def _snapshot(self, progress: str | None) -> dict[str, Any]:
         return {

@@ -114,6 +114,7 @@ def build(
         lanestate=lanestate,
         source_counters=lambda: source_counters(code_source),
     )
+    reporter.faults.on_episode = lambda what, on, detail: recorder.alarm(Alarm("fault", on, detail))
     gate = Gate(
         cfg,
         scanner,

@@ -28,7 +28,7 @@ from gate.lanestate import ModeRecord
 from gate.passcache import PassCache
 from gate.policy import Policy, PolicyStore
 from gate.scanner import DecodingSource
-from gate.testing import ScriptedFrames
+from gate.testing import ScriptedFrames, SerialModule
 from gate.wiring import build
 
 
@@ -357,3 +357,34 @@ def publish(broker: Broker, topic: str, payload: bytes) -> None:
         timeout=30,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_anti_passback_survives_a_sigkill(tmp_path, keys, broker, subscriber_factory) -> None:
+    module = SerialModule()
+    cfg = daemon_config(tmp_path, keys, broker, module.port, passback=300)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    with PassCache(tmp_path / "state" / "passes.db") as cache:
+        cache.replace_all([], version=1, synced_at=time.time())  # fresh: the code's own status decides
+    green = issue(keys.private, "tok-pbk001", Status.GREEN, int(time.time()) - 5, 3600)
+    sub = subscriber_factory(broker)
+    log = tmp_path / "gate.log"
+    proc = start(cfg, log)
+    try:
+        assert wait_log(log, "started at venue")
+        admitted = lambda: (module.send(green), "decision admit admitted" in log.read_text())[1]  # noqa: E731
+        assert wait_until(admitted, 20, interval=0.5)
+        # the passage (unconfirmed: no sensor) is stored before its check-in is published
+        assert wait_until(lambda: any(json.loads(p)["type"] == "passage" for p in sub.on("/checkin")), 20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        mark = len(log.read_text())
+        proc = start(cfg, log)
+        assert wait_log(log, "started at venue", mark)
+        # shown until the restarted daemon has its port open (what it read before, it rightly discards)
+        replayed = lambda: (module.send(green), "decision deny replay" in log.read_text()[mark:])[1]  # noqa: E731
+        assert wait_until(replayed, 20, interval=0.5), log.read_text()[mark:]
+        assert "decision admit" not in log.read_text()[mark:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        module.close()
