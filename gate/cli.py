@@ -55,7 +55,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     found_any = False
     for path in image_files(Path(p) for p in args.images):
         try:
-            frame = load_grey(path)
+            frame = load_grey(path, args.max_pixels)
         except GateError as exc:
             print(json.dumps({"image": str(path), "error": str(exc)}) if args.json else f"{path}: ERROR {exc}")
             continue
@@ -96,13 +96,22 @@ def cmd_cache(args: argparse.Namespace) -> int:
     with PassCache(db) as cache:
         if args.cache_cmd == "import":
             start = time.perf_counter()
-            rows = passimport.read_file(Path(args.file))
-            if args.merge:
-                cache.apply_delta(rows, [], cache.info().seq)
-            else:
-                cache.replace_all(rows, args.version if args.version is not None else cache.info().version + 1)
+            r = cache.import_rows(
+                passimport.iter_rows(Path(args.file)),
+                merge=args.merge,
+                on_duplicate=args.on_duplicate,
+                allow_empty=args.allow_empty,
+                version=args.version,
+            )
             secs = time.perf_counter() - start
-            print(f"imported {len(rows)} rows from {args.file} in {secs:.2f}s ({len(rows) / max(secs, 1e-9):,.0f}/s)")
+            dup = f"; {r.identical} identical repeated rows merged" if r.identical else ""
+            dup += (
+                f"; {r.resolved} conflicting rows resolved by --on-duplicate {args.on_duplicate}" if r.resolved else ""
+            )
+            print(
+                f"imported {r.passes} passes from {r.lines} rows of {args.file} in {secs:.2f}s "
+                f"({r.lines / max(secs, 1e-9):,.0f} rows/s){dup}; the cache now holds {r.entries} entries"
+            )
         elif args.cache_cmd == "stats":
             info = cache.info()
             age = None if info.synced_at is None else round(time.time() - info.synced_at)
@@ -160,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate", description="Turnstile firmware service: scan, verify, admit, record.")
     p.add_argument("--version", action="version", version=f"gate {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Handler, help: str, config: bool = False) -> argparse.ArgumentParser:
@@ -190,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--decoder", choices=["auto", "zxing", "zbar"], default="auto")
     sp.add_argument("--format", action="append", choices=["qr", "micro_qr", "datamatrix", "aztec", "pdf417"])
     sp.add_argument("--json", action="store_true", help="one JSON line per image")
+    sp.add_argument("--max-pixels", type=int, default=25_000_000, help="refuse larger images before decoding")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp = add("verify", cmd_verify, "decide on a code's text without actuating or publishing")
     sp.add_argument("--config", help="use this gate's config, cache and policy")
@@ -202,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("file")
     ci.add_argument("--merge", action="store_true", help="upsert rows instead of replacing the whole cache")
     ci.add_argument("--version", type=int, help="snapshot version to record")
+    ci.add_argument(
+        "--on-duplicate",
+        choices=["last", "strictest"],
+        help="a token on several rows with different values: keep the last row, or the strictest "
+        "(a revocation beats red beats yellow beats green); without it such a file is refused",
+    )
+    ci.add_argument("--allow-empty", action="store_true", help="let a file with no rows empty the cache")
     csub.add_parser("stats", help="version, entries and age")
     cl = csub.add_parser("lookup", help="one token's cached status")
     cl.add_argument("token")
@@ -221,17 +239,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.central_args = [*rest, *args.central_args]  # its options, --help included, are its own
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    setup_logging(args.verbose)
+    setup_logging(args.verbose or args.debug)
     try:
         return int(args.fn(args))
     except ConfigError as exc:
-        print(f"config error:\n{exc}", file=sys.stderr)
+        print(f"config error:\n{_short(str(exc), 3000)}", file=sys.stderr)
         return 2
     except GateError as exc:
-        print(f"gate: {exc}", file=sys.stderr)
+        print(f"gate: {_short(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"gate: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        print(f"gate: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an input nothing above expected: one line, never a traceback
+        if args.debug:
+            raise
+        print(
+            f"gate {args.command}: unexpected {type(exc).__name__}: {_short(str(exc), 200)} (run with --debug "
+            "for details)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def _short(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

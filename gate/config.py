@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from enum import StrEnum
@@ -65,6 +66,9 @@ class ScannerSection(_Model):
     rearm_seconds: float = Field(3.0, ge=0.2, le=600, description="Same code held in view scans again after")
     absent_seconds: float = Field(0.5, ge=0.05, le=10, description="Unseen this long = left view")
     images_path: Path | None = Field(None, description="File or folder, for source = 'images'")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1_000_000, le=400_000_000, description="Larger image files are refused before decoding"
+    )
     camera: CameraSection = CameraSection()
     serial: SerialSection = SerialSection()
 
@@ -232,6 +236,20 @@ def read_secret(path: Path, key: str) -> str:
         raise ConfigError(f"{key}: cannot read secret file {full}: {exc.strerror}") from None
 
 
+SECRET_KEYS = ("password", "secret", "key_file")
+SHOWN_CHARS = 40
+
+
+def _shown(value: Any, path: str) -> str:
+    """How a bad value appears in a message: never a secret, never more than SHOWN_CHARS characters."""
+    if any(k in path for k in SECRET_KEYS):
+        return "(value hidden)"
+    text = repr(value)
+    if len(text) > SHOWN_CHARS:
+        text = f"{text[:SHOWN_CHARS]}… ({len(text)} characters)"
+    return f"(got {text})"
+
+
 def _describe(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -242,29 +260,42 @@ def _describe(exc: ValidationError, source: str) -> str:
         elif err["type"] == "missing":
             msg = "required value is missing"
         elif "input" in err and not isinstance(err["input"], dict):
-            msg += f" (got {err['input']!r})"
+            msg += f" {_shown(err['input'], path)}"
         lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines)
+    return "\n".join(lines[:20]) + (f"\n{source}: … and {len(lines) - 20} more" if len(lines) > 20 else "")
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Strict: no type coercion (a quoted "1883" is not a port, "no" is not false). The data is checked as
+    JSON so that strings may still name paths and choices."""
     try:
-        return Config.model_validate(data)
+        as_json = json.dumps(data)
+    except (TypeError, ValueError) as exc:  # TOML dates and times: no key takes one
+        raise ConfigError(f"{source}: a value of an unsupported type ({str(exc)[:80]})") from None
+    try:
+        return Config.model_validate_json(as_json, strict=True)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
 
 
 def load_config(path: Path) -> Config:
-    """Load and validate; every problem raises ConfigError naming the file and key path."""
+    """Load and validate; every problem raises ConfigError naming the file and key path (or line and column)."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{path}: not UTF-8: byte 0x{raw[exc.start]:02x} at line {line}, column {column}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {str(exc)[:200]}") from None
     config = parse_config(data, str(path))
     if config.mqtt.password_file is not None:
         config.mqtt.resolved_password()

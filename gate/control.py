@@ -73,8 +73,8 @@ class Verifier:
             kid, sig, msg = bytes.fromhex(env["kid"]), base64.b64decode(env["sig"], validate=True), env["msg"]
             if not isinstance(msg, str):
                 raise TypeError("msg is not a string")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise self._fail("malformed", f"not a signed envelope: {exc}") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise self._fail("malformed", f"not a signed envelope: {type(exc).__name__}: {str(exc)[:80]}") from None
         ok = self.central.verify(kid, sig, msg.encode())
         if ok is None:
             raise self._fail("unknown_key", f"key id {kid.hex()} is not a pinned central key")
@@ -85,8 +85,8 @@ class Verifier:
             out = ControlMessage(
                 str(inner.pop("type")), str(inner.pop("gate")), float(inner.pop("ts")), str(inner.pop("nonce")), inner
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise self._fail("malformed", f"signed message lacks type/gate/ts/nonce: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise self._fail("malformed", f"signed message lacks type/gate/ts/nonce: {str(exc)[:80]}") from None
         if out.type != expect:
             raise self._fail("wrong_type", f"a {out.type!r} message on the {expect!r} topic")
         if out.gate not in ("*", self.gate_id):

@@ -30,6 +30,10 @@ class Decoder(Protocol):
 
     def decode(self, frame: Frame) -> list[DecodedCode]: ...
 
+    def decode_thoroughly(self, frame: Frame) -> list[DecodedCode]:
+        """For a still image, seen once: every pass at once."""
+        ...
+
 
 _ZXING_FORMATS = {
     "qr": "QRCode",
@@ -57,16 +61,20 @@ class ZxingDecoder:
         self._invert_next = False
 
     def _read(self, frame: Frame, invert: bool, downscale: bool = True) -> list[Any]:
-        return list(
-            self._zx.read_barcodes(
-                frame,
-                formats=self._formats,
-                try_rotate=False,
-                try_downscale=downscale,
-                try_invert=invert,
-                return_errors=True,
+        try:
+            return list(
+                self._zx.read_barcodes(
+                    frame,
+                    formats=self._formats,
+                    try_rotate=False,
+                    try_downscale=downscale,
+                    try_invert=invert,
+                    return_errors=True,
+                )
             )
-        )
+        except ValueError as exc:  # a frame zxing will not take (over 65535 wide, say): no code in it
+            log.debug("zxing refused a %s frame: %s", frame.shape, exc)
+            return []
 
     def _found(self, results: list[Any]) -> list[DecodedCode]:
         return [DecodedCode(bytes(r.bytes), str(r.format), True, str(r.text)) for r in results if r.valid]
@@ -86,7 +94,7 @@ class ZxingDecoder:
 
     def _try_harder(self, frame: Frame) -> list[DecodedCode]:
         found = self._found(self._read(frame, True))
-        if not found and frame.shape[0] * frame.shape[1] <= 1280 * 720:
+        if not found and frame.shape[0] * frame.shape[1] <= 1280 * 720 and max(frame.shape) * 2 <= 65535:
             big = np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1)
             found = self._found(self._read(big, True, downscale=False))
         if not found and self._fallback is not None:

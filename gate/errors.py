@@ -20,11 +20,12 @@ class CodeError(GateError, ValueError):
 class ImportRowError(GateError, ValueError):
     """A pass-status import file has bad rows; `problems` lists (line number, message)."""
 
-    def __init__(self, problems: list[tuple[int, str]]) -> None:
+    def __init__(self, problems: list[tuple[int, str]], hint: str = "") -> None:
         self.problems = problems
-        shown = "; ".join(f"line {n}: {m}" for n, m in problems[:20])
+        shown = "; ".join(f"line {n}: {m[:120]}" for n, m in problems[:20])
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} bad row(s): {shown}{more}")
+        tail = f"; {hint}" if hint else ""
+        super().__init__(f"{len(problems)} bad row(s), nothing imported: {shown}{more}{tail}")
 
 
 class DeviceError(GateError, RuntimeError):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gate.codes import Status
+from gate.errors import GateError, ImportRowError
 from gate.sqlite import Owned
 
 _SCHEMA = """
@@ -33,6 +35,15 @@ class CacheEntry:
 
     def as_row(self) -> Row:
         return (self.token, _STATUSES.index(self.status), self.valid_until, int(self.revoked), self.companions)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    lines: int  # good rows read
+    passes: int  # distinct tokens among them
+    identical: int  # rows repeating a token with the same values (merged)
+    resolved: int  # rows repeating a token with other values (resolved by on_duplicate)
+    entries: int  # cache entries after the import
 
 
 @dataclass(frozen=True)
@@ -88,16 +99,11 @@ class PassCache:
 
     def replace_all(self, rows: Iterable[Row], version: int, synced_at: float | None = None) -> int:
         """Atomically swap in a whole snapshot; readers see the old data until the final commit."""
-        self._db.execute("DROP TABLE IF EXISTS passes_next")
-        with self._conn.transaction() as db:
-            db.execute(_SCHEMA.split(";")[0].replace("passes (", "passes_next (", 1))
+
+        def fill(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR REPLACE INTO passes_next VALUES (?, ?, ?, ?, ?)", rows)
-            count = db.execute("SELECT count(*) FROM passes_next").fetchone()[0]
-            db.execute("DROP TABLE passes")
-            db.execute("ALTER TABLE passes_next RENAME TO passes")
-            self._set_meta(version=version, seq=0, count=count, synced_at=synced_at or time.time())
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return int(count)
+
+        return self._swap(fill, version, synced_at)
 
     def apply_delta(
         self, upserts: Iterable[Row], deletes: Iterable[str], seq: int, synced_at: float | None = None
@@ -112,6 +118,86 @@ class PassCache:
             db.executemany("DELETE FROM passes WHERE token = ?", ((t,) for t in deletes))
             count -= db.total_changes - before
             self._set_meta(seq=seq, count=count, synced_at=synced_at or time.time())
+
+    def import_rows(
+        self,
+        rows: Iterable[tuple[int, Row]],
+        *,
+        merge: bool = False,
+        on_duplicate: str | None = None,
+        allow_empty: bool = False,
+        version: int | None = None,
+    ) -> ImportReport:
+        """Stream (line, row) pairs into a temporary table in batches (memory stays flat at any size), check
+        duplicates there, then replace the cache (or merge into it) in one transaction. Nothing changes if the
+        rows end in ImportRowError, if duplicates disagree without `on_duplicate`, or if a replacement would
+        empty the cache without `allow_empty`."""
+        db = self._db
+        db.execute("DROP TABLE IF EXISTS temp.import_rows")
+        db.execute(
+            "CREATE TEMP TABLE import_rows (line INTEGER PRIMARY KEY, token TEXT NOT NULL, status INTEGER NOT NULL,"
+            " valid_until INTEGER, revoked INTEGER NOT NULL, companions INTEGER)"
+        )
+        try:
+            it = iter(rows)
+            while batch := [(n, *r) for n, r in itertools.islice(it, 10_000)]:
+                db.executemany("INSERT INTO temp.import_rows VALUES (?, ?, ?, ?, ?, ?)", batch)
+            report = self._duplicates(on_duplicate)
+            if report.passes == 0 and not merge and not allow_empty:
+                raise GateError("the file holds no pass rows: importing it would empty the cache (--allow-empty)")
+            order = "line DESC" if on_duplicate in (None, "last") else "revoked DESC, status DESC, line DESC"
+            pick = (
+                "SELECT token, status, valid_until, revoked, companions FROM (SELECT *, row_number() OVER "
+                f"(PARTITION BY token ORDER BY {order}) AS rn FROM temp.import_rows) WHERE rn = 1"
+            )
+            if merge:
+                with self._conn.transaction() as tx:
+                    tx.execute(f"INSERT OR REPLACE INTO passes {pick}")
+                    count = tx.execute("SELECT count(*) FROM passes").fetchone()[0]
+                    self._set_meta(count=count, synced_at=time.time())
+            else:
+                count = self._swap(
+                    lambda db: db.execute(f"INSERT INTO passes_next {pick}"),
+                    self.info().version + 1 if version is None else version,
+                    None,
+                )
+        finally:
+            db.execute("DROP TABLE IF EXISTS temp.import_rows")
+        return replace(report, entries=int(count))
+
+    def _duplicates(self, on_duplicate: str | None) -> ImportReport:
+        db = self._db
+        lines, passes = db.execute("SELECT count(*), count(DISTINCT token) FROM temp.import_rows").fetchone()
+        identical = resolved = 0
+        conflicts: list[tuple[int, str]] = []
+        for token, n, variants, first, last in db.execute(
+            "SELECT token, count(*), count(DISTINCT status || '/' || ifnull(valid_until, '') || '/' || revoked"
+            " || '/' || ifnull(companions, '')), min(line), max(line) FROM temp.import_rows GROUP BY token"
+            " HAVING count(*) > 1 ORDER BY min(line)"
+        ):
+            if variants == 1:
+                identical += n - 1
+                continue
+            resolved += n - 1
+            conflicts.append((last, f"token {token} appears {n} times with different values (first on line {first})"))
+        if conflicts and on_duplicate is None:
+            raise ImportRowError(
+                conflicts, hint="choose --on-duplicate last or strictest (strictest keeps a revocation)"
+            )
+        return ImportReport(lines, passes, identical, resolved, 0)
+
+    def _swap(self, fill: Callable[[sqlite3.Connection], object], version: int, synced_at: float | None) -> int:
+        """Build `passes_next` with `fill`, then swap it in: one transaction, so readers see old or new."""
+        self._db.execute("DROP TABLE IF EXISTS passes_next")
+        with self._conn.transaction() as db:
+            db.execute(_SCHEMA.split(";")[0].replace("passes (", "passes_next (", 1))
+            fill(db)
+            count = db.execute("SELECT count(*) FROM passes_next").fetchone()[0]
+            db.execute("DROP TABLE passes")
+            db.execute("ALTER TABLE passes_next RENAME TO passes")
+            self._set_meta(version=version, seq=0, count=count, synced_at=synced_at or time.time())
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(count)
 
     # -- snapshot chunks staged until the whole snapshot is here (resumable across restarts) ----------
     def stage(self, version: int, idx: int, rows_json: str) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gate.codes import MAX_COMPANIONS, Status, check_token
-from gate.errors import CodeError, ImportRowError
+from gate.errors import CodeError, GateError, ImportRowError
 from gate.passcache import Row
 
 _STATUSES = [s.value for s in Status]
@@ -75,47 +74,127 @@ def to_row(rec: dict[str, Any]) -> Row:
     )
 
 
-def _records(text: str, ndjson: bool) -> Iterator[tuple[int, dict[str, Any] | str]]:
+MAX_LINE_BYTES = 64 * 1024  # a pass row is under 200 bytes; a longer line is refused, never read whole
+MAX_PROBLEMS = 1000  # past this many bad lines the file is refused without reading on
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def _lines(fh: BinaryIO, problems: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """Decoded lines with their numbers, read in bounded pieces; UTF-8 only (a UTF-8 BOM is allowed)."""
+    head = fh.read(4)
+    for bom, name in _BOMS.items():
+        if head.startswith(bom):
+            problems.append((1, f"the file is {name} (it starts with a {name} byte-order mark): save it as UTF-8"))
+            return
+    fh.seek(3 if head.startswith(b"\xef\xbb\xbf") else 0)
+    n = 0
+    while len(problems) < MAX_PROBLEMS:
+        raw = fh.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > MAX_LINE_BYTES:
+            problems.append((n, f"longer than {MAX_LINE_BYTES} bytes: not a pass row (is this the right file?)"))
+            return
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append((n, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}): save as UTF-8"))
+
+
+def _records(fh: BinaryIO, ndjson: bool, problems: list[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    lines = _lines(fh, problems)
     if ndjson:
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in lines:
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield n, f"not JSON ({exc.msg})"
+                problems.append((n, f"not JSON ({exc.msg})"))
                 continue
-            yield n, rec if isinstance(rec, dict) else "not a JSON object"
+            except RecursionError:
+                problems.append((n, "not a pass row (nested too deeply)"))
+                continue
+            if isinstance(rec, dict):
+                yield n, rec
+            else:
+                problems.append((n, "not a JSON object"))
         return
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "token" not in reader.fieldnames:
-        yield 1, f"CSV header must name the columns {','.join(FIELDS)}"
+    numbered = iter(lines)
+    current = [0]
+
+    def text() -> Iterator[str]:
+        for n, line in numbered:
+            current[0] = n
+            yield line
+
+    reader = csv.DictReader(text())
+    try:
+        fields = reader.fieldnames
+    except csv.Error as exc:
+        problems.append((current[0] or 1, f"not CSV ({exc})"))
         return
-    for rec in reader:
-        if None in rec:
-            yield reader.line_num, "too many columns"
-            continue
-        yield reader.line_num, dict(rec)
-
-
-def read_rows(text: str, ndjson: bool) -> tuple[list[Row], list[tuple[int, str]]]:
-    rows, problems = [], []
-    for n, rec in _records(text, ndjson):
-        if isinstance(rec, str):
-            problems.append((n, rec))
-            continue
+    if fields is None:
+        return
+    if "token" not in fields:
+        problems.append((1, f"CSV header must name the columns {','.join(FIELDS)}"))
+        return
+    while True:
         try:
-            rows.append(to_row(rec))
-        except ValueError as exc:
-            problems.append((n, str(exc)))
-    return rows, problems
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append((current[0], f"not CSV ({exc})"))
+            return
+        if None in rec:
+            problems.append((current[0], "too many columns"))
+            continue
+        yield current[0], dict(rec)
 
 
-def read_file(path: Path) -> list[Row]:
-    """All rows of a .csv or .ndjson/.jsonl file; ImportRowError lists every bad line."""
-    text = path.read_text(encoding="utf-8")
+def iter_rows(path: Path) -> Iterator[tuple[int, Row]]:
+    """(line, row) for every good row, streamed; when the file has bad lines, ImportRowError lists them all
+    after the last row (so a caller that stages rows must not apply them before the end)."""
     ndjson = path.suffix.lower() in (".ndjson", ".jsonl", ".json")
-    rows, problems = read_rows(text, ndjson)
+    problems: list[tuple[int, str]] = []
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise GateError(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        for n, rec in _records(fh, ndjson, problems):
+            try:
+                yield n, to_row(rec)
+            except ValueError as exc:
+                problems.append((n, str(exc)))
     if problems:
         raise ImportRowError(problems)
-    return rows
+
+
+STRICTNESS = "revoked DESC, status DESC, line DESC"  # a revocation beats red beats yellow beats green
+
+
+def strictest(a: Row, b: Row) -> Row:
+    """Of two rows for one token, the one that admits less (ties: the later, b)."""
+    return a if (a[3], a[1]) > (b[3], b[1]) else b
+
+
+def read_file(path: Path, on_duplicate: str | None = None) -> list[Row]:
+    """All rows of a file, in memory (central's tools). Rows that repeat a token identically are merged;
+    rows that disagree are refused unless `on_duplicate` says how: `last` or `strictest`."""
+    rows: dict[str, Row] = {}
+    lines: dict[str, int] = {}
+    conflicts: list[tuple[int, str]] = []
+    for n, row in iter_rows(path):
+        old = rows.get(row[0])
+        if old is not None and old != row:
+            if on_duplicate is None:
+                conflicts.append((n, f"token {row[0]} is also on line {lines[row[0]]} with different values"))
+                continue
+            row = row if on_duplicate == "last" else strictest(old, row)
+        rows[row[0]], lines[row[0]] = row, n
+    if conflicts:
+        raise ImportRowError(conflicts, hint="use --on-duplicate last|strictest (strictest keeps a revocation)")
+    return list(rows.values())

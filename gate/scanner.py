@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,14 @@ class DecodingSource:
     def __init__(self, frames: FrameSource, decoder: Decoder) -> None:
         self.frames, self.decoder = frames, decoder
         self.name = frames.name
+        self.still = bool(getattr(frames, "still", False))
 
     def read(self, timeout: float) -> Observation | None:
         frame = self.frames.capture(timeout)
         if frame is None:
             return None
         start = time.perf_counter()
-        codes = self.decoder.decode(frame)
+        codes = self.decoder.decode_thoroughly(frame) if self.still else self.decoder.decode(frame)
         ms = (time.perf_counter() - start) * 1000
         # Oversized payloads are passed on: the decision denies them as too_large, visibly.
         return Observation(tuple(c.data for c in codes), ms)
@@ -111,16 +113,30 @@ class Scanner:
         self.source.close()
 
 
-def load_grey(path: Path) -> Frame:
-    """Read an image file as a 2-D greyscale array; GateError names the file if it is not an image."""
+MAX_IMAGE_PIXELS = 25_000_000  # the config's default: well above a 1920×1080 snapshot
+
+
+def load_grey(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Frame:
+    """Read an image file as a 2-D greyscale array; GateError names the file if it is not an image or is
+    larger than `max_pixels` (checked from the header, before anything is decoded)."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise GateError(
+                    f"{path}: {w}×{h} pixels is over the limit of {max_pixels:,} (scanner.max_image_pixels)"
+                )
             im.load()
             return np.asarray(im.convert("L"), dtype=np.uint8)
     except FileNotFoundError:
         raise GateError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise GateError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise GateError(f"{path}: too many pixels to decode safely ({str(exc)[:80]})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise GateError(f"{path}: not a readable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
 
 
 def image_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -136,9 +152,12 @@ class ImageSource:
 
     name = "images"
 
-    def __init__(self, paths: Iterable[Path]) -> None:
+    still = True  # each image is seen once: decode it thoroughly, not one pass per frame
+
+    def __init__(self, paths: Iterable[Path], max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self._files = list(image_files(paths))
         self._next = 0
+        self.max_pixels = max_pixels
 
     @property
     def exhausted(self) -> bool:
@@ -149,7 +168,7 @@ class ImageSource:
             path = self._files[self._next]
             self._next += 1
             try:
-                return load_grey(path)
+                return load_grey(path, self.max_pixels)
             except GateError as exc:
                 log.warning("skipping image: %s", exc)
         time.sleep(min(timeout, 0.05))

@@ -12,6 +12,7 @@ from gate.config import SerialSection
 from gate.scanner import Observation
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 2.0  # a re-plugged module is back within about this long
 PARTIAL_LINE_SECONDS = 1.0  # bytes with no terminator for this long are a broken read, not a code
 
 
@@ -41,7 +42,7 @@ class SerialScanner:
         self._port: Any = None
         self._buf = bytearray()
         self._last_byte = 0.0
-        self._discarding = False  # inside an over-long line: drop up to the next terminator
+        self._discarding = False  # inside a line already dropped (over-long, or cut by a gap): skip to its end
         self._backoff = 0.0
         self._retry_at = 0.0
         self.reconnects = 0
@@ -55,7 +56,7 @@ class SerialScanner:
         try:
             self._port = self._opener(self.cfg)
         except Exception as exc:
-            self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
+            self._backoff = min(max(self._backoff * 2, 0.25), MAX_BACKOFF)
             self._retry_at = self._mono() + self._backoff
             log.warning("serial %s: cannot open (%s); retry in %.1fs", self.cfg.port, exc, self._backoff)
             return False
@@ -80,12 +81,17 @@ class SerialScanner:
         if idx < 0:
             if len(self._buf) > self.cfg.max_line_bytes:
                 self._buf.clear()
+                if not self._discarding:
+                    self.dropped_lines += 1
+                    log.warning("serial: dropped an over-long line")
                 self._discarding = True
             return None
         line = bytes(self._buf[:idx]).strip(b"\r\n")
         del self._buf[: idx + len(self._term)]
-        if self._discarding or len(line) > self.cfg.max_line_bytes:
+        if self._discarding:  # the rest of a line already counted as dropped
             self._discarding = False
+            return None
+        if len(line) > self.cfg.max_line_bytes:
             self.dropped_lines += 1
             log.warning("serial: dropped an over-long line")
             return None
@@ -108,17 +114,18 @@ class SerialScanner:
                 self._lost(exc)
                 continue
             now = self._mono()
+            if self._buf and now - self._last_byte > PARTIAL_LINE_SECONDS:
+                self._drop_cut_line()  # its tail, when it comes, is dropped too: never decide half a code
             if chunk:
-                if self._buf and now - self._last_byte > PARTIAL_LINE_SECONDS:
-                    self.dropped_lines += 1
-                    self._buf.clear()
                 self._buf += chunk
                 self._last_byte = now
-            elif self._buf and now - self._last_byte > PARTIAL_LINE_SECONDS:
-                self.dropped_lines += 1
-                log.warning("serial: discarded a partial line with no terminator")
-                self._buf.clear()
-                self._discarding = False
+
+    def _drop_cut_line(self) -> None:
+        if not self._discarding:
+            self.dropped_lines += 1
+            log.warning("serial: dropped a line cut by a pause of over %.1fs", PARTIAL_LINE_SECONDS)
+        self._buf.clear()
+        self._discarding = True
 
     def close(self) -> None:
         if self._port is not None:

@@ -31,7 +31,8 @@ def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict
         decider = Decider(trust, policy, lambda t: None, lambda: CacheInfo(0, None, 0, 0), max_payload)
     else:
         decider = Decider(trust, policy, cache.lookup, cache.info, max_payload)
-    d = decider.decide(code.strip().encode(), clock.read())
+    # A code typed or pasted in any bytes: undecodable ones reach the decision as they came (and are denied).
+    d = decider.decide(code.strip().encode("utf-8", "surrogateescape"), clock.read())
     if cache is not None:
         cache.close()
     out: dict[str, Any] = {

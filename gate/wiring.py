@@ -40,7 +40,7 @@ def make_source(cfg: Config) -> CodeSource:
     decoder = make_decoder(sc.decoder, sc.formats)
     if sc.source == "images":
         assert sc.images_path is not None
-        return DecodingSource(ImageSource([sc.images_path]), decoder)
+        return DecodingSource(ImageSource([sc.images_path], sc.max_image_pixels), decoder)
     from gate.camera import PiCamera
 
     return DecodingSource(PiCamera(sc.camera), decoder)

@@ -65,16 +65,18 @@ def test_a_line_split_across_reads_is_joined() -> None:
     assert lines(s) == [b"GT1:ABCD"]
 
 
-def test_a_partial_line_left_at_a_timeout_is_never_emitted() -> None:
+def test_a_line_cut_by_a_pause_is_dropped_whole_never_decided_in_part() -> None:
     clock = TickingClock()
     port = FlakyPort(serial.serial_for_url("loop://", timeout=0.01))
     s = SerialScanner(SerialSection(port="loop://"), opener=lambda cfg: port, mono=clock)
-    port.write(b"GT1:HALF")
+    port.write(b"GT1:HA")
     assert s.read(0.05) is None  # the module stopped mid-code
-    clock.t += 5
+    clock.t += 1.5
     assert s.read(0.05) is None
+    port.write(b"LF\r")  # the rest of it, after the pause
+    assert s.read(0.05) is None  # neither the head nor the tail is decided
     port.write(b"GT1:NEXT\r")
-    assert s.read(0.05).payloads == (b"GT1:NEXT",)  # not b"GT1:HALFGT1:NEXT"
+    assert s.read(0.05).payloads == (b"GT1:NEXT",)  # the next whole line is
     assert s.dropped_lines == 1
 
 
@@ -112,6 +114,29 @@ def test_a_port_that_cannot_be_opened_backs_off_and_keeps_trying() -> None:
     for _ in range(5):
         assert s.read(0.05) is None
     assert 1 <= len(attempts) <= 2  # backoff, not a busy loop
+
+
+def test_a_module_unplugged_for_long_is_back_within_two_seconds_of_replugging() -> None:
+    clock = TickingClock()
+    plugged = [False]
+    port = FlakyPort(serial.serial_for_url("loop://", timeout=0.01))
+
+    def opener(cfg: SerialSection) -> Any:
+        if not plugged[0]:
+            raise serial.SerialException("No such file or directory")
+        return port
+
+    s = SerialScanner(SerialSection(port="/dev/ttyACM0"), opener=opener, mono=clock)
+    for _ in range(100):  # 45 s unplugged, on the test's clock
+        s.read(0.05)
+        clock.t += 0.45
+    plugged[0] = True
+    replugged = clock.t
+    port.write(b"GT1:BACK\r")
+    while (obs := s.read(0.05)) is None and clock.t - replugged < 10:
+        clock.t += 0.05
+    assert obs is not None and obs.payloads == (b"GT1:BACK",)
+    assert clock.t - replugged <= 2.1
 
 
 # -- camera ------------------------------------------------------------------------------------------
