@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from gate.configerrors import describe
 from gate.errors import ConfigError
 from gate.policy import Policy
 
@@ -170,6 +171,9 @@ class MqttSection(_Model):
     password_file: Path | None = Field(None, description="Relative names resolve in $CREDENTIALS_DIRECTORY")
     tls: TlsSection | None = None
     inflight_window: int = Field(200, ge=1, le=65535, description="Unacknowledged check-ins at once")
+    max_refusals: int = Field(
+        5, ge=1, le=1000, description="An event the broker refuses this often (MQTT 5) becomes a dead letter"
+    )
     telemetry_seconds: float = Field(60.0, ge=1, le=3600)
 
     @model_validator(mode="after")
@@ -236,35 +240,6 @@ def read_secret(path: Path, key: str) -> str:
         raise ConfigError(f"{key}: cannot read secret file {full}: {exc.strerror}") from None
 
 
-SECRET_KEYS = ("password", "secret", "key_file")
-SHOWN_CHARS = 40
-
-
-def _shown(value: Any, path: str) -> str:
-    """How a bad value appears in a message: never a secret, never more than SHOWN_CHARS characters."""
-    if any(k in path for k in SECRET_KEYS):
-        return "(value hidden)"
-    text = repr(value)
-    if len(text) > SHOWN_CHARS:
-        text = f"{text[:SHOWN_CHARS]}… ({len(text)} characters)"
-    return f"(got {text})"
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required value is missing"
-        elif "input" in err and not isinstance(err["input"], dict):
-            msg += f" {_shown(err['input'], path)}"
-        lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines[:20]) + (f"\n{source}: … and {len(lines) - 20} more" if len(lines) > 20 else "")
-
-
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Strict: no type coercion (a quoted "1883" is not a port, "no" is not false). The data is checked as
     JSON so that strings may still name paths and choices."""
@@ -275,7 +250,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate_json(as_json, strict=True)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(describe(exc, source)) from None
 
 
 def load_config(path: Path) -> Config:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from gate.faults import Faults
 from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
 
@@ -31,10 +32,21 @@ class Drainer:
     Completion is read from each message's MQTTMessageInfo rather than matched by mid inside paho's
     callback, which runs under paho's own lock."""
 
-    def __init__(self, outbox: Outbox, link: MqttLink, window: int) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: MqttLink,
+        window: int,
+        max_refusals: int = 5,
+        on_dead_letter: Callable[[int, str], object] = lambda n, detail: None,
+    ) -> None:
         self.outbox, self.link, self.window = outbox, link, window
+        self.max_refusals, self.on_dead_letter = max_refusals, on_dead_letter
+        self.retry_delay = 5.0  # before re-sending what the broker refused
         self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo]] = deque()
-        self._refused: set[int] = set()  # mids the broker answered with a failure reason
+        self._refused: dict[int, str] = {}  # mid -> the failure reason the broker answered (paho's thread adds)
+        self._refusals: Counter[int] = Counter()  # seq -> times refused so far
+        self.faults = Faults()
         self._last_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -49,10 +61,10 @@ class Drainer:
     def wake(self) -> None:
         self._wake.set()
 
-    def on_publish(self, mid: int, ok: bool) -> None:
-        """paho's thread: a PUBACK arrived."""
-        if not ok:
-            self._refused.add(mid)
+    def on_publish(self, mid: int, refused: str | None) -> None:
+        """paho's thread: a PUBACK arrived (`refused`: the broker's failure reason, MQTT 5 only)."""
+        if refused is not None:
+            self._refused[mid] = refused
         self._wake.set()
 
     @property
@@ -61,34 +73,51 @@ class Drainer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self._step()
-            except Exception:
-                log.exception("outbox drain step failed; retrying")
+            if not self.faults.run("delivering the outbox", self._step):
                 self._stop.wait(1.0)
             self._wake.wait(0.2)
             self._wake.clear()
 
     def _collect(self) -> None:
-        acked, ids, retry = [], [], []
+        acked: list[int] = []
+        ids: list[str] = []
+        retry: list[int] = []
+        dead: list[int] = []
+        reasons: set[str] = set()
         while self._inflight and acknowledged(self._inflight[0][2]):
             seq, event_id, info = self._inflight.popleft()
-            if info.mid in self._refused:
-                self._refused.discard(info.mid)
-                retry.append(seq)
-            else:
+            reason = self._refused.pop(info.mid, None)
+            if reason is None:
                 acked.append(seq)
                 ids.append(event_id)
+                continue
+            reasons.add(reason)
+            self._refusals[seq] += 1
+            (dead if self._refusals[seq] >= self.max_refusals else retry).append(seq)
         if acked:
             self.delivered += self.outbox.ack(acked)
             self.outbox.check_space()  # room came back: the lane may return to service at once
             for listener in self.listeners:
                 listener(ids)
-        if retry:
-            log.error("broker refused %d check-in(s); they stay in the outbox and are retried", len(retry))
+        if dead:
+            why = ", ".join(sorted(reasons))
+            n = self.outbox.dead_letter(dead, why)
+            for seq in dead:
+                del self._refusals[seq]
+            detail = f"{n} event(s) refused {self.max_refusals} times by the broker ({why}) set aside as dead letters"
+            log.error("%s; the events after them flow on", detail)
+            self.on_dead_letter(n, detail)
+        if retry or dead:
+            if retry:
+                log.error(
+                    "broker refused %d event(s) (%s); they stay in the outbox and are retried",
+                    len(retry),
+                    ", ".join(sorted(reasons)),
+                )
             self._inflight.clear()  # re-send from the first refused row, in order
-            self._last_seq = min(retry) - 1
-            self._stop.wait(5.0)
+            self._last_seq = min(retry + dead) - 1
+            if retry:
+                self._stop.wait(self.retry_delay)
 
     def _step(self) -> None:
         self._collect()

@@ -51,14 +51,15 @@ class MqttLink:
         self,
         cfg: MqttSection,
         gate_id: str,
-        on_publish: Callable[[int, bool], None] | None = None,
+        on_publish: Callable[[int, str | None], None] | None = None,
         on_up: Callable[[], None] = lambda: None,
     ) -> None:
         self.cfg, self.gate_id = cfg, gate_id
         self.topics = Topics(cfg.topic_prefix, gate_id)
         self._on_up = on_up
-        # Called on paho's thread with (mid, ok) for each PUBACK; listeners only note it and return.
-        self.ack_listeners: list[Callable[[int, bool], None]] = [on_publish] if on_publish else []
+        # Called on paho's thread with (mid, None) for each PUBACK, or (mid, reason) when the broker refused the
+        # message (MQTT 5 only: under 3.1.1 a refusal looks like success). Listeners only note it and return.
+        self.ack_listeners: list[Callable[[int, str | None], None]] = [on_publish] if on_publish else []
         self._subs: dict[str, Handler] = {}
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
@@ -119,6 +120,11 @@ class MqttLink:
             if self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5 and reason.value in (1, 0x84):
                 threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
             return
+        if not self.refusals_visible:
+            log.warning(
+                "mqtt: MQTT 3.1.1 cannot report a refused publish (a denied one looks delivered); use MQTT 5 "
+                "with ACLs so that refusals become dead letters instead of silent losses"
+            )
         log.info(
             "mqtt: connected to %s:%s (MQTT %s)",
             self.cfg.host,
@@ -132,6 +138,11 @@ class MqttLink:
         self._check_subscribed()
         self.connected.set()
         self._on_up()
+
+    @property
+    def refusals_visible(self) -> bool:
+        """Whether the broker can tell us it refused a publish (MQTT 5 reason codes)."""
+        return self.protocol == mqtt.MQTTv5
 
     def _fall_back(self) -> None:
         log.warning("mqtt: broker does not speak MQTT 5; falling back to 3.1.1")
@@ -167,8 +178,9 @@ class MqttLink:
 
     @guarded
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        refused = str(reason) if reason.is_failure else None
         for listener in self.ack_listeners:
-            listener(mid, not reason.is_failure)
+            listener(mid, refused)
 
     @guarded
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
     topic TEXT NOT NULL, qos INTEGER NOT NULL DEFAULT 1, payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, topic TEXT NOT NULL, qos INTEGER NOT NULL,
+    payload BLOB NOT NULL, reason TEXT NOT NULL, moved_at REAL NOT NULL
 );
 """
 
@@ -50,13 +55,14 @@ class Outbox:
             setup(probe)
             self._initial = int(probe.execute("SELECT count(*) FROM outbox").fetchone()[0])
             self.last_seq_at_start = last_seq(probe)
+            self.dead_letters_at_start = int(probe.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
         finally:
             probe.close()
         self.hwm_path = path.with_name(path.name + ".hwm")
         self.hwm_at_start = read_hwm(self.hwm_path)
         self._hwm = os.open(self.hwm_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.appended = self.dropped = 0  # the writer's counters
-        self.acked = 0  # the reader's counter
+        self.acked = self.dead_lettered = 0  # the reader's counters
         self._disk_low = False
         self._drop_episode = 0  # rows dropped since the outbox last became full (drop_oldest)
 
@@ -67,7 +73,7 @@ class Outbox:
 
     @property
     def depth(self) -> int:
-        return self._initial + self.appended - self.dropped - self.acked
+        return self._initial + self.appended - self.dropped - self.acked - self.dead_lettered
 
     def free_mb(self) -> float:
         st = os.statvfs(self.path.parent)
@@ -137,6 +143,25 @@ class Outbox:
             gone = db.total_changes - before
         self.acked += gone
         return gone
+
+    def dead_letter(self, seqs: list[int], reason: str) -> int:
+        """The drainer: move rows the broker keeps refusing out of the way, kept for an operator."""
+        marks = ",".join("?" * len(seqs))
+        with self._reader.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO dead_letters SELECT seq, event_id, topic, qos, payload, ?, ? FROM outbox"
+                f" WHERE seq IN ({marks})",
+                (reason, time.time(), *seqs),
+            )
+            before = db.total_changes
+            db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
+            gone = db.total_changes - before
+        self.dead_lettered += gone
+        return gone
+
+    @property
+    def dead_letters(self) -> int:
+        return self.dead_letters_at_start + self.dead_lettered
 
     def close(self) -> None:
         self._writer.close()

@@ -105,6 +105,8 @@ class Reporter:
             "mode_set_at": None if self.mode_record is None else self.mode_record.set_at,
             "denied_while_full": self.denied,
             "faults": self.faults.snapshot(),
+            "dead_letters": self.outbox.dead_letters,
+            "refusals_visible": None if self.link is None else self.link.refusals_visible,
         }
 
     def publish_state(self) -> dict[str, Any]:

@@ -36,7 +36,11 @@ def show_status(cfg: Config, as_json: bool) -> int:
             f"age {state['cache_age_s']}s",
         ),
         ("policy", f"version {state['policy_version']}"),
-        ("outbox", f"{state['outbox_depth']} waiting, {state['outbox_dropped']} dropped"),
+        (
+            "outbox",
+            f"{state['outbox_depth']} waiting, {state['outbox_dropped']} dropped, "
+            f"{state.get('dead_letters', 0)} dead letters",
+        ),
         ("clock", "synchronised" if state["clock_synced"] else "NOT synchronised"),
     ]
     for k, v in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from conftest import Broker, make_config, wait_until
+from conftest import Broker, make_config, require, wait_until
 from gate.actuator import Alarm
 from gate.app import Gate
 from gate.clock import SystemClock
@@ -256,3 +257,42 @@ def test_event_ids_are_unique_and_ordered_even_when_threads_are_preempted_mid_ca
     stamps = [i[:18] for o in out for i in o]  # 48-bit ms, version, 12-bit counter
     assert len(set(stamps)) == 2000
     assert all(o == sorted(o) for o in out)
+
+
+def test_an_event_the_broker_keeps_refusing_becomes_a_dead_letter_and_the_rest_flow(
+    tmp_path, keys, subscriber_factory, gates
+) -> None:
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    subprocess.run([require("mosquitto_passwd"), "-b", "-c", str(pw), "lane-t", "pw-t"], check=True)
+    subprocess.run([require("mosquitto_passwd"), "-b", str(pw), "reader", "pw-r"], check=True)
+    # the gate may publish its check-ins but not its alarms: every alarm is refused
+    acl.write_text(
+        "user lane-t\ntopic write gate/lane-t/checkin\ntopic write gate/lane-t/availability\n"
+        "topic write gate/lane-t/state\nuser reader\ntopic read gate/#\n"
+    )
+    broker = Broker(tmp_path, extra=f"password_file {pw}\nacl_file {acl}\n", anonymous=False)
+    broker.start()
+    try:
+        creds = tmp_path / "pw"
+        creds.write_text("pw-t")
+        gate = make_gate(
+            tmp_path,
+            keys,
+            broker,
+            mqtt={"username": "lane-t", "password_file": str(creds), "protocol": "5", "max_refusals": 3},
+        )
+        gates.append(gate)
+        gate.drainer.retry_delay = 0.05
+        sub = subscriber_factory(broker, username="reader", password="pw-r")
+        gate.handle(codes(keys, 1, Status.RED)[0])
+        gate.control.post(Alarm("fire", True, "refused by the ACL"))
+        gate.pump()
+        sent = [gate.handle(c)[1].event_id for c in codes(keys, 5, Status.RED)]
+        assert set(sent) <= sub.wait_for_ids("/checkin", set(sent), timeout=30)  # the rows behind it flowed
+        assert wait_until(lambda: gate.outbox.dead_letters == 1, 30)
+        assert gate.drainer.wait_empty(10)
+        gate.pump()  # the dead_letter alarm is itself an event: refused too, so it ends a dead letter as well
+        assert wait_until(lambda: (gate.pump(), gate.state()["dead_letters"] >= 1)[1], 10)
+        assert gate.state()["refusals_visible"] is True
+    finally:
+        broker.stop()

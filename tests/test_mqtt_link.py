@@ -86,7 +86,7 @@ def test_falls_back_to_mqtt_311_when_the_broker_refuses_v5() -> None:
 def test_an_exception_in_a_callback_does_not_kill_the_network_thread(broker) -> None:
     calls: list[int] = []
 
-    def flaky(mid: int, ok: bool) -> None:
+    def flaky(mid: int, refused: str | None) -> None:
         calls.append(mid)
         if len(calls) == 1:
             raise RuntimeError("bug in a handler")
