@@ -62,6 +62,8 @@ class MqttLink:
         self.ack_listeners: list[Callable[[int, str | None], None]] = [on_publish] if on_publish else []
         self._subs: dict[str, Handler] = {}
         self.connected = threading.Event()
+        self._ever_connected = self._falling_back = self._stopping = False
+        self._closed_before_connack = 0
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
         self._pending_subs: set[int] = set()
         self._subs_lock = threading.Lock()
@@ -117,9 +119,10 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             log.error("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
-            if self.cfg.protocol == "auto" and self.protocol == mqtt.MQTTv5 and reason.value in (1, 0x84):
-                threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
+            if reason.value in (1, 0x84):
+                self._maybe_fall_back('it refused MQTT 5 with "unsupported protocol version"')
             return
+        self._ever_connected = True
         if not self.refusals_visible:
             log.warning(
                 "mqtt: MQTT 3.1.1 cannot report a refused publish (a denied one looks delivered); use MQTT 5 "
@@ -144,8 +147,20 @@ class MqttLink:
         """Whether the broker can tell us it refused a publish (MQTT 5 reason codes)."""
         return self.protocol == mqtt.MQTTv5
 
+    def _maybe_fall_back(self, why: str) -> None:
+        """protocol = "auto": speak MQTT 3.1.1 to a broker that will not take MQTT 5 (once, on a helper thread)."""
+        if self.cfg.protocol != "auto" or self.protocol != mqtt.MQTTv5 or self._falling_back:
+            return
+        self._falling_back = True
+        log.warning(
+            "mqtt: broker %s:%s does not take MQTT 5 (%s); falling back to MQTT 3.1.1",
+            self.cfg.host,
+            self.cfg.port,
+            why,
+        )
+        threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
+
     def _fall_back(self) -> None:
-        log.warning("mqtt: broker does not speak MQTT 5; falling back to 3.1.1")
         self.client.loop_stop()
         self.client.disconnect()
         self.protocol = mqtt.MQTTv311
@@ -156,6 +171,10 @@ class MqttLink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected.is_set():  # cleared first by stop(), so a clean stop is not reported here
             log.warning("mqtt: disconnected (%s); reconnecting", reason)
+        elif not self._ever_connected and not self._stopping:
+            self._closed_before_connack += 1
+            if self._closed_before_connack >= 2:  # RabbitMQ drops an MQTT 5 CONNECT without a word
+                self._maybe_fall_back("it closed the connection on an MQTT 5 CONNECT, twice, without a CONNACK")
         self.connected.clear()
         self.subscribed.clear()
 
@@ -206,6 +225,7 @@ class MqttLink:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Say `stopped` (retained), then disconnect without triggering the will."""
+        self._stopping = True
         if self.connected.is_set():
             self.connected.clear()
             info = self.client.publish(self.topics.availability, b"stopped", qos=1, retain=True)

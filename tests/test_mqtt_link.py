@@ -15,7 +15,8 @@ from gate.mqtt_link import MqttLink
 class OldBroker:
     """A broker that only speaks MQTT 3.1.1: refuses a v5 CONNECT with return code 1, accepts v3.1.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, close_on_v5: bool = False) -> None:
+        self.close_on_v5 = close_on_v5  # like RabbitMQ: drop the connection instead of answering
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(5)
@@ -54,7 +55,8 @@ class OldBroker:
             level = data[i + 6]  # after the 2-byte length and "MQTT"
             self.levels.append(level)
             if level == 5:
-                conn.sendall(b"\x20\x02\x00\x01")  # CONNACK: unacceptable protocol version
+                if not self.close_on_v5:
+                    conn.sendall(b"\x20\x02\x00\x01")  # CONNACK: unacceptable protocol version
                 return
             conn.sendall(b"\x20\x02\x00\x00")
             while not self._stop.is_set():
@@ -69,6 +71,20 @@ class OldBroker:
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
+
+
+def test_falls_back_to_mqtt_311_when_the_broker_closes_the_connection_on_v5(caplog) -> None:
+    old = OldBroker(close_on_v5=True)
+    link = MqttLink(MqttSection(host="127.0.0.1", port=old.port), "lane-r")
+    try:
+        link.start()
+        assert link.connected.wait(20)
+        assert link.protocol == mqtt.MQTTv311 and old.levels[:2] == [5, 5] and old.levels[-1] == 4
+        assert "closed the connection on an MQTT 5 CONNECT" in caplog.text
+        assert link.refusals_visible is False
+    finally:
+        link.stop()
+        old.close()
 
 
 def test_falls_back_to_mqtt_311_when_the_broker_refuses_v5() -> None:
