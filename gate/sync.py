@@ -246,7 +246,7 @@ class CentralSync:
         self.verifier.fresh(msg, time.time())
         name, args = str(msg.body.get("name")), msg.body.get("args") or {}
         reply_to = str(msg.body.get("reply_to") or "")
-        replies = f"{self.prefix}/central/replies/"
+        replies = f"{self.topics.base}/replies/"  # under the gate's own topics: its ACL lets it write only there
         if not (reply_to.startswith(replies) and len(reply_to) <= 200 and not set(reply_to) & {"+", "#", "\0"}):
             reply_to = f"{self.topics.base}/reply"  # never publish where a message merely asks
         head: dict[str, Any] = {

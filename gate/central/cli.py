@@ -13,6 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="central_cmd", required=True)
     kg = sub.add_parser("keygen", help="write a new Ed25519 key pair; print its id and paths as JSON")
     kg.add_argument("--out", required=True, help="directory for <key_id>.key and <key_id>.pub")
+    pv = sub.add_parser("provision", help="a least-privilege broker identity (mosquitto password file and ACL)")
+    pv.add_argument("name", help="the gate id, or the name of a central program")
+    pv.add_argument("--broker-dir", required=True, help="folder holding mosquitto.conf, passwd, acl and secrets")
+    pv.add_argument("--role", choices=["gate", "collector", "publisher"], default="gate")
+    pv.add_argument("--prefix", default="gate", help="topic prefix (mqtt.topic_prefix of the gates)")
     iss = sub.add_parser("issue", help="sign a pass code; print its text (and write a QR PNG)")
     iss.add_argument("--key", required=True, help="private key file")
     iss.add_argument("--token", required=True, help="pseudonymous token id (6-32 of A-Z a-z 0-9 _ -)")
@@ -77,6 +82,10 @@ def main(argv: list[str]) -> int:
     """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
     args = build_parser().parse_args(argv)
     cmd = args.central_cmd
+    if cmd == "provision":
+        from gate.central import provision as prov
+
+        return prov.provision(Path(args.broker_dir), args.name, args.role, args.prefix)
     if cmd in ("keygen", "issue"):
         from gate.central import provision
 

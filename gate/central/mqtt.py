@@ -54,7 +54,7 @@ def request(
     timeout: float,
 ) -> dict[str, Any] | None:
     """Send a signed command and wait for the reply with the same correlation id."""
-    reply_to = f"{prefix}/central/replies/{uuid.uuid4().hex[:12]}"
+    reply_to = f"{prefix}/{gate_id}/replies/{uuid.uuid4().hex[:12]}"
     body = {**body, "reply_to": reply_to}
     got: list[dict[str, Any]] = []
     done, subscribed = threading.Event(), threading.Event()

@@ -1,0 +1,186 @@
+"""A broker configured by `gate central provision` refuses every spoofing attempt (real mosquitto)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import Broker, wait_until
+
+
+def provision(d: Path, name: str, role: str = "gate") -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "central", "provision", name, "--role", role, "--broker-dir", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return (d / "credentials" / name / "mqtt-password").read_text().strip()
+
+
+class Client:
+    """A real MQTT 5 client that records what happens to it."""
+
+    def __init__(self, broker: Broker, user: str | None, password: str | None, client_id: str = "") -> None:
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        self.connack: list[str] = []
+        self.disconnects = 0
+        self.messages: list[tuple[str, bytes]] = []
+        self.suback: list[list[str]] = []
+        self.lock = threading.Lock()
+        self.c.on_connect = lambda c, u, f, rc, p: self.connack.append(str(rc))
+        self.c.on_disconnect = lambda c, u, f, rc, p: setattr(self, "disconnects", self.disconnects + 1)
+        self.c.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.suback.append([str(r) for r in rcs])
+        self.c.connect_async(broker.host, broker.port)
+        self.c.loop_start()
+        assert wait_until(lambda: self.connack, 10)
+
+    @property
+    def ok(self) -> bool:
+        return self.connack[0] == "Success"
+
+    def publish(self, topic: str, payload: bytes) -> str:
+        refused: list[str] = []
+        self.c.on_publish = lambda c, u, mid, rc, p: refused.append(str(rc) if rc.is_failure else "Success")
+        self.c.publish(topic, payload, qos=1)
+        assert wait_until(lambda: refused, 10)
+        return refused[0]
+
+    def subscribe(self, topic: str) -> list[str]:
+        n = len(self.suback)
+        self.c.subscribe(topic, qos=1)
+        assert wait_until(lambda: len(self.suback) > n, 10)
+        return self.suback[-1]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def secured(tmp_path):
+    d = tmp_path / "broker"
+    pw = {
+        "lane-a": provision(d, "lane-a"),
+        "lane-b": provision(d, "lane-b"),
+        "col-1": provision(d, "col-1", "collector"),
+        "ops-1": provision(d, "ops-1", "publisher"),
+    }
+    broker = Broker(tmp_path, extra=(d / "mosquitto.conf").read_text(), anonymous=False)
+    broker.start()
+    clients: list[Client] = []
+
+    def connect(user: str | None, client_id: str = "") -> Client:
+        c = Client(broker, user, pw.get(user or ""), client_id)
+        clients.append(c)
+        return c
+
+    yield connect, d, broker
+    for c in clients:
+        c.close()
+    broker.stop()
+
+
+def test_secrets_and_broker_files_are_private(secured) -> None:
+    _, d, _ = secured
+    for f in (
+        "passwd",
+        "acl",
+        "mosquitto.conf",
+        "identities.json",
+        "credentials/lane-a/mqtt-password",
+        "credentials/lane-a/device.key",
+    ):
+        assert (d / f).stat().st_mode & 0o077 == 0, f
+    assert "s3" not in (d / "passwd").read_text() and "$7$101$" in (d / "passwd").read_text()
+
+
+def test_anonymous_and_wrong_passwords_are_refused(secured) -> None:
+    connect, _, _ = secured
+    assert connect(None).connack[0] == "Not authorized"
+    assert connect("nobody").connack[0] == "Not authorized"
+    assert connect("lane-a").ok
+
+
+def test_a_gate_cannot_speak_for_another_or_read_its_commands(secured) -> None:
+    connect, _, _ = secured
+    collector, ops, a, b = connect("col-1"), connect("ops-1"), connect("lane-a"), connect("lane-b")
+    assert collector.subscribe("gate/+/checkin") == ["Granted QoS 1"]
+    assert b.publish("gate/lane-a/checkin", b'{"forged": true}') == "Not authorized"
+    assert b.publish("gate/nonexistent/checkin", b'{"forged": true}') == "Not authorized"
+    assert b.publish("gate/central/policy", b"garbage") == "Not authorized"
+    b.subscribe("gate/lane-a/command")  # mosquitto grants it, but delivers nothing the ACL does not allow
+    b.subscribe("gate/lane-a/#")
+    assert a.subscribe("gate/lane-a/command") == ["Granted QoS 1"]
+    assert ops.publish("gate/lane-a/command", b"signed command") == "Success"
+    assert b.publish("gate/lane-b/checkin", b'{"genuine": true}') == "Success"
+    assert wait_until(lambda: collector.messages, 10)
+    assert [t for t, _ in collector.messages] == ["gate/lane-b/checkin"]  # only the genuine one
+    assert wait_until(lambda: a.messages, 10) and a.messages == [("gate/lane-a/command", b"signed command")]
+    assert not wait_until(lambda: b.messages, 1.0)  # B never sees A's command
+
+
+def test_one_identity_cannot_take_over_anothers_session(secured) -> None:
+    connect, _, _ = secured
+    a = connect("lane-a", client_id="gate-lane-a")
+    intruder = connect("lane-b", client_id="gate-lane-a")  # the same client id, another account
+    assert intruder.ok
+    time.sleep(1.0)  # a takeover would disconnect `a` at once; give it the chance
+    assert a.disconnects == 0
+
+
+def test_collectors_only_read_and_only_the_publisher_writes_central_topics(secured) -> None:
+    connect, _, _ = secured
+    collector, ops = connect("col-1"), connect("ops-1")
+    assert collector.publish("gate/central/policy", b"x") == "Not authorized"
+    assert collector.publish("gate/lane-a/command", b"x") == "Not authorized"
+    collector.subscribe("gate/lane-a/command")
+    assert ops.publish("gate/lane-a/command", b"x") == "Success"
+    assert ops.publish("gate/central/policy", b"x") == "Success"
+    assert not wait_until(lambda: collector.messages, 1.0)  # a collector reads check-ins, not commands
+
+
+def test_a_provisioned_gate_delivers_through_its_own_identity(secured, tmp_path, keys) -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    from conftest import make_config
+    from gate.codes import Status, issue
+    from gate.decoders import make_decoder
+    from gate.scanner import DecodingSource
+    from gate.testing import ScriptedFrames
+    from gate.wiring import build
+
+    connect, d, broker = secured
+    collector = connect("col-1")
+    collector.subscribe("gate/+/checkin")
+    cfg = make_config(
+        tmp_path / "state",
+        keys,
+        gate={"id": "lane-a"},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": port,
+            "username": "lane-a",
+            "protocol": "5",
+            "password_file": str(d / "credentials" / "lane-a" / "mqtt-password"),
+        },
+    )
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    try:
+        code = issue(keys.private, "tok-acl001", Status.RED, int(time.time()), 600).encode()
+        event = g.handle(code)[1].event_id
+        assert wait_until(lambda: any(event.encode() in p for _, p in collector.messages), 20)
+        assert g.drainer.wait_empty(10) and g.state()["dead_letters"] == 0
+    finally:
+        g.close()
