@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -75,15 +76,18 @@ def naive_latency(runs: int) -> list[float]:
     return out
 
 
-def full_path_latency(runs: int) -> list[float]:
-    """Payload in hand -> verify, decide, durable outbox commit, relay on."""
+def full_path_latency(runs: int, signed: bool = False) -> list[float]:
+    """Payload in hand -> verify, decide, (sign,) durable outbox commit, relay on."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gate.keys import generate_keypair
 
     key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory() as d:
+        device_key = str(generate_keypair(Path(d) / "device")[1]) if signed else None
         cfg = parse_config(
             {
-                "gate": {"id": "b", "state_dir": d},
+                "gate": {"id": "b", "state_dir": d, "device_key": device_key},
                 "venue": {"id": "v"},
                 "policy": {"passback_seconds": 0},
                 "gpio": {"relay": {"pin": RELAY, "pulse_seconds": 0.001}},
@@ -120,6 +124,7 @@ def main() -> None:
         ("gate Actuator.release (relay on in caller)", actuator_latency),
         ("naive relay.blink(background=True)", naive_latency),
         ("gate full path: verify+decide+fsync'd outbox+relay", full_path_latency),
+        ("  the same with signed check-ins (gate.device_key)", lambda n: full_path_latency(n, signed=True)),
     ):
         ms = fn(args.runs)
         rows.append([label, f"{pct(ms, 50):.3f}", f"{pct(ms, 99):.3f}", f"{max(ms):.3f}"])

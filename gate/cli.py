@@ -29,6 +29,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gate.keys import TrustStore
 
     TrustStore.from_files(cfg.trust.keys)
+    if cfg.gate.device_key is not None:
+        from gate.config import secret_path
+        from gate.keys import load_private_key
+
+        load_private_key(secret_path(cfg.gate.device_key))
     print(f"{args.path}: OK (gate {cfg.gate.id}, venue {cfg.venue.id}, source {cfg.scanner.source})")
     return 0
 

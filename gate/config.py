@@ -37,6 +37,9 @@ class GateSection(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="This lane's id, unique in the city")
     state_dir: Path = Field(Path("/var/lib/gate"), description="Pass cache, outbox and device state")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    device_key: Path | None = Field(
+        None, description="Ed25519 key that signs check-ins and alarms (relative: in $CREDENTIALS_DIRECTORY)"
+    )
 
 
 class VenueSection(_Model):
@@ -228,6 +231,12 @@ class Config(_Model):
         if self.scanner.source == "images" and self.scanner.images_path is None:
             raise ValueError("scanner.source is 'images' but scanner.images_path is not set")
         return self
+
+
+def secret_path(path: Path) -> Path:
+    """A relative secret file resolves in systemd's $CREDENTIALS_DIRECTORY when it is set."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(creds) / path if creds and not path.is_absolute() else path
 
 
 def read_secret(path: Path, key: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from gate.config import Config, load_config
-from gate.errors import ConfigError
+from gate.errors import ConfigError, GateError
 from gate.sdnotify import Notifier
 from gate.wiring import build
 
@@ -65,6 +65,10 @@ def run_daemon(config_path: Path) -> int:
         logging.getLogger().setLevel(cfg.gate.log_level.upper())
         try:
             gate = build(cfg)
+        except GateError as exc:  # a key file or device that cannot be used: one line naming it
+            log.critical("cannot start: %s", exc)
+            notifier.stopping()
+            return 1
         except (OSError, sqlite3.Error) as exc:  # a state file no repair can fix: say which, and what to do
             where = getattr(exc, "filename", None) or cfg.gate.state_dir
             log.critical(

@@ -9,13 +9,13 @@ from typing import Any
 from gate.actuator import Actuator, Alarm, make_pin_factory
 from gate.app import Gate
 from gate.clock import Clock, SystemClock
-from gate.config import Config
+from gate.config import Config, secret_path
 from gate.control import Verifier
 from gate.decision import Decider
 from gate.decoders import make_decoder
 from gate.delivery import Drainer
 from gate.docstore import DocStore
-from gate.keys import TrustStore, load_public_key
+from gate.keys import TrustStore, load_private_key, load_public_key
 from gate.lanecontrol import Inbox, LaneControl
 from gate.mqtt_link import MqttLink
 from gate.passcache import PassCache
@@ -23,6 +23,7 @@ from gate.policy import PolicyStore
 from gate.recorder import Recorder
 from gate.reporting import Reporter
 from gate.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.sealing import Sealer
 from gate.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
 from gate.sync import CentralSync, central_keys
 from gate.telemetry import Stats
@@ -89,7 +90,8 @@ def build(
     if link is not None:
         dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
         drainer = Drainer(outbox, link, cfg.mqtt.inflight_window, cfg.mqtt.max_refusals, dead)
-    recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
+    sealer = Sealer(load_private_key(secret_path(cfg.gate.device_key))) if cfg.gate.device_key else None
+    recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None, sealer)
     sync = None
     if link is not None and cfg.central.keys:
         verifier = Verifier(

@@ -95,3 +95,26 @@ def test_changed_claim_under_the_same_key_id_is_forged(keys) -> None:
 def test_any_valid_claims_round_trip(keys, iat: int, valid: int, kind: Kind, companions: int) -> None:
     code = parse(issue(keys.private, "tok-roundtrip", Status.GREEN, iat, valid, kind, companions))
     assert (code.issued_at, code.expires_at, code.kind, code.companions) == (iat, iat + valid, kind, companions)
+
+
+def test_a_sealed_payload_verifies_and_any_change_is_caught() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gate.sealing import Sealer, SealError, unseal
+
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    sealed = Sealer(key).seal(b'{"event_id":"e1","gate_id":"lane-a","token":"tok-abc123"}')
+    keys = {"lane-a": key.public_key(), "lane-b": other.public_key()}
+    assert unseal(sealed, keys, "lane-a").body["token"] == "tok-abc123"
+    cases = {
+        "bad_signature": (sealed.replace(b"tok-abc123", b"tok-abc124"), "lane-a"),
+        "wrong_gate": (sealed, "lane-b"),
+        "unsigned": (b'{"event_id":"e1","gate_id":"lane-a"}', "lane-a"),
+        "unknown_gate": (Sealer(other).seal(b'{"event_id":"e1","gate_id":"lane-z"}'), "lane-z"),
+        "wrong_key": (Sealer(other).seal(b'{"event_id":"e1","gate_id":"lane-a"}'), "lane-a"),
+        "malformed": (b"[" * 10_000, "lane-a"),
+    }
+    for reason, (payload, gate_id) in cases.items():
+        with pytest.raises(SealError) as exc:
+            unseal(payload, keys, gate_id)
+        assert exc.value.reason == reason

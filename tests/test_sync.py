@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from gate.keys import generate_keypair, load_private_key
 from gate.passcache import PassCache
 from gate.passsync import rows_digest
 from gate.scanner import DecodingSource
+from gate.sealing import Sealer
 from gate.sync import central_topics
 from gate.testing import ScriptedFrames
 from gate.wiring import build
@@ -349,15 +351,43 @@ def test_end_to_end_issue_scan_collect_trace(tmp_path, keys, broker, central) ->
         timeout=60,
     )
     assert r.returncode == 0 and r.stdout.startswith("GT1:")
+    bdir = tmp_path / "broker"  # the gate's device key, as central provisions it
+    assert _cli("provision", "lane-e2e", "--broker-dir", str(bdir)).returncode == 0
     db = tmp_path / "collected.db"
-    collect = ["collect", "--broker", b, "--db", str(db), "--count", "3", "--idle-timeout", "60"]
+    collect = [
+        "collect",
+        "--broker",
+        b,
+        "--db",
+        str(db),
+        "--count",
+        "3",
+        "--idle-timeout",
+        "60",
+        "--devices",
+        str(bdir / "devices"),
+    ]
     collector = subprocess.Popen([sys.executable, "-m", "gate", "central", *collect], stderr=subprocess.PIPE, text=True)
     assert "collect: subscribed" in collector.stderr.readline()  # before the gate publishes anything
+    forged = json.dumps(
+        {
+            "schema": "gate.checkin/1",
+            "event_id": "forged-1",
+            "gate_id": "lane-e2e",
+            "token": "tok-e2e-0001",
+            "type": "decision",
+            "time": time.time(),
+        }
+    ).encode()
+    central.send(f"{PREFIX}/lane-e2e/checkin", forged)  # anyone on an open broker: unsigned
+    ghost = Sealer(Ed25519PrivateKey.generate()).seal(forged.replace(b"lane-e2e", b"lane-ghost"))
+    central.send(f"{PREFIX}/lane-ghost/checkin", ghost)  # signed, but by no registered gate
     cfg = tmp_path / "gate.toml"
     cfg.write_text(f"""
 [gate]
 id = "lane-e2e"
 state_dir = "{tmp_path / "state"}"
+device_key = "{bdir / "credentials" / "lane-e2e" / "device.key"}"
 [venue]
 id = "bus-north"
 category = "bus_station"
@@ -391,7 +421,10 @@ port = {broker.port}
     finally:
         gate_proc.terminate()
         gate_proc.wait(10)
-    assert "stored 3 new" in collector.stderr.read()
+    progress = collector.stderr.read()
+    assert "stored 3 new" in progress and "quarantined 2" in progress
+    with sqlite3.connect(db) as q:
+        assert sorted(r[0] for r in q.execute("SELECT reason FROM quarantine")) == ["unknown_gate", "unsigned"]
     r = subprocess.run(
         [sys.executable, "-m", "gate", "central", "trace", "tok-e2e-0001", "--db", str(db), "--json"],
         capture_output=True,

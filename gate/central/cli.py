@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gate.address import broker_address
 from gate.codes import Kind, Status
+from gate.errors import GateError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     co.add_argument("--group", default="collectors", help="shared-subscription group")
     co.add_argument("--count", type=int, help="stop after storing this many new check-ins")
     co.add_argument("--idle-timeout", type=float, help="stop after this many seconds with no message")
+    co.add_argument("--devices", help="folder of the gates' device public keys, <gate_id>.pub (from provision)")
+    co.add_argument(
+        "--accept-unsigned",
+        action="store_true",
+        help="store unsigned check-ins too (a lab without device keys); forged gate ids still refused",
+    )
+    co.add_argument(
+        "--no-share",
+        action="store_true",
+        help="a plain subscription, for brokers without shared subscriptions (run one collector)",
+    )
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
     tr.add_argument("--db", required=True)
@@ -95,9 +107,21 @@ def main(argv: list[str]) -> int:
 
         return trace(Path(args.db), args.token, args.venue, args.t_from, args.t_to, args.json)
     if cmd == "collect":
-        from gate.central.collect import collect
+        from gate.central.collect import Checks, collect
 
-        return collect(args.broker, args.prefix, Path(args.db), args.group, args.count, args.idle_timeout)
+        if not args.devices and not args.accept_unsigned:
+            raise GateError("collect: give --devices DIR (the gates' device keys), or --accept-unsigned in a lab")
+        checks = Checks.from_dir(Path(args.devices) if args.devices else None, args.accept_unsigned)
+        return collect(
+            args.broker,
+            args.prefix,
+            Path(args.db),
+            args.group,
+            args.count,
+            args.idle_timeout,
+            checks,
+            share=not args.no_share,
+        )
     from gate.central import publish
 
     return publish.main(args)

@@ -7,12 +7,16 @@ import sqlite3
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gate.central.mqtt import connect
+from gate.keys import load_public_key
+from gate.sealing import SealError, unseal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkins (
@@ -56,48 +60,103 @@ def _row(ev: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
     return (*(vals.get(c) for c in _COLS), raw.decode())
 
 
+CREATE_QUARANTINE = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, topic TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    received_at REAL NOT NULL, payload BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What makes a check-in genuine: a payload signed by the device key registered for the gate the topic names."""
+
+    keys: dict[str, Ed25519PublicKey]  # gate id -> its device public key (`<gate>.pub` in --devices)
+    accept_unsigned: bool = False  # a lab without device keys: unsigned check-ins stored, still per-topic checked
+
+    @classmethod
+    def from_dir(cls, devices: Path | None, accept_unsigned: bool) -> Checks:
+        keys = {p.stem: load_public_key(p) for p in sorted(devices.glob("*.pub"))} if devices else {}
+        return cls(keys, accept_unsigned)
+
+    def check(self, topic: str, payload: bytes) -> dict[str, Any]:
+        gate_id = topic.rsplit("/", 2)[-2] if topic.count("/") >= 2 else ""
+        try:
+            body = unseal(payload, self.keys, gate_id).body
+        except SealError as exc:
+            if not (exc.reason == "unsigned" and self.accept_unsigned):
+                raise
+            body = json.loads(payload)
+            if body.get("gate_id") != gate_id:
+                raise SealError("wrong_gate", f"payload gate {str(body.get('gate_id'))[:40]!r} on {topic}") from None
+        if not isinstance(body.get("event_id"), str):
+            raise SealError("malformed", "no event_id")
+        return body
+
+
 def collect(
-    broker: tuple[str, int], prefix: str, db_path: Path, group: str, count: int | None, idle_timeout: float | None
+    broker: tuple[str, int],
+    prefix: str,
+    db_path: Path,
+    group: str,
+    count: int | None,
+    idle_timeout: float | None,
+    checks: Checks,
+    share: bool = True,
+    client_id: str | None = None,
 ) -> int:
-    """Subscribe with a shared subscription; INSERT OR IGNORE by event_id makes redelivery harmless."""
+    """Subscribe (shared by default); store genuine check-ins, INSERT OR IGNORE by event_id, and quarantine the
+    rest with a reason: unsigned, unknown_gate, wrong_gate, wrong_key, bad_signature, malformed."""
     db = open_db(db_path)
+    db.executescript(CREATE_QUARANTINE)
     lock = threading.Lock()
-    stats = {"received": 0, "stored": 0, "duplicates": 0, "bad": 0}
+    stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0}
     last = [time.monotonic()]
     done = threading.Event()
 
     def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
         last[0] = time.monotonic()
-        try:
-            ev = json.loads(msg.payload)
-            row = _row(ev, bytes(msg.payload))
-            if not isinstance(ev.get("event_id"), str):
-                raise ValueError
-        except (ValueError, AttributeError, TypeError):
-            stats["bad"] += 1
-            return
+        payload = bytes(msg.payload)
         with lock:
             stats["received"] += 1
+            try:
+                row = _row(checks.check(msg.topic, payload), payload)
+            except (SealError, ValueError, TypeError, AttributeError) as exc:
+                reason = exc.reason if isinstance(exc, SealError) else "malformed"
+                db.execute(
+                    "INSERT INTO quarantine (topic, reason, detail, received_at, payload) VALUES (?, ?, ?, ?, ?)",
+                    (msg.topic, reason, str(exc)[:200], time.time(), payload),
+                )
+                db.commit()
+                stats["quarantined"] += 1
+                return
             cur = db.execute(f"INSERT OR IGNORE INTO checkins VALUES ({','.join('?' * 17)})", row)
             db.commit()
             stats["stored" if cur.rowcount else "duplicates"] += 1
         if count is not None and stats["stored"] >= count:
             done.set()
 
-    client = connect(broker, client_id=f"gate-collect-{group}")
+    client = connect(broker, client_id=client_id or f"gate-collect-{group}")
     client.on_message = on_message
-    topic = f"$share/{group}/{prefix}/+/checkin"
+    topic = f"{prefix}/+/checkin"
+    if share:
+        topic = f"$share/{group}/{topic}"
     client.on_subscribe = lambda *a: print(f"collect: subscribed to {topic}", file=sys.stderr, flush=True)
     client.subscribe(topic, qos=1)
+
+    def progress(end: str) -> None:
+        print(
+            f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
+            f"quarantined {stats['quarantined']}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
     try:
         while not done.wait(1.0):
-            print(
-                f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
-                f"bad {stats['bad']}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            progress("")
             if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
                 break
     except KeyboardInterrupt:
@@ -105,11 +164,7 @@ def collect(
     finally:
         client.disconnect()
         client.loop_stop()
-        print(
-            f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
-            f"bad {stats['bad']}",
-            file=sys.stderr,
-        )
+        progress("\n")
         db.close()
     return 0
 
