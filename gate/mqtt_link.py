@@ -43,6 +43,22 @@ class Topics:
         self.telemetry = f"{base}/telemetry"
 
 
+def authenticate(client: mqtt.Client, cfg: MqttSection) -> None:
+    """Username, password and TLS from the config: the same for a gate and for the central tools."""
+    password = cfg.resolved_password()
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, password)
+    tls = cfg.tls
+    if tls is not None:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(tls.insecure)
+
+
 class MqttLink:
     """Owns one paho client. `online` is published only after a successful CONNACK; the will says
     `offline`; a clean stop says `stopped`. MQTT 5 first, falling back to 3.1.1 if refused."""
@@ -82,18 +98,7 @@ class MqttLink:
         client.max_inflight_messages_set(self.cfg.inflight_window)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
-        password = self.cfg.resolved_password()
-        if self.cfg.username is not None:
-            client.username_pw_set(self.cfg.username, password)
-        tls = self.cfg.tls
-        if tls is not None:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(tls.insecure)
+        authenticate(client, self.cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

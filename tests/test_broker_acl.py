@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -183,4 +184,100 @@ def test_a_provisioned_gate_delivers_through_its_own_identity(secured, tmp_path,
         assert wait_until(lambda: any(event.encode() in p for _, p in collector.messages), 20)
         assert g.drainer.wait_empty(10) and g.state()["dead_letters"] == 0
     finally:
+        g.close()
+
+
+def test_central_tools_work_through_least_privilege_identities(secured, tmp_path, keys) -> None:
+    """A provisioned gate, an ops publisher sending a signed command, a collector verifying signed check-ins."""
+    from gpiozero.pins.mock import MockFactory
+    from test_sync import pumping
+
+    from conftest import make_config
+    from gate.codes import Status, issue
+    from gate.decoders import make_decoder
+    from gate.keys import generate_keypair
+    from gate.scanner import DecodingSource
+    from gate.testing import ScriptedFrames
+    from gate.wiring import build
+
+    _, d, broker = secured
+    _, central_key, central_pub = generate_keypair(tmp_path / "central")
+
+    def toml(user: str) -> Path:
+        f = tmp_path / f"{user}.toml"
+        f.write_text(
+            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nusername = "{user}"\n'
+            f'password_file = "{d / "credentials" / user / "mqtt-password"}"\nprotocol = "auto"\n'
+        )
+        return f
+
+    creds = d / "credentials" / "lane-a"
+    cfg = make_config(
+        tmp_path / "state",
+        keys,
+        gate={"id": "lane-a", "device_key": str(creds / "device.key")},
+        central={"keys": [str(central_pub)]},
+        mqtt={
+            "host": broker.host,
+            "port": broker.port,
+            "username": "lane-a",
+            "protocol": "5",
+            "password_file": str(creds / "mqtt-password"),
+        },
+    )
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    db = tmp_path / "checkins.db"
+    collector = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gate",
+            "central",
+            "collect",
+            "--config",
+            str(toml("col-1")),
+            "--db",
+            str(db),
+            "--devices",
+            str(d / "devices"),
+            "--count",
+            "1",
+            "--idle-timeout",
+            "60",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "collect: subscribed" in collector.stderr.readline()
+        assert wait_until(lambda: g.link.subscribed.is_set(), 20)
+        g.handle(issue(keys.private, "tok-acl002", Status.RED, int(time.time()), 600).encode())
+        assert collector.wait(60) == 0
+        assert "stored 1 new" in collector.stderr.read()
+
+        def command() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gate",
+                    "central",
+                    "command",
+                    "--config",
+                    str(toml("ops-1")),
+                    "--key",
+                    str(central_key),
+                    "lane-a",
+                    "status",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        r = pumping(g, command)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["result"]["gate_id"] == "lane-a"
+    finally:
+        collector.kill()
         g.close()

@@ -31,7 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     def mqtt_cmd(name: str, help: str, signed: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--broker", required=True, type=broker_address, metavar="HOST:PORT")
+        sp.add_argument("--broker", type=broker_address, metavar="HOST:PORT", help="or --config")
+        sp.add_argument(
+            "--config",
+            metavar="CENTRAL_TOML",
+            help="[mqtt] host, port, username, password_file, tls, protocol: as a gate's config",
+        )
         sp.add_argument("--prefix", default="gate", help="topic prefix (mqtt.topic_prefix of the gates)")
         if signed:
             sp.add_argument("--key", required=True, help="central private key (its .pub is pinned on the gates)")
@@ -94,6 +99,10 @@ def main(argv: list[str]) -> int:
     """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
     args = build_parser().parse_args(argv)
     cmd = args.central_cmd
+    if hasattr(args, "config"):  # a command that talks to the broker
+        from gate.central.mqtt import broker_from
+
+        args.broker = broker_from(args.broker, args.config)
     if cmd == "provision":
         from gate.central import provision as prov
 

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gate.central.mqtt import connect
+from gate.config import MqttSection
 from gate.keys import load_public_key
 from gate.sealing import SealError, unseal
 
@@ -96,7 +97,7 @@ class Checks:
 
 
 def collect(
-    broker: tuple[str, int],
+    broker: MqttSection,
     prefix: str,
     db_path: Path,
     group: str,

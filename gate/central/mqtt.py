@@ -4,32 +4,90 @@ from __future__ import annotations
 
 import json
 import threading
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
+from gate.config import MqttSection
+from gate.configerrors import describe
 from gate.control import sign
-from gate.errors import GateError
+from gate.errors import ConfigError, GateError
+from gate.mqtt_link import authenticate
+
+Broker = MqttSection  # the central tools connect with the same options as a gate
 
 
-def connect(broker: tuple[str, int], client_id: str = "") -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(100)
+def broker_from(args_broker: tuple[str, int] | None, config: str | None) -> MqttSection:
+    """`--config central.toml` ([mqtt]: host, port, username, password_file, tls, protocol) or `--broker H:P`."""
+    if config is not None:
+        data = _toml(Path(config))
+        try:
+            return MqttSection.model_validate_json(json.dumps(data.get("mqtt", {})), strict=True)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, config)) from None
+    if args_broker is None:
+        raise GateError("give --broker HOST:PORT or --config central.toml")
+    return MqttSection(host=args_broker[0], port=args_broker[1])
+
+
+def _toml(path: Path) -> dict[str, Any]:
     try:
-        client.connect(broker[0], broker[1], keepalive=30)
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise GateError(f"cannot reach broker {broker[0]}:{broker[1]}: {exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 TOML: {str(exc)[:120]}") from None
+
+
+def connect(broker: MqttSection | tuple[str, int], client_id: str = "") -> mqtt.Client:
+    """Connected, with paho's loop running. protocol = auto tries MQTT 5, then 3.1.1 if the broker refuses it
+    or closes the connection (RabbitMQ)."""
+    if isinstance(broker, tuple):
+        broker = MqttSection(host=broker[0], port=broker[1])
+    protocols = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(broker.protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
+    last = ""
+    for protocol in protocols:
+        client, answer = _attempt(broker, client_id, protocol)
+        if answer == "Success":
+            return client
+        last = answer
+    raise GateError(f"broker {broker.host}:{broker.port} refused the connection: {last}")
+
+
+def _attempt(broker: MqttSection, client_id: str, protocol: Any) -> tuple[mqtt.Client, str]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client.max_inflight_messages_set(100)
+    authenticate(client, broker)
+    answers: list[str] = []
+    up = threading.Event()
+
+    def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+        answers.append("Success" if not rc.is_failure else str(rc))
+        up.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(broker.host, broker.port, keepalive=30)
+    except OSError as exc:
+        raise GateError(f"cannot reach broker {broker.host}:{broker.port}: {exc}") from None
     client.loop_start()
-    return client
+    if up.wait(10) and answers == ["Success"]:
+        return client, "Success"
+    client.loop_stop()
+    client.disconnect()
+    return client, answers[0] if answers else "the broker closed the connection without answering"
 
 
 @contextmanager
-def publisher(broker: tuple[str, int]) -> Iterator[Callable[[str, bytes, bool], None]]:
+def publisher(broker: MqttSection | tuple[str, int]) -> Iterator[Callable[[str, bytes, bool], None]]:
     """QoS 1 publishes, each waited for (PUBACK) before the context exits."""
     client = connect(broker)
     infos: list[mqtt.MQTTMessageInfo] = []
@@ -45,7 +103,7 @@ def publisher(broker: tuple[str, int]) -> Iterator[Callable[[str, bytes, bool], 
 
 
 def request(
-    broker: tuple[str, int],
+    broker: MqttSection | tuple[str, int],
     topic: str,
     body: dict[str, Any],
     key: Ed25519PrivateKey,
