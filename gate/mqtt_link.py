@@ -209,7 +209,7 @@ class MqttLink:
     @guarded
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         ack = functools.partial(client.ack, msg.mid, msg.qos)
-        for pattern, handler in self._subs.items():
+        for pattern, handler in list(self._subs.items()):  # the sync worker may subscribe meanwhile
             if mqtt.topic_matches_sub(pattern, msg.topic):
                 handler(msg.topic, bytes(msg.payload), ack)
                 return
@@ -220,6 +220,10 @@ class MqttLink:
         if self.connected.is_set():
             self.subscribed.clear()
             self._subscribe(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        if self._subs.pop(topic, None) is not None and self.connected.is_set():
+            self.client.unsubscribe(topic)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Hand a message to paho (kept in memory and re-sent across reconnects)."""

@@ -39,9 +39,17 @@ class PassSync:
     sequence, and a gap asks for a resync while decisions go on from the data the gate has."""
 
     def __init__(
-        self, cache: PassCache, verifier: Verifier, resync: Callable[[str], None], changed: Callable[[], None]
+        self,
+        cache: PassCache,
+        verifier: Verifier,
+        resync: Callable[[str], None],
+        changed: Callable[[], None],
+        fetch: Callable[[int, list[int]], None] = lambda version, missing: None,
     ) -> None:
         self.cache, self.verifier, self._resync, self._changed = cache, verifier, resync, changed
+        # Called with (version, chunk indexes still missing) for each new manifest, and (version, []) once
+        # applied: the owner subscribes each chunk's exact topic, where every broker delivers retained ones.
+        self._fetch = fetch
         self.pending: dict[str, Any] | None = None  # the manifest of the snapshot being gathered
         self.awaiting_resync = False
 
@@ -72,6 +80,8 @@ class PassSync:
             return  # the retained manifest of what we already have
         self.pending = m
         self.cache.drop_staging(below=m["version"])
+        staged = self.cache.staged(m["version"])
+        self._fetch(m["version"], [i for i in range(m["chunks"]) if i not in staged])
         self._maybe_apply()
 
     def chunk(self, msg: ControlMessage) -> None:
@@ -103,6 +113,7 @@ class PassSync:
             raise self.verifier.invalid(f"snapshot {m['version']} has {len(rows)} rows, manifest says {m['count']}")
         start = time.perf_counter()
         self.cache.replace_all(rows, m["version"], synced_at=m["ts"])
+        self._fetch(m["version"], [])
         self.cache.drop_staging()
         self.pending, self.awaiting_resync = None, False
         log.info(

@@ -71,7 +71,10 @@ class CentralSync:
         self.topics = Topics(self.prefix, self.gate_id)
         state_dir = cfg.gate.state_dir
         self.state_dir = state_dir
-        self.passes = PassSync(PassCache(state_dir / "passes.db"), verifier, self.request_resync, control.report)
+        self.passes = PassSync(
+            PassCache(state_dir / "passes.db"), verifier, self.request_resync, control.report, self._fetch_chunks
+        )
+        self._chunk_topics: set[str] = set()  # exact chunk topics subscribed for the snapshot being gathered
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
         self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
         self.policy_version = self.policies.load().version
@@ -105,6 +108,16 @@ class CentralSync:
                 log.warning("central: %s on %s refused before queuing: %s", kind, topic, refused)
 
         return handler
+
+    def _fetch_chunks(self, version: int, missing: list[int]) -> None:
+        """The sync worker: follow the manifest's chunks by their exact topics (RabbitMQ delivers retained
+        messages only there); the wildcard subscription still catches live ones."""
+        wanted = {f"{self.prefix}/central/passes/chunk/{version}/{i}" for i in missing}
+        for topic in self._chunk_topics - wanted:
+            self.link.unsubscribe(topic)
+        for topic in wanted - self._chunk_topics:
+            self.link.subscribe(topic, self._enqueue(self.passes.chunk, "chunk"))
+        self._chunk_topics = wanted
 
     def resync_soon(self, why: str) -> None:
         """Any thread: the worker asks central for a snapshot."""

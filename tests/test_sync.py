@@ -559,3 +559,25 @@ def test_state_is_read_while_snapshots_are_applied(gate, central, attempt) -> No
     assert gate.cache.info().version == base + 30 and gate.cache.info().count == 50
     assert sync.status()["rejected"].get("error", 0) == 0 and not sync.status()["snapshot_in_progress"]
     assert all(s["sync"]["rejected"].get("error", 0) == 0 for s in states)
+
+
+def test_chunks_are_fetched_by_exact_topic_and_a_new_snapshot_clears_the_old_ones(
+    gate, central, broker, tmp_path, subscriber_factory
+) -> None:
+    f = tmp_path / "passes.csv"
+    f.write_text("token,status\n" + "".join(f"tok-x{i:06d},green\n" for i in range(25)))
+    key = str(central.pub.with_suffix(".key"))
+    b = f"{broker.host}:{broker.port}"
+    # Like RabbitMQ, which keeps retained messages only for exact-topic subscriptions: no wildcard delivery.
+    gate.link.unsubscribe(T["chunk"])
+    r = _cli("publish-snapshot", str(f), "--version", "1", "--chunk-size", "10", "--broker", b, "--key", key)
+    assert r.returncode == 0, r.stderr
+    assert settle(gate, lambda: gate.cache.info().version == 1 and gate.cache.info().count == 25)
+    assert not any("/chunk/1/" in t for t in gate.link._subs)  # let go once applied
+    f.write_text("token,status\ntok-y000001,red\n")
+    r = _cli("publish-snapshot", str(f), "--version", "2", "--broker", b, "--key", key)
+    assert r.returncode == 0 and json.loads(r.stdout)["cleared_chunks_of_version"] == 1
+    assert settle(gate, lambda: gate.cache.info().version == 2 and gate.cache.lookup("tok-y000001") is not None)
+    late = subscriber_factory(broker, f"{PREFIX}/central/passes/chunk/#")  # a gate that connects later
+    assert wait_until(lambda: late.on("/0"), 10)
+    assert {t for t, _, retain in late.messages if retain} == {f"{PREFIX}/central/passes/chunk/2/0"}

@@ -86,6 +86,27 @@ def _attempt(broker: MqttSection, client_id: str, protocol: Any) -> tuple[mqtt.C
     return client, answers[0] if answers else "the broker closed the connection without answering"
 
 
+def retained(broker: MqttSection | tuple[str, int], topic: str, timeout: float = 2.0) -> bytes | None:
+    """The retained message on `topic`, if the broker holds one (None after `timeout`)."""
+    got: list[bytes] = []
+    done = threading.Event()
+    client = connect(broker)
+
+    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            got.append(bytes(msg.payload))
+        done.set()
+
+    client.on_message = on_message
+    client.subscribe(topic, qos=1)
+    try:
+        done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0] if got and got[0] else None
+
+
 @contextmanager
 def publisher(broker: MqttSection | tuple[str, int]) -> Iterator[Callable[[str, bytes, bool], None]]:
     """QoS 1 publishes, each waited for (PUBACK) before the context exits."""

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gate.central.mqtt import publisher, request
+from gate.central.mqtt import publisher, request, retained
 from gate.control import sign
 from gate.errors import GateError
 from gate.keys import load_private_key
@@ -22,6 +22,16 @@ def _publish(args: argparse.Namespace, messages: list[tuple[str, bytes, bool]]) 
     with publisher(args.broker) as pub:
         for topic, payload, retain in messages:
             pub(topic, payload, retain)
+
+
+def _previous_manifest(broker: Any, topic: str) -> tuple[int, int] | None:
+    """(version, chunks) of the snapshot the broker retains now, read before a new one replaces it."""
+    payload = retained(broker, topic)
+    try:
+        body = json.loads(json.loads(payload)["msg"]) if payload else None
+        return None if body is None else (int(body["version"]), int(body["chunks"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # not ours to read: nothing to clear
 
 
 def _rows(path: Path) -> list[list[Any]]:
@@ -46,8 +56,11 @@ def main(args: argparse.Namespace) -> int:
         ]
         manifest = {"version": args.version, "count": len(rows), "chunks": len(chunks), "sha256": rows_digest(chunks)}
         msgs.append((topics["manifest"], sign(key, "manifest", manifest), True))
+        old = _previous_manifest(args.broker, topics["manifest"])
+        if old is not None and old[0] != args.version:  # the last snapshot's chunks stop being retained
+            msgs += [(f"{chunk_topic}/{old[0]}/{i}", b"", True) for i in range(old[1])]
         _publish(args, msgs)
-        print(json.dumps(manifest))
+        print(json.dumps({**manifest, "cleared_chunks_of_version": old[0] if old else None}))
         return 0
     if cmd == "publish-delta":
         upserts = _rows(Path(args.file)) if args.file else []
