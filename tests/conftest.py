@@ -98,11 +98,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 class Subscriber:
     """A real paho client that records every message it sees."""
 
-    def __init__(self, broker: Broker, topic: str = "#", client_id: str = "", **kw: Any) -> None:
+    def __init__(self, broker: Any, topic: str = "#", client_id: str = "", **kw: Any) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        protocol = kw.get("protocol", mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         if "username" in kw:
             self.client.username_pw_set(kw["username"], kw["password"])
         if "tls" in kw:
@@ -196,3 +197,66 @@ def make_config(state: Path, keys: Keys | None = None, **sections: Any) -> Confi
         base = data.setdefault(name, {})
         base.update(value)
     return parse_config(data, "test")
+
+
+@dataclass
+class RabbitMQ:
+    """A throwaway RabbitMQ node with its MQTT plugin (Debian's rabbitmq-server): its own node name, ports,
+    data and cookie in a temp dir, so it never meets a system broker. RabbitMQ 3.x speaks MQTT 3.1.1 only."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not Path(server).exists():
+            require("rabbitmq-server")  # fails under CI, skips elsewhere
+        d = self.workdir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        self.epmd_port = free_port()  # the node's own epmd, stopped with it
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {free_port()}\nmqtt.listeners.tcp.default = {self.port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\n"
+        )
+        env = {
+            **os.environ,
+            "HOME": str(d),
+            "RABBITMQ_NODENAME": f"gate-test-{self.port}@localhost",
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq"),
+            "RABBITMQ_PID_FILE": str(d / "pid"),
+        }
+        self.proc = subprocess.Popen(
+            [server], env=env, stdout=(d / "out.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"RabbitMQ did not start: {(d / 'out.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(10)
+            epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+            subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], capture_output=True, check=False)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    r = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    r.start()
+    yield r
+    r.stop()

@@ -1,0 +1,124 @@
+"""A second broker: RabbitMQ's MQTT plugin (MQTT 3.1.1 only, no shared subscriptions, retained messages only
+for exact-topic subscriptions). The gate delivers with protocol = "auto", fetches snapshots, and collect works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from gpiozero.pins.mock import MockFactory
+
+from conftest import make_config, wait_until
+from gate.codes import Kind, Status, issue
+from gate.decoders import make_decoder
+from gate.keys import generate_keypair
+from gate.scanner import DecodingSource
+from gate.testing import ScriptedFrames
+from gate.wiring import build
+
+
+def gate_on(rabbitmq, tmp_path: Path, keys, prefix: str, **sections):
+    cfg = make_config(
+        tmp_path / "state",
+        keys,
+        mqtt={"host": rabbitmq.host, "port": rabbitmq.port, "topic_prefix": prefix, "protocol": "auto"},
+        policy={"passback_seconds": 0},
+        **sections,
+    )
+    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+
+
+def central(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_gate_delivers_through_rabbitmq_with_protocol_auto(rabbitmq, tmp_path, keys, subscriber_factory, caplog):
+    sub = subscriber_factory(rabbitmq, "rmq1/+/checkin", protocol=mqtt.MQTTv311)
+    g = gate_on(rabbitmq, tmp_path, keys, "rmq1")
+    try:
+        sent = {
+            g.handle(issue(keys.private, f"tok-r{i:05d}", Status.RED, int(time.time()), 600).encode())[1].event_id
+            for i in range(30)
+        }
+        assert sent <= sub.wait_for_ids("/checkin", sent, timeout=60)
+        assert g.drainer.wait_empty(20)
+        assert g.link.protocol == mqtt.MQTTv311 and g.state()["refusals_visible"] is False
+        assert "closed the connection on an MQTT 5 CONNECT" in caplog.text
+    finally:
+        g.close()
+
+
+def test_a_snapshot_retained_before_the_gate_started_is_fetched_by_exact_topics(rabbitmq, tmp_path, keys) -> None:
+    _, ckey, cpub = generate_keypair(tmp_path / "central")
+    f = tmp_path / "passes.csv"
+    f.write_text("token,status\n" + "".join(f"tok-s{i:06d},red\n" for i in range(25)))
+    b = f"{rabbitmq.host}:{rabbitmq.port}"
+    r = central(
+        "publish-snapshot",
+        str(f),
+        "--version",
+        "4",
+        "--chunk-size",
+        "10",
+        "--prefix",
+        "rmq2",
+        "--broker",
+        b,
+        "--key",
+        str(ckey),
+    )
+    assert r.returncode == 0, r.stderr
+    g = gate_on(rabbitmq, tmp_path, keys, "rmq2", central={"keys": [str(cpub)]})
+    try:
+        assert wait_until(lambda: (g.pump(), g.cache.info().version == 4)[1], 60)
+        assert g.cache.info().count == 25
+        card = issue(keys.private, "tok-s000007", Status.GREEN, int(time.time()) - 5, 3600, Kind.CARD).encode()
+        assert g.handle(card)[0].reason.value == "status_red"  # central's status decides
+    finally:
+        g.close()
+
+
+def test_collect_without_shared_subscriptions_stores_signed_check_ins(rabbitmq, tmp_path, keys) -> None:
+    bdir = tmp_path / "broker"
+    assert central("provision", "lane-t", "--broker-dir", str(bdir)).returncode == 0
+    db = tmp_path / "c.db"
+    collector = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gate",
+            "central",
+            "collect",
+            "--broker",
+            f"{rabbitmq.host}:{rabbitmq.port}",
+            "--prefix",
+            "rmq3",
+            "--no-share",
+            "--db",
+            str(db),
+            "--devices",
+            str(bdir / "devices"),
+            "--count",
+            "5",
+            "--idle-timeout",
+            "60",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    g = gate_on(rabbitmq, tmp_path, keys, "rmq3", gate={"device_key": str(bdir / "credentials/lane-t/device.key")})
+    try:
+        assert "collect: subscribed" in collector.stderr.readline()
+        for i in range(5):
+            g.handle(issue(keys.private, f"tok-c{i:05d}", Status.RED, int(time.time()), 600).encode())
+        assert collector.wait(60) == 0
+        assert "stored 5 new" in collector.stderr.read()
+        r = central("trace", "tok-c00003", "--db", str(db), "--json")
+        assert json.loads(r.stdout.splitlines()[0])["gate_id"] == "lane-t"
+    finally:
+        collector.kill()
+        g.close()
