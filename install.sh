@@ -37,6 +37,9 @@ if [ "$mode" = dev ]; then
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"
   "$here/.venv/bin/python" -m pip install -q --upgrade pip
   "$here/.venv/bin/python" -m pip install -q -e "$here[dev]"
+  # The official AsyncAPI parser checks docs/asyncapi.yaml in the tests (about 55 MB in script/asyncapi/).
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  (cd "$here/script/asyncapi" && npm ci --no-audit --no-fund --loglevel=error)
   echo "install.sh: development environment ready in $here/.venv"
   exit 0
 fi

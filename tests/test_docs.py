@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from pydantic import BaseModel
 
@@ -85,3 +87,19 @@ def test_mqtt_doc_names_every_reason_and_topic() -> None:
         "status_red",
     ):
         assert Reason(reason) and f"`{reason}`" in codes, reason
+
+
+def test_the_asyncapi_document_parses_with_no_error_in_the_official_parser() -> None:
+    from conftest import require
+
+    node = require("node")
+    if not (ROOT / "script/asyncapi/node_modules/@asyncapi/parser").exists():
+        pytest.fail("the AsyncAPI parser is not installed (./install.sh --dev installs it)")
+    r = subprocess.run(
+        [node, str(ROOT / "script/asyncapi/validate.mjs"), str(ROOT / "docs/asyncapi.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 error(s)" in r.stdout

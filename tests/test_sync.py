@@ -14,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jsonschema
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_delivery import schema
 
 from conftest import Broker, make_config, wait_until
 from gate.app import Gate
@@ -158,6 +160,7 @@ def test_deltas_apply_in_sequence_and_a_gap_asks_for_a_resync(gate, central, key
     assert settle(gate, lambda: gate.sync.passes.awaiting_resync)
     assert gate.cache.info().seq == 1 and gate.cache.lookup("tok-00000003").status.value == "green"
     req = json.loads(sub.wait_for("/resync", 1)[0])
+    jsonschema.validate(req, schema("resync"))
     assert (req["have_version"], req["have_seq"]) == (3, 1) and "gap" in req["reason"]
     assert gate.state()["sync"]["awaiting_resync"] is True
     central.snapshot(4, rows(10, status=1))
@@ -252,6 +255,7 @@ def test_command_round_trip_open_service_modes_and_status(gate, central, broker,
     r = _cli("command", "--broker", b, "--key", str(central.pub.with_suffix(".key")), "lane-t", "status", gate=gate)
     assert r.returncode == 0, r.stderr
     reply = json.loads(r.stdout)
+    jsonschema.validate(reply, schema("reply"))
     assert reply["ok"] and reply["result"]["gate_id"] == "lane-t" and reply["result"]["mode"] == "normal"
     key = str(central.pub.with_suffix(".key"))
     relay = gate.actuator.relay.pin_factory.pin(17)
