@@ -14,7 +14,6 @@ from gate.errors import OutboxFull
 from gate.events import CheckIn, Venue, alarm_json, uuid7
 from gate.mqtt_link import Topics
 from gate.outbox import Outbox
-from gate.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,7 @@ class Recorder:
         outbox: Outbox,
         clock: Clock,
         wake: Callable[[], None] = lambda: None,
-        sealer: Sealer | None = None,
     ) -> None:
-        self.sealer = sealer  # signs every payload with the gate's device key, when it has one
         v = cfg.venue
         self.gate_id, self.venue = cfg.gate.id, Venue(v.id, v.name, v.category.value)
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
@@ -61,8 +58,6 @@ class Recorder:
 
     def record(self, event_id: str, topic: str, payload: bytes) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
-        if self.sealer is not None:
-            payload = self.sealer.seal(payload)
         try:
             self.outbox.append(event_id, topic, payload)
         except OutboxFull as exc:

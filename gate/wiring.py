@@ -86,12 +86,12 @@ def build(
     factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.gpio.pin_factory)
     actuator = Actuator(cfg.gpio, factory, control.post, control.post)
     link = MqttLink(cfg.mqtt, cfg.gate.id, on_up=control.report) if with_mqtt else None
+    sealer = Sealer(load_private_key(secret_path(cfg.gate.device_key))) if cfg.gate.device_key else None
     drainer = None
     if link is not None:
         dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
-        drainer = Drainer(outbox, link, cfg.mqtt.inflight_window, cfg.mqtt.max_refusals, dead)
-    sealer = Sealer(load_private_key(secret_path(cfg.gate.device_key))) if cfg.gate.device_key else None
-    recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None, sealer)
+        drainer = Drainer(outbox, link, cfg.mqtt.inflight_window, cfg.mqtt.max_refusals, dead, sealer)
+    recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
     sync = None
     if link is not None and cfg.central.keys:
         verifier = Verifier(
