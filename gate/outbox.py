@@ -182,20 +182,22 @@ def salvage(corrupt: Path, into: Outbox, upper: int = 0) -> tuple[int, int | Non
     when unknown). A scan in order first; where it breaks, row by row up to `upper` (the last seq written)."""
     readable = _padded(corrupt)
     db = sqlite3.connect(f"file:{readable}?mode=ro", uri=True, timeout=10)
-    saved, last = 0, 0
+    saved, last, bad = 0, 0, 0
     try:
         try:
             for seq, event_id, topic, qos, payload in db.execute(
                 "SELECT seq, event_id, topic, qos, payload FROM outbox ORDER BY seq"
             ):
-                into.append(event_id, topic, payload, qos)
-                saved, last = saved + 1, seq
-            return saved, 0
+                if _keep(into, event_id, topic, qos, payload):
+                    saved += 1
+                else:
+                    bad += 1
+                last = seq
+            return saved, bad
         except sqlite3.Error:
             pass
         if upper <= last:
             return saved, None
-        bad = 0
         for seq in range(last + 1, upper + 1):  # one bad page costs only its own rows
             try:
                 row = db.execute("SELECT event_id, topic, qos, payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
@@ -203,13 +205,23 @@ def salvage(corrupt: Path, into: Outbox, upper: int = 0) -> tuple[int, int | Non
                 bad += 1
                 continue
             if row is not None:
-                into.append(row[0], row[1], row[3], row[2])
-                saved += 1
+                if _keep(into, *row):
+                    saved += 1
+                else:
+                    bad += 1
         return saved, bad
     finally:
         db.close()
         if readable != corrupt:
             readable.unlink(missing_ok=True)
+
+
+def _keep(into: Outbox, event_id: object, topic: object, qos: object, payload: object) -> bool:
+    """Salvage one row if it is whole (a zeroed page can read back as a row of nulls)."""
+    if not (isinstance(event_id, str) and isinstance(topic, str) and qos in (0, 1, 2) and isinstance(payload, bytes)):
+        return False
+    into.append(event_id, topic, payload, int(qos))
+    return True
 
 
 def _padded(path: Path) -> Path:
