@@ -73,26 +73,18 @@ def raw_paho_rate(port: int, n: int) -> float:
 
 
 def fill(outbox: Outbox, n: int) -> None:
-    db = outbox._db  # bulk set-up only; the measured path is the public one
-    with outbox._lock:
-        db.execute("BEGIN")
+    """Bulk set-up through the writer's own connection (this thread is the writer); measured paths are public."""
+    with outbox._writer.transaction() as db:
         db.executemany(
             "INSERT INTO outbox (event_id, topic, qos, payload) VALUES (?, ?, 1, ?)",
             ((uuid7(), "gate/lane-01/checkin", PAYLOAD) for _ in range(n)),
         )
-        db.execute("COMMIT")
-        outbox._depth += n
+    outbox.appended += n
 
 
 def drain(outbox: Outbox, port: int, stop_at: int = 0, samples: list[tuple[int, float]] | None = None) -> float:
-    holder: list[Drainer] = []
-    link = MqttLink(
-        MqttSection(host="127.0.0.1", port=port, inflight_window=WINDOW),
-        "bench",
-        lambda mid, ok: holder[0].on_publish(mid, ok),
-    )
-    d = Drainer(outbox, link, WINDOW)
-    holder.append(d)
+    link = MqttLink(MqttSection(host="127.0.0.1", port=port, inflight_window=WINDOW), "bench")
+    d = Drainer(outbox, link, WINDOW)  # registers for the link's PUBACKs itself
     start_depth = outbox.depth
     link.start()
     link.connected.wait(10)
@@ -127,7 +119,8 @@ def main() -> None:
             raw = raw_paho_rate(port, args.backlog)
             ob = Outbox(tmp / "outbox.db")
             append_ms = time_calls(lambda: ob.append(uuid7(), "gate/lane-01/checkin", PAYLOAD), args.appends)
-            ob.ack(s for s, *_ in ob.fetch(0, args.appends + 10))
+            ob.close()  # the drainer's thread owns the reading connection: start it afresh
+            ob = Outbox(tmp / "outbox.db")
             fill(ob, args.backlog)
             ours = drain(ob, port)
             ob.close()

@@ -17,6 +17,7 @@ from gate.config import MqttSection
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
+RECEIVE_MAXIMUM = 8
 Handler = Callable[[str, bytes, Callable[[], object]], None]  # (topic, payload, ack): call ack once it is handled
 
 
@@ -115,6 +116,9 @@ class MqttLink:
 
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 3600  # keep our QoS 1 session across short outages
+            # Inbound messages are acked only once handled (manual ack), so this bounds what central can have
+            # in flight to us: a snapshot's chunks wait at the broker instead of filling the gate's memory.
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs["properties"] = props
             kwargs["clean_start"] = False
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **kwargs)

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from conftest import Broker, make_config, require, wait_until
+from conftest import Broker, make_config, new_broker, require, wait_until
 from gate.actuator import Alarm
 from gate.app import Gate
 from gate.clock import SystemClock
@@ -104,7 +104,7 @@ def test_online_only_after_connect_and_stopped_on_clean_stop(tmp_path, keys, bro
 
 
 def test_broker_down_during_1000_decisions_loses_nothing(tmp_path, keys, subscriber_factory, gates) -> None:
-    broker = Broker(tmp_path)  # not started yet
+    broker = new_broker(tmp_path)  # not started yet
     gate = make_gate(tmp_path, keys, broker)
     gates.append(gate)
     sent = [gate.handle(c)[1].event_id for c in codes(keys, 1000, Status.RED)]
@@ -119,6 +119,7 @@ def test_broker_down_during_1000_decisions_loses_nothing(tmp_path, keys, subscri
         broker.stop()
 
 
+@pytest.mark.mosquitto_only("a broker that forgets its sessions when killed (persistence false)")
 def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path, keys, subscriber_factory, gates) -> None:
     broker = Broker(tmp_path, extra="persistence false\n")
     broker.start()
@@ -140,6 +141,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path, keys, su
         broker.stop()
 
 
+@pytest.mark.mqtt5_only("RabbitMQ 3 has no shared subscriptions (collect --no-share)")
 def test_a_shared_subscription_group_receives_every_check_in(tmp_path, keys, broker, subscriber_factory, gates) -> None:
     a = subscriber_factory(broker, "$share/collectors/gate/+/checkin")
     b = subscriber_factory(broker, "$share/collectors/gate/+/checkin")
@@ -193,7 +195,7 @@ def test_indicator_shows_offline_while_the_broker_is_unreachable(tmp_path, keys,
     import gate.reporting
 
     monkeypatch.setattr(gate.reporting, "OFFLINE_AFTER", 0.2)
-    broker = Broker(tmp_path)
+    broker = new_broker(tmp_path)
     g = make_gate(tmp_path, keys, broker)
     gates.append(g)
     assert wait_until(lambda: (g.tick(), g.actuator.mode == "offline")[1], timeout=5)
@@ -218,7 +220,7 @@ def test_logs_never_show_a_full_token(tmp_path, keys, caplog, gates) -> None:
 
 
 def test_a_check_in_handed_to_paho_during_a_disconnect_is_still_acked_and_removed(tmp_path, keys, gates) -> None:
-    broker = Broker(tmp_path)  # down
+    broker = new_broker(tmp_path)  # down
     g = make_gate(tmp_path, keys, broker)
     gates.append(g)
     g.link.connected.set()  # the race: the link looked up when the drainer published
@@ -259,6 +261,7 @@ def test_event_ids_are_unique_and_ordered_even_when_threads_are_preempted_mid_ca
     assert all(o == sorted(o) for o in out)
 
 
+@pytest.mark.mqtt5_only("a refusal is only visible in an MQTT 5 PUBACK reason code")
 def test_an_event_the_broker_keeps_refusing_becomes_a_dead_letter_and_the_rest_flow(
     tmp_path, keys, subscriber_factory, gates
 ) -> None:
