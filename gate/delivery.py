@@ -50,6 +50,7 @@ class Drainer:
         self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo]] = deque()
         self._refused: dict[int, str] = {}  # mid -> the failure reason the broker answered (paho's thread adds)
         self._refusals: Counter[int] = Counter()  # seq -> times refused so far
+        self._generation = link.generation
         self.faults = Faults()
         self._last_seq = 0
         self._wake = threading.Event()
@@ -124,6 +125,12 @@ class Drainer:
                 self._stop.wait(self.retry_delay)
 
     def _step(self) -> None:
+        if self.link.generation != self._generation:  # the link rebuilt its client: re-send what the old one held
+            self._generation = self.link.generation
+            if self._inflight:
+                self._last_seq = self._inflight[0][0] - 1
+                self._inflight.clear()
+            self._refused.clear()
         self._collect()
         if not self.link.connected.is_set():
             return

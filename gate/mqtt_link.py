@@ -81,6 +81,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._ever_connected = self._falling_back = self._stopping = False
         self._closed_before_connack = 0
+        self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
         self._pending_subs: set[int] = set()
         self._subs_lock = threading.Lock()
@@ -174,6 +175,7 @@ class MqttLink:
         self.client.disconnect()
         self.protocol = mqtt.MQTTv311
         self.client = self._build()
+        self.generation += 1  # what the old client held in flight is gone with it
         self.start()
 
     @guarded
