@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gate.config import OutboxSection
 from gate.errors import OutboxFull
-from gate.sqlite import Owned
+from gate.sqlite import Owned, header_size
 
 log = logging.getLogger(__name__)
 _SCHEMA = """
@@ -226,13 +226,8 @@ def _keep(into: Outbox, event_id: object, topic: object, qos: object, payload: o
 
 def _padded(path: Path) -> Path:
     """A cut file reads as malformed throughout; padded back to its header's size, its intact pages read."""
-    with path.open("rb") as fh:
-        head = fh.read(100)
-    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
-        return path
-    page = int.from_bytes(head[16:18], "big")
-    want = (65536 if page == 1 else page) * int.from_bytes(head[28:32], "big")
-    if want <= path.stat().st_size:
+    want = header_size(path)
+    if want is None or want <= path.stat().st_size:
         return path
     padded = path.with_name(path.name + ".padded")
     shutil.copyfile(path, padded)

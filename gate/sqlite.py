@@ -76,3 +76,13 @@ class Owned:
             if self._db is not None:
                 self._db.close()
             self._db, self._owner = None, None
+
+
+def header_size(path: Path) -> int | None:
+    """The length a SQLite file's header says it has (page size × page count); None if it is not one."""
+    with path.open("rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return None
+    page = int.from_bytes(head[16:18], "big")
+    return (65536 if page == 1 else page) * int.from_bytes(head[28:32], "big")

@@ -15,6 +15,7 @@ from gate.config import OutboxSection
 from gate.docstore import AtomicJSONStorage
 from gate.lanestate import LaneState
 from gate.outbox import Outbox, read_hwm, salvage
+from gate.sqlite import header_size
 
 log = logging.getLogger(__name__)
 SIDE_FILES = ("-wal", "-shm", "-journal", ".hwm")
@@ -73,14 +74,9 @@ def sqlite_problem(path: Path, setup: Callable[[sqlite3.Connection], None], thor
 
 
 def _cut_short(path: Path) -> str | None:
-    with path.open("rb") as fh:
-        head = fh.read(100)
-    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
-        return None  # not a database at all: opening it says so
-    page = int.from_bytes(head[16:18], "big")
-    want = (65536 if page == 1 else page) * int.from_bytes(head[28:32], "big")
+    want = header_size(path)  # None: not a database at all, and opening it says so
     size = path.stat().st_size
-    return None if size >= want else f"cut short: {size} of {want} bytes"
+    return None if want is None or size >= want else f"cut short: {size} of {want} bytes"
 
 
 def check_device_doc(path: Path, recovery: Recovery) -> None:
