@@ -104,7 +104,9 @@ def test_secrets_and_broker_files_are_private(secured) -> None:
         "credentials/lane-a/device.key",
     ):
         assert (d / f).stat().st_mode & 0o077 == 0, f
-    assert "s3" not in (d / "passwd").read_text() and "$7$101$" in (d / "passwd").read_text()
+    secret = (d / "credentials" / "lane-a" / "mqtt-password").read_text().strip()
+    passwd = (d / "passwd").read_text()
+    assert secret not in passwd and "lane-a:$7$101$" in passwd  # only a PBKDF2 hash is kept
 
 
 def test_anonymous_and_wrong_passwords_are_refused(secured) -> None:
