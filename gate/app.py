@@ -29,6 +29,7 @@ from gate.reporting import Reporter
 from gate.scanner import Scan, Scanner
 from gate.sync import CentralSync
 from gate.telemetry import Stats
+from gate.threads import LaneFirst
 
 log = logging.getLogger(__name__)
 DecisionListener = Callable[[Scan | None, Decision, CheckIn], None]
@@ -59,6 +60,7 @@ class Gate:
     listeners: list[DecisionListener] = field(default_factory=list)
     outcome_listeners: list[Callable[[PassageOutcome], None]] = field(default_factory=list)
     heartbeat: Callable[[], None] = lambda: None
+    lane_first: LaneFirst = field(default_factory=LaneFirst)
 
     @cached_property
     def control(self) -> LaneControl:
@@ -84,6 +86,8 @@ class Gate:
         if decision.admits:
             self.actuator.release(Release(event.event_id, decision.companions + 1))
         self.actuator.signal(decision.action.value)
+        if not full:
+            self.recorder.wake()  # only now: delivering the record must not delay the relay
         tok = short(decision.token)
         self.stats.decided(
             decision.reason.value,
@@ -192,10 +196,12 @@ class Gate:
             scans = self.scanner.poll(0.2)
             self.heartbeat()  # the scan loop made progress (watchdog)
             self.pump()  # a mode or policy change queued before this scan applies to it
-            for scan in scans or ():
-                self.stats.scanned(scan.decode_ms)
-                if not self.faults.run("deciding", partial(self.handle, scan.payload, scan)):
-                    self.actuator.signal("deny")
+            if scans:
+                with self.lane_first.deciding():  # delivery and sync pause at their next step meanwhile
+                    for scan in scans:
+                        self.stats.scanned(scan.decode_ms)
+                        if not self.faults.run("deciding", partial(self.handle, scan.payload, scan)):
+                            self.actuator.signal("deny")
             self.reporter.tick()
 
     def close(self) -> None:

@@ -46,9 +46,9 @@ _ZBAR_FORMATS = {"qr": "QRCODE", "pdf417": "PDF417"}
 
 
 class ZxingDecoder:
-    """zxing-cpp: exact bytes. Alternates plain and inverted passes on successive frames to halve the
-    cost of watching an empty scene, and tries harder only on frames where it saw a code it could
-    not read."""
+    """zxing-cpp: exact bytes. Every frame is read in both polarities (zxing inverts the binarised image,
+    not the frame, so a dark-mode screen costs no extra frame), at full resolution only: the downscaled
+    pass, the 2x upscale and pyzbar are tried only on frames where a code was seen but not read."""
 
     name = "zxing"
 
@@ -58,7 +58,6 @@ class ZxingDecoder:
         self._zx: Any = zxingcpp
         self._formats = [getattr(zxingcpp.BarcodeFormat, _ZXING_FORMATS[f]) for f in formats]
         self._fallback = fallback
-        self._invert_next = False
 
     def _read(self, frame: Frame, invert: bool, downscale: bool = True) -> list[Any]:
         try:
@@ -80,9 +79,7 @@ class ZxingDecoder:
         return [DecodedCode(bytes(r.bytes), str(r.format), True, str(r.text)) for r in results if r.valid]
 
     def decode(self, frame: Frame) -> list[DecodedCode]:
-        invert, self._invert_next = self._invert_next, not self._invert_next
-        # One pass per frame: zxing's own try_invert would run both passes on every frame.
-        results = self._read(np.subtract(255, frame, dtype=np.uint8) if invert else frame, False)
+        results = self._read(frame, invert=True, downscale=False)
         found = self._found(results)
         if found or not results:
             return found

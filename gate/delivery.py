@@ -15,6 +15,7 @@ from gate.faults import Faults
 from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
 from gate.sealing import Sealer
+from gate.threads import LaneFirst, background
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
@@ -41,7 +42,9 @@ class Drainer:
         max_refusals: int = 5,
         on_dead_letter: Callable[[int, str], object] = lambda n, detail: None,
         sealer: Sealer | None = None,
+        lane_first: LaneFirst | None = None,
     ) -> None:
+        self.lane_first = lane_first or LaneFirst()
         # Signing happens here, as each event leaves, not on the lane thread: it costs the relay nothing.
         self.sealer = sealer
         self.outbox, self.link, self.window = outbox, link, window
@@ -77,6 +80,7 @@ class Drainer:
         return len(self._inflight)
 
     def _run(self) -> None:
+        background()
         while not self._stop.is_set():
             if not self.faults.run("delivering the outbox", self._step):
                 self._stop.wait(1.0)
@@ -140,6 +144,7 @@ class Drainer:
             if not rows:
                 return
             for seq, event_id, topic, qos, payload in rows:
+                self.lane_first.yield_to_lane()
                 info = self.link.publish(topic, self.sealer.seal(payload) if self.sealer else payload, qos=qos)
                 if info.rc not in _QUEUED:  # paho did not keep it: fetch it again on the next step
                     return

@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from gate.config import MqttSection
+from gate.threads import background
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
@@ -127,6 +128,7 @@ class MqttLink:
 
     @guarded
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        background()  # paho's network thread: delivery is background work beside the lane
         if reason.is_failure:
             log.error("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
             if reason.value in (1, 0x84):

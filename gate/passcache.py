@@ -206,8 +206,11 @@ class PassCache:
     def staged(self, version: int) -> set[int]:
         return {r[0] for r in self._db.execute("SELECT idx FROM staging WHERE version = ?", (version,))}
 
-    def staged_chunks(self, version: int) -> Iterator[str]:
-        for (rows,) in self._db.execute("SELECT rows FROM staging WHERE version = ? ORDER BY idx", (version,)):
+    def staged_chunks(self, version: int, below: int) -> Iterator[str]:
+        """The staged chunks 0 .. below-1 of `version`, in order, one at a time."""
+        for (rows,) in self._db.execute(
+            "SELECT rows FROM staging WHERE version = ? AND idx < ? ORDER BY idx", (version, below)
+        ):
             yield rows
 
     def drop_staging(self, below: int | None = None) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gate.codes import check_token
@@ -16,6 +16,7 @@ from gate.passcache import PassCache, Row
 from gate.passimport import check_row
 
 log = logging.getLogger(__name__)
+PAUSE_EVERY = 1000  # rows applied between the lane's turns
 
 
 def rows_digest(chunks: list[list[Any]] | Any) -> str:
@@ -45,11 +46,13 @@ class PassSync:
         resync: Callable[[str], None],
         changed: Callable[[], None],
         fetch: Callable[[int, list[int]], None] = lambda version, missing: None,
+        pause: Callable[[], None] = lambda: None,
     ) -> None:
         self.cache, self.verifier, self._resync, self._changed = cache, verifier, resync, changed
         # Called with (version, chunk indexes still missing) for each new manifest, and (version, []) once
         # applied: the owner subscribes each chunk's exact topic, where every broker delivers retained ones.
         self._fetch = fetch
+        self._pause = pause  # between batches of a snapshot apply: the lane's decisions come first
         self.pending: dict[str, Any] | None = None  # the manifest of the snapshot being gathered
         self.awaiting_resync = False
 
@@ -98,28 +101,40 @@ class PassSync:
 
     def _maybe_apply(self) -> None:
         m = self.pending
-        if m is None or len(self.cache.staged(m["version"])) < m["chunks"]:
+        if m is None or not set(range(m["chunks"])) <= self.cache.staged(m["version"]):
             return
-        chunks = [json.loads(c) for c in self.cache.staged_chunks(m["version"])][: m["chunks"]]
-        if rows_digest(chunks) != m["sha256"]:
-            self.cache.drop_staging(below=m["version"] + 1)
-            raise self.verifier.invalid(f"snapshot {m['version']} does not match its manifest hash; re-fetching")
-        try:
-            rows = [parse_row(r) for chunk in chunks for r in chunk]
-        except (ValueError, CodeError) as exc:
-            self.cache.drop_staging(below=m["version"] + 1)
-            raise self.verifier.invalid(f"snapshot {m['version']}: {exc}") from None
-        if len(rows) != m["count"]:
-            raise self.verifier.invalid(f"snapshot {m['version']} has {len(rows)} rows, manifest says {m['count']}")
+        version, chunks = m["version"], m["chunks"]
+        # Two streaming passes over the staged chunks (one chunk in memory at a time, at any snapshot size):
+        # the hash over their stored text (the same compact JSON central hashed), then the rows themselves.
+        h = hashlib.sha256()
+        for text in self.cache.staged_chunks(version, chunks):
+            h.update(text.encode())
+        if h.hexdigest() != m["sha256"]:
+            self.cache.drop_staging(below=version + 1)
+            raise self.verifier.invalid(f"snapshot {version} does not match its manifest hash; re-fetching")
         start = time.perf_counter()
-        self.cache.replace_all(rows, m["version"], synced_at=m["ts"])
-        self._fetch(m["version"], [])
+        try:
+            n = self.cache.replace_all(self._rows(version, chunks, m["count"]), version, synced_at=m["ts"])
+        except (ValueError, CodeError) as exc:  # the swap rolled back: the cache is as it was
+            self.cache.drop_staging(below=version + 1)
+            raise self.verifier.invalid(f"snapshot {version}: {exc}") from None
+        self._fetch(version, [])
         self.cache.drop_staging()
         self.pending, self.awaiting_resync = None, False
-        log.info(
-            "central: snapshot %d applied: %d passes in %.2fs", m["version"], len(rows), time.perf_counter() - start
-        )
+        log.info("central: snapshot %d applied: %d passes in %.2fs", version, n, time.perf_counter() - start)
         self._changed()
+
+    def _rows(self, version: int, chunks: int, count: int) -> Iterator[Row]:
+        seen = 0
+        for text in self.cache.staged_chunks(version, chunks):
+            rows = json.loads(text)
+            for i in range(0, len(rows), PAUSE_EVERY):
+                self._pause()
+                for r in rows[i : i + PAUSE_EVERY]:
+                    yield parse_row(r)
+            seen += len(rows)
+        if seen != count:
+            raise ValueError(f"it has {seen} rows, its manifest says {count}")
 
     def delta(self, msg: ControlMessage) -> None:
         b = msg.body

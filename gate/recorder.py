@@ -56,17 +56,24 @@ class Recorder:
             cache_version=cache_version,
         )
 
-    def record(self, event_id: str, topic: str, payload: bytes) -> None:
+    def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
         try:
             self.outbox.append(event_id, topic, payload)
         except OutboxFull as exc:
             log.critical("CHECK-IN NOT RECORDED %s: %s", event_id, exc)
             raise
+        if wake:
+            self._wake()
+
+    def wake(self) -> None:
+        """Let the drainer know there is something to send."""
         self._wake()
 
     def decision(self, event: CheckIn, released: bool) -> None:
-        self.record(event.event_id, self.topics.checkin, event.to_json())
+        """Record a decision; the caller wakes the drainer once the relay is open (`wake`), so that delivery
+        does not compete with the passenger's wait."""
+        self.record(event.event_id, self.topics.checkin, event.to_json(), wake=False)
         if released:
             self._released[event.event_id] = event
 

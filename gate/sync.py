@@ -27,6 +27,7 @@ from gate.mqtt_link import Handler, MqttLink, Topics
 from gate.passcache import PassCache
 from gate.passsync import PassSync
 from gate.policy import Policy, PolicyStore
+from gate.threads import LaneFirst, background
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,13 @@ class CentralSync:
     and other threads read `status()`, a snapshot the worker publishes."""
 
     def __init__(
-        self, control: LaneControl, link: MqttLink, verifier: Verifier, base_keys: list[Any], cfg: Config
+        self,
+        control: LaneControl,
+        link: MqttLink,
+        verifier: Verifier,
+        base_keys: list[Any],
+        cfg: Config,
+        lane_first: LaneFirst | None = None,
     ) -> None:
         self.control, self.link, self.verifier, self.base_keys = control, link, verifier, base_keys
         self.gate_id, self.prefix = cfg.gate.id, cfg.mqtt.topic_prefix
@@ -72,7 +79,12 @@ class CentralSync:
         state_dir = cfg.gate.state_dir
         self.state_dir = state_dir
         self.passes = PassSync(
-            PassCache(state_dir / "passes.db"), verifier, self.request_resync, control.report, self._fetch_chunks
+            PassCache(state_dir / "passes.db"),
+            verifier,
+            self.request_resync,
+            control.report,
+            self._fetch_chunks,
+            (lane_first or LaneFirst()).yield_to_lane,
         )
         self._chunk_topics: set[str] = set()  # exact chunk topics subscribed for the snapshot being gathered
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
@@ -124,6 +136,7 @@ class CentralSync:
         self._jobs.put_local(Job(lambda _msg: self.request_resync(why), "local", "", b"", lambda: None))
 
     def _work(self) -> None:
+        background()
         next_refresh = 0.0
         while True:
             if time.monotonic() >= next_refresh:

@@ -27,6 +27,7 @@ from gate.sealing import Sealer
 from gate.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
 from gate.sync import CentralSync, central_keys
 from gate.telemetry import Stats
+from gate.threads import LaneFirst
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def build(
     state.mkdir(parents=True, exist_ok=True)
     recovery = Recovery()
     inbox: Inbox = queue.SimpleQueue()
+    lane_first = LaneFirst()  # the lane's decisions come before delivery and sync
     control = LaneControl(inbox)
     clock = clock or SystemClock(cfg.clock.sync_source)
     base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
@@ -90,7 +92,7 @@ def build(
     drainer = None
     if link is not None:
         dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
-        drainer = Drainer(outbox, link, cfg.mqtt.inflight_window, cfg.mqtt.max_refusals, dead, sealer)
+        drainer = Drainer(outbox, link, cfg.mqtt.inflight_window, cfg.mqtt.max_refusals, dead, sealer, lane_first)
     recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
     sync = None
     if link is not None and cfg.central.keys:
@@ -101,7 +103,7 @@ def build(
             cfg.central.command_max_age_seconds,
             DocStore(state / "device.json", "command_nonces"),
         )
-        sync = CentralSync(control, link, verifier, base_keys, cfg)
+        sync = CentralSync(control, link, verifier, base_keys, cfg, lane_first)
     elif link is not None:
         log.warning("no [central] keys pinned: pass status, policy and commands from central are ignored")
     stats = Stats()
@@ -137,6 +139,7 @@ def build(
         link=link,
         drainer=drainer,
         sync=sync,
+        lane_first=lane_first,
     )
     restore_lane(gate, mode_unknown)
     for name, detail in recovery.alarms:

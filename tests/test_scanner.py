@@ -52,9 +52,9 @@ def test_zbar_reads_the_code_under(zbar: ZbarDecoder, look: str) -> None:
 
 
 @pytest.mark.parametrize("invert", [False, True])
-def test_streaming_zxing_reads_either_polarity_within_two_frames(invert: bool) -> None:
+def test_streaming_zxing_reads_either_polarity_on_every_frame(invert: bool) -> None:
     dec, frame = ZxingDecoder(), code_frame(TEXT, invert=invert)
-    assert sum(bool(dec.decode(frame)) for _ in range(4)) >= 2
+    assert [len(dec.decode(frame)) for _ in range(3)] == [1, 1, 1]  # no frame is spent on the other polarity
 
 
 def test_zxing_returns_exact_bytes_for_binary_and_utf8_payloads() -> None:
@@ -110,8 +110,7 @@ def test_a_different_code_scans_at_once() -> None:
 
 def test_scanner_turns_scripted_frames_into_one_scan_per_presentation() -> None:
     clock = Clock()
-    # each polarity is tried on alternate frames, so a presentation lasts at least two frames
-    frames = [code_frame(TEXT)] * 3 + [code_frame(None)] * 2 + [code_frame(TEXT)] * 2
+    frames = [code_frame(TEXT)] * 3 + [code_frame(None)] * 2 + [code_frame(TEXT, invert=True)]
     scanner = Scanner(DecodingSource(ScriptedFrames(frames), make_decoder("zxing")), Deduplicator(10, 0.5), clock)
     scans = []
     for _ in frames:

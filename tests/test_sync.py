@@ -585,3 +585,31 @@ def test_chunks_are_fetched_by_exact_topic_and_a_new_snapshot_clears_the_old_one
     late = subscriber_factory(broker, f"{PREFIX}/central/passes/chunk/#")  # a gate that connects later
     assert wait_until(lambda: late.on("/0"), 10)
     assert {t for t, _, retain in late.messages if retain} == {f"{PREFIX}/central/passes/chunk/2/0"}
+
+
+@pytest.mark.parametrize("fault", ["a bad row in the last chunk", "a count the rows disagree with"])
+def test_a_snapshot_that_fails_late_in_its_stream_changes_nothing(gate, central, fault) -> None:
+    """Rows stream into the swap one chunk at a time, so a fault found in the last chunk is found after most
+    rows were written: the swap rolls back whole, and the cache keeps its version and rows."""
+    sync = gate.sync
+    routes = {"chunk": sync.passes.chunk, "manifest": sync.passes.manifest}
+    for kind, topic, payload in snapshot_messages(central.key, 1, 50):
+        sync._enqueue(routes[kind], kind)(topic, payload)
+    assert settle(gate, lambda: gate.cache.info().version == 1)
+    chunks = [rows(1000, prefix="new"), rows(1000, prefix="newer")]
+    count = 2000
+    if fault.startswith("a bad row"):
+        chunks[1][-1][1] = 7  # status 7 does not exist
+    else:
+        count = 2001
+    manifest = {"version": 2, "count": count, "chunks": 2, "sha256": rows_digest(chunks)}
+    for i, c in enumerate(chunks):
+        topic = f"{PREFIX}/central/passes/chunk/2/{i}"
+        sync._enqueue(sync.passes.chunk, "chunk")(
+            topic, sign(central.key, "chunk", {"version": 2, "index": i, "rows": c})
+        )
+    sync._enqueue(sync.passes.manifest, "manifest")(T["manifest"], sign(central.key, "manifest", manifest))
+    assert settle(gate, lambda: sync.status()["rejected"].get("malformed", 0) >= 1)
+    assert gate.cache.info().version == 1 and gate.cache.info().count == 50
+    assert gate.cache.lookup("new-00000000") is None and gate.cache.lookup("tok-001-00000") is not None
+    assert staged(gate, 2) == set()

@@ -1,0 +1,59 @@
+"""Thread scheduling: the lane comes first; delivery and sync are background work."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+BACKGROUND_NICE = 10
+_lowered: set[int] = set()
+ACTIVE_SECONDS = 2.0  # a decision this recent means passengers are passing
+STEPS, PAUSE = 20, 0.005  # meanwhile, background threads rest 5 ms after every 20 steps
+
+
+def background() -> None:
+    """Lower the calling thread's CPU priority (Linux schedules threads on their own nice value), so that
+    draining a backlog or applying a snapshot takes the CPU the lane leaves, not the lane's. Idempotent."""
+    tid = threading.get_native_id()
+    if tid in _lowered:
+        return
+    _lowered.add(tid)
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, max(current, BACKGROUND_NICE)))
+    except (OSError, AttributeError) as exc:  # not Linux, or a sandbox that forbids it: run as we are
+        log.debug("cannot lower the priority of thread %s: %s", threading.current_thread().name, exc)
+
+
+class LaneFirst:
+    """The lane says when it is deciding. Background threads wait at their next step while it decides (at
+    most `max_wait`), and while passengers are passing they rest now and then, so that the next passenger's
+    first frame finds the CPU and the GIL free: a backlog drains more slowly at a busy lane, not the lane."""
+
+    def __init__(self) -> None:
+        self._idle = threading.Event()
+        self._idle.set()
+        self._last = -1e9
+        self._steps = 0
+
+    @contextmanager
+    def deciding(self) -> Iterator[None]:
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._last = time.monotonic()
+            self._idle.set()
+
+    def yield_to_lane(self, max_wait: float = 0.05) -> None:
+        """Background threads, between small steps: at once when the lane is quiet."""
+        self._idle.wait(max_wait)
+        if time.monotonic() - self._last < ACTIVE_SECONDS:
+            self._steps += 1
+            if self._steps % STEPS == 0:
+                time.sleep(PAUSE)
