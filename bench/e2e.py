@@ -40,7 +40,7 @@ from gate.scanner import DecodingSource
 from gate.wiring import build
 
 W, H, FPS = 640, 480, 30.0
-CODE_FRAMES, GAP_FRAMES, LEAD_FRAMES = 4, 3, 15  # a code in view for 133 ms, then 100 ms of empty scene
+CODE_FRAMES, GAP_FRAMES, LEAD_FRAMES = 4, 5, 15  # a code in view for 133 ms, then 167 ms of empty scene
 
 
 class StampedPin(MockPin):

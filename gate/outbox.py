@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gate.config import OutboxSection
 from gate.errors import OutboxFull
-from gate.sqlite import Owned, header_size
+from gate.sqlite import Owned, header_size, private
 
 log = logging.getLogger(__name__)
 _SCHEMA = """
@@ -67,6 +67,7 @@ class Outbox:
         self.path, self.cfg = path, cfg or OutboxSection()
         self._writer = Owned(path, setup_writer, name=f"{path.name} (writer)")
         self._reader = Owned(path, setup_reader, name=f"{path.name} (reader)")
+        private(path)
         probe = sqlite3.connect(path, timeout=10)
         try:
             setup(probe)

@@ -97,6 +97,10 @@ class PassSync:
         if version <= self.cache.info().version and not self.awaiting_resync:
             return
         self.cache.stage(version, idx, json.dumps(rows, separators=(",", ":")))
+        m = self.pending
+        if m is not None and m["version"] == version:  # the next chunks in the fetch window
+            staged = self.cache.staged(version)
+            self._fetch(version, [i for i in range(m["chunks"]) if i not in staged])
         self._maybe_apply()
 
     def _maybe_apply(self) -> None:
@@ -130,6 +134,7 @@ class PassSync:
             rows = json.loads(text)
             for i in range(0, len(rows), PAUSE_EVERY):
                 self._pause()
+                self.cache.flush_wal()
                 for r in rows[i : i + PAUSE_EVERY]:
                     yield parse_row(r)
             seen += len(rows)

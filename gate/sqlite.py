@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -9,6 +10,23 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 Setup = Callable[[sqlite3.Connection], None]
+
+
+def private(path: Path) -> None:
+    """Owner-only, whatever the umask the gate was started with: create the database file 0600 before SQLite
+    does (SQLite gives its -wal and -shm files the main file's mode), and take group and world access away
+    from any of the three that has it. These files hold token ids."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for side in ("-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            extra = Path(f"{path}{side}")
+            if extra.stat().st_mode & 0o077:
+                extra.chmod(0o600)
 
 
 class WrongThread(RuntimeError):
@@ -43,6 +61,7 @@ class Owned:
                     f"{self.name}: this connection belongs to thread {self._owner.name!r}, not {me.name!r}"
                 )
             if self._db is None:
+                private(self.path)
                 db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
                 try:
                     self._setup(db)

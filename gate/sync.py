@@ -55,6 +55,7 @@ def central_keys(state_dir: Path, now: float | None = None) -> list[Any]:
 
 
 TRUST_REFRESH_SECONDS = 30.0
+FETCH_WINDOW = 8  # retained chunks asked for at once
 QUEUE_BYTES_FACTOR = 4  # at most this many maximum-size messages wait in memory
 
 
@@ -106,7 +107,12 @@ class CentralSync:
             "delta": self.passes.delta,
         }
         for kind, topic in t.items():
-            self.link.subscribe(topic, self._enqueue(routes[kind], kind))
+            # Chunks (retained) are fetched by their exact topics when a manifest asks for them, a few at a
+            # time (`_fetch_chunks`). A wildcard subscription would take every live chunk as it is published,
+            # and brokers do not all hold back what a slow gate has not acknowledged yet (mosquitto 2.0.11 sent
+            # 57 chunks, 20 MB, to a gate that had acknowledged 9 with a Receive Maximum of 8).
+            if kind != "chunk":
+                self.link.subscribe(topic, self._enqueue(routes[kind], kind))
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
         self._thread.start()
 
@@ -123,8 +129,8 @@ class CentralSync:
 
     def _fetch_chunks(self, version: int, missing: list[int]) -> None:
         """The sync worker: follow the manifest's chunks by their exact topics (RabbitMQ delivers retained
-        messages only there); the wildcard subscription still catches live ones."""
-        wanted = {f"{self.prefix}/central/passes/chunk/{version}/{i}" for i in missing}
+        messages only there), FETCH_WINDOW at a time, so the broker never sends more than that at once."""
+        wanted = {f"{self.prefix}/central/passes/chunk/{version}/{i}" for i in sorted(missing)[:FETCH_WINDOW]}
         for topic in self._chunk_topics - wanted:
             self.link.unsubscribe(topic)
         for topic in wanted - self._chunk_topics:

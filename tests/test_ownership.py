@@ -3,6 +3,7 @@ state can be read while the sync worker applies snapshots (tests/test_sync.py)."
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
@@ -72,3 +73,23 @@ def test_outbox_appends_and_acks_from_their_own_threads_keep_an_exact_depth(tmp_
     assert box.depth == 30 and len(seqs) == 50
     box.close()
     assert Outbox(tmp_path / "outbox.db").depth == 30  # and it agrees with the file
+
+
+def test_files_holding_tokens_are_owner_only_whatever_the_umask(tmp_path) -> None:
+    """Started with umask 000 (by hand, from a shell with a careless profile), the cache, its staging, the
+    outbox and their -wal/-shm files still come out 0600; a cache left group- and world-readable is closed."""
+    old = os.umask(0)
+    try:
+        (tmp_path / "passes.db").touch(mode=0o666)
+        os.chmod(tmp_path / "passes.db", 0o666)
+        cache, outbox = PassCache(tmp_path / "passes.db"), Outbox(tmp_path / "outbox.db")
+        cache.import_rows([(2, ("tok-00000001", 0, None, 0, None))], version=1)
+        cache.stage(2, 0, "[]")
+        outbox.append("e1", "gate/x/checkin", b"{}")
+        files = [p for p in tmp_path.iterdir() if p.is_file()]
+        assert {p.name for p in files} >= {"passes.db", "passes.db-wal", "passes.db.staging", "outbox.db-wal"}
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o600" for p in files}
+        cache.close()
+        outbox.close()
+    finally:
+        os.umask(old)

@@ -18,6 +18,7 @@ from gate.central.mqtt import connect
 from gate.config import MqttSection
 from gate.keys import load_public_key
 from gate.sealing import SealError, unseal
+from gate.sqlite import private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkins (
@@ -49,6 +50,7 @@ _COLS = (
 
 
 def open_db(path: Path) -> sqlite3.Connection:
+    private(path)  # the collection holds token ids: owner-only, whatever the umask
     db = sqlite3.connect(path, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(_SCHEMA)
