@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Pass cache and decision: 1M cached passes in SQLite side by side with naive TinyDB Query at 100k.
+"""Pass cache and decision at city scale: 10M cached passes in SQLite, side by side with the fair peer (raw
+sqlite3: one executemany bulk insert, primary-key lookups on the same file) and the naive baseline (TinyDB
+Query at 100k documents). Import and lookups each run in a child process, so each peak RSS is its own.
 
 usage: bench/decision.py [--entries N] [--tinydb N]
 """
@@ -20,9 +22,49 @@ from gate.codes import Status, issue
 from gate.decision import Decider
 from gate.keys import TrustStore
 from gate.passcache import PassCache
-from gate.passimport import read_file
 from gate.policy import Policy
 from gate.testing import FixedClock
+
+IMPORT_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from gate.passcache import PassCache
+from gate.passimport import iter_rows
+
+def hwm():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+
+t = time.perf_counter()
+with PassCache(Path(sys.argv[2])) as cache:
+    report = cache.import_rows(iter_rows(Path(sys.argv[1])))
+print(json.dumps({"import_s": time.perf_counter() - t, "entries": report.entries, "rss_mb": hwm()}))
+"""
+
+RAW_CHILD = r"""
+import json, random, sqlite3, sys, time
+
+def hwm():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+
+n = int(sys.argv[2])
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE p (token TEXT PRIMARY KEY, status INT, until INT, revoked INT, comp INT) WITHOUT ROWID")
+t = time.perf_counter()
+db.execute("BEGIN")
+rows = ((f"tok-{i:010d}", i % 3, int(i % 97 == 0)) for i in range(n))
+db.executemany("INSERT INTO p VALUES (?, ?, NULL, ?, NULL)", rows)
+db.execute("COMMIT")
+insert_s = time.perf_counter() - t
+rng = random.Random(1); times = []
+for _ in range(100_000):
+    tok = f"tok-{rng.randrange(n):010d}"
+    a = time.perf_counter(); db.execute("SELECT status, until, revoked, comp FROM p WHERE token = ?", (tok,)).fetchone()
+    times.append((time.perf_counter() - a) * 1000)
+times.sort()
+print(json.dumps({"insert_s": insert_s, "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
+                  "rss_mb": hwm()}))
+"""
 
 LOOKUP_CHILD = r"""
 import json, random, sys, time
@@ -52,20 +94,31 @@ def make_csv(path: Path, n: int) -> None:
             fh.write(f"tok-{i:010d},{('green', 'yellow', 'red')[i % 3]},,{int(i % 97 == 0)},\n")
 
 
+def child(script: str, *args: object) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
+
+
 def sqlite_side(tmp: Path, n: int) -> dict[str, float]:
     csv = tmp / "passes.csv"
     make_csv(csv, n)
     db = tmp / "passes.db"
-    t = time.perf_counter()
-    rows = read_file(csv)
-    with PassCache(db) as cache:
-        cache.replace_all(rows, version=1)
-    import_s = time.perf_counter() - t
-    del rows
-    child = subprocess.run(
-        [sys.executable, "-c", LOOKUP_CHILD, str(db), str(n)], capture_output=True, text=True, check=True
-    )
-    return {"import_rows_s": n / import_s, **json.loads(child.stdout)}
+    imp = child(IMPORT_CHILD, csv, db)
+    if imp["entries"] != n:  # the bench checks its own result
+        raise SystemExit(f"import kept {imp['entries']:,} of {n:,} passes")
+    csv.unlink()
+    look = child(LOOKUP_CHILD, db, n)
+    raw = child(RAW_CHILD, tmp / "raw.db", n)
+    (tmp / "raw.db").unlink()
+    return {
+        "import_rows_s": n / imp["import_s"],
+        "import_rss_mb": imp["rss_mb"],
+        **look,
+        "raw_insert_rows_s": n / raw["insert_s"],
+        "raw_p50": raw["p50"],
+        "raw_p99": raw["p99"],
+        "raw_rss_mb": raw["rss_mb"],
+    }
 
 
 def tinydb_side(tmp: Path, n: int) -> dict[str, float]:
@@ -100,7 +153,7 @@ def decide_side(n: int, db: Path) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--entries", type=int, default=10_000_000)
     ap.add_argument("--tinydb", type=int, default=100_000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -112,17 +165,24 @@ def main() -> None:
         table(
             [
                 "measure",
-                f"gate SQLite, {args.entries:,} passes",
+                f"gate, {args.entries:,} passes",
+                f"raw sqlite3, {args.entries:,}",
                 f"naive TinyDB Query, {args.tinydb:,} docs",
-                "ratio",
                 "target",
             ],
             [
-                ["lookup p50 (ms)", f"{sq['p50']:.4f}", f"{tn['p50']:.1f}", f"{tn['p50'] / sq['p50']:,.0f}x", ""],
-                ["lookup p99 (ms)", f"{sq['p99']:.4f}", f"{tn['p99']:.1f}", f"{tn['p99'] / sq['p99']:,.0f}x", "<= 0.2"],
-                ["open (s)", f"{sq['open_s']:.3f}", f"{tn['open_s']:.2f}", "", "<= 0.5"],
-                ["import (rows/s)", f"{sq['import_rows_s']:,.0f}", f"{tn['import_rows_s']:,.0f}", "", ">= 100,000"],
-                ["lookup process RSS (MB)", f"{sq['rss_mb']:.1f}", "", "", "<= 80"],
+                ["lookup p50 (ms)", f"{sq['p50']:.4f}", f"{sq['raw_p50']:.4f}", f"{tn['p50']:.1f}", ""],
+                ["lookup p99 (ms)", f"{sq['p99']:.4f}", f"{sq['raw_p99']:.4f}", f"{tn['p99']:.1f}", "<= 0.05"],
+                ["open (s)", f"{sq['open_s']:.3f}", "", f"{tn['open_s']:.2f}", "<= 0.5"],
+                [
+                    "import (rows/s)",
+                    f"{sq['import_rows_s']:,.0f} (CSV parse, validate, duplicates, swap)",
+                    f"{sq['raw_insert_rows_s']:,.0f} (one executemany, nothing checked)",
+                    f"{tn['import_rows_s']:,.0f}",
+                    ">= 100,000",
+                ],
+                ["import peak RSS (MB)", f"{sq['import_rss_mb']:.0f}", f"{sq['raw_rss_mb']:.0f}", "", "<= 150"],
+                ["lookup process peak RSS (MB)", f"{sq['rss_mb']:.1f}", "", "", "<= 80"],
                 ["verify + decide p50 / p99 (ms)", f"{dec['p50']:.3f} / {dec['p99']:.3f}", "", "", "p99 <= 1"],
             ],
         )

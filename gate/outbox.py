@@ -26,7 +26,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, topic TEXT NOT NULL, qos INTEGER NOT NULL,
     payload BLOB NOT NULL, reason TEXT NOT NULL, moved_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counts (k TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO counts SELECT 'rows', (SELECT count(*) FROM outbox)
+    WHERE NOT EXISTS (SELECT 1 FROM counts WHERE k = 'rows');
+CREATE TRIGGER IF NOT EXISTS outbox_counted_in AFTER INSERT ON outbox
+    BEGIN UPDATE counts SET n = n + 1 WHERE k = 'rows'; END;
+CREATE TRIGGER IF NOT EXISTS outbox_counted_out AFTER DELETE ON outbox
+    BEGIN UPDATE counts SET n = n - 1 WHERE k = 'rows'; END;
 """
+# The depth is kept by triggers inside each insert's and delete's own statement, so opening reads one row at
+# any depth (a count(*) took 85 ms at a million rows). A file from before `counts` existed is counted once.
 
 
 def setup(db: sqlite3.Connection) -> None:
@@ -71,7 +80,7 @@ class Outbox:
         probe = sqlite3.connect(path, timeout=10)
         try:
             setup(probe)
-            self._initial = int(probe.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            self._initial = int(probe.execute("SELECT n FROM counts WHERE k = 'rows'").fetchone()[0])
             self.last_seq_at_start = last_seq(probe)
             self.dead_letters_at_start = int(probe.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
         finally:

@@ -167,8 +167,9 @@ class PassCache:
         db = self._db
         db.execute("DROP TABLE IF EXISTS temp.import_rows")
         db.execute(
-            "CREATE TEMP TABLE import_rows (line INTEGER PRIMARY KEY, token TEXT NOT NULL, status INTEGER NOT NULL,"
-            " valid_until INTEGER, revoked INTEGER NOT NULL, companions INTEGER)"
+            "CREATE TEMP TABLE import_rows (line INTEGER NOT NULL, token TEXT NOT NULL, status INTEGER NOT NULL,"
+            " valid_until INTEGER, revoked INTEGER NOT NULL, companions INTEGER, PRIMARY KEY (token, line))"
+            " WITHOUT ROWID"  # kept in token order: the duplicate check and the copy below need no sort
         )
         try:
             it = iter(rows)
@@ -181,6 +182,8 @@ class PassCache:
             pick = (
                 "SELECT token, status, valid_until, revoked, companions FROM (SELECT *, row_number() OVER "
                 f"(PARTITION BY token ORDER BY {order}) AS rn FROM temp.import_rows) WHERE rn = 1"
+                if report.lines != report.passes
+                else "SELECT token, status, valid_until, revoked, companions FROM temp.import_rows"
             )
             if merge:
                 with self._conn.transaction() as tx:
@@ -204,8 +207,8 @@ class PassCache:
         conflicts: list[tuple[int, str]] = []
         for token, n, variants, first, last in db.execute(
             "SELECT token, count(*), count(DISTINCT status || '/' || ifnull(valid_until, '') || '/' || revoked"
-            " || '/' || ifnull(companions, '')), min(line), max(line) FROM temp.import_rows GROUP BY token"
-            " HAVING count(*) > 1 ORDER BY min(line)"
+            " || '/' || ifnull(companions, '')), min(line), max(line) FROM temp.import_rows WHERE token IN"
+            " (SELECT token FROM temp.import_rows GROUP BY token HAVING count(*) > 1) GROUP BY token ORDER BY min(line)"
         ):
             if variants == 1:
                 identical += n - 1

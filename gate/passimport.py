@@ -129,9 +129,9 @@ def _records(fh: BinaryIO, ndjson: bool, problems: list[tuple[int, str]]) -> Ite
             current[0] = n
             yield line
 
-    reader = csv.DictReader(text())
+    reader = csv.reader(text())  # not DictReader: a third of the parsing time at ten million rows
     try:
-        fields = reader.fieldnames
+        fields = next(reader, None)
     except csv.Error as exc:
         problems.append((current[0] or 1, f"not CSV ({exc})"))
         return
@@ -140,18 +140,20 @@ def _records(fh: BinaryIO, ndjson: bool, problems: list[tuple[int, str]]) -> Ite
     if "token" not in fields:
         problems.append((1, f"CSV header must name the columns {','.join(FIELDS)}"))
         return
+    width = len(fields)
     while True:
         try:
-            rec = next(reader)
+            values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             problems.append((current[0], f"not CSV ({exc})"))
             return
-        if None in rec:
+        if len(values) > width:
             problems.append((current[0], "too many columns"))
             continue
-        yield current[0], dict(rec)
+        if values:  # DictReader skipped empty lines too
+            yield current[0], dict(zip(fields, values, strict=False))
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, Row]]:
