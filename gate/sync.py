@@ -60,10 +60,8 @@ QUEUE_BYTES_FACTOR = 4  # at most this many maximum-size messages wait in memory
 
 
 class CentralSync:
-    """Handlers run on one worker thread, never on paho's: a 1M-entry snapshot does not stall MQTT, and
-    decisions keep reading the previous data until the swap commits. The worker owns its own pass-cache
-    connection and the device documents; the lane hears of changes only through `LaneControl` requests,
-    and other threads read `status()`, a snapshot the worker publishes."""
+    """Handlers run on one worker thread, never on paho's. The worker owns its pass-cache connection and the
+    device documents; the lane hears of changes only through `LaneControl`; others read `status()`."""
 
     def __init__(
         self,
@@ -79,14 +77,8 @@ class CentralSync:
         self.topics = Topics(self.prefix, self.gate_id)
         state_dir = cfg.gate.state_dir
         self.state_dir = state_dir
-        self.passes = PassSync(
-            PassCache(state_dir / "passes.db"),
-            verifier,
-            self.request_resync,
-            control.report,
-            self._fetch_chunks,
-            (lane_first or LaneFirst()).yield_to_lane,
-        )
+        cache, pause = PassCache(state_dir / "passes.db"), (lane_first or LaneFirst()).yield_to_lane
+        self.passes = PassSync(cache, verifier, self.request_resync, control.report, self._fetch_chunks, pause)
         self._chunk_topics: set[str] = set()  # exact chunk topics subscribed for the snapshot being gathered
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
         self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
@@ -99,20 +91,12 @@ class CentralSync:
 
     def start(self) -> None:
         t = central_topics(self.prefix)
-        routes = {
-            "policy": self._policy,
-            "keys": self._keys,
-            "manifest": self.passes.manifest,
-            "chunk": self.passes.chunk,
-            "delta": self.passes.delta,
-        }
-        for kind, topic in t.items():
-            # Chunks (retained) are fetched by their exact topics when a manifest asks for them, a few at a
-            # time (`_fetch_chunks`). A wildcard subscription would take every live chunk as it is published,
-            # and brokers do not all hold back what a slow gate has not acknowledged yet (mosquitto 2.0.11 sent
-            # 57 chunks, 20 MB, to a gate that had acknowledged 9 with a Receive Maximum of 8).
-            if kind != "chunk":
-                self.link.subscribe(topic, self._enqueue(routes[kind], kind))
+        routes = {"policy": self._policy, "keys": self._keys, "manifest": self.passes.manifest}
+        routes["delta"] = self.passes.delta
+        # No wildcard on chunks: they are fetched by exact topic, a few at a time, when a manifest asks
+        # (`_fetch_chunks`); mosquitto 2.0.11 sent a slow gate 57 live chunks (20 MB) past Receive Maximum 8.
+        for kind, fn in routes.items():
+            self.link.subscribe(t[kind], self._enqueue(fn, kind))
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
         self._thread.start()
 
@@ -128,8 +112,7 @@ class CentralSync:
         return handler
 
     def _fetch_chunks(self, version: int, missing: list[int]) -> None:
-        """The sync worker: follow the manifest's chunks by their exact topics (RabbitMQ delivers retained
-        messages only there), FETCH_WINDOW at a time, so the broker never sends more than that at once."""
+        """The sync worker: the next FETCH_WINDOW chunks by exact topic (RabbitMQ retains only for those)."""
         wanted = {f"{self.prefix}/central/passes/chunk/{version}/{i}" for i in sorted(missing)[:FETCH_WINDOW]}
         for topic in self._chunk_topics - wanted:
             self.link.unsubscribe(topic)
