@@ -345,12 +345,12 @@ def main() -> None:
                 with (tmp / "snapshot.csv").open("w") as fh:
                     fh.write("token,status\n")
                     fh.writelines(f"tok-{i:010d},green\n" for i in range(args.entries))
+            if "idle" in only:  # first: a previous scenario's threads may still be finishing their work
+                print(json.dumps(run_scenario(lab, "idle", 0, idle_seconds=args.idle_seconds)), flush=True)
             for name in ("normal", "dark", "draining", "snapshot"):
                 if name in only:
                     backlog = args.backlog if name == "draining" else 0
                     print(json.dumps(run_scenario(lab, name, args.n, backlog)), flush=True)
-            if "idle" in only:
-                print(json.dumps(run_scenario(lab, "idle", 0, idle_seconds=args.idle_seconds)), flush=True)
             if "peers" in only:
                 for row in peers(lab, args.n):
                     print(json.dumps(row), flush=True)

@@ -135,9 +135,10 @@ class Outbox:
     def _drop_oldest(self) -> None:
         excess = max(1, self.depth - self.cfg.max_events + 1)
         with self._writer.transaction() as db:
-            before = db.total_changes
-            db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (excess,))
-            gone = db.total_changes - before
+            # rowcount, not total_changes: the depth triggers' own updates would be counted too
+            gone = db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (excess,)
+            ).rowcount
         if not self._drop_episode:
             log.critical("outbox full: dropping the oldest undelivered events to make room (on_full=drop_oldest)")
         self.dropped += gone
@@ -182,9 +183,7 @@ class Outbox:
                 f" WHERE seq IN ({marks})",
                 (reason, time.time(), *seqs),
             )
-            before = db.total_changes
-            db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
-            gone = db.total_changes - before
+            gone = db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs).rowcount
         self.dead_lettered += gone
         return gone
 
