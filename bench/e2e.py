@@ -34,6 +34,7 @@ from gate.config import Config, parse_config
 from gate.decoders import make_decoder
 from gate.framegen import qr_image
 from gate.keys import TrustStore, generate_keypair, load_private_key
+from gate.motion import SceneWatch
 from gate.outbox import setup as outbox_setup
 from gate.passcache import PassCache
 from gate.scanner import DecodingSource
@@ -55,12 +56,17 @@ class StampedPin(MockPin):
         return changed
 
 
-def scene() -> np.ndarray:
-    """An empty lane seen by the camera: smooth texture with sensor noise."""
+def scene(variant: int = 0) -> np.ndarray:
+    """An empty lane seen by the camera: a fixed smooth texture plus sensor noise that differs in every one
+    of NOISE_VARIANTS frames, as a real sensor's does (an unchanging frame would flatter the scene watch)."""
     rng = np.random.default_rng(42)
     small = rng.integers(60, 200, (H // 16 + 1, W // 16 + 1)).astype(np.float64)
     big = np.kron(small, np.ones((16, 16)))[:H, :W]
-    return np.clip(big + rng.normal(0, 6, (H, W)), 0, 255).astype(np.uint8)
+    noise = np.random.default_rng(1000 + variant).normal(0, 6, (H, W))
+    return np.clip(big + noise, 0, 255).astype(np.uint8)
+
+
+NOISE_VARIANTS = 8
 
 
 @dataclass
@@ -87,8 +93,9 @@ class PacedCamera:
 
     def __init__(self, program: Program) -> None:
         self.program, self.last = program, -1
-        self.yuv = np.full((H * 3 // 2, W), 128, np.uint8)
-        self.yuv[:H] = scene()
+        self.yuvs = [np.full((H * 3 // 2, W), 128, np.uint8) for _ in range(NOISE_VARIANTS)]
+        for i, yuv in enumerate(self.yuvs):
+            yuv[:H] = scene(i)
         self.camera_controls: dict[str, Any] = {}
 
     def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
@@ -115,7 +122,7 @@ class PacedCamera:
             tick = self.last + 1
             time.sleep(max(0.0, self.program.t0 + tick / FPS - time.perf_counter()))
         self.last = tick
-        out = self.yuv.copy()  # picamera2 copies the frame out of its DMA buffer too
+        out = self.yuvs[tick % NOISE_VARIANTS].copy()  # picamera2 copies the frame out of its DMA buffer too
         code = self.program.at(tick)
         if code is not None:
             h, w = code.shape
@@ -196,7 +203,7 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
     camera = PiCamera(cfg.scanner.camera, factory=lambda: PacedCamera(program))
     gate = build(
         cfg,
-        source=DecodingSource(camera, make_decoder("auto")),
+        source=DecodingSource(camera, make_decoder("auto"), SceneWatch()),
         pin_factory=MockFactory(pin_class=StampedPin),
         trust=TrustStore.from_files([lab.ipub]),
     )
@@ -225,6 +232,8 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
                 stdout=subprocess.DEVNULL,
             )
         end = (program.shown_at(n) if n else program.t0 + idle_seconds) + 0.5
+        if idle_seconds:  # one wait, not a polling loop: the bench's own thread must not count as the gate's
+            time.sleep(max(0.0, end - time.perf_counter()))
         while time.perf_counter() < end:
             time.sleep(0.05)
             if done_at is None and name == "draining" and gate.outbox.depth == 0:

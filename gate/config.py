@@ -53,6 +53,9 @@ class CameraSection(_Model):
     height: int = Field(480, ge=64, le=3040)
     fps: float = Field(30.0, gt=0, le=120)
     stall_seconds: float = Field(5.0, gt=0, le=600, description="No frame this long restarts the camera")
+    skip_unchanged_frames: bool = Field(
+        True, description="Presentation mode: frames of the same empty scene are not decoded (every 15th is)"
+    )
 
 
 class SerialSection(_Model):

@@ -27,6 +27,7 @@ class DecodedCode:
 
 class Decoder(Protocol):
     name: str
+    saw_symbol: bool  # the last decode() met a code, read or not: a frame worth decoding again
 
     def decode(self, frame: Frame) -> list[DecodedCode]: ...
 
@@ -58,6 +59,7 @@ class ZxingDecoder:
         self._zx: Any = zxingcpp
         self._formats = [getattr(zxingcpp.BarcodeFormat, _ZXING_FORMATS[f]) for f in formats]
         self._fallback = fallback
+        self.saw_symbol = False
 
     def _read(self, frame: Frame, invert: bool, downscale: bool = True) -> list[Any]:
         try:
@@ -80,6 +82,7 @@ class ZxingDecoder:
 
     def decode(self, frame: Frame) -> list[DecodedCode]:
         results = self._read(frame, invert=True, downscale=False)
+        self.saw_symbol = bool(results)
         found = self._found(results)
         if found or not results:
             return found
@@ -113,11 +116,13 @@ class ZbarDecoder:
         if unsupported:
             raise ConfigError(f"scanner.formats: zbar cannot read {', '.join(unsupported)}")
         self._symbols = [getattr(pyzbar.ZBarSymbol, _ZBAR_FORMATS[f]) for f in formats]
+        self.saw_symbol = False  # zbar reports only what it read
 
     def decode(self, frame: Frame) -> list[DecodedCode]:
         found = self._zbar.decode(frame, symbols=self._symbols)
         if not found:
             found = self._zbar.decode(255 - frame, symbols=self._symbols)
+        self.saw_symbol = bool(found)
         return [
             DecodedCode(bytes(r.data), str(r.type), r.data.isascii(), r.data.decode("utf-8", "replace")) for r in found
         ]

@@ -26,6 +26,7 @@ from gate.decoders import Frame, make_decoder
 from gate.events import CheckIn, short
 from gate.framegen import code_frame
 from gate.keys import TrustStore, generate_keypair, load_private_key
+from gate.motion import SceneWatch
 from gate.scanner import DecodingSource
 from gate.wiring import build
 
@@ -236,7 +237,7 @@ def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: floa
         cfg = demo_config(state, broker)
         trust = TrustStore.from_files(keydir.glob("*.pub"))
         frames = PacedFrames(iter(()))
-        source = DecodingSource(frames, make_decoder("auto"))
+        source = DecodingSource(frames, make_decoder("auto"), SceneWatch())
         gate = build(cfg, source=source, clock=SystemClock("assume_synced"), trust=trust, with_mqtt=broker is not None)
         frames.frames = _frames(keydir, gate, once)
         gate.cache.apply_delta([], [], seq=0)  # the demo's cache counts as freshly synced

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gate.decoders import Decoder, Frame
 from gate.errors import GateError
+from gate.motion import SceneWatch
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -56,18 +57,23 @@ class FrameSource(Protocol):
 class DecodingSource:
     """Turns a frame source into a code source by decoding each frame."""
 
-    def __init__(self, frames: FrameSource, decoder: Decoder) -> None:
+    def __init__(self, frames: FrameSource, decoder: Decoder, watch: SceneWatch | None = None) -> None:
         self.frames, self.decoder = frames, decoder
         self.name = frames.name
         self.still = bool(getattr(frames, "still", False))
+        self.watch = None if self.still else watch  # a stream's unchanged empty frames are not decoded
 
     def read(self, timeout: float) -> Observation | None:
         frame = self.frames.capture(timeout)
         if frame is None:
             return None
+        if self.watch is not None and not self.watch.worth_decoding(frame):
+            return Observation(())
         start = time.perf_counter()
         codes = self.decoder.decode_thoroughly(frame) if self.still else self.decoder.decode(frame)
         ms = (time.perf_counter() - start) * 1000
+        if self.watch is not None:
+            self.watch.decoded(frame, bool(codes) or self.decoder.saw_symbol)
         # Oversized payloads are passed on: the decision denies them as too_large, visibly.
         return Observation(tuple(c.data for c in codes), ms)
 

@@ -17,6 +17,7 @@ from gate.delivery import Drainer
 from gate.docstore import DocStore
 from gate.keys import TrustStore, load_private_key, load_public_key
 from gate.lanecontrol import Inbox, LaneControl
+from gate.motion import SceneWatch
 from gate.mqtt_link import MqttLink
 from gate.passcache import PassCache
 from gate.policy import PolicyStore
@@ -45,7 +46,7 @@ def make_source(cfg: Config) -> CodeSource:
         return DecodingSource(ImageSource([sc.images_path], sc.max_image_pixels), decoder)
     from gate.camera import PiCamera
 
-    return DecodingSource(PiCamera(sc.camera), decoder)
+    return DecodingSource(PiCamera(sc.camera), decoder, SceneWatch() if sc.camera.skip_unchanged_frames else None)
 
 
 def source_counters(source: CodeSource) -> dict[str, int]:
