@@ -30,6 +30,19 @@ def background() -> None:
         log.debug("cannot lower the priority of thread %s: %s", threading.current_thread().name, exc)
 
 
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits (CPython's default: 5 ms)
+
+
+def lane_switching() -> None:
+    """Process-wide: the lane takes and gives up the GIL many times a decision (every sqlite, zxing, fsync and
+    GPIO call releases it). At CPython's 5 ms switch interval each hand-back can wait 5 ms behind a busy paho
+    or sync thread, which adds up to tens of milliseconds; at 1 ms the wait is short and the cost is a few more
+    switches for background threads."""
+    import sys
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
 class LaneFirst:
     """The lane says when it is deciding. Background threads wait at their next step while it decides (at
     most `max_wait`), and while passengers are passing they rest now and then, so that the next passenger's

@@ -28,7 +28,7 @@ from gate.sealing import Sealer
 from gate.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
 from gate.sync import CentralSync, central_keys
 from gate.telemetry import Stats
-from gate.threads import LaneFirst
+from gate.threads import LaneFirst, lane_switching
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def build(
     recovery = Recovery()
     inbox: Inbox = queue.SimpleQueue()
     lane_first = LaneFirst()  # the lane's decisions come before delivery and sync
+    lane_switching()
     control = LaneControl(inbox)
     clock = clock or SystemClock(cfg.clock.sync_source)
     base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
