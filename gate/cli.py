@@ -38,6 +38,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_camera(args: argparse.Namespace) -> int:
+    from gate.aim import run_aim
+
+    save = Path(args.save) if args.save else None
+    return run_aim(_config(args), args.seconds, args.interval, args.sweep, args.steps, save, args.json)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gate.daemon import run_daemon
 
@@ -231,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("central", help="reference central tools: keys, codes, publishing, collection", add_help=False)
     sp.set_defaults(fn=cmd_central)
     sp.add_argument("central_args", nargs=argparse.REMAINDER, help="see `gate central --help`")
+    sp = add("camera", cmd_camera, "camera tools for installers at the lane", config=True)
+    aim = sp.add_subparsers(dest="camera_cmd", required=True).add_parser(
+        "aim", help="print focus, brightness, clipping and reads/s a few times a second (no frame is kept)"
+    )
+    aim.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    aim.add_argument("--interval", type=float, default=0.33, help="seconds between reports")
+    aim.add_argument("--sweep", action="store_true", help="step the focus across its range; print the best")
+    aim.add_argument("--steps", type=int, default=16, help="lens positions tried by --sweep")
+    aim.add_argument("--save", metavar="FILE", help="write one frame (PNG, mode 0600) at the end; only on request")
+    aim.add_argument("--json", action="store_true", help="one JSON object per report")
     add("selftest", cmd_selftest, "cycle every output, report every input", config=True)
     sp = add("status", cmd_status, "the running daemon's state", config=True)
     sp.add_argument("--json", action="store_true")

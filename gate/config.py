@@ -9,8 +9,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
+from gate.camconfig import CameraSection, Section
 from gate.configerrors import describe
 from gate.errors import ConfigError
 from gate.policy import Policy
@@ -18,8 +19,8 @@ from gate.policy import Policy
 DEFAULT_PATH = Path("/etc/gate/gate.toml")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(Section):
+    """A section of gate.toml."""
 
 
 class VenueCategory(StrEnum):
@@ -46,16 +47,6 @@ class VenueSection(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Venue id from the station list")
     name: str = Field("", max_length=120, description="Human-readable venue name")
     category: VenueCategory = VenueCategory.RAIL_STATION
-
-
-class CameraSection(_Model):
-    width: int = Field(640, ge=64, le=4056)
-    height: int = Field(480, ge=64, le=3040)
-    fps: float = Field(30.0, gt=0, le=120)
-    stall_seconds: float = Field(5.0, gt=0, le=600, description="No frame this long restarts the camera")
-    skip_unchanged_frames: bool = Field(
-        True, description="Presentation mode: frames of the same empty scene are not decoded (every 15th is)"
-    )
 
 
 class SerialSection(_Model):

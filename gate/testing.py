@@ -54,20 +54,56 @@ class ScriptedFrames:
         self.exhausted = True
 
 
-class FakePicamera2:
-    """The small surface of picamera2 the camera source uses. Frames are YUV420 arrays padded to
-    `stride`; `None` in the script simulates a capture that times out."""
+_COMMON = {"ExposureTime": (26, 1_000_000, 20000), "ExposureValue": (-8.0, 8.0, 0.0), "AnalogueGain": (1.0, 16.0, None)}
+CAMERA_MODELS: dict[str, dict[str, Any]] = {  # what picamera2 reports for each Raspberry Pi camera module
+    "imx708": {  # Camera Module 3: autofocus
+        "controls": {
+            **_COMMON,
+            "AfMode": (0, 2, 0),
+            "AfRange": (0, 2, 0),
+            "LensPosition": (0.0, 15.0, 1.0),
+            "ScalerCrop": ((0, 0, 64, 64), (0, 0, 4608, 2592), (0, 0, 4608, 2592)),
+        },
+        "properties": {"Model": "imx708", "ScalerCropMaximum": (0, 0, 4608, 2592)},
+    },
+    "imx219": {  # Camera Module 2: fixed focus
+        "controls": {**_COMMON, "ScalerCrop": ((0, 0, 64, 64), (0, 0, 3280, 2464), (0, 0, 3280, 2464))},
+        "properties": {"Model": "imx219", "ScalerCropMaximum": (0, 0, 3280, 2464)},
+    },
+    "imx477": {  # HQ camera: a C/CS lens focused by hand
+        "controls": {**_COMMON, "ScalerCrop": ((0, 0, 64, 64), (0, 0, 4056, 3040), (0, 0, 4056, 3040))},
+        "properties": {"Model": "imx477", "ScalerCropMaximum": (0, 0, 4056, 3040)},
+    },
+}
 
-    def __init__(self, script: Iterator[np.ndarray | None], stride: int = 0) -> None:
+
+class FakePicamera2:
+    """The small surface of picamera2 the camera source uses, as a given camera `model` reports it. Frames are
+    YUV420 arrays padded to `stride`; `None` in the script simulates a capture that times out. `config` keeps
+    the configuration and `controls_set` every later set_controls() call."""
+
+    def __init__(self, script: Iterator[np.ndarray | None], stride: int = 0, model: str = "imx708") -> None:
         self.script, self.stride = script, stride
         self.started = self.closed = False
         self.config: dict[str, Any] = {}
         self.waits: list[float | None] = []
+        self.camera_controls: dict[str, Any] = dict(CAMERA_MODELS[model]["controls"])
+        self.camera_properties: dict[str, Any] = dict(CAMERA_MODELS[model]["properties"])
+        self.controls_set: list[dict[str, Any]] = []
+
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        unknown = set(controls) - set(self.camera_controls)
+        if unknown:  # libcamera refuses a control the camera does not have
+            raise RuntimeError(f"Control {sorted(unknown)[0]} is not advertised by libcamera")
+        self.controls_set.append(dict(controls))
 
     def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
         return kw
 
     def configure(self, config: dict[str, Any]) -> None:
+        unknown = set(config.get("controls", {})) - set(self.camera_controls) - {"FrameRate"}  # picamera2's own
+        if unknown:
+            raise RuntimeError(f"Control {sorted(unknown)[0]} is not advertised by libcamera")
         self.config = config
 
     def start(self) -> None:

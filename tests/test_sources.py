@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import serial
 
+from gate.camconfig import CameraSection
 from gate.camera import PiCamera
-from gate.config import CameraSection, SerialSection
+from gate.config import SerialSection
 from gate.errors import DeviceError
 from gate.serial_source import SerialScanner
 from gate.testing import FakePicamera2, FlakyPort
