@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -48,8 +50,9 @@ _ZBAR_FORMATS = {"qr": "QRCODE", "pdf417": "PDF417"}
 
 class ZxingDecoder:
     """zxing-cpp: exact bytes. Every frame is read in both polarities (zxing inverts the binarised image,
-    not the frame, so a dark-mode screen costs no extra frame), at full resolution only: the downscaled
-    pass, the 2x upscale and pyzbar are tried only on frames where a code was seen but not read."""
+    not the frame, so a dark-mode screen costs no extra frame), at full resolution first (a readable code
+    costs one pass), then downscaled when nothing was seen; the rotated pass, the flattened and enlarged
+    views of the code and pyzbar are tried only on frames where a code was seen but not read."""
 
     name = "zxing"
 
@@ -60,14 +63,15 @@ class ZxingDecoder:
         self._formats = [getattr(zxingcpp.BarcodeFormat, _ZXING_FORMATS[f]) for f in formats]
         self._fallback = fallback
         self.saw_symbol = False
+        self.try_harder_seconds = TRY_HARDER_SECONDS
 
-    def _read(self, frame: Frame, invert: bool, downscale: bool = True) -> list[Any]:
+    def _read(self, frame: Frame, invert: bool, downscale: bool = True, rotate: bool = False) -> list[Any]:
         try:
             return list(
                 self._zx.read_barcodes(
                     frame,
                     formats=self._formats,
-                    try_rotate=False,
+                    try_rotate=rotate,
                     try_downscale=downscale,
                     try_invert=invert,
                     return_errors=True,
@@ -82,24 +86,86 @@ class ZxingDecoder:
 
     def decode(self, frame: Frame) -> list[DecodedCode]:
         results = self._read(frame, invert=True, downscale=False)
+        downscaled = not results
+        if downscaled:  # nothing at full resolution: zxing's downscaled views (noise and moire average out)
+            results = self._read(frame, invert=True, downscale=True)
         self.saw_symbol = bool(results)
         found = self._found(results)
         if found or not results:
             return found
-        return self._try_harder(frame)
+        return self._try_harder(frame, results, still=False, downscaled=downscaled)
 
     def decode_thoroughly(self, frame: Frame) -> list[DecodedCode]:
         """For still images: every pass at once."""
-        return self._found(self._read(frame, True)) or self._try_harder(frame)
+        results = self._read(frame, True)
+        return self._found(results) or self._try_harder(frame, results, still=True, downscaled=True)
 
-    def _try_harder(self, frame: Frame) -> list[DecodedCode]:
-        found = self._found(self._read(frame, True))
-        if not found and frame.shape[0] * frame.shape[1] <= 1280 * 720 and max(frame.shape) * 2 <= 65535:
-            big = np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1)
-            found = self._found(self._read(big, True, downscale=False))
-        if not found and self._fallback is not None:
-            found = self._fallback.decode(frame)
+    def _try_harder(self, frame: Frame, seen: list[Any], still: bool, downscaled: bool) -> list[DecodedCode]:
+        """Only for a frame where a code was seen but not read: the downscaled pass (unless done); then,
+        around each code seen, its picture flattened (a glare spot or a shadow subtracted) and enlarged 2x
+        with bicubic interpolation (modules of 1-2 pixels); then pyzbar, on those regions in a stream (on a
+        whole 640x480 frame it can take 30 ms, a frame's budget) and on the whole picture for a still image.
+        In a stream no step starts after TRY_HARDER_SECONDS: the next frame brings another chance."""
+        deadline = time.perf_counter() + self.try_harder_seconds
+        found = [] if downscaled else self._found(self._read(frame, True))
+        near = regions(frame, seen)[:MAX_REGIONS]
+        steps: list[Callable[[], list[DecodedCode]]] = []
+        for region in near:
+            steps += [partial(self._read_view, flattened, region), partial(self._read_view, enlarged, region)]
+        if self._fallback is not None:
+            steps += [partial(self._fallback.decode, picture) for picture in ([frame] if still else near)]
+        for step in steps:
+            if found or (not still and time.perf_counter() > deadline):  # the next frame is due
+                break
+            found = step()
         return found
+
+    def _read_view(self, look: Callable[[Frame], Frame], region: Frame) -> list[DecodedCode]:
+        return self._found(self._read(look(region), True, downscale=False))
+
+
+TRY_HARDER_SECONDS = 0.015  # a stream's try-harder starts no new step after this: a frame comes every 33 ms
+MAX_REGIONS = 2  # codes seen but not read, tried harder per frame
+
+
+def regions(frame: Frame, seen: list[Any]) -> list[Frame]:
+    """The part of the frame around each code zxing located but could not read, with a margin of half its
+    size (its corners may be misplaced), largest first."""
+    out = []
+    h, w = frame.shape
+    for r in seen:
+        if r.valid:
+            continue
+        p = r.position
+        xs = [p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x]
+        ys = [p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y]
+        m = max(max(xs) - min(xs), max(ys) - min(ys)) // 2 + 8
+        x0, x1, y0, y1 = max(0, min(xs) - m), min(w, max(xs) + m), max(0, min(ys) - m), min(h, max(ys) + m)
+        if x1 - x0 >= 21 and y1 - y0 >= 21:
+            out.append(frame[y0:y1, x0:x1])
+    return sorted(out, key=lambda f: -f.size)
+
+
+def flattened(region: Frame) -> Frame:
+    """Uneven light taken out: the picture minus its blurred self, stretched to the full grey range."""
+    from PIL import Image, ImageFilter
+
+    a = region.astype(np.float32)
+    background = np.asarray(Image.fromarray(region).filter(ImageFilter.GaussianBlur(8)), dtype=np.float32)
+    d = a - background
+    lo, hi = np.percentile(d[::3, ::3], (1, 99))
+    out: Frame = np.clip((d - lo) * (255 / max(1.0, float(hi - lo))), 0, 255).astype(np.uint8)
+    return out
+
+
+def enlarged(region: Frame) -> Frame:
+    """2x with bicubic interpolation: modules of one or two pixels get edges the binariser can find."""
+    from PIL import Image
+
+    h, w = region.shape
+    if max(h, w) * 2 > 4096:
+        return region
+    return np.asarray(Image.fromarray(region).resize((w * 2, h * 2), Image.Resampling.BICUBIC))
 
 
 class ZbarDecoder:

@@ -37,10 +37,10 @@ def _finish(img: np.ndarray, rng: np.random.Generator, sigma: float = 3.0) -> Fr
 
 
 def defocus(payload: str, rng: np.random.Generator, radius: float) -> Frame:
-    """A phone nearer than the lens's focus: a disc blur of `radius` pixels (3-pixel modules)."""
+    """A phone nearer than the lens's focus: a disc blur of `radius` pixels (4-pixel modules)."""
     r = int(np.ceil(radius))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return _finish(_convolve(_place(qr_image(payload, 3), rng), (xx**2 + yy**2 <= radius**2).astype(float)), rng)
+    return _finish(_convolve(_place(qr_image(payload, 4), rng), (xx**2 + yy**2 <= radius**2).astype(float)), rng)
 
 
 def motion(payload: str, rng: np.random.Generator, length: int = 9) -> Frame:
@@ -54,13 +54,13 @@ def motion(payload: str, rng: np.random.Generator, length: int = 9) -> Frame:
 
 
 def glare(payload: str, rng: np.random.Generator) -> Frame:
-    """Daylight reflected off a glossy screen: a bright spot that washes out part of the code."""
+    """Daylight reflected off a glossy screen: a bright spot, saturated at its heart, over part of the code."""
     img = _place(qr_image(payload, 4), rng) * 0.8 + 20
     code_y, code_x = np.nonzero(img < 60)
     cy, cx = int(np.median(code_y)), int(np.median(code_x))
     cy, cx = cy + int(rng.integers(-30, 31)), cx + int(rng.integers(-30, 31))
     yy, xx = np.mgrid[0:H, 0:W]
-    spot = 260 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(22, 32) ** 2))
+    spot = 300 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(25, 35) ** 2))
     return _finish(img + spot, rng)
 
 
@@ -70,7 +70,7 @@ def moire(payload: str, rng: np.random.Generator) -> Frame:
     yy, xx = np.mgrid[0:H, 0:W]
     f, a = rng.uniform(0.25, 0.45), rng.uniform(0, np.pi)
     fringes = 1 + 0.35 * np.sin(f * (xx * np.cos(a) + yy * np.sin(a)))
-    low = (img - 128) * 0.22 * fringes + 110
+    low = (img - 128) * 0.12 * fringes + 110
     return _finish(low, rng, sigma=5.0)
 
 
@@ -100,7 +100,7 @@ def tilt(payload: str, rng: np.random.Generator, degrees: float = 30.0) -> Frame
     return _finish(np.asarray(warped, dtype=np.float64), rng)
 
 
-def small(payload: str, rng: np.random.Generator, module: float = 1.6) -> Frame:
+def small(payload: str, rng: np.random.Generator, module: float = 1.3) -> Frame:
     """A code far from the lens, or a small screen: `module` pixels per module, resampled."""
     code = qr_image(payload, 1)
     size = (round(code.size[0] * module), round(code.size[1] * module))
@@ -108,14 +108,15 @@ def small(payload: str, rng: np.random.Generator, module: float = 1.6) -> Frame:
 
 
 Degrade = Callable[[str, np.random.Generator], Frame]
-CLASSES: dict[str, Degrade] = {
-    "defocus r=2": lambda p, rng: defocus(p, rng, 2.0),
-    "defocus r=3": lambda p, rng: defocus(p, rng, 3.0),
-    "defocus r=4": lambda p, rng: defocus(p, rng, 4.0),
+CLASSES: dict[str, Degrade] = {  # modules are 4 pixels wide unless the class says otherwise
+    "defocus r=2 px": lambda p, rng: defocus(p, rng, 2.0),
+    "defocus r=3 px": lambda p, rng: defocus(p, rng, 3.0),
+    "defocus r=4 px": lambda p, rng: defocus(p, rng, 4.0),
+    "motion 5 px": lambda p, rng: motion(p, rng, 5),
+    "motion 7 px": lambda p, rng: motion(p, rng, 7),
     "motion 9 px": lambda p, rng: motion(p, rng, 9),
-    "motion 13 px": lambda p, rng: motion(p, rng, 13),
-    "glare": glare,
+    "glare spot": glare,
     "moire, low contrast": moire,
     "tilt 30°": tilt,
-    "small modules 1.6 px": small,
+    "small modules 1.3 px": small,
 }
