@@ -31,7 +31,7 @@ apt_install() {
 }
 
 if [ "$mode" = dev ]; then
-  apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server
+  apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"

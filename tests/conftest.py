@@ -7,8 +7,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gate.config import Config, parse_config
 from gate.keys import TrustStore, generate_keypair, load_private_key
+from gate.testing import PgCluster, pg_bin
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
@@ -286,3 +289,31 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     r.start()
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """A real, throwaway PostgreSQL cluster from Debian's `postgresql` package, for the whole session."""
+    if pg_bin("initdb") is None:
+        require("initdb")  # fails under CI, skips elsewhere
+    base = Path(tempfile.mkdtemp(prefix="gate-pg-"))  # not under tmp_path: the postgres user must reach it
+    base.chmod(0o755)
+    cluster = PgCluster(base / "cluster", free_port())
+    try:
+        cluster.start()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"cannot start PostgreSQL: {exc.stderr.decode(errors='replace')[-500:]}")
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh database in the session's cluster, for one test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return pg_cluster.url.rsplit("/", 1)[0] + "/" + name

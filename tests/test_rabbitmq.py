@@ -117,7 +117,7 @@ def test_collect_without_shared_subscriptions_stores_signed_check_ins(rabbitmq, 
             g.handle(issue(keys.private, f"tok-c{i:05d}", Status.RED, int(time.time()), 600).encode())
         assert collector.wait(60) == 0
         assert "stored 5 new" in collector.stderr.read()
-        r = central("trace", "tok-c00003", "--db", str(db), "--json")
+        r = central("trace", "tok-c00003", "--db", str(db), "--json", "--operator", "t")
         assert json.loads(r.stdout.splitlines()[0])["gate_id"] == "lane-t"
     finally:
         collector.kill()

@@ -432,7 +432,19 @@ port = {broker.port}
     with sqlite3.connect(db) as q:
         assert sorted(r[0] for r in q.execute("SELECT reason FROM quarantine")) == ["unknown_gate", "unsigned"]
     r = subprocess.run(
-        [sys.executable, "-m", "gate", "central", "trace", "tok-e2e-0001", "--db", str(db), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "gate",
+            "central",
+            "trace",
+            "tok-e2e-0001",
+            "--db",
+            str(db),
+            "--json",
+            "--operator",
+            "t",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -451,6 +463,8 @@ port = {broker.port}
             "bus-north",
             "--db",
             str(db),
+            "--operator",
+            "epi-1",
             "--from",
             str(time.time() - 600),
             "--to",

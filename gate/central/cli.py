@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gate.address import broker_address
@@ -62,9 +63,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cm.add_argument("--operator", help="staff operator id, for open")
     cm.add_argument("--state", choices=["on", "off"], default="on", help="for free-pass")
     cm.add_argument("--timeout", type=float, default=10.0)
-    co = mqtt_cmd("collect", "store every gate's check-ins in SQLite (shared subscription, deduplicated)", False)
-    co.add_argument("--db", required=True)
+    db_help = "a SQLite file path (one machine) or postgresql://user@host/dbname (a city)"
+    co = mqtt_cmd("collect", "store every gate's check-ins in SQLite or PostgreSQL (batched, deduplicated)", False)
+    co.add_argument("--db", required=True, help=db_help)
+    co.add_argument(
+        "--retention-days", type=float, default=28.0, help="delete check-ins older than this, once a day (28)"
+    )
     co.add_argument("--group", default="collectors", help="shared-subscription group")
+    co.add_argument(
+        "--client-id",
+        help="this collector's MQTT client id, stable across restarts so the broker resends what it had not "
+        "acknowledged (default gate-collect-GROUP-HOSTNAME; give each collector on one host its own)",
+    )
     co.add_argument("--count", type=int, help="stop after storing this many new check-ins")
     co.add_argument("--idle-timeout", type=float, help="stop after this many seconds with no message")
     co.add_argument("--devices", help="folder of the gates' device public keys, <gate_id>.pub (from provision)")
@@ -80,11 +90,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
-    tr.add_argument("--db", required=True)
     tr.add_argument("--venue")
-    tr.add_argument("--from", dest="t_from", type=float, default=0.0, metavar="EPOCH")
-    tr.add_argument("--to", dest="t_to", type=float, default=float("inf"), metavar="EPOCH")
+    ct = sub.add_parser("contacts", help="every other code at the same venue within +/- a window of a token's visits")
+    ct.add_argument("token")
+    ct.add_argument("--window", type=float, default=30.0, metavar="MINUTES", help="+/- minutes (30)")
+    fmt = ct.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", default="text")
+    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv")
+    for q in (tr, ct):
+        q.add_argument("--db", required=True, help=db_help)
+        q.add_argument("--operator", required=True, help="who is asking: written to the audit table")
+        q.add_argument("--from", dest="t_from", type=when, default=0.0, metavar="TIME", help="epoch or ISO 8601")
+        q.add_argument("--to", dest="t_to", type=when, default=float("inf"), metavar="TIME")
     tr.add_argument("--json", action="store_true")
+    pu = sub.add_parser("purge", help="delete check-ins past their retention (whole days in PostgreSQL)")
+    pu.add_argument("--db", required=True, help=db_help)
+    pu.add_argument("--retention-days", type=float, default=28.0)
+    fl = sub.add_parser("fleet", help="every gate seen: availability, mode, outbox, cache, policy, clock, flags")
+    fl.add_argument("--db", required=True, help=db_help)
+    fl.add_argument("--offline-minutes", type=float, default=5.0, help="flag a gate silent for longer (5)")
+    fl.add_argument("--stale-cache-hours", type=float, default=24.0, help="flag an older pass cache (24)")
+    fl.add_argument("--json", action="store_true")
+
+
+def when(text: str) -> float:
+    """An epoch number, or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither epoch seconds nor an ISO 8601 time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,10 +150,8 @@ def main(argv: list[str]) -> int:
         from gate.central import provision
 
         return provision.main(args)
-    if cmd == "trace":
-        from gate.central.collect import trace
-
-        return trace(Path(args.db), args.token, args.venue, args.t_from, args.t_to, args.json)
+    if cmd in ("trace", "contacts", "purge", "fleet"):
+        return _query(cmd, args)
     if cmd == "collect":
         from gate.central.collect import Checks, collect
 
@@ -124,13 +161,34 @@ def main(argv: list[str]) -> int:
         return collect(
             args.broker,
             args.prefix,
-            Path(args.db),
+            args.db,
             args.group,
             args.count,
             args.idle_timeout,
             checks,
             share=not args.no_share,
+            client_id=args.client_id,
+            retention_days=args.retention_days or None,
         )
     from gate.central import publish
 
     return publish.main(args)
+
+
+def _query(cmd: str, args: argparse.Namespace) -> int:
+    from gate.central import tracing
+    from gate.central.db import open_store
+
+    if "://" not in args.db and not Path(args.db).exists():
+        raise GateError(f"{cmd}: no collection database at {args.db}")
+    store = open_store(args.db)
+    try:
+        if cmd == "trace":
+            return tracing.trace(store, args.operator, args.token, args.venue, args.t_from, args.t_to, args.json)
+        if cmd == "contacts":
+            return tracing.contacts(store, args.operator, args.token, args.t_from, args.t_to, args.window, args.fmt)
+        if cmd == "purge":
+            return tracing.purge(store, args.retention_days)
+        return tracing.fleet(store, args.offline_minutes, args.stale_cache_hours, args.json)
+    finally:
+        store.close()

@@ -1,74 +1,35 @@
-"""Central collection of check-ins into SQLite, and the contact trace they exist for."""
+"""Central collection: check-ins from every gate into SQLite or PostgreSQL, in batches, acknowledged to the
+broker only once committed; the fleet's retained state and telemetry beside them; retention applied daily."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import logging
+import math
+import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gate.central.db import open_store
 from gate.central.mqtt import connect
+from gate.central.store import Quarantined, Row, Store, row_of
 from gate.config import MqttSection
 from gate.keys import load_public_key
 from gate.sealing import SealError, unseal
-from gate.sqlite import private
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS checkins (
-    event_id TEXT PRIMARY KEY, type TEXT, gate_id TEXT, venue_id TEXT, venue_name TEXT, token TEXT, kind TEXT,
-    decision TEXT, reason TEXT, companions INTEGER, companion_index INTEGER, outcome TEXT, decision_id TEXT,
-    operator TEXT, time REAL, clock_synced INTEGER, payload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS checkins_token ON checkins (token, time);
-CREATE INDEX IF NOT EXISTS checkins_venue ON checkins (venue_id, time);
-"""
-_COLS = (
-    "event_id",
-    "type",
-    "gate_id",
-    "venue_id",
-    "venue_name",
-    "token",
-    "kind",
-    "decision",
-    "reason",
-    "companions",
-    "companion_index",
-    "outcome",
-    "decision_id",
-    "operator",
-    "time",
-    "clock_synced",
-)
-
-
-def open_db(path: Path) -> sqlite3.Connection:
-    private(path)  # the collection holds token ids: owner-only, whatever the umask
-    db = sqlite3.connect(path, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(_SCHEMA)
-    return db
-
-
-def _row(ev: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
-    venue = ev.get("venue") or {}
-    vals = {**ev, "venue_id": venue.get("id"), "venue_name": venue.get("name")}
-    return (*(vals.get(c) for c in _COLS), raw.decode())
-
-
-CREATE_QUARANTINE = """
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY, topic TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
-    received_at REAL NOT NULL, payload BLOB NOT NULL
-);
-"""
+log = logging.getLogger(__name__)
+BATCH_ROWS = 2000  # a batch is committed at this many messages ...
+BATCH_SECONDS = 0.1  # ... or this long after its first, whichever comes first
+SESSION_EXPIRY = 7 * 86400  # un-acked check-ins wait at the broker this long for a collector that died
+PURGE_EVERY = 86400.0
+FLEET_KINDS = ("state", "telemetry", "availability")
 
 
 @dataclass(frozen=True)
@@ -95,111 +56,177 @@ class Checks:
                 raise SealError("wrong_gate", f"payload gate {str(body.get('gate_id'))[:40]!r} on {topic}") from None
         if not isinstance(body.get("event_id"), str):
             raise SealError("malformed", "no event_id")
+        t = body.get("time")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise SealError("malformed", "no time")
         return body
+
+
+@dataclass
+class Pending:
+    """What arrived since the last commit, with the broker's message ids to acknowledge after it."""
+
+    rows: list[Row] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    fleet: list[tuple[str, str, dict[str, Any], float]] = field(default_factory=list)
+    mids: list[int] = field(default_factory=list)
+    since: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+
+class Collector:
+    """paho's thread checks each message and queues it; the writer commits a batch in one transaction, then
+    acknowledges every message in it. A collector killed before its commit acknowledged nothing: the broker
+    keeps those messages for its session and delivers them again when it reconnects with the same id."""
+
+    def __init__(self, store: Store, checks: Checks, retention_days: float | None = 28.0) -> None:
+        self.store, self.checks, self.retention_days = store, checks, retention_days
+        self.client: Any = None
+        self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "purged": 0}
+        self._pending = Pending()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._last_purge = 0.0
+        self.last_message = time.monotonic()
+
+    def on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.last_message = time.monotonic()
+        payload, topic = bytes(msg.payload), msg.topic
+        kind = topic.rsplit("/", 1)[-1]
+        with self._lock:
+            p = self._pending
+            if not p.mids:
+                p.since = time.monotonic()
+            p.mids.append(msg.mid)
+            if kind in FLEET_KINDS:
+                self._fleet(p, topic, kind, payload)
+            else:
+                self.stats["received"] += 1
+                try:
+                    p.rows.append(row_of(self.checks.check(topic, payload), payload))
+                except (SealError, ValueError, TypeError, AttributeError) as exc:
+                    reason = exc.reason if isinstance(exc, SealError) else "malformed"
+                    p.quarantined.append((topic, reason, str(exc)[:200], time.time(), payload))
+            if len(p) >= BATCH_ROWS:
+                self._wake.set()
+
+    @staticmethod
+    def _fleet(p: Pending, topic: str, kind: str, payload: bytes) -> None:
+        gate_id = topic.rsplit("/", 2)[-2]
+        try:
+            body = {"status": payload.decode()} if kind == "availability" else json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            return
+        if isinstance(body, dict) and payload:
+            p.fleet.append((gate_id, kind, body, time.time()))
+
+    def flush(self) -> bool:
+        """Commit what is pending, then acknowledge it; False (nothing acknowledged) if the store failed."""
+        with self._lock:
+            batch, self._pending = self._pending, Pending()
+        if not batch:
+            return True
+        try:
+            new = self.store.write(batch.rows, batch.quarantined)
+            for gate_id, kind, body, at in batch.fleet:
+                self.store.seen(gate_id, kind, body, at)
+        except Exception as exc:  # the database is down or refused the batch: keep it, retry, ack nothing
+            log.error("collect: cannot store %d messages (%s: %s); retrying", len(batch), type(exc).__name__, exc)
+            with self._lock:
+                p = self._pending
+                self._pending = Pending(
+                    batch.rows + p.rows,
+                    batch.quarantined + p.quarantined,
+                    batch.fleet + p.fleet,
+                    batch.mids + p.mids,
+                    batch.since,
+                )
+            return False
+        for mid in batch.mids:
+            self.client.ack(mid, 1)
+        self.stats["stored"] += new
+        self.stats["duplicates"] += len(batch.rows) - new
+        self.stats["quarantined"] += len(batch.quarantined)
+        return True
+
+    def maybe_purge(self) -> None:
+        if self.retention_days is None or time.monotonic() - self._last_purge < PURGE_EVERY:
+            return
+        self._last_purge = time.monotonic()
+        cutoff = time.time() - self.retention_days * 86400
+        gone = self.store.purge(cutoff)
+        self.stats["purged"] += gone
+        log.info("collect: retention %g days: %d check-ins older than %.0f deleted", self.retention_days, gone, cutoff)
+
+    def step(self) -> None:
+        """The writer: commit when the batch is full or BATCH_SECONDS old."""
+        with self._lock:
+            due = self._pending.since + BATCH_SECONDS - time.monotonic() if self._pending else BATCH_SECONDS
+        if due > 0:
+            self._wake.wait(due)
+        self._wake.clear()
+        if not self.flush():
+            time.sleep(1.0)
+        self.maybe_purge()
 
 
 def collect(
     broker: MqttSection,
     prefix: str,
-    db_path: Path,
+    db: str,
     group: str,
     count: int | None,
     idle_timeout: float | None,
     checks: Checks,
     share: bool = True,
     client_id: str | None = None,
+    retention_days: float | None = 28.0,
 ) -> int:
-    """Subscribe (shared by default); store genuine check-ins, INSERT OR IGNORE by event_id, and quarantine the
-    rest with a reason: unsigned, unknown_gate, wrong_gate, wrong_key, bad_signature, malformed."""
-    db = open_db(db_path)
-    db.executescript(CREATE_QUARANTINE)
-    lock = threading.Lock()
-    stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0}
-    last = [time.monotonic()]
-    done = threading.Event()
-
-    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-        last[0] = time.monotonic()
-        payload = bytes(msg.payload)
-        with lock:
-            stats["received"] += 1
-            try:
-                row = _row(checks.check(msg.topic, payload), payload)
-            except (SealError, ValueError, TypeError, AttributeError) as exc:
-                reason = exc.reason if isinstance(exc, SealError) else "malformed"
-                db.execute(
-                    "INSERT INTO quarantine (topic, reason, detail, received_at, payload) VALUES (?, ?, ?, ?, ?)",
-                    (msg.topic, reason, str(exc)[:200], time.time(), payload),
-                )
-                db.commit()
-                stats["quarantined"] += 1
-                return
-            cur = db.execute(f"INSERT OR IGNORE INTO checkins VALUES ({','.join('?' * 17)})", row)
-            db.commit()
-            stats["stored" if cur.rowcount else "duplicates"] += 1
-        if count is not None and stats["stored"] >= count:
-            done.set()
-
-    client = connect(broker, client_id=client_id or f"gate-collect-{group}")
-    client.on_message = on_message
+    """Subscribe (shared by default) with a persistent session and manual acks; store genuine check-ins
+    (idempotent by event_id) and quarantine the rest with a reason: unsigned, unknown_gate, wrong_gate,
+    wrong_key, bad_signature, malformed. The fleet topics are subscribed by every collector (retained
+    messages are never sent on shared subscriptions)."""
+    store = open_store(db)
+    col = Collector(store, checks, retention_days)
+    cid = client_id or f"gate-collect-{group}-{socket.gethostname()}"
+    client = connect(broker, client_id=cid, manual_ack=True, session_expiry=SESSION_EXPIRY, on_message=col.on_message)
+    col.client = client
     topic = f"{prefix}/+/checkin"
     if share:
         topic = f"$share/{group}/{topic}"
-    client.on_subscribe = lambda *a: print(f"collect: subscribed to {topic}", file=sys.stderr, flush=True)
-    client.subscribe(topic, qos=1)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.subscribe([(topic, 1), *((f"{prefix}/+/{k}", 1) for k in FLEET_KINDS)])
+    if subscribed.wait(10):
+        print(f"collect: subscribed to {topic} into {store.url.split('@')[-1]}", file=sys.stderr, flush=True)
 
     def progress(end: str) -> None:
+        s = col.stats
         print(
-            f"\rreceived {stats['received']}, stored {stats['stored']} new, duplicates {stats['duplicates']}, "
-            f"quarantined {stats['quarantined']}",
+            f"\rreceived {s['received']}, stored {s['stored']} new, duplicates {s['duplicates']}, "
+            f"quarantined {s['quarantined']}",
             end=end,
             file=sys.stderr,
             flush=True,
         )
 
+    shown = time.monotonic()
     try:
-        while not done.wait(1.0):
-            progress("")
-            if idle_timeout is not None and time.monotonic() - last[0] > idle_timeout:
+        while count is None or col.stats["stored"] < count:
+            col.step()
+            if time.monotonic() - shown >= 1.0:
+                shown = time.monotonic()
+                progress("")
+            if idle_timeout is not None and time.monotonic() - col.last_message > idle_timeout:
                 break
     except KeyboardInterrupt:
         pass
     finally:
+        col.flush()
         client.disconnect()
         client.loop_stop()
         progress("\n")
-        db.close()
+        store.close()
     return 0
-
-
-def trace(db_path: Path, token: str | None, venue: str | None, t_from: float, t_to: float, as_json: bool) -> int:
-    """A token's check-ins (decisions and passages) in time order, or a venue's within a window."""
-    if not db_path.exists():
-        print(f"trace: no collection database at {db_path}", file=sys.stderr)
-        return 1
-    if not token and not venue:
-        print("trace: give a TOKEN or --venue", file=sys.stderr)
-        return 2
-    db = open_db(db_path)
-    where = ["time >= ?", "time <= ?"]
-    params: list[float | str] = [t_from, t_to if t_to != float("inf") else 1e18]
-    if token:
-        where.append("token = ?")
-        params.append(token)
-    if venue:
-        where.append("venue_id = ?")
-        params.append(venue)
-    rows = db.execute(
-        f"SELECT {', '.join(_COLS)} FROM checkins WHERE {' AND '.join(where)} ORDER BY time", params
-    ).fetchall()
-    db.close()
-    for r in rows:
-        rec = dict(zip(_COLS, r, strict=True))
-        if as_json:
-            print(json.dumps(rec))
-        else:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec["time"]))
-            what = rec["outcome"] if rec["type"] == "passage" else f"{rec['decision']} ({rec['reason']})"
-            who = rec["token"] or "-"
-            print(f"{when}Z  {rec['venue_id']:<14} gate {rec['gate_id']:<10} {who:<20} {rec['type']:<8} {what}")
-    return 0 if rows else 1

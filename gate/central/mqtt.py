@@ -14,6 +14,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from gate.config import MqttSection
@@ -47,24 +49,48 @@ def _toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid UTF-8 TOML: {str(exc)[:120]}") from None
 
 
-def connect(broker: MqttSection | tuple[str, int], client_id: str = "") -> mqtt.Client:
+def connect(
+    broker: MqttSection | tuple[str, int],
+    client_id: str = "",
+    manual_ack: bool = False,
+    session_expiry: int = 0,
+    on_message: Callable[..., None] | None = None,
+) -> mqtt.Client:
     """Connected, with paho's loop running. protocol = auto tries MQTT 5, then 3.1.1 if the broker refuses it
-    or closes the connection (RabbitMQ)."""
+    or closes the connection (RabbitMQ). `session_expiry` > 0 keeps the session (subscriptions and un-acked
+    messages) at the broker for that long after a disconnect; `manual_ack`: messages are acked by `ack()`.
+    `on_message` is in place before connecting: a resumed session's messages arrive right after CONNACK."""
     if isinstance(broker, tuple):
         broker = MqttSection(host=broker[0], port=broker[1])
     protocols = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(broker.protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
     last = ""
     for protocol in protocols:
-        client, answer = _attempt(broker, client_id, protocol)
+        client, answer = _attempt(broker, client_id, protocol, manual_ack, session_expiry, on_message)
         if answer == "Success":
             return client
         last = answer
     raise GateError(f"broker {broker.host}:{broker.port} refused the connection: {last}")
 
 
-def _attempt(broker: MqttSection, client_id: str, protocol: Any) -> tuple[mqtt.Client, str]:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+def _attempt(
+    broker: MqttSection,
+    client_id: str,
+    protocol: Any,
+    manual_ack: bool = False,
+    session_expiry: int = 0,
+    on_message: Callable[..., None] | None = None,
+) -> tuple[mqtt.Client, str]:
+    persistent = session_expiry > 0 and bool(client_id)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+        manual_ack=manual_ack,
+        clean_session=None if protocol == mqtt.MQTTv5 else not persistent,
+    )
     client.max_inflight_messages_set(100)
+    if on_message is not None:
+        client.on_message = on_message
     authenticate(client, broker)
     answers: list[str] = []
     up = threading.Event()
@@ -74,8 +100,15 @@ def _attempt(broker: MqttSection, client_id: str, protocol: Any) -> tuple[mqtt.C
         up.set()
 
     client.on_connect = on_connect
+    options: dict[str, Any] = {}
+    if protocol == mqtt.MQTTv5:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.ReceiveMaximum = 65535  # manual acks after a batch commit: let a batch's worth be in flight
+        if persistent:
+            props.SessionExpiryInterval = session_expiry
+        options = {"clean_start": not persistent, "properties": props}
     try:
-        client.connect(broker.host, broker.port, keepalive=30)
+        client.connect(broker.host, broker.port, keepalive=30, **options)
     except OSError as exc:
         raise GateError(f"cannot reach broker {broker.host}:{broker.port}: {exc}") from None
     client.loop_start()

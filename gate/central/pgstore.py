@@ -1,0 +1,150 @@
+"""Central's check-ins in PostgreSQL (psycopg 3): partitioned by UTC day, batches by COPY, idempotent on
+event_id, so that several collectors write one database and a day past retention is dropped whole."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from gate.central.store import ALL_COLS, COLS, CONTACTS_SQL, DAY, Quarantined, Row, days, fleet_entry, merge_seen
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkins (
+    event_id text NOT NULL, type text, gate_id text, venue_id text, venue_name text, token text, kind text,
+    decision text, reason text, companions integer, companion_index integer, outcome text, decision_id text,
+    operator text, time double precision NOT NULL, clock_synced integer, payload text NOT NULL,
+    PRIMARY KEY (event_id, time)
+) PARTITION BY RANGE (time);
+CREATE INDEX IF NOT EXISTS checkins_token ON checkins (token, time);
+CREATE INDEX IF NOT EXISTS checkins_venue ON checkins (venue_id, time);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id bigserial PRIMARY KEY, topic text NOT NULL, reason text NOT NULL, detail text NOT NULL,
+    received_at double precision NOT NULL, payload bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id bigserial PRIMARY KEY, at double precision NOT NULL, operator text NOT NULL, action text NOT NULL,
+    params text NOT NULL, rows integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet (gate_id text PRIMARY KEY, doc text NOT NULL);
+"""
+LOCK = 7_242_817  # advisory lock id: schema and partition changes, one collector at a time
+
+
+def partition(day: int) -> str:
+    return "checkins_" + datetime.fromtimestamp(day * DAY, UTC).strftime("%Y%m%d")
+
+
+class PgStore:
+    """Idempotent on (event_id, time): a check-in's time never changes, so a redelivered one lands in the
+    same day's partition and is skipped there (a partitioned table's unique key must hold the partition key)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.db = psycopg.connect(url, autocommit=True)
+        self._days: set[int] = set()
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+            self.db.execute(SCHEMA)
+        self._days = set(self._partitions().values())
+
+    def _partitions(self) -> dict[str, int]:
+        """Each day partition of checkins, by name, with its UTC day number."""
+        rows = self.db.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'checkins'"
+        )
+        out = {}
+        for (name,) in rows:
+            when = datetime.strptime(name.removeprefix("checkins_"), "%Y%m%d").replace(tzinfo=UTC)
+            out[name] = int(when.timestamp()) // DAY
+        return out
+
+    def _ensure_days(self, wanted: set[int]) -> None:
+        missing = wanted - self._days
+        if not missing:
+            return
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+            for day in sorted(missing):
+                self.db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {partition(day)} PARTITION OF checkins "
+                    f"FOR VALUES FROM ({day * DAY}) TO ({(day + 1) * DAY})"
+                )
+        self._days |= missing
+
+    def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
+        self._ensure_days(days(rows))
+        new = 0
+        with self.db.transaction(), self.db.cursor() as cur:
+            if rows:
+                cur.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE checkins) ON COMMIT DELETE ROWS")
+                with cur.copy(f"COPY incoming ({', '.join(ALL_COLS)}) FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row(r)
+                cur.execute(
+                    f"INSERT INTO checkins ({', '.join(ALL_COLS)}) SELECT DISTINCT ON (event_id, time) "
+                    f"{', '.join(ALL_COLS)} FROM incoming ON CONFLICT DO NOTHING"
+                )
+                new = cur.rowcount
+            if quarantined:
+                cur.executemany(
+                    "INSERT INTO quarantine (topic, reason, detail, received_at, payload) VALUES (%s, %s, %s, %s, %s)",
+                    quarantined,
+                )
+        return new
+
+    def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(COLS)} FROM checkins WHERE {where.replace('?', '%s')} ORDER BY {order}"
+        return [dict(zip(COLS, r, strict=True)) for r in self.db.execute(sql, params)]
+
+    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]:
+        cur = self.db.execute(CONTACTS_SQL.replace("?", "%s"), (window, window, token, t_from, t_to, token))
+        names = [d.name for d in cur.description or ()]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+
+    def purge(self, before: float) -> int:
+        """Whole days before `before`'s day are dropped as partitions (no row-by-row delete, no bloat)."""
+        cutoff = int(before // DAY)
+        gone = 0
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+            for name, day in sorted(self._partitions().items()):
+                if day < cutoff:
+                    row = self.db.execute(f"SELECT count(*) FROM {name}").fetchone()
+                    gone += int(row[0]) if row else 0
+                    self.db.execute(f"DROP TABLE {name}")
+                    self._days.discard(day)
+        return gone
+
+    def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None:
+        self.db.execute(
+            "INSERT INTO audit (at, operator, action, params, rows) VALUES (%s, %s, %s, %s, %s)",
+            (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
+        )
+
+    def audits(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
+        return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
+
+    def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
+        with self.db.transaction():
+            old = self.db.execute("SELECT doc FROM fleet WHERE gate_id = %s FOR UPDATE", (gate_id,)).fetchone()
+            doc = merge_seen(json.loads(old[0]) if old else {}, kind, body, at)
+            self.db.execute(
+                "INSERT INTO fleet VALUES (%s, %s) ON CONFLICT (gate_id) DO UPDATE SET doc = excluded.doc",
+                (gate_id, json.dumps(doc)),
+            )
+
+    def fleet(self) -> list[dict[str, Any]]:
+        return [fleet_entry(g, json.loads(d)) for g, d in self.db.execute("SELECT gate_id, doc FROM fleet ORDER BY 1")]
+
+    def quarantine_reasons(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT reason FROM quarantine ORDER BY id")]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,207 @@
+"""Where central keeps check-ins: SQLite (one machine, the default) or PostgreSQL (a city), same behaviour.
+
+Both stores take rows in batches, idempotent on `event_id`; keep a quarantine of what was not genuine, an
+audit of every query, and the last state of every gate; and delete check-ins past their retention."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from gate.sqlite import private
+
+COLS = (
+    "event_id",
+    "type",
+    "gate_id",
+    "venue_id",
+    "venue_name",
+    "token",
+    "kind",
+    "decision",
+    "reason",
+    "companions",
+    "companion_index",
+    "outcome",
+    "decision_id",
+    "operator",
+    "time",
+    "clock_synced",
+)
+ALL_COLS = (*COLS, "payload")
+Row = tuple[Any, ...]  # ALL_COLS, in order
+Quarantined = tuple[str, str, str, float, bytes]  # topic, reason, detail, received_at, payload
+DAY = 86400
+FLEET_HISTORY = 30  # outbox depths kept per gate, for the trend
+
+
+def row_of(ev: dict[str, Any], raw: bytes) -> Row:
+    venue = ev.get("venue") or {}
+    vals = {**ev, "venue_id": venue.get("id"), "venue_name": venue.get("name")}
+    vals["clock_synced"] = None if vals.get("clock_synced") is None else int(bool(vals["clock_synced"]))
+    return (*(vals.get(c) for c in COLS), raw.decode())
+
+
+class Store(Protocol):
+    url: str
+
+    def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
+        """One transaction: new check-ins (duplicates of stored event ids are skipped) and quarantined
+        messages. Returns how many check-ins were new."""
+        ...
+
+    def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]: ...
+
+    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]: ...
+
+    def purge(self, before: float) -> int:
+        """Delete check-ins older than `before`; returns rows deleted (or partitions dropped x their rows)."""
+        ...
+
+    def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None: ...
+
+    def audits(self) -> list[dict[str, Any]]: ...
+
+    def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
+        """A gate's retained state or telemetry, for `gate central fleet`."""
+        ...
+
+    def fleet(self) -> list[dict[str, Any]]: ...
+
+    def quarantine_reasons(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+# The contact query, in SQL both databases run: each check-in of the token in the period, joined to every
+# other token's decision at the same venue within the window. `?` placeholders (PgStore rewrites them).
+CONTACTS_SQL = """
+SELECT o.token, o.venue_id, o.venue_name, o.gate_id, o.time, o.decision, o.reason, o.companions, o.kind,
+       o.event_id, m.time AS my_time, m.gate_id AS my_gate
+FROM checkins m
+JOIN checkins o ON o.venue_id = m.venue_id AND o.time >= m.time - ? AND o.time <= m.time + ?
+WHERE m.token = ? AND m.type = 'decision' AND m.time >= ? AND m.time <= ?
+  AND o.type = 'decision' AND o.token IS NOT NULL AND o.token <> ?
+ORDER BY o.time
+"""
+
+
+def fleet_entry(gate_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+    return {"gate_id": gate_id, **doc}
+
+
+def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) -> dict[str, Any]:
+    """The fleet document of one gate after a state or telemetry message."""
+    doc = dict(doc)
+    doc["last_seen"] = at
+    doc[kind] = body
+    depth = body.get("outbox_depth")
+    if kind == "telemetry" and isinstance(depth, int):  # periodic: a trend over time, not over changes
+        history = [*doc.get("depth_history", []), [at, depth]][-FLEET_HISTORY:]
+        doc["depth_history"] = history
+    return doc
+
+
+class SqliteStore:
+    """One file, WAL, mode 0600 (it holds token ids). A batch is one transaction."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS checkins (
+        event_id TEXT PRIMARY KEY, type TEXT, gate_id TEXT, venue_id TEXT, venue_name TEXT, token TEXT, kind TEXT,
+        decision TEXT, reason TEXT, companions INTEGER, companion_index INTEGER, outcome TEXT, decision_id TEXT,
+        operator TEXT, time REAL, clock_synced INTEGER, payload TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS checkins_token ON checkins (token, time);
+    CREATE INDEX IF NOT EXISTS checkins_venue ON checkins (venue_id, time);
+    CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY, topic TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+        received_at REAL NOT NULL, payload BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, operator TEXT NOT NULL, action TEXT NOT NULL,
+        params TEXT NOT NULL, rows INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS fleet (gate_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.url = str(path)
+        private(path)  # the collection holds token ids: owner-only, whatever the umask
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=10000")  # several collectors on one file take turns
+        self.db.executescript(self.SCHEMA)
+
+    def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            before = db.total_changes
+            db.executemany(f"INSERT OR IGNORE INTO checkins VALUES ({','.join('?' * len(ALL_COLS))})", rows)
+            new = db.total_changes - before
+            db.executemany(
+                "INSERT INTO quarantine (topic, reason, detail, received_at, payload) VALUES (?, ?, ?, ?, ?)",
+                quarantined,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return new
+
+    def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]:
+        cur = self.db.execute(f"SELECT {', '.join(COLS)} FROM checkins WHERE {where} ORDER BY {order}", params)
+        return [dict(zip(COLS, r, strict=True)) for r in cur]
+
+    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]:
+        cur = self.db.execute(CONTACTS_SQL, (window, window, token, t_from, t_to, token))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+
+    def purge(self, before: float) -> int:
+        return self.db.execute("DELETE FROM checkins WHERE time < ?", (before,)).rowcount
+
+    def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None:
+        self.db.execute(
+            "INSERT INTO audit (at, operator, action, params, rows) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
+        )
+
+    def audits(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
+        return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
+
+    def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            old = db.execute("SELECT doc FROM fleet WHERE gate_id = ?", (gate_id,)).fetchone()
+            doc = merge_seen(json.loads(old[0]) if old else {}, kind, body, at)
+            db.execute("INSERT OR REPLACE INTO fleet VALUES (?, ?)", (gate_id, json.dumps(doc)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def fleet(self) -> list[dict[str, Any]]:
+        return [fleet_entry(g, json.loads(d)) for g, d in self.db.execute("SELECT gate_id, doc FROM fleet ORDER BY 1")]
+
+    def quarantine_reasons(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT reason FROM quarantine ORDER BY id")]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def day_of(t: float) -> int:
+    """The UTC day number a check-in time falls in (its PostgreSQL partition)."""
+    return int(t // DAY)
+
+
+def days(rows: Iterable[Row]) -> set[int]:
+    i = ALL_COLS.index("time")
+    return {day_of(float(r[i])) for r in rows if isinstance(r[i], int | float)}

@@ -1,0 +1,205 @@
+"""What the collection exists for: the contact trace, audited; retention; and the fleet view."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from typing import Any
+
+from gate.central.store import Store
+from gate.errors import GateError
+
+OPERATOR = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def _operator(operator: str) -> str:
+    if not OPERATOR.match(operator or ""):
+        raise GateError("--operator: give the id of the person querying (letters, digits, _ . @ -; up to 64)")
+    return operator
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+
+
+def trace(
+    store: Store, operator: str, token: str | None, venue: str | None, t_from: float, t_to: float, as_json: bool
+) -> int:
+    """A token's check-ins (decisions and passages) in time order, or a venue's within a window; audited."""
+    operator = _operator(operator)
+    if not token and not venue:
+        print("trace: give a TOKEN or --venue", file=sys.stderr)
+        return 2
+    where = ["time >= ?", "time <= ?"]
+    params: list[Any] = [t_from, min(t_to, 1e18)]
+    if token:
+        where.append("token = ?")
+        params.append(token)
+    if venue:
+        where.append("venue_id = ?")
+        params.append(venue)
+    rows = store.select(" AND ".join(where), params)
+    store.audit(operator, "trace", {"token": token, "venue": venue, "from": t_from, "to": min(t_to, 1e18)}, len(rows))
+    for rec in rows:
+        if as_json:
+            print(json.dumps(rec))
+        else:
+            what = rec["outcome"] if rec["type"] == "passage" else f"{rec['decision']} ({rec['reason']})"
+            who = rec["token"] or "-"
+            place = f"{rec['venue_id']:<14} gate {rec['gate_id']:<10}"
+            print(f"{_when(rec['time'])}  {place} {who:<20} {rec['type']:<8} {what}")
+    return 0 if rows else 1
+
+
+def find_contacts(store: Store, token: str, t_from: float, t_to: float, window_min: float) -> list[dict[str, Any]]:
+    """Every other token's check-in at one of the token's venues within +/- window of one of its check-ins:
+    one row per such check-in, paired with the nearest of the token's. A code admitting companions is one
+    group (`group_size` = 1 + companions): the companions have no token of their own."""
+    window = window_min * 60
+    best: dict[str, dict[str, Any]] = {}
+    for r in store.contacts_rows(token, t_from, t_to, window):
+        apart = abs(r["time"] - r["my_time"])
+        kept = best.get(r["event_id"])
+        if kept is not None and kept["apart_min"] * 60 <= apart:
+            continue
+        best[r["event_id"]] = {
+            "token": r["token"],
+            "venue_id": r["venue_id"],
+            "venue_name": r["venue_name"],
+            "gate_id": r["gate_id"],
+            "time": r["time"],
+            "time_iso": _when(r["time"]),
+            "their_time": r["time"],
+            "my_time": r["my_time"],
+            "my_gate_id": r["my_gate"],
+            "apart_min": round(apart / 60, 2),
+            "overlap_min": round(max(0.0, 2 * window - apart) / 60, 2),
+            "admitted": r["decision"] == "admit",
+            "decision": r["decision"],
+            "reason": r["reason"],
+            "group_size": 1 + int(r["companions"] or 0),
+            "kind": r["kind"],
+        }
+    return sorted(best.values(), key=lambda c: (c["time"], c["token"]))
+
+
+CONTACT_FIELDS = (
+    "token",
+    "group_size",
+    "admitted",
+    "venue_id",
+    "gate_id",
+    "time_iso",
+    "apart_min",
+    "overlap_min",
+    "my_gate_id",
+    "decision",
+    "reason",
+    "kind",
+)
+
+
+def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float, fmt: str) -> int:
+    operator = _operator(operator)
+    found = find_contacts(store, token, t_from, t_to, window_min)
+    params = {"token": token, "from": t_from, "to": min(t_to, 1e18), "window_min": window_min}
+    store.audit(operator, "contacts", params, len(found))
+    if fmt == "json":
+        for c in found:
+            print(json.dumps(c))
+    elif fmt == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=CONTACT_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(found)
+    else:
+        tokens = {c["token"] for c in found}
+        people = sum(max((c["group_size"] for c in found if c["token"] == t), default=1) for t in tokens)
+        print(f"{len(tokens)} contact codes ({people} people with companions) within ±{window_min:g} min of {token}")
+        for c in found:
+            group = f"+{c['group_size'] - 1}" if c["group_size"] > 1 else ""
+            state = "admitted" if c["admitted"] else c["decision"]
+            print(
+                f"{c['time_iso']}  {c['venue_id']:<14} gate {c['gate_id']:<10} {c['token'] + group:<24} "
+                f"{state:<9} {c['apart_min']:6.1f} min apart"
+            )
+    return 0 if found else 1
+
+
+def purge(store: Store, retention_days: float) -> int:
+    gone = store.purge(time.time() - retention_days * 86400)
+    print(f"purge: {gone} check-ins older than {retention_days:g} days deleted")
+    return 0
+
+
+def fleet_report(
+    store: Store, offline_min: float, stale_hours: float, now: float | None = None
+) -> list[dict[str, Any]]:
+    """One line per gate seen: availability, last seen, mode, outbox depth and trend, cache, policy, clock,
+    dead letters; flagged offline (no word for offline_min or its will said so), stale cache, growing outbox."""
+    now = time.time() if now is None else now
+    out = []
+    for g in store.fleet():
+        state, tele = g.get("state") or {}, g.get("telemetry") or {}
+        availability = (g.get("availability") or {}).get("status", "unknown")
+        history = g.get("depth_history") or []
+        depth = history[-1][1] if history else state.get("outbox_depth")
+        trend = None
+        if len(history) >= 2 and history[-1][0] > history[0][0]:
+            trend = round((history[-1][1] - history[0][1]) / ((history[-1][0] - history[0][0]) / 60), 1)
+        age = state.get("cache_age_s")
+        flags = []
+        if availability != "online" or now - g.get("last_seen", 0) > offline_min * 60:
+            flags.append("offline")
+        if age is None or age > stale_hours * 3600:
+            flags.append("stale_cache")
+        if (
+            trend is not None
+            and trend > 0
+            and len(history) >= 3
+            and all(b[1] >= a[1] for a, b in zip(history[-3:], history[-2:], strict=False))
+        ):
+            flags.append("outbox_growing")
+        out.append(
+            {
+                "gate_id": g["gate_id"],
+                "availability": availability,
+                "last_seen": g.get("last_seen"),
+                "last_seen_ago_s": round(now - g.get("last_seen", now), 1),
+                "mode": state.get("mode"),
+                "outbox_depth": depth,
+                "outbox_trend_per_min": trend,
+                "cache_version": state.get("cache_version"),
+                "cache_age_s": age,
+                "policy_version": state.get("policy_version"),
+                "clock_synced": state.get("clock_synced"),
+                "dead_letters": state.get("dead_letters"),
+                "uptime_s": tele.get("uptime_s"),
+                "flags": flags,
+            }
+        )
+    return out
+
+
+def fleet(store: Store, offline_min: float, stale_hours: float, as_json: bool) -> int:
+    rows = fleet_report(store, offline_min, stale_hours)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(
+        f"{'gate':<14} {'avail':<8} {'seen':>7} {'mode':<14} {'outbox':>7} {'trend/min':>9} "
+        f"{'cache':>6} {'age h':>6} {'policy':>6} {'clock':<5} {'dead':>4}  flags"
+    )
+    for r in rows:
+        age = "-" if r["cache_age_s"] is None else f"{r['cache_age_s'] / 3600:.1f}"
+        trend = "-" if r["outbox_trend_per_min"] is None else f"{r['outbox_trend_per_min']:+.1f}"
+        print(
+            f"{r['gate_id']:<14} {r['availability']:<8} {r['last_seen_ago_s']:>6.0f}s {r['mode']!s:<14} "
+            f"{r['outbox_depth']!s:>7} {trend:>9} {r['cache_version']!s:>6} {age:>6} "
+            f"{r['policy_version']!s:>6} {'yes' if r['clock_synced'] else 'no':<5} {r['dead_letters'] or 0!s:>4}  "
+            f"{' '.join(r['flags']) or 'ok'}"
+        )
+    return 0

@@ -1,0 +1,95 @@
+"""Two collectors in one shared-subscription group write a real PostgreSQL: no duplicates, and no loss across
+a collector killed with SIGKILL mid-stream (acks only after the commit; the broker keeps the rest)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import Broker, wait_until
+
+N = 3000
+GATES = ("lane-a", "lane-b", "lane-c")
+# Collectors hold a batch's worth of un-acked messages, and a dead collector's share waits in its session.
+COLLECTOR_BROKER = "max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"
+
+
+def event(i: int) -> tuple[str, bytes]:
+    gate = GATES[i % len(GATES)]
+    body = {
+        "schema": "gate.checkin/1",
+        "event_id": str(uuid.UUID(int=i + 1)),
+        "type": "decision",
+        "gate_id": gate,
+        "venue": {"id": "rail-central", "name": "Central"},
+        "token": f"tok-{i:06d}",
+        "kind": "phone",
+        "decision": "admit",
+        "reason": "admitted",
+        "companions": 0,
+        "time": 1_780_000_000.0 + i,
+        "clock_synced": True,
+    }
+    return f"gate/{gate}/checkin", json.dumps(body).encode()
+
+
+def collector(broker: Broker, url: str, name: str) -> subprocess.Popen[str]:
+    cmd = [
+        *(sys.executable, "-m", "gate", "central", "collect", "--broker", f"{broker.host}:{broker.port}"),
+        *("--db", url, "--accept-unsigned", "--group", "city", "--client-id", name),
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "collect: subscribed" in line, line
+    return proc
+
+
+def stored(url: str) -> tuple[int, int]:
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT count(*), count(DISTINCT event_id) FROM checkins").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.mosquitto_only("the collector's broker settings are mosquitto's")
+def test_two_collectors_lose_and_duplicate_nothing_across_a_sigkill(tmp_path: Path, pg_url: str) -> None:
+    broker = Broker(tmp_path, extra=COLLECTOR_BROKER)
+    broker.start()
+    procs: list[subprocess.Popen[str]] = []
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    try:
+        first, second = collector(broker, pg_url, "col-1"), collector(broker, pg_url, "col-2")
+        procs += [first, second]
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        infos: list[Any] = []
+        for i in range(N):
+            infos.append(pub.publish(*event(i), qos=1))
+            if i == N // 3:  # a third in: the first collector dies without a word
+                assert wait_until(lambda: stored(pg_url)[0] > 0, 30)
+                first.send_signal(signal.SIGKILL)
+                first.wait(10)
+        for info in infos:
+            info.wait_for_publish(30)
+        procs.append(collector(broker, pg_url, "col-1"))  # back with the same client id: its session resumes
+        assert wait_until(lambda: stored(pg_url)[0] >= N, 60), stored(pg_url)
+        assert stored(pg_url) == (N, N)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        broker.stop()
