@@ -16,13 +16,13 @@ def private(path: Path) -> None:
     """Owner-only, whatever the umask the gate was started with: create the database file 0600 before SQLite
     does (SQLite gives its -wal and -shm files the main file's mode), and take group and world access away
     from any of the three that has it. These files hold token ids."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for side in ("-wal", "-shm"):
+    # Never open and close a descriptor of a database this process may already have open: closing any
+    # descriptor of a file drops every POSIX lock the process holds on it, SQLite's included
+    # (sqlite.org/howtocorrupt.html, 2.2). So: create it exclusively (nobody can hold locks on a file that
+    # did not exist), and change the mode of existing files by path.
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for side in ("", "-wal", "-shm"):
         with suppress(FileNotFoundError):
             extra = Path(f"{path}{side}")
             if extra.stat().st_mode & 0o077:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from gate.outbox import Outbox
 from gate.passcache import PassCache
-from gate.sqlite import Owned, WrongThread
+from gate.sqlite import Owned, WrongThread, private
 
 
 def on_thread(fn):
@@ -93,3 +95,32 @@ def test_files_holding_tokens_are_owner_only_whatever_the_umask(tmp_path) -> Non
         outbox.close()
     finally:
         os.umask(old)
+
+
+def test_making_an_open_database_private_keeps_sqlites_locks(tmp_path) -> None:
+    """Closing any descriptor of a file drops all of the process's POSIX locks on it, SQLite's included:
+    `private()` must never open a database that exists. A writer here holds a RESERVED lock; another
+    process must still be unable to take the write lock after `private()` ran."""
+    db_path = tmp_path / "held.db"
+    held = sqlite3.connect(db_path, isolation_level=None)
+    held.execute("CREATE TABLE t (x)")
+    held.execute("BEGIN IMMEDIATE")
+    held.execute("INSERT INTO t VALUES (1)")
+    os.chmod(db_path, 0o644)
+    private(db_path)
+    assert db_path.stat().st_mode & 0o777 == 0o600
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None)\n"
+            "try:\n c.execute('BEGIN IMMEDIATE'); print('took the lock')\n"
+            "except sqlite3.OperationalError as e: print(e)",
+            str(db_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    held.execute("ROLLBACK")
+    assert probe.stdout.strip() == "database is locked"

@@ -10,7 +10,8 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,31 +63,20 @@ class Checks:
         return body
 
 
-@dataclass
-class Pending:
-    """What arrived since the last commit, with the broker's message ids to acknowledge after it."""
-
-    rows: list[Row] = field(default_factory=list)
-    quarantined: list[Quarantined] = field(default_factory=list)
-    fleet: list[tuple[str, str, dict[str, Any], float]] = field(default_factory=list)
-    mids: list[int] = field(default_factory=list)
-    since: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.mids)
+Item = tuple[str, Any, int]  # ("row" | "quarantine" | "fleet", what, the broker's message id)
 
 
 class Collector:
-    """paho's thread checks each message and queues it; the writer commits a batch in one transaction, then
-    acknowledges every message in it. A collector killed before its commit acknowledged nothing: the broker
-    keeps those messages for its session and delivers them again when it reconnects with the same id."""
+    """paho's thread checks each message and appends it to a deque (no lock: a writer that had to win a lock
+    from paho's busy thread would wait for a whole burst); the writer commits up to BATCH_ROWS of them in one
+    transaction, then acknowledges each. A collector killed before its commit acknowledged nothing: the
+    broker keeps those messages for its session and delivers them again when it reconnects with the same id."""
 
     def __init__(self, store: Store, checks: Checks, retention_days: float | None = 28.0) -> None:
         self.store, self.checks, self.retention_days = store, checks, retention_days
         self.client: Any = None
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "purged": 0}
-        self._pending = Pending()
-        self._lock = threading.Lock()
+        self._inbox: deque[Item] = deque()
         self._wake = threading.Event()
         self._last_purge = 0.0
         self.last_message = time.monotonic()
@@ -95,60 +85,51 @@ class Collector:
         self.last_message = time.monotonic()
         payload, topic = bytes(msg.payload), msg.topic
         kind = topic.rsplit("/", 1)[-1]
-        with self._lock:
-            p = self._pending
-            if not p.mids:
-                p.since = time.monotonic()
-            p.mids.append(msg.mid)
-            if kind in FLEET_KINDS:
-                self._fleet(p, topic, kind, payload)
-            else:
-                self.stats["received"] += 1
-                try:
-                    p.rows.append(row_of(self.checks.check(topic, payload), payload))
-                except (SealError, ValueError, TypeError, AttributeError) as exc:
-                    reason = exc.reason if isinstance(exc, SealError) else "malformed"
-                    p.quarantined.append((topic, reason, str(exc)[:200], time.time(), payload))
-            if len(p) >= BATCH_ROWS:
-                self._wake.set()
+        if kind in FLEET_KINDS:
+            self._inbox.append(("fleet", self._fleet(topic, kind, payload), msg.mid))
+        else:
+            try:
+                self._inbox.append(("row", row_of(self.checks.check(topic, payload), payload), msg.mid))
+            except (SealError, ValueError, TypeError, AttributeError) as exc:
+                reason = exc.reason if isinstance(exc, SealError) else "malformed"
+                self._inbox.append(("quarantine", (topic, reason, str(exc)[:200], time.time(), payload), msg.mid))
+        if len(self._inbox) >= BATCH_ROWS:
+            self._wake.set()
 
     @staticmethod
-    def _fleet(p: Pending, topic: str, kind: str, payload: bytes) -> None:
+    def _fleet(topic: str, kind: str, payload: bytes) -> tuple[str, str, dict[str, Any], float] | None:
         gate_id = topic.rsplit("/", 2)[-2]
         try:
             body = {"status": payload.decode()} if kind == "availability" else json.loads(payload)
         except (UnicodeDecodeError, ValueError):
-            return
-        if isinstance(body, dict) and payload:
-            p.fleet.append((gate_id, kind, body, time.time()))
+            return None
+        return (gate_id, kind, body, time.time()) if isinstance(body, dict) and payload else None
 
     def flush(self) -> bool:
-        """Commit what is pending, then acknowledge it; False (nothing acknowledged) if the store failed."""
-        with self._lock:
-            batch, self._pending = self._pending, Pending()
+        """Commit what has arrived (up to BATCH_ROWS), then acknowledge it; False (nothing acknowledged) if
+        the store failed: the batch goes back to the front and is tried again."""
+        batch: list[Item] = []
+        while self._inbox and len(batch) < BATCH_ROWS:
+            batch.append(self._inbox.popleft())
         if not batch:
             return True
+        rows: list[Row] = [w for k, w, _ in batch if k == "row"]
+        quarantined: list[Quarantined] = [w for k, w, _ in batch if k == "quarantine"]
         try:
-            new = self.store.write(batch.rows, batch.quarantined)
-            for gate_id, kind, body, at in batch.fleet:
-                self.store.seen(gate_id, kind, body, at)
+            new = self.store.write(rows, quarantined)
+            for k, w, _ in batch:
+                if k == "fleet" and w is not None:
+                    self.store.seen(*w)
         except Exception as exc:  # the database is down or refused the batch: keep it, retry, ack nothing
             log.error("collect: cannot store %d messages (%s: %s); retrying", len(batch), type(exc).__name__, exc)
-            with self._lock:
-                p = self._pending
-                self._pending = Pending(
-                    batch.rows + p.rows,
-                    batch.quarantined + p.quarantined,
-                    batch.fleet + p.fleet,
-                    batch.mids + p.mids,
-                    batch.since,
-                )
+            self._inbox.extendleft(reversed(batch))
             return False
-        for mid in batch.mids:
+        for _, _, mid in batch:
             self.client.ack(mid, 1)
+        self.stats["received"] += len(rows) + len(quarantined)
         self.stats["stored"] += new
-        self.stats["duplicates"] += len(batch.rows) - new
-        self.stats["quarantined"] += len(batch.quarantined)
+        self.stats["duplicates"] += len(rows) - new
+        self.stats["quarantined"] += len(quarantined)
         return True
 
     def maybe_purge(self) -> None:
@@ -161,11 +142,9 @@ class Collector:
         log.info("collect: retention %g days: %d check-ins older than %.0f deleted", self.retention_days, gone, cutoff)
 
     def step(self) -> None:
-        """The writer: commit when the batch is full or BATCH_SECONDS old."""
-        with self._lock:
-            due = self._pending.since + BATCH_SECONDS - time.monotonic() if self._pending else BATCH_SECONDS
-        if due > 0:
-            self._wake.wait(due)
+        """The writer: commit at most BATCH_SECONDS after the last commit, or at once when a batch is full."""
+        if len(self._inbox) < BATCH_ROWS:
+            self._wake.wait(BATCH_SECONDS)
         self._wake.clear()
         if not self.flush():
             time.sleep(1.0)
@@ -224,7 +203,8 @@ def collect(
     except KeyboardInterrupt:
         pass
     finally:
-        col.flush()
+        while col._inbox and col.flush():
+            pass
         client.disconnect()
         client.loop_stop()
         progress("\n")

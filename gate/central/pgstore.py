@@ -47,9 +47,11 @@ class PgStore:
         self.url = url
         self.db = psycopg.connect(url, autocommit=True)
         self._days: set[int] = set()
-        with self.db.transaction():
-            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
-            self.db.execute(SCHEMA)
+        present = self.db.execute("SELECT to_regclass('fleet') IS NOT NULL").fetchone()
+        if not (present and present[0]):  # a reader's role (tracing staff) need not be able to create tables
+            with self.db.transaction():
+                self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+                self.db.execute(SCHEMA)
         self._days = set(self._partitions().values())
 
     def _partitions(self) -> dict[str, int]:
