@@ -308,6 +308,7 @@ def fill(url: str, rows: int, tokens: int, seed: int = 7) -> None:
 def contacts_bench(url: str, tokens: int, queries: int, window_min: float = 30) -> list[dict[str, Any]]:
     store = open_store(url)
     raw = psycopg.connect(url)
+    raw.execute("SET jit = off")  # the same session setting as gate's store (see gate/central/pgstore.py)
     rng = random.Random(11)
     t_from, t_to = T_END - DAYS * DAY, T_END
     sql = CONTACTS_SQL.replace("?", "%s")
@@ -407,13 +408,13 @@ def main() -> None:
                 base = cluster.url.rsplit("/", 1)[0]
                 results.append(run_raw_paho(port, args.n))
                 results.append(run_naive_sqlite(port, str(tmp / "naive.db"), args.n))
-                results.append(run_gate(port, str(tmp / "batched.db"), args.n, 1, "gate collect -> SQLite, batched"))
-                results.append(
-                    run_gate(port, f"{base}/ingest_one", args.n, 1, "gate collect -> PostgreSQL, 1 collector")
-                )
-                results.append(
-                    run_gate(port, f"{base}/ingest_two", args.n, 2, "gate collect -> PostgreSQL, 2 collectors")
-                )
+                for db_url, k, label in (
+                    (str(tmp / "batched.db"), 1, "gate collect -> SQLite, batched, 1 collector"),
+                    (str(tmp / "batched2.db"), 2, "gate collect -> SQLite, batched, 2 collectors"),
+                    (f"{base}/ingest_one", 1, "gate collect -> PostgreSQL, 1 collector"),
+                    (f"{base}/ingest_two", 2, "gate collect -> PostgreSQL, 2 collectors"),
+                ):
+                    results.append(run_gate(port, db_url, args.n, k, label))
                 for r in results:
                     print(json.dumps(r), flush=True)
             if args.only in (None, "contacts"):

@@ -93,3 +93,51 @@ def test_two_collectors_lose_and_duplicate_nothing_across_a_sigkill(tmp_path: Pa
                 p.terminate()
                 p.wait(10)
         broker.stop()
+
+
+@pytest.mark.mosquitto_only("the collector's broker settings are mosquitto's")
+def test_a_demos_check_ins_land_in_postgresql_through_two_collectors_with_the_fleet(
+    tmp_path: Path, pg_url: str
+) -> None:
+    broker = Broker(tmp_path, extra=COLLECTOR_BROKER)
+    broker.start()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for name in ("col-1", "col-2"):
+            cmd = [
+                *(sys.executable, "-m", "gate", "central", "collect", "--broker", f"{broker.host}:{broker.port}"),
+                *("--db", pg_url, "--accept-unsigned", "--group", "city", "--client-id", name),
+            ]
+            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
+        for p in procs:
+            assert p.stderr is not None and "collect: subscribed" in p.stderr.readline()
+        demo = subprocess.run(
+            [sys.executable, "-m", "gate", "demo", "--once", "--json", "--broker", f"{broker.host}:{broker.port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stderr[-800:]
+        lines = [json.loads(line) for line in demo.stdout.splitlines() if line.startswith("{")]
+        decisions = {e["event_id"] for e in lines if e.get("event") == "decision"}
+        passages = [e for e in lines if e.get("event") == "passage"]
+        expected = len(decisions) + len(passages)
+        assert decisions and wait_until(lambda: stored(pg_url)[0] >= expected, 30), (stored(pg_url), expected)
+        assert stored(pg_url) == (expected, expected)
+        with psycopg.connect(pg_url) as db:
+            kept = {r[0] for r in db.execute("SELECT event_id FROM checkins WHERE type = 'decision'")}
+        assert kept == decisions
+        fleet = subprocess.run(
+            [sys.executable, "-m", "gate", "central", "fleet", "--db", pg_url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        gates = [json.loads(line) for line in fleet.stdout.splitlines()]
+        assert fleet.returncode == 0 and len(gates) == 1, fleet.stdout + fleet.stderr
+        assert gates[0]["mode"] is not None and gates[0]["cache_version"] is not None
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        broker.stop()
