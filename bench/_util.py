@@ -43,12 +43,12 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join([line, sep, *body])
 
 
-def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_broker(tmp: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     conf = tmp / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{extra}")
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):

@@ -34,7 +34,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _util import pct
+from _util import pct, start_broker
 from gate.central.db import open_store
 from gate.central.pgstore import PgStore
 from gate.central.store import CONTACTS_SQL, DAY
@@ -42,7 +42,7 @@ from gate.central.tracing import find_contacts
 from gate.testing import PgCluster
 
 VENUES, DAYS, T_END = 500, 28, 1_780_000_000.0
-BROKER_CONF = "allow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"
+BROKER_CONF = "max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"
 
 
 def free_port() -> int:
@@ -51,24 +51,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    import shutil
-    import socket
-
-    port = free_port()
-    conf = tmp / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\n{BROKER_CONF}")
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("mosquitto did not start")
 
 
 def payload(i: int, run: str) -> tuple[str, bytes]:
@@ -398,7 +380,7 @@ def main() -> None:
         tmp = Path(d)
         tmp.chmod(0o755)
         cluster = PgCluster(tmp / "pg", free_port()).start()
-        broker, port = start_broker(tmp)
+        broker, port = start_broker(tmp, BROKER_CONF)
         results: list[dict[str, Any]] = []
         try:
             if args.only in (None, "ingest"):

@@ -96,28 +96,30 @@ def test_two_collectors_lose_and_duplicate_nothing_across_a_sigkill(tmp_path: Pa
 
 
 @pytest.mark.mosquitto_only("the collector's broker settings are mosquitto's")
-def test_a_demos_check_ins_land_in_postgresql_through_two_collectors_with_the_fleet(
+def test_a_demos_check_ins_land_in_postgresql_through_two_collectors_across_a_sigkill(
     tmp_path: Path, pg_url: str
 ) -> None:
+    """`gate demo` publishes to the broker; the first collector is killed once the first check-in is stored,
+    and started again with the same id; every one of the demo's check-ins is stored once; the fleet has it."""
     broker = Broker(tmp_path, extra=COLLECTOR_BROKER)
     broker.start()
     procs: list[subprocess.Popen[str]] = []
     try:
-        for name in ("col-1", "col-2"):
-            cmd = [
-                *(sys.executable, "-m", "gate", "central", "collect", "--broker", f"{broker.host}:{broker.port}"),
-                *("--db", pg_url, "--accept-unsigned", "--group", "city", "--client-id", name),
-            ]
-            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
-        for p in procs:
-            assert p.stderr is not None and "collect: subscribed" in p.stderr.readline()
-        demo = subprocess.run(
+        first, second = collector(broker, pg_url, "col-1"), collector(broker, pg_url, "col-2")
+        procs += [first, second]
+        demo_proc = subprocess.Popen(
             [sys.executable, "-m", "gate", "demo", "--once", "--json", "--broker", f"{broker.host}:{broker.port}"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
-        assert demo.returncode == 0, demo.stderr[-800:]
+        assert wait_until(lambda: stored(pg_url)[0] > 0, 60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        out, err = demo_proc.communicate(timeout=120)
+        procs.append(collector(broker, pg_url, "col-1"))
+        assert demo_proc.returncode == 0, err[-800:]
+        demo = subprocess.CompletedProcess(demo_proc.args, 0, out, err)
         lines = [json.loads(line) for line in demo.stdout.splitlines() if line.startswith("{")]
         decisions = {e["event_id"] for e in lines if e.get("event") == "decision"}
         passages = [e for e in lines if e.get("event") == "passage"]
@@ -138,6 +140,7 @@ def test_a_demos_check_ins_land_in_postgresql_through_two_collectors_with_the_fl
         assert gates[0]["mode"] is not None and gates[0]["cache_version"] is not None
     finally:
         for p in procs:
-            p.terminate()
-            p.wait(10)
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
         broker.stop()
