@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -143,4 +144,54 @@ def test_a_demos_check_ins_land_in_postgresql_through_two_collectors_across_a_si
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
+        broker.stop()
+
+
+def test_qos0_telemetry_and_retained_state_make_the_fleet_view_and_check_ins_keep_flowing(tmp_path: Path) -> None:
+    """Telemetry arrives at QoS 0 (nothing to acknowledge: acking it would be a protocol error), state and
+    availability retained at QoS 1; check-ins sent after them must still all be stored."""
+    broker = Broker(tmp_path, extra=COLLECTOR_BROKER)
+    broker.start()
+    db = tmp_path / "central.db"
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    proc = None
+    try:
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        state = {"mode": "normal", "cache_version": 4, "cache_age_s": 60, "policy_version": 2, "clock_synced": True}
+        pub.publish(
+            "gate/lane-a/state", json.dumps({**state, "outbox_depth": 0}), qos=1, retain=True
+        ).wait_for_publish()
+        pub.publish("gate/lane-a/availability", b"online", qos=1, retain=True).wait_for_publish()
+        proc = collector(broker, str(db), "col-1")
+        for depth in (5, 50, 500):
+            pub.publish("gate/lane-a/telemetry", json.dumps({"outbox_depth": depth, "uptime_s": 9}), qos=0)
+        for i in range(30):
+            pub.publish(*event(i), qos=1).wait_for_publish()
+
+        def count() -> int:
+            with sqlite3.connect(db) as q:
+                return int(q.execute("SELECT count(*) FROM checkins").fetchone()[0])
+
+        assert wait_until(lambda: db.exists() and count() == 30, 30)
+
+        def fleet() -> list[dict[str, Any]]:
+            r = subprocess.run(
+                [sys.executable, "-m", "gate", "central", "fleet", "--db", str(db), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return [json.loads(line) for line in r.stdout.splitlines()]
+
+        assert wait_until(lambda: [g["outbox_depth"] for g in fleet()] == [500], 30)
+        lane = fleet()[0]
+        assert lane["gate_id"] == "lane-a" and lane["availability"] == "online" and lane["mode"] == "normal"
+        assert lane["flags"] == ["outbox_growing"] and lane["outbox_trend_per_min"] > 0
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
         broker.stop()

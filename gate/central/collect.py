@@ -63,7 +63,7 @@ class Checks:
         return body
 
 
-Item = tuple[str, Any, int]  # ("row" | "quarantine" | "fleet", what, the broker's message id)
+Item = tuple[str, Any, int]  # ("row" | "quarantine" | "fleet", what, message id to ack; 0 for QoS 0: no ack)
 
 
 class Collector:
@@ -85,14 +85,15 @@ class Collector:
         self.last_message = time.monotonic()
         payload, topic = bytes(msg.payload), msg.topic
         kind = topic.rsplit("/", 1)[-1]
+        mid = msg.mid if msg.qos > 0 else 0  # telemetry comes at QoS 0: there is nothing to acknowledge
         if kind in FLEET_KINDS:
-            self._inbox.append(("fleet", self._fleet(topic, kind, payload), msg.mid))
+            self._inbox.append(("fleet", self._fleet(topic, kind, payload), mid))
         else:
             try:
-                self._inbox.append(("row", row_of(self.checks.check(topic, payload), payload), msg.mid))
+                self._inbox.append(("row", row_of(self.checks.check(topic, payload), payload), mid))
             except (SealError, ValueError, TypeError, AttributeError) as exc:
                 reason = exc.reason if isinstance(exc, SealError) else "malformed"
-                self._inbox.append(("quarantine", (topic, reason, str(exc)[:200], time.time(), payload), msg.mid))
+                self._inbox.append(("quarantine", (topic, reason, str(exc)[:200], time.time(), payload), mid))
         if len(self._inbox) >= BATCH_ROWS:
             self._wake.set()
 
@@ -125,7 +126,8 @@ class Collector:
             self._inbox.extendleft(reversed(batch))
             return False
         for _, _, mid in batch:
-            self.client.ack(mid, 1)
+            if mid:
+                self.client.ack(mid, 1)
         self.stats["received"] += len(rows) + len(quarantined)
         self.stats["stored"] += new
         self.stats["duplicates"] += len(rows) - new
