@@ -78,7 +78,7 @@ class Collector:
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "purged": 0}
         self._inbox: deque[Item] = deque()
         self._wake = threading.Event()
-        self._last_purge = 0.0
+        self._last_purge = -PURGE_EVERY  # the first step purges: monotonic time starts near 0 at boot
         self.last_message = time.monotonic()
 
     def on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:

@@ -4,14 +4,13 @@ event_id, so that several collectors write one database and a day past retention
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from gate.central.store import ALL_COLS, COLS, CONTACTS_SQL, DAY, Quarantined, Row, days, fleet_entry, merge_seen
+from gate.central.store import ALL_COLS, DAY, Quarantined, Queries, Row, days, merge_seen
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkins (
@@ -39,9 +38,11 @@ def partition(day: int) -> str:
     return "checkins_" + datetime.fromtimestamp(day * DAY, UTC).strftime("%Y%m%d")
 
 
-class PgStore:
+class PgStore(Queries):
     """Idempotent on (event_id, time): a check-in's time never changes, so a redelivered one lands in the
     same day's partition and is skipped there (a partitioned table's unique key must hold the partition key)."""
+
+    PARAM = "%s"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -103,15 +104,6 @@ class PgStore:
                 )
         return new
 
-    def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(COLS)} FROM checkins WHERE {where.replace('?', '%s')} ORDER BY {order}"
-        return [dict(zip(COLS, r, strict=True)) for r in self.db.execute(sql, params)]
-
-    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]:
-        cur = self.db.execute(CONTACTS_SQL.replace("?", "%s"), (window, window, token, t_from, t_to, token))
-        names = [d.name for d in cur.description or ()]
-        return [dict(zip(names, r, strict=True)) for r in cur]
-
     def purge(self, before: float) -> int:
         """Whole days before `before`'s day are dropped as partitions (no row-by-row delete, no bloat)."""
         cutoff = int(before // DAY)
@@ -126,16 +118,6 @@ class PgStore:
                     self._days.discard(day)
         return gone
 
-    def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None:
-        self.db.execute(
-            "INSERT INTO audit (at, operator, action, params, rows) VALUES (%s, %s, %s, %s, %s)",
-            (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
-        )
-
-    def audits(self) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
-        return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
-
     def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
         with self.db.transaction():
             old = self.db.execute("SELECT doc FROM fleet WHERE gate_id = %s FOR UPDATE", (gate_id,)).fetchone()
@@ -144,12 +126,6 @@ class PgStore:
                 "INSERT INTO fleet VALUES (%s, %s) ON CONFLICT (gate_id) DO UPDATE SET doc = excluded.doc",
                 (gate_id, json.dumps(doc)),
             )
-
-    def fleet(self) -> list[dict[str, Any]]:
-        return [fleet_entry(g, json.loads(d)) for g, d in self.db.execute("SELECT gate_id, doc FROM fleet ORDER BY 1")]
-
-    def quarantine_reasons(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT reason FROM quarantine ORDER BY id")]
 
     def close(self) -> None:
         self.db.close()

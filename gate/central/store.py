@@ -72,8 +72,6 @@ class Store(Protocol):
 
     def fleet(self) -> list[dict[str, Any]]: ...
 
-    def quarantine_reasons(self) -> list[str]: ...
-
     def close(self) -> None: ...
 
 
@@ -90,10 +88,6 @@ ORDER BY o.time
 """
 
 
-def fleet_entry(gate_id: str, doc: dict[str, Any]) -> dict[str, Any]:
-    return {"gate_id": gate_id, **doc}
-
-
 def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) -> dict[str, Any]:
     """The fleet document of one gate after a state or telemetry message."""
     doc = dict(doc)
@@ -106,7 +100,39 @@ def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) 
     return doc
 
 
-class SqliteStore:
+class Queries:
+    """What both stores ask in the same SQL: written with `?` placeholders, `PARAM` is the driver's own."""
+
+    db: Any
+    PARAM = "?"
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.db.execute(sql.replace("?", self.PARAM) if self.PARAM != "?" else sql, params)
+
+    def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]:
+        cur = self._run(f"SELECT {', '.join(COLS)} FROM checkins WHERE {where} ORDER BY {order}", params)
+        return [dict(zip(COLS, r, strict=True)) for r in cur]
+
+    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]:
+        cur = self._run(CONTACTS_SQL, (window, window, token, t_from, t_to, token))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+
+    def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None:
+        self._run(
+            "INSERT INTO audit (at, operator, action, params, rows) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
+        )
+
+    def audits(self) -> list[dict[str, Any]]:
+        cur = self._run("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
+        return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
+
+    def fleet(self) -> list[dict[str, Any]]:
+        return [{"gate_id": g, **json.loads(d)} for g, d in self._run("SELECT gate_id, doc FROM fleet ORDER BY 1")]
+
+
+class SqliteStore(Queries):
     """One file, WAL, mode 0600 (it holds token ids). A batch is one transaction."""
 
     SCHEMA = """
@@ -151,29 +177,10 @@ class SqliteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return new
-
-    def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]:
-        cur = self.db.execute(f"SELECT {', '.join(COLS)} FROM checkins WHERE {where} ORDER BY {order}", params)
-        return [dict(zip(COLS, r, strict=True)) for r in cur]
-
-    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]:
-        cur = self.db.execute(CONTACTS_SQL, (window, window, token, t_from, t_to, token))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur]
+        return int(new)
 
     def purge(self, before: float) -> int:
-        return self.db.execute("DELETE FROM checkins WHERE time < ?", (before,)).rowcount
-
-    def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None:
-        self.db.execute(
-            "INSERT INTO audit (at, operator, action, params, rows) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
-        )
-
-    def audits(self) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
-        return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
+        return int(self.db.execute("DELETE FROM checkins WHERE time < ?", (before,)).rowcount)
 
     def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
         db = self.db
@@ -186,12 +193,6 @@ class SqliteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def fleet(self) -> list[dict[str, Any]]:
-        return [fleet_entry(g, json.loads(d)) for g, d in self.db.execute("SELECT gate_id, doc FROM fleet ORDER BY 1")]
-
-    def quarantine_reasons(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT reason FROM quarantine ORDER BY id")]
 
     def close(self) -> None:
         self.db.close()
