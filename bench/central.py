@@ -102,7 +102,17 @@ def gate_collectors(port: int, db: str, k: int, group: str, wait: bool = True) -
     for j in range(k):
         cmd = [
             *(sys.executable, "-m", "gate", "central", "collect", "--broker", f"127.0.0.1:{port}", "--prefix", "bench"),
-            *("--db", db, "--accept-unsigned", "--group", group, "--client-id", f"{group}-{j}"),
+            *(
+                "--db",
+                db,
+                "--accept-unsigned",
+                "--group",
+                group,
+                "--client-id",
+                f"{group}-{j}",
+                "--retention-days",
+                "0",
+            ),
         ]
         p = subprocess.Popen(cmd, stderr=subprocess.PIPE if wait else subprocess.DEVNULL, text=True)
         if wait:
@@ -169,13 +179,40 @@ def run_gate(port: int, db: str, n: int, k: int, label: str) -> dict[str, Any]:
             p.wait(30)
 
 
+def backlogged(port: int, n: int, group: str, on_message: Any, receive_maximum: int | None = None) -> mqtt.Client:
+    """A persistent shared-subscription session for `group`, n check-ins queued at the broker while it is
+    away, then the session resumed with `on_message` in place: the backlog flows right after CONNACK."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    def session(clean: bool) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=group, protocol=mqtt.MQTTv5)
+        c.on_message = on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        if receive_maximum is not None:
+            props.ReceiveMaximum = receive_maximum
+        c.connect("127.0.0.1", port, clean_start=clean, properties=props)
+        c.loop_start()
+        return c
+
+    subscribed = threading.Event()
+    c = session(True)
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.subscribe(f"$share/{group}/bench/+/checkin", qos=1)
+    if not subscribed.wait(10):
+        raise SystemExit("the broker did not acknowledge the subscription")
+    c.disconnect()
+    c.loop_stop()
+    publish_all(port, n, group)
+    return session(False)
+
+
 def run_naive_sqlite(port: int, db: str, n: int) -> dict[str, Any]:
     """collect before this round: one INSERT and one commit per message, acked on receipt."""
     conn = sqlite3.connect(db, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE checkins (event_id TEXT PRIMARY KEY, time REAL, token TEXT, payload TEXT)")
-    group = f"naive{uuid.uuid4().hex[:6]}"
-    ready = threading.Event()
 
     def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
         ev = json.loads(msg.payload)
@@ -183,27 +220,8 @@ def run_naive_sqlite(port: int, db: str, n: int) -> dict[str, Any]:
         conn.execute("INSERT OR IGNORE INTO checkins VALUES (?, ?, ?, ?)", row)
         conn.commit()
 
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    def session(clean: bool) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=group, protocol=mqtt.MQTTv5)
-        c.on_message = on_message
-        c.on_subscribe = lambda *a: ready.set()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        c.connect("127.0.0.1", port, clean_start=clean, properties=props)
-        c.loop_start()
-        return c
-
-    c = session(True)
-    c.subscribe(f"$share/{group}/bench/+/checkin", qos=1)
-    ready.wait(10)
-    c.disconnect()
-    c.loop_stop()
-    publish_all(port, n, group)
     count = counter(db)
-    c = session(False)
+    c = backlogged(port, n, f"naive{uuid.uuid4().hex[:6]}", on_message)
     try:
         return {"ingest": "naive: per-message SQLite collector", **measure_drain(count, n)}
     finally:
@@ -213,12 +231,10 @@ def run_naive_sqlite(port: int, db: str, n: int) -> dict[str, Any]:
 
 def run_raw_paho(port: int, n: int) -> dict[str, Any]:
     """The ceiling: a paho client that receives and counts, storing nothing."""
-    group = f"raw{uuid.uuid4().hex[:6]}"
     got = [0]
     first: list[float] = []
-    done = threading.Event()
-
     last: list[float] = []
+    done = threading.Event()
 
     def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
         if not first:
@@ -228,28 +244,7 @@ def run_raw_paho(port: int, n: int) -> dict[str, Any]:
             last.append(time.perf_counter())
             done.set()
 
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    def session(clean: bool) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=group, protocol=mqtt.MQTTv5)
-        c.on_message = on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        props.ReceiveMaximum = 65535
-        c.connect("127.0.0.1", port, clean_start=clean, properties=props)
-        c.loop_start()
-        return c
-
-    subscribed = threading.Event()
-    c = session(True)
-    c.on_subscribe = lambda *a: subscribed.set()
-    c.subscribe(f"$share/{group}/bench/+/checkin", qos=1)
-    subscribed.wait(10)
-    c.disconnect()
-    c.loop_stop()
-    publish_all(port, n, group)
-    c = session(False)
+    c = backlogged(port, n, f"raw{uuid.uuid4().hex[:6]}", on_message, receive_maximum=65535)
     if not done.wait(600):
         raise SystemExit("raw paho did not receive everything")
     c.disconnect()
