@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from conftest import Broker, wait_until
 
 N = 3000
+NOW = time.time()
 GATES = ("lane-a", "lane-b", "lane-c")
 # Collectors hold a batch's worth of un-acked messages, and a dead collector's share waits in its session.
 COLLECTOR_BROKER = "max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"
@@ -38,7 +40,7 @@ def event(i: int) -> tuple[str, bytes]:
         "decision": "admit",
         "reason": "admitted",
         "companions": 0,
-        "time": 1_780_000_000.0 + i,
+        "time": NOW - 3600 + i,  # recent: collectors purge what is past retention (28 days) as they start
         "clock_synced": True,
     }
     return f"gate/{gate}/checkin", json.dumps(body).encode()

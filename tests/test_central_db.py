@@ -201,3 +201,16 @@ def test_fleet_flags_offline_stale_and_growing_gates(store: Store) -> None:
     assert report["lane-stale"]["flags"] == ["stale_cache"]
     assert report["lane-backlog"]["flags"] == ["outbox_growing"]
     assert report["lane-backlog"]["outbox_depth"] == 160 and report["lane-backlog"]["outbox_trend_per_min"] == 50.0
+
+
+def test_a_collector_applies_retention_as_it_starts(tmp_path: Path) -> None:
+    """The daily purge runs on the collector's first step too, not a day after the machine booted."""
+    from gate.central.collect import Checks, Collector
+
+    s = open_store(tmp_path / "c.db")
+    now = time.time()
+    s.write([checkin("tok-old", "v", now - 40 * 86400), checkin("tok-new", "v", now - 60)], [])
+    col = Collector(s, Checks({}, accept_unsigned=True), retention_days=28)
+    col.step()
+    assert [r["token"] for r in s.select("time >= ?", [0])] == ["tok-new"] and col.stats["purged"] == 1
+    s.close()
