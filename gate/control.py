@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +34,7 @@ class ControlMessage:
     ts: float
     nonce: str
     body: dict[str, Any]
+    text: str = field(default="", repr=False, compare=False)  # the signed JSON, as central wrote it
 
 
 def sign(key: Ed25519PrivateKey, type_: str, body: dict[str, Any], gate: str = "*", ts: float | None = None) -> bytes:
@@ -83,7 +84,12 @@ class Verifier:
         try:
             inner = json.loads(msg)
             out = ControlMessage(
-                str(inner.pop("type")), str(inner.pop("gate")), float(inner.pop("ts")), str(inner.pop("nonce")), inner
+                str(inner.pop("type")),
+                str(inner.pop("gate")),
+                float(inner.pop("ts")),
+                str(inner.pop("nonce")),
+                inner,
+                msg,
             )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise self._fail("malformed", f"signed message lacks type/gate/ts/nonce: {str(exc)[:80]}") from None

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,11 +69,12 @@ def setup(db: sqlite3.Connection) -> None:
 
 
 def setup_staging(db: sqlite3.Connection) -> None:
-    """Snapshot chunks on their way in. A file of their own: once a snapshot is applied the file is deleted,
-    where deleting tens of megabytes of rows would be written and fsync'd beside the lane's outbox. Losing
-    a chunk to a power cut only means fetching it again, so commits are not fsync'd."""
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    """Snapshot chunks on their way in. A file of their own, with no journal and no fsync: it is deleted once
+    the snapshot is applied, usually before the kernel has written it back, so staging tens of megabytes costs
+    the disk (and the lane's outbox fsyncs beside it) little. A power cut can tear it; that is caught by the
+    manifest's hash over every chunk, and the snapshot is fetched again."""
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
     db.execute(_STAGING)
 
 
@@ -149,7 +151,7 @@ class PassCache:
             before = db.total_changes
             db.executemany("DELETE FROM passes WHERE token = ?", ((t,) for t in deletes))
             count -= db.total_changes - before
-            self._set_meta(seq=seq, count=count, synced_at=synced_at or time.time())
+            self.set_meta(seq=seq, count=count, synced_at=synced_at or time.time())
 
     def import_rows(
         self,
@@ -189,7 +191,7 @@ class PassCache:
                 with self._conn.transaction() as tx:
                     tx.execute(f"INSERT OR REPLACE INTO passes {pick}")
                     count = tx.execute("SELECT count(*) FROM passes").fetchone()[0]
-                    self._set_meta(count=count, synced_at=time.time())
+                    self.set_meta(count=count, synced_at=time.time())
             else:
                 count = self._swap(
                     lambda db: db.execute(f"INSERT INTO passes_next {pick}"),
@@ -230,9 +232,13 @@ class PassCache:
             count = db.execute("SELECT count(*) FROM passes_next").fetchone()[0]
             db.execute("DROP TABLE passes")
             db.execute("ALTER TABLE passes_next RENAME TO passes")
-            self._set_meta(version=version, seq=0, count=count, synced_at=synced_at or time.time())
+            self.set_meta(version=version, seq=0, count=count, synced_at=synced_at or time.time())
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(count)
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (a snapshot applied as a difference: gate.snapapply)."""
+        return self._conn.transaction()
 
     # -- snapshot chunks staged until the whole snapshot is here (resumable across restarts) ----------
     def stage(self, version: int, idx: int, rows_json: str) -> None:
@@ -266,5 +272,5 @@ class PassCache:
         for side in ("", "-wal", "-shm"):
             Path(f"{self.staging_path}{side}").unlink(missing_ok=True)
 
-    def _set_meta(self, **values: float | int) -> None:
+    def set_meta(self, **values: float | int) -> None:
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())

@@ -6,17 +6,16 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from gate.codes import check_token
 from gate.control import ControlMessage, Verifier
 from gate.errors import CodeError
-from gate.passcache import PassCache, Row
-from gate.passimport import check_row
+from gate.passcache import PassCache
+from gate.snapapply import SnapshotRefused, apply_in_child, parse_row
 
 log = logging.getLogger(__name__)
-PAUSE_EVERY = 1000  # rows applied between the lane's turns
 
 
 def rows_digest(chunks: list[list[Any]] | Any) -> str:
@@ -27,11 +26,15 @@ def rows_digest(chunks: list[list[Any]] | Any) -> str:
     return h.hexdigest()
 
 
-def parse_row(r: Any) -> Row:
-    """[token, status 0..2, valid_until|null, revoked 0|1, companions|null], validated."""
-    if not isinstance(r, list) or len(r) != 5:
-        raise ValueError("a row is [token, status, valid_until, revoked, companions]")
-    return check_row(*r)
+def rows_text(msg: ControlMessage) -> str:
+    """A chunk's rows as central hashed them (compact JSON). `sign` writes them last, so they are the tail of
+    the signed text: slicing it saves writing 10k rows again while holding the interpreter lock. Any other
+    layout is written again; a wrong slice would fail the manifest's hash and be fetched again, never applied."""
+    text, body = msg.text, msg.body
+    at = text.rfind('"rows":')
+    if at >= 0 and list(body)[-1:] == ["rows"] and text.endswith("]}") and text[at + 7] == "[":
+        return text[at + 7 : -1]
+    return json.dumps(body["rows"], separators=(",", ":"))
 
 
 class PassSync:
@@ -52,7 +55,7 @@ class PassSync:
         # Called with (version, chunk indexes still missing) for each new manifest, and (version, []) once
         # applied: the owner subscribes each chunk's exact topic, where every broker delivers retained ones.
         self._fetch = fetch
-        self._pause = pause  # between batches of a snapshot apply: the lane's decisions come first
+        self._pause = pause  # before staging each chunk: the lane's decisions come first
         self.pending: dict[str, Any] | None = None  # the manifest of the snapshot being gathered
         self.awaiting_resync = False
 
@@ -96,7 +99,8 @@ class PassSync:
             raise self.verifier.invalid("chunk needs version, index, rows") from None
         if version <= self.cache.info().version and not self.awaiting_resync:
             return
-        self.cache.stage(version, idx, json.dumps(rows, separators=(",", ":")))
+        self._pause()
+        self.cache.stage(version, idx, rows_text(msg))
         m = self.pending
         if m is not None and m["version"] == version:  # the next chunks in the fetch window
             staged = self.cache.staged(version)
@@ -117,9 +121,9 @@ class PassSync:
             self.cache.drop_staging(below=version + 1)
             raise self.verifier.invalid(f"snapshot {version} does not match its manifest hash; re-fetching")
         start = time.perf_counter()
-        try:
-            n = self.cache.replace_all(self._rows(version, chunks, m["count"]), version, synced_at=m["ts"])
-        except (ValueError, CodeError) as exc:  # the swap rolled back: the cache is as it was
+        try:  # in a child process at low priority: the lane keeps the interpreter and the CPU meanwhile
+            n = apply_in_child(self.cache.path, version, chunks, m["count"], m["ts"])
+        except SnapshotRefused as exc:  # the swap rolled back: the cache is as it was
             self.cache.drop_staging(below=version + 1)
             raise self.verifier.invalid(f"snapshot {version}: {exc}") from None
         self._fetch(version, [])
@@ -127,19 +131,6 @@ class PassSync:
         self.pending, self.awaiting_resync = None, False
         log.info("central: snapshot %d applied: %d passes in %.2fs", version, n, time.perf_counter() - start)
         self._changed()
-
-    def _rows(self, version: int, chunks: int, count: int) -> Iterator[Row]:
-        seen = 0
-        for text in self.cache.staged_chunks(version, chunks):
-            rows = json.loads(text)
-            for i in range(0, len(rows), PAUSE_EVERY):
-                self._pause()
-                self.cache.flush_wal()
-                for r in rows[i : i + PAUSE_EVERY]:
-                    yield parse_row(r)
-            seen += len(rows)
-        if seen != count:
-            raise ValueError(f"it has {seen} rows, its manifest says {count}")
 
     def delta(self, msg: ControlMessage) -> None:
         b = msg.body

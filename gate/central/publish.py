@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     key = load_private_key(Path(args.key))
     topics = central_topics(args.prefix)
     if cmd == "publish-snapshot":
-        rows = _rows(Path(args.file))
+        rows = sorted(_rows(Path(args.file)), key=lambda r: str(r[0]))  # sorted: gates apply it as a diff
         chunks = [rows[i : i + args.chunk_size] for i in range(0, len(rows), args.chunk_size)] or [[]]
         chunk_topic = topics["chunk"].rsplit("/", 2)[0]
         msgs = [

@@ -1,0 +1,106 @@
+"""Snapshots applied in a child process: as a difference when sorted, else swapped whole; the same result."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gate.control import Verifier, sign
+from gate.keys import TrustStore
+from gate.passcache import PassCache, Row
+from gate.passsync import rows_text
+from gate.snapapply import SnapshotRefused, apply, apply_in_child, merge
+
+
+def stage(cache: PassCache, version: int, rows: list[list[object]], per_chunk: int = 3) -> int:
+    chunks = [rows[i : i + per_chunk] for i in range(0, len(rows), per_chunk)] or [[]]
+    for i, c in enumerate(chunks):
+        cache.stage(version, i, json.dumps(c, separators=(",", ":")))
+    return len(chunks)
+
+
+def content(cache: PassCache) -> dict[str, tuple[object, ...]]:
+    return {r[0]: tuple(r) for r in cache._db.execute("SELECT * FROM passes")}
+
+
+def row(i: int, status: int = 0) -> Row:
+    return (f"tok-{i:08d}", status, None, 0, None)
+
+
+def test_a_sorted_snapshot_is_applied_as_a_difference_and_only_changes_are_written(tmp_path: Path) -> None:
+    with PassCache(tmp_path / "p.db") as cache:
+        cache.replace_all([row(i) for i in range(200)], version=1)
+        new = [list(row(i, 2 if i == 7 else 0)) for i in range(201)]  # one changed, one added
+        chunks = stage(cache, 2, new, per_chunk=50)
+        before = cache._db.total_changes
+        assert merge(cache, 2, chunks, len(new), synced_at=123.0) == 201
+        info = cache.info()
+        assert (info.version, info.count, info.synced_at, info.seq) == (2, 201, 123.0, 0)
+        changed = cache.lookup("tok-00000007")
+        assert changed is not None and changed.status.value == "red"
+        assert cache._db.total_changes - before <= 2 + 4  # two rows written (plus the meta rows)
+
+
+def test_a_snapshot_that_drops_passes_or_is_unsorted_is_swapped_whole(tmp_path: Path) -> None:
+    with PassCache(tmp_path / "p.db") as cache:
+        cache.replace_all([row(i) for i in range(10)], version=1)
+        dropped = [list(row(i)) for i in range(1, 10)]
+        assert merge(cache, 2, stage(cache, 2, dropped), 9, synced_at=1.0) is None
+        assert cache.info().version == 1 and len(content(cache)) == 10  # nothing changed by the attempt
+        unsorted = [list(row(i)) for i in (3, 1, 2)]
+        assert merge(cache, 3, stage(cache, 3, unsorted), 3, synced_at=1.0) is None
+    assert apply(tmp_path / "p.db", 2, 3, 9, synced_at=1.0) == 9
+    with PassCache(tmp_path / "p.db") as cache:
+        assert set(content(cache)) == {f"tok-{i:08d}" for i in range(1, 10)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    old=st.dictionaries(st.integers(0, 40), st.integers(0, 2), max_size=30),
+    new=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2)), max_size=30),
+    sort=st.booleans(),
+)
+def test_any_snapshot_leaves_exactly_its_rows_whichever_way_it_is_applied(
+    tmp_path_factory: pytest.TempPathFactory, old: dict[int, int], new: list[tuple[int, int]], sort: bool
+) -> None:
+    path = tmp_path_factory.mktemp("c") / "p.db"
+    if sort:
+        new = sorted(dict(new).items())
+    with PassCache(path) as cache:
+        cache.replace_all([row(i, s) for i, s in old.items()], version=1)
+        chunks = stage(cache, 2, [list(row(i, s)) for i, s in new])
+    apply(path, 2, chunks, len(new), synced_at=5.0)
+    with PassCache(path) as cache:
+        expected = {r[0]: r for r in (row(i, s) for i, s in new)}  # a token twice: the last one counts
+        assert content(cache) == expected
+        assert (cache.info().version, cache.info().count) == (2, len(expected))
+
+
+def test_a_bad_row_is_refused_by_the_child_naming_it_and_the_cache_is_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with PassCache(path) as cache:
+        cache.replace_all([row(1)], version=1)
+        chunks = stage(cache, 2, [list(row(1)), ["tok-00000002", 7, None, 0, None]])
+        good = stage(cache, 3, [list(row(1)), list(row(2))])
+    with pytest.raises(SnapshotRefused, match="status 7 is not 0, 1 or 2"):
+        apply_in_child(path, 2, chunks, 2, synced_at=time.time())
+    with pytest.raises(SnapshotRefused, match="it has 2 rows, its manifest says 5"):
+        apply_in_child(path, 3, good, 5, synced_at=time.time())
+    with PassCache(path) as cache:
+        assert cache.info().version == 1 and set(content(cache)) == {"tok-00000001"}
+
+
+def test_a_chunks_rows_are_staged_as_central_hashed_them(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    verifier = Verifier(TrustStore.of([key.public_key()]), "g1", max_bytes=1 << 20, max_age=60)
+    rows = [["tok-00000001", 0, None, 0, None], ["tok-00000002", 2, 99, 1, 3]]
+    msg = verifier.open(sign(key, "chunk", {"version": 2, "index": 0, "rows": rows}), "chunk")
+    assert rows_text(msg) == json.dumps(rows, separators=(",", ":"))
+    reordered = msg.__class__(msg.type, msg.gate, msg.ts, msg.nonce, {"rows": rows, "version": 2}, "{}")
+    assert rows_text(reordered) == json.dumps(rows, separators=(",", ":"))  # not last: written again
