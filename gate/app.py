@@ -29,7 +29,7 @@ from gate.reporting import Reporter
 from gate.scanner import Scan, Scanner
 from gate.sync import CentralSync
 from gate.telemetry import Stats
-from gate.threads import LaneFirst
+from gate.threads import LaneFirst, freeze_heap
 
 log = logging.getLogger(__name__)
 DecisionListener = Callable[[Scan | None, Decision, CheckIn], None]
@@ -192,6 +192,7 @@ class Gate:
     def run(self, stop: threading.Event) -> None:
         """The scan loop. Nothing in it stops the daemon: a failure is logged once, counted, and the lane
         stays safe (a decision that fails is a denial; the relay is only ever released after a record)."""
+        freeze_heap()
         while not stop.is_set():
             scans = self.scanner.poll(0.2)
             self.heartbeat()  # the scan loop made progress (watchdog)

@@ -43,6 +43,17 @@ def lane_switching() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
+def freeze_heap() -> None:
+    """Once everything is loaded: move every object alive now out of the cyclic collector's reach. A full
+    collection walks every tracked object while holding the GIL; with the daemon's modules, keys and config
+    in that walk it took 40-65 ms, long enough to hold a passenger's first frame, whenever a snapshot's chunks
+    (thousands of lists each) triggered one. Frozen, it walks only what was made since."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 class LaneFirst:
     """The lane says when it is deciding. Background threads wait at their next step while it decides (at
     most `max_wait`), and while passengers are passing they rest now and then, so that the next passenger's
