@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gate.camconfig import CameraSection, Section
 from gate.configerrors import describe
@@ -34,8 +34,18 @@ class VenueCategory(StrEnum):
     OTHER = "other"
 
 
+PLACEHOLDER_ID = "CHANGE-ME"
+
+
 class GateSection(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="This lane's id, unique in the city")
+
+    @field_validator("id")
+    @classmethod
+    def _edited(cls, v: str) -> str:
+        if v.lower() == PLACEHOLDER_ID.lower():  # two unedited gates would share one MQTT client id
+            raise ValueError(f"still the example's placeholder {PLACEHOLDER_ID!r}: give this lane its own id")
+        return v
     state_dir: Path = Field(Path("/var/lib/gate"), description="Pass cache, outbox and device state")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device_key: Path | None = Field(
@@ -227,16 +237,20 @@ class Config(_Model):
         return self
 
 
+CREDENTIALS_FALLBACK = Path("/etc/gate/credentials")  # where install.sh keeps them, for use outside systemd
+
+
 def secret_path(path: Path) -> Path:
-    """A relative secret file resolves in systemd's $CREDENTIALS_DIRECTORY when it is set."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(creds) / path if creds and not path.is_absolute() else path
+    """A relative secret file resolves in systemd's $CREDENTIALS_DIRECTORY when it is set (the service),
+    else in /etc/gate/credentials (a maintainer's `gate check-config` or `gate status`, as root)."""
+    if path.is_absolute():
+        return path
+    return Path(os.environ.get("CREDENTIALS_DIRECTORY") or CREDENTIALS_FALLBACK) / path
 
 
 def read_secret(path: Path, key: str) -> str:
-    """Read a secret file; a relative path resolves in systemd's $CREDENTIALS_DIRECTORY if set."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    full = Path(creds) / path if creds and not path.is_absolute() else path
+    """Read a secret file, resolved as `secret_path` does."""
+    full = secret_path(path)
     try:
         return full.read_text(encoding="utf-8").strip()
     except OSError as exc:

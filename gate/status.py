@@ -9,17 +9,24 @@ from gate.config import Config
 
 
 def show_status(cfg: Config, as_json: bool) -> int:
+    """0 while the daemon keeps its status file fresh, 1 otherwise; with --json, always one JSON object."""
     path = cfg.gate.state_dir / "status.json"
     try:
         state = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(f"gate status: no status file at {path}: is the daemon running? (systemctl status gate)")
-        return 1
+        age = time.time() - path.stat().st_mtime
     except (OSError, json.JSONDecodeError) as exc:
-        print(f"gate status: cannot read {path}: {exc}")
+        why = (
+            "no status file: is the daemon running? (systemctl status gate)"
+            if isinstance(exc, FileNotFoundError)
+            else f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
+        )
+        if as_json:
+            print(json.dumps({"running": False, "gate_id": cfg.gate.id, "status_file": str(path), "error": why}))
+        else:
+            print(f"gate status: {path}: {why}")
         return 1
-    age = time.time() - path.stat().st_mtime
     state["status_file_age_s"] = round(age, 1)
+    state["running"] = age < 30
     if as_json:
         print(json.dumps(state))
         return 0 if age < 30 else 1
