@@ -9,8 +9,19 @@ for arg in "$@"; do
     --dev) mode=dev ;;
     -h|--help)
       cat <<USAGE
-usage: ./install.sh --dev        workstation/CI: apt packages, ./.venv, pip install -e .[dev]
-       ./install.sh [OPTIONS]    the service on a Raspberry Pi (see docs/operations.md)
+usage: ./install.sh --dev                 workstation or CI: apt packages (zbar, mosquitto, RabbitMQ, PostgreSQL,
+                                         prometheus for promtool, nodejs), ./.venv, pip install -e .[dev] -c constraints.txt
+       sudo ./install.sh [SERVICE OPTION] the service on a Raspberry Pi (docs/operations.md)
+
+service options:
+  (none)         install: apt packages, user 'gate', venv in /opt/gate, /etc/gate/gate.toml (from the example,
+                 once), the unit, /usr/local/bin/gate; enable; start once the config validates
+  --upgrade      reinstall the code into the existing venv, check the config (as the service reads it), restart
+  --uninstall    stop and remove the service, /opt/gate and /usr/local/bin/gate; keep /etc/gate and /var/lib/gate
+  --purge        with --uninstall: also remove /etc/gate, /var/lib/gate and the user
+  --prefix DIR   lay everything out under DIR (no apt, no user, no systemctl): for tests and packaging
+  --dry-run      print what would be done, change nothing
+  -h, --help     this text
 USAGE
       exit 0 ;;
     *) ;;  # service-mode options are handled by script/install-service

@@ -21,21 +21,17 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config))
+    from gate.preflight import act_as_state_owner
+
+    cfg = load_config(Path(args.config))
+    act_as_state_owner(cfg.gate.state_dir)
+    return cfg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = load_config(Path(args.path))
-    from gate.keys import TrustStore
+    from gate.preflight import check_config
 
-    TrustStore.from_files(cfg.trust.keys)
-    if cfg.gate.device_key is not None:
-        from gate.config import secret_path
-        from gate.keys import load_private_key
-
-        load_private_key(secret_path(cfg.gate.device_key))
-    print(f"{args.path}: OK (gate {cfg.gate.id}, venue {cfg.venue.id}, source {cfg.scanner.source})")
-    return 0
+    return check_config(Path(args.path))
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
@@ -48,6 +44,7 @@ def cmd_camera(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gate.daemon import run_daemon
 
+    _config(args)  # a root-started daemon acts as the owner of its state, like every maintenance command
     return run_daemon(Path(args.config))
 
 
@@ -104,12 +101,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from gate import passimport
     from gate.passcache import PassCache
 
+    opened = passimport.open_rows(Path(args.file)) if args.cache_cmd == "import" else None  # as the invoker
     db = Path(args.db) if args.db else _config(args).gate.state_dir / "passes.db"
     with PassCache(db) as cache:
         if args.cache_cmd == "import":
             start = time.perf_counter()
             r = cache.import_rows(
-                passimport.iter_rows(Path(args.file)),
+                passimport.iter_rows(Path(args.file), opened),
                 merge=args.merge,
                 on_duplicate=args.on_duplicate,
                 allow_empty=args.allow_empty,

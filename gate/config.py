@@ -46,6 +46,7 @@ class GateSection(_Model):
         if v.lower() == PLACEHOLDER_ID.lower():  # two unedited gates would share one MQTT client id
             raise ValueError(f"still the example's placeholder {PLACEHOLDER_ID!r}: give this lane its own id")
         return v
+
     state_dir: Path = Field(Path("/var/lib/gate"), description="Pass cache, outbox and device state")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device_key: Path | None = Field(
@@ -252,9 +253,12 @@ def read_secret(path: Path, key: str) -> str:
     """Read a secret file, resolved as `secret_path` does."""
     full = secret_path(path)
     try:
-        return full.read_text(encoding="utf-8").strip()
+        secret = full.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read secret file {full}: {exc.strerror}") from None
+    if not secret:  # install.sh leaves an empty one for the operator to fill
+        raise ConfigError(f"{key}: secret file {full} is empty")
+    return secret
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:

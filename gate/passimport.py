@@ -156,15 +156,20 @@ def _records(fh: BinaryIO, ndjson: bool, problems: list[tuple[int, str]]) -> Ite
             yield current[0], dict(zip(fields, values, strict=False))
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, Row]]:
-    """(line, row) for every good row, streamed; when the file has bad lines, ImportRowError lists them all
-    after the last row (so a caller that stages rows must not apply them before the end)."""
-    ndjson = path.suffix.lower() in (".ndjson", ".jsonl", ".json")
-    problems: list[tuple[int, str]] = []
+def open_rows(path: Path) -> BinaryIO:
     try:
-        fh = path.open("rb")
+        return path.open("rb")
     except OSError as exc:
         raise GateError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def iter_rows(path: Path, opened: BinaryIO | None = None) -> Iterator[tuple[int, Row]]:
+    """(line, row) for every good row, streamed; when the file has bad lines, ImportRowError lists them all
+    after the last row (so a caller that stages rows must not apply them before the end). `opened`: the file
+    already open (by root, before `sudo gate cache import` acts as the service's user)."""
+    ndjson = path.suffix.lower() in (".ndjson", ".jsonl", ".json")
+    problems: list[tuple[int, str]] = []
+    fh = opened or open_rows(path)
     with fh:
         for n, rec in _records(fh, ndjson, problems):
             try:

@@ -25,14 +25,26 @@ def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_example_config_is_valid() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "gate", "check-config", str(ROOT / "gate.example.toml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_example_config_is_valid_once_its_placeholder_id_is_edited(tmp_path: Path) -> None:
+    text = (ROOT / "gate.example.toml").read_text()
+    r = check(tmp_path, text)  # unedited: two such gates would share one MQTT client id
+    assert r.returncode == 2 and "gate.id" in r.stderr and "placeholder 'CHANGE-ME'" in r.stderr, r.stderr
+    r = check(tmp_path, text.replace('id = "CHANGE-ME"', 'id = "lane-07"', 1))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_relative_secret_resolves_in_etc_gate_credentials_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gate.config import CREDENTIALS_FALLBACK, secret_path
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert (
+        secret_path(Path("mqtt-password"))
+        == CREDENTIALS_FALLBACK / "mqtt-password"
+        == Path("/etc/gate/credentials/mqtt-password")
+    )
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/gate.service")
+    assert secret_path(Path("mqtt-password")) == Path("/run/credentials/gate.service/mqtt-password")
+    assert secret_path(Path("/abs/key")) == Path("/abs/key")
 
 
 @pytest.mark.parametrize(

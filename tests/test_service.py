@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -195,6 +198,43 @@ def test_status_without_a_daemon_says_so(tmp_path) -> None:
         [sys.executable, "-m", "gate", "status", "--config", str(cfg)], capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 1 and "is the daemon running" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "status", "--json", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    doc = json.loads(r.stdout)  # scripts always get JSON
+    assert r.returncode == 1 and doc["running"] is False and doc["gate_id"] == "a" and "no status file" in doc["error"]
+
+
+def test_root_maintenance_commands_act_as_the_owner_of_the_state(tmp_path) -> None:
+    """`sudo gate cache import` on a service's state: passes.db belongs to the service's user, not root."""
+    import os
+    import pwd
+
+    assert os.geteuid() == 0, "this test checks what root does: run the suite as root (CI does)"
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="gate-owner-"))  # pytest's own tmp is root-only: not traversable
+    base.chmod(0o755)
+    state = base / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(f'[gate]\nid="a"\nstate_dir="{state}"\n[venue]\nid="v"\n')
+    rows = tmp_path / "passes.csv"
+    rows.write_text("token,status\ntok-00000001,green\n")
+    rows.chmod(0o644)
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "cache", "--config", str(cfg), "import", str(rows)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    made = [p for p in state.iterdir() if p.name.startswith("passes.db")]
+    assert made and all(p.stat().st_uid == nobody.pw_uid for p in made), [(p.name, p.stat().st_uid) for p in made]
+    shutil.rmtree(base)
 
 
 # -- install.sh and the unit ---------------------------------------------------------------------------
@@ -216,8 +256,10 @@ def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
         "etc/systemd/system/gate.service",
         "var/lib/gate",
         "opt/gate/docs/operations.md",
+        "usr/local/bin/gate",
     ):
         assert (installed / rel).exists(), rel
+    assert (installed / "usr/local/bin/gate").resolve() == (installed / "opt/gate/venv/bin/gate").resolve()
     assert (installed / "etc/gate/credentials").stat().st_mode & 0o777 == 0o700
     venv_cfg = (installed / "opt/gate/venv/pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in venv_cfg  # picamera2 from apt
@@ -227,12 +269,46 @@ def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
 
 def test_reinstall_never_overwrites_an_existing_config(installed: Path) -> None:
     conf = installed / "etc/gate/gate.toml"
-    conf.write_text(conf.read_text().replace('id = "lane-01"', 'id = "lane-77"'))
+    conf.write_text(conf.read_text().replace('id = "CHANGE-ME"', 'id = "lane-77"'))
     r = subprocess.run(
         [str(ROOT / "install.sh"), "--upgrade", "--prefix", str(installed)], capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'id = "lane-77"' in conf.read_text() and "keeping existing" in r.stdout
+
+
+def test_upgrade_checks_the_config_reading_secrets_where_the_service_does(installed: Path) -> None:
+    """password_file = "mqtt-password" as docs/operations.md says: found in the credentials directory."""
+    conf = installed / "etc/gate/gate.toml"
+    text = conf.read_text().replace('id = "CHANGE-ME"', 'id = "lane-77"')
+    conf.write_text(text.replace("[mqtt]\n", '[mqtt]\nusername = "lane-77"\npassword_file = "mqtt-password"\n', 1))
+    (installed / "etc/gate/credentials/mqtt-password").write_text("s3cret\n")
+    upgrade = [str(ROOT / "install.sh"), "--upgrade", "--prefix", str(installed)]
+    r = subprocess.run(upgrade, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "(gate lane-77, venue" in r.stdout, r.stdout + r.stderr
+    (installed / "etc/gate/credentials/mqtt-password").unlink()  # now it really is missing: named, exit 1
+    r = subprocess.run(upgrade, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "mqtt.password_file: secret file" in r.stderr, r.stdout + r.stderr  # left empty
+    assert "is empty" in r.stderr
+
+
+def test_a_fresh_install_waits_for_the_placeholder_id_to_be_edited(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(ROOT / "install.sh"), "--prefix", str(tmp_path / "r")], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0 and '"CHANGE-ME" is refused' in r.stdout, r.stdout + r.stderr
+
+
+def test_install_help_lists_every_mode_and_option() -> None:
+    out = subprocess.run([str(ROOT / "install.sh"), "--help"], capture_output=True, text=True, timeout=60).stdout
+    for opt in ("--dev", "--upgrade", "--uninstall", "--purge", "--prefix", "--dry-run", "--help"):
+        assert opt in out, opt
+    assert (
+        out
+        == subprocess.run(
+            [str(ROOT / "script/install-service"), "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )
 
 
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
@@ -267,6 +343,16 @@ def test_the_unit_has_the_watchdog_restart_and_hardening_settings() -> None:
         "WorkingDirectory=/var/lib/gate",
         "SupplementaryGroups=gpio video dialout",
         "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "UMask=0077",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-gpiochip rw",
+        "DeviceAllow=char-video4linux rw",
+        "DeviceAllow=char-media rw",
+        "DeviceAllow=char-dma_heap rw",
+        "DeviceAllow=char-ttyUSB rw",
+        "DeviceAllow=char-ttyACM rw",
+        "DeviceAllow=char-ttyAMA rw",
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
@@ -274,6 +360,18 @@ def test_the_unit_has_the_watchdog_restart_and_hardening_settings() -> None:
     ):
         assert line in unit, line
     assert "\nPrivateDevices" not in unit
+
+
+def test_systemd_analyze_security_rates_the_unit_ok() -> None:
+    r = subprocess.run(
+        [require("systemd-analyze"), "security", "--offline=yes", str(ROOT / "systemd/gate.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    m = re.search(r"Overall exposure level for gate.service: ([0-9.]+) (\w+)", r.stdout)
+    assert m is not None, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.5 and m.group(2) == "OK", m.group(0)
 
 
 def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path) -> None:
