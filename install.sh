@@ -42,12 +42,13 @@ apt_install() {
 }
 
 if [ "$mode" = dev ]; then
-  apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql
+  # prometheus: its promtool checks the /metrics output in the tests.
+  apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql prometheus
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"
   "$here/.venv/bin/python" -m pip install -q --upgrade pip
-  "$here/.venv/bin/python" -m pip install -q -e "$here[dev]"
+  "$here/.venv/bin/python" -m pip install -q -e "$here[dev]" -c "$here/constraints.txt"  # the versions CI tests
   # The official AsyncAPI parser checks docs/asyncapi.yaml in the tests (about 55 MB in script/asyncapi/).
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   (cd "$here/script/asyncapi" && npm ci --no-audit --no-fund --loglevel=error)

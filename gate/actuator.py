@@ -209,6 +209,14 @@ class Actuator:
             else:
                 self.relay.off()
 
+    def relay_known(self) -> bool:
+        """The relay's pin is open and reads back a definite level (for /healthz)."""
+        relay = getattr(self, "relay", None)
+        try:
+            return relay is not None and not relay.closed and relay.value in (0, 1)
+        except Exception:  # a pin that cannot be read is not a known state
+            return False
+
     def close(self) -> None:
         """Safe state, then release every device; a release in progress ends unconfirmed. Safe to call twice."""
         self._stop.set()

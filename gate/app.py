@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
@@ -60,6 +61,8 @@ class Gate:
     listeners: list[DecisionListener] = field(default_factory=list)
     outcome_listeners: list[Callable[[PassageOutcome], None]] = field(default_factory=list)
     heartbeat: Callable[[], None] = lambda: None
+    closers: list[Callable[[], None]] = field(default_factory=list)  # extras stopped last (metrics endpoint)
+    loop_at: float = 0.0  # monotonic time of the scan loop's last turn (0: not running); for /healthz
     lane_first: LaneFirst = field(default_factory=LaneFirst)
 
     @cached_property
@@ -122,8 +125,7 @@ class Gate:
     def _carry_out(self, r: Request) -> None:
         match r:
             case PassageOutcome():
-                if r.outcome == "passed":
-                    self.stats.passed()
+                self.stats.passage(r.outcome)
                 for listener in self.outcome_listeners:
                     listener(r)
                 decided = self.recorder.decided(r.ref)
@@ -193,9 +195,16 @@ class Gate:
         """The scan loop. Nothing in it stops the daemon: a failure is logged once, counted, and the lane
         stays safe (a decision that fails is a denial; the relay is only ever released after a record)."""
         freeze_heap()
+        try:
+            self._loop(stop)
+        finally:
+            self.loop_at = 0.0
+
+    def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             scans = self.scanner.poll(0.2)
             self.heartbeat()  # the scan loop made progress (watchdog)
+            self.loop_at = time.monotonic()
             self.pump()  # a mode or policy change queued before this scan applies to it
             if scans:
                 with self.lane_first.deciding():  # delivery and sync pause at their next step meanwhile
@@ -205,11 +214,13 @@ class Gate:
                             self.actuator.signal("deny")
             self.reporter.tick()
 
-    def close(self) -> None:
-        """Relay safe first; then record what the actuator reported while stopping; then the rest."""
+    def close(self, reason: str = "stop") -> None:
+        """Relay safe first; then record what the actuator reported while stopping; then say why the gate
+        stops (`stop`, `reload`, `error`) in the retained state; then the rest."""
         self.actuator.close()
         self.scanner.close()
         self.pump()
+        self.faults.run("publishing the stopped state", lambda: self.reporter.stopping(reason))
         if self.sync is not None:
             self.sync.stop()
         if self.drainer is not None:
@@ -219,3 +230,5 @@ class Gate:
         self.outbox.close()
         self.cache.close()
         self.lanestate.close()
+        for closer in self.closers:
+            self.faults.run("stopping", closer)

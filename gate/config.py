@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from gate.camconfig import CameraSection, Section
 from gate.configerrors import describe
 from gate.errors import ConfigError
+from gate.opsconfig import HomeAssistantSection, MetricsSection
 from gate.policy import Policy
 
 DEFAULT_PATH = Path("/etc/gate/gate.toml")
@@ -34,17 +35,14 @@ class VenueCategory(StrEnum):
     OTHER = "other"
 
 
-PLACEHOLDER_ID = "CHANGE-ME"
-
-
 class GateSection(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="This lane's id, unique in the city")
 
     @field_validator("id")
     @classmethod
     def _edited(cls, v: str) -> str:
-        if v.lower() == PLACEHOLDER_ID.lower():  # two unedited gates would share one MQTT client id
-            raise ValueError(f"still the example's placeholder {PLACEHOLDER_ID!r}: give this lane its own id")
+        if v.lower() == "change-me":  # gate.example.toml's: two unedited gates would share one MQTT client id
+            raise ValueError("still the example's placeholder 'CHANGE-ME': give this lane its own id")
         return v
 
     state_dir: Path = Field(Path("/var/lib/gate"), description="Pass cache, outbox and device state")
@@ -228,6 +226,8 @@ class Config(_Model):
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     central: CentralSection = CentralSection()
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
+    metrics: MetricsSection = MetricsSection()
 
     @model_validator(mode="after")
     def _source_needs(self) -> Config:
@@ -250,13 +250,13 @@ def secret_path(path: Path) -> Path:
 
 
 def read_secret(path: Path, key: str) -> str:
-    """Read a secret file, resolved as `secret_path` does."""
+    """Read a secret file, resolved as `secret_path` does; an empty one (install.sh leaves it) is an error."""
     full = secret_path(path)
     try:
         secret = full.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read secret file {full}: {exc.strerror}") from None
-    if not secret:  # install.sh leaves an empty one for the operator to fill
+    if not secret:
         raise ConfigError(f"{key}: secret file {full} is empty")
     return secret
 

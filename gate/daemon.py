@@ -88,7 +88,7 @@ def run_daemon(config_path: Path) -> int:
             log.exception("unhandled error: relay to its safe state, exiting for systemd to restart")
             gate.actuator.safe()
             notifier.stopping()
-            gate.close()
+            gate.close("error")
             return 1
         if not signals.reload or signals.terminate:
             notifier.stopping()
@@ -96,7 +96,7 @@ def run_daemon(config_path: Path) -> int:
             log.info("gate stopped cleanly")
             return 0
         notifier.reloading()
-        gate.close()  # relay safe while the new configuration starts
+        gate.close("reload")  # relay safe while the new configuration starts
         cfg = _reload(config_path, cfg)
         if not signals.next_round():
             notifier.stopping()

@@ -63,7 +63,9 @@ def authenticate(client: mqtt.Client, cfg: MqttSection) -> None:
 
 class MqttLink:
     """Owns one paho client. `online` is published only after a successful CONNACK; the will says
-    `offline`; a clean stop says `stopped`. MQTT 5 first, falling back to 3.1.1 if refused."""
+    `offline`, and so does a clean stop (Home Assistant's default payloads; why it stopped goes in the retained
+    state). MQTT 5 first, falling back to 3.1.1 if refused; under MQTT 5 every JSON payload carries the
+    content type application/json."""
 
     def __init__(
         self,
@@ -74,7 +76,7 @@ class MqttLink:
     ) -> None:
         self.cfg, self.gate_id = cfg, gate_id
         self.topics = Topics(cfg.topic_prefix, gate_id)
-        self._on_up = on_up
+        self.up_listeners = [on_up]  # after each CONNACK, on paho's thread (state report, discovery)
         # Called on paho's thread with (mid, None) for each PUBACK, or (mid, reason) when the broker refused the
         # message (MQTT 5 only: under 3.1.1 a refusal looks like success). Listeners only note it and return.
         self.ack_listeners: list[Callable[[int, str | None], None]] = [on_publish] if on_publish else []
@@ -88,6 +90,11 @@ class MqttLink:
         self._subs_lock = threading.Lock()
         self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
         self.client = self._build()
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self._json_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self._json_props.ContentType = "application/json"
 
     def _build(self) -> mqtt.Client:
         v5 = self.protocol == mqtt.MQTTv5
@@ -152,7 +159,8 @@ class MqttLink:
             self._subscribe(topic)
         self._check_subscribed()
         self.connected.set()
-        self._on_up()
+        for listener in self.up_listeners:
+            listener()
 
     @property
     def refusals_visible(self) -> bool:
@@ -234,18 +242,19 @@ class MqttLink:
             self.client.unsubscribe(topic)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        """Hand a message to paho (kept in memory and re-sent across reconnects)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        """Hand a JSON message to paho (kept in memory and re-sent across reconnects)."""
+        props = self._json_props if self.protocol == mqtt.MQTTv5 else None
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("mqtt: publish to %s not queued: %s", topic, mqtt.error_string(info.rc))
         return info
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Say `stopped` (retained), then disconnect without triggering the will."""
+        """Say `offline` (retained), then disconnect without triggering the will."""
         self._stopping = True
         if self.connected.is_set():
             self.connected.clear()
-            info = self.client.publish(self.topics.availability, b"stopped", qos=1, retain=True)
+            info = self.client.publish(self.topics.availability, b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
         self.client.disconnect()

@@ -102,6 +102,16 @@ class Outbox:
     def depth(self) -> int:
         return self._initial + self.appended - self.dropped - self.acked - self.dead_lettered
 
+    def oldest_age(self, now: float) -> float | None:
+        """Seconds since the oldest undelivered record was made (its payload's `time`); None when empty."""
+        row = self._writer.db.execute("SELECT payload FROM outbox ORDER BY seq LIMIT 1").fetchone()  # lane thread
+        if row is None:
+            return None
+        try:
+            return round(max(0.0, now - float(json.loads(row[0])["time"])), 1)
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def free_mb(self) -> float:
         st = os.statvfs(self.path.parent)
         return st.f_bavail * st.f_frsize / 1e6

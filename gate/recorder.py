@@ -33,6 +33,7 @@ class Recorder:
         self.gate_id, self.venue = cfg.gate.id, Venue(v.id, v.name, v.category.value)
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
         self.outbox, self.clock, self._wake = outbox, clock, wake
+        self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
         self._released: dict[str, CheckIn] = {}  # decision event_id -> its check-in
 
     def checkin(self, d: Decision, now: ClockReading, policy_version: int, cache_version: int) -> CheckIn:
@@ -104,6 +105,10 @@ class Recorder:
         return decided
 
     def alarm(self, a: Alarm) -> str:
+        if a.active:
+            self.active_alarms.add(a.name)
+        else:
+            self.active_alarms.discard(a.name)
         event_id, payload = alarm_json(self.gate_id, a.name, a.active, a.detail, self.clock.read().wall)
         self.record(event_id, self.topics.alarm, payload)
         return event_id

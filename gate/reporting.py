@@ -70,6 +70,8 @@ class Reporter:
     _link_seen: float = field(default_factory=time.monotonic)
     _last_space: float = float("-inf")
     _denied_at_full: int = 0
+    stopped: dict[str, Any] | None = None
+    last_state: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
@@ -98,6 +100,8 @@ class Reporter:
             "policy_version": self.decider.policy.version,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
+            "outbox_oldest_age_s": self.outbox.oldest_age(now.wall),
+            "alarms_active": sorted(self.recorder.active_alarms),
             "clock_synced": now.usable,
             "time": now.wall,
             "sync": None if self.sync_status is None else self.sync_status(),
@@ -107,7 +111,17 @@ class Reporter:
             "faults": self.faults.snapshot(),
             "dead_letters": self.outbox.dead_letters,
             "refusals_visible": None if self.link is None else self.link.refusals_visible,
+            "stopped": self.stopped,
         }
+
+    def stopping(self, reason: str) -> None:
+        """The last word before a clean stop (on the lane thread, before the link goes): the retained state and
+        status.json say the gate stopped, why, and that it is no longer connected; availability says offline."""
+        self.stopped = {"reason": reason, "at": time.time()}
+        state = {**self.state(), "mode": "stopped", "broker_connected": False}
+        if self.link is not None and self.link.connected.is_set():
+            self.link.publish(self.topics.state, json.dumps(state).encode(), qos=1, retain=True)
+        write_json_atomic(self.cfg.gate.state_dir / "status.json", {**state, "stats": self.stats.snapshot()})
 
     def publish_state(self) -> dict[str, Any]:
         state = self.state()
@@ -148,7 +162,9 @@ class Reporter:
         self.recorder.alarm(Alarm("outbox_full", full, detail))
 
     def _write_status(self) -> None:
-        doc = {**self.state(), "stats": self.stats.snapshot(), "last": list(self.stats.last)}
+        state = self.state()
+        self.last_state = state  # read by the metrics endpoint's thread (one reference, replaced whole)
+        doc = {**state, "stats": self.stats.snapshot(), "last": list(self.stats.last)}
         write_json_atomic(self.cfg.gate.state_dir / "status.json", doc)
 
     def _publish_telemetry(self) -> None:

@@ -26,10 +26,15 @@ def show_status(cfg: Config, as_json: bool) -> int:
             print(f"gate status: {path}: {why}")
         return 1
     state["status_file_age_s"] = round(age, 1)
-    state["running"] = age < 30
+    state["running"] = age < 30 and not state.get("stopped")
     if as_json:
         print(json.dumps(state))
-        return 0 if age < 30 else 1
+        return 0 if state["running"] else 1
+    if state.get("stopped"):
+        print(
+            f"gate {state['gate_id']}: stopped ({state['stopped']['reason']}) at {time.ctime(state['stopped']['at'])}"
+        )
+        return 1
     print(
         f"gate {state['gate_id']} (version {state['version']})"
         + ("" if age < 30 else f"  STALE: not updated for {age:.0f}s, daemon hung or stopped")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections.abc import Callable
 from typing import Any
 
 from gate.actuator import Actuator, Alarm, make_pin_factory
@@ -15,8 +16,10 @@ from gate.decision import Decider
 from gate.decoders import make_decoder
 from gate.delivery import Drainer
 from gate.docstore import DocStore
+from gate.homeassistant import Discovery
 from gate.keys import TrustStore, load_private_key, load_public_key
 from gate.lanecontrol import Inbox, LaneControl
+from gate.metrics import MetricsServer
 from gate.motion import SceneWatch
 from gate.mqtt_link import MqttLink
 from gate.passcache import PassCache
@@ -144,6 +147,10 @@ def build(
         lane_first=lane_first,
     )
     restore_lane(gate, mode_unknown)
+    if link is not None:
+        link.up_listeners.append(Discovery(cfg, link).connected)
+    if cfg.metrics.listen:
+        start_metrics(gate, cfg.metrics.listen, lambda: source_counters(code_source))
     for name, detail in recovery.alarms:
         control.post(Alarm(name, True, detail))
     if sync is not None:
@@ -155,6 +162,17 @@ def build(
     if link is not None:
         link.start()
     return gate
+
+
+def start_metrics(gate: Gate, listen: str, counters: Callable[[], dict[str, int]]) -> None:
+    """Monitoring is not the lane: an address that cannot be bound is logged, and the gate runs on."""
+    try:
+        server = MetricsServer(listen, gate, counters)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s: %s; the gate runs without /metrics", listen, exc.strerror)
+        return
+    server.start()
+    gate.closers.append(server.stop)
 
 
 def restore_lane(gate: Gate, mode_unknown: bool) -> None:

@@ -128,6 +128,7 @@ class Subscriber:
 
     def __init__(self, broker: Any, topic: str = "#", client_id: str = "", **kw: Any) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.content_types: dict[str, set[str | None]] = {}  # MQTT 5 content type seen, by topic
         self._lock = threading.Lock()
         self.ready = threading.Event()
         protocol = kw.get("protocol", mqtt.MQTTv5 if getattr(broker, "mqtt5", True) else mqtt.MQTTv311)
@@ -146,6 +147,8 @@ class Subscriber:
     def _on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            ct = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
+            self.content_types.setdefault(msg.topic, set()).add(ct)
 
     def on(self, suffix: str) -> list[bytes]:
         with self._lock:

@@ -64,7 +64,7 @@ def test_sigkill_at_random_instants_loses_no_decided_check_in(tmp_path, keys, br
     duplicates = len(received) - len(set(received))
     print(f"decided {len(decided)} (logged), received {len(received)}, duplicates {duplicates}")
     assert len(decided) > 50 and not missing
-    assert sub.on("/availability")[-1] == b"stopped"
+    assert sub.on("/availability")[-1] == b"offline"
 
 
 def test_sigterm_stops_the_daemon_cleanly(tmp_path, keys, broker, subscriber_factory) -> None:

@@ -95,12 +95,26 @@ def test_every_published_payload_matches_its_schema(tmp_path, keys, broker, subs
     assert ("passage", "passage") in kinds and ("decision", "malformed") in kinds
 
 
-def test_online_only_after_connect_and_stopped_on_clean_stop(tmp_path, keys, broker, subscriber_factory) -> None:
-    sub = subscriber_factory(broker, "gate/+/availability")
+def test_online_only_after_connect_and_offline_with_the_reason_on_clean_stop(
+    tmp_path, keys, broker, subscriber_factory
+) -> None:
+    sub = subscriber_factory(broker, "gate/#")
     gate = make_gate(tmp_path, keys, broker)
     assert sub.wait_for("/availability", 1) == [b"online"]
+    gate.reporter.publish_state()
+    sub.wait_for("/state", 1)
     gate.close()
-    assert sub.wait_for("/availability", 2)[-1] == b"stopped"
+    assert sub.wait_for("/availability", 2)[-1] == b"offline"  # Home Assistant's payload for unavailable
+    last = json.loads(sub.on("/state")[-1])  # rewritten at stop, before the availability
+    assert last["mode"] == "stopped" and last["broker_connected"] is False and last["stopped"]["reason"] == "stop"
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["stopped"]["reason"] == "stop"
+    # MQTT 5: every JSON payload says so; the plain-text availability does not
+    types = {t: ct for t, ct in sub.content_types.items()}
+    assert types[f"gate/{gate.cfg.gate.id}/state"] == {"application/json"}
+    assert types[f"gate/{gate.cfg.gate.id}/availability"] == {None}
+    retained = subscriber_factory(broker, "gate/+/state")  # a newcomer sees the stopped state
+    assert json.loads(retained.wait_for("/state", 1)[-1])["mode"] == "stopped"
 
 
 def test_broker_down_during_1000_decisions_loses_nothing(tmp_path, keys, subscriber_factory, gates) -> None:

@@ -103,3 +103,31 @@ def test_the_asyncapi_document_parses_with_no_error_in_the_official_parser() -> 
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 error(s)" in r.stdout
+
+
+def test_the_installed_versions_are_the_constraints_ci_tests() -> None:
+    """install.sh --dev installs with -c constraints.txt; every pinned package is at its pinned version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, pinned = line.partition("==")
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            have = "missing"
+        if have != pinned:
+            wrong.append(f"{name}: {have} installed, {pinned} pinned")
+    assert not wrong, wrong
+
+
+def test_every_runtime_dependency_has_an_upper_bound() -> None:
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = meta["dependencies"] + [d for group in meta["optional-dependencies"].values() for d in group]
+    unbounded = [d for d in deps if "<" not in d and not d.startswith("types-")]
+    assert not unbounded, unbounded
+    assert meta["license"] == "Apache-2.0" and (ROOT / "LICENSE").exists()
