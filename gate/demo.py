@@ -20,18 +20,18 @@ from gate.app import Gate
 from gate.base45 import b45decode, b45encode
 from gate.clock import SystemClock
 from gate.codes import PREFIX, Kind, Status, issue
-from gate.config import Config, parse_config
 from gate.decision import Decision
 from gate.decoders import Frame, make_decoder
+from gate.democonfig import PASSAGE, demo_config
 from gate.events import CheckIn, short
 from gate.framegen import code_frame
 from gate.keys import TrustStore, generate_keypair, load_private_key
+from gate.metrics import scrape
 from gate.motion import SceneWatch
 from gate.scanner import DecodingSource
 from gate.wiring import build
 
 FPS = 20.0
-RELAY, PASSAGE = 17, 5
 
 
 @dataclass(frozen=True)
@@ -40,27 +40,6 @@ class Sample:
     text: str
     walk: bool = True  # whether the simulated passengers walk through when released
     look: dict[str, Any] | None = None  # how the frame is distorted
-
-
-def demo_config(state: Path, broker: tuple[str, int] | None) -> Config:
-    host, port = broker or ("localhost", 1883)
-    return parse_config(
-        {
-            "gate": {"id": "demo-lane-1", "state_dir": str(state)},
-            "venue": {"id": "rail-central", "name": "Central Station (demo)", "category": "rail_station"},
-            "scanner": {"source": "camera", "rearm_seconds": 5.0, "absent_seconds": 0.4},
-            "clock": {"sync_source": "assume_synced"},
-            "gpio": {
-                "pin_factory": "mock",
-                "relay": {"pin": RELAY, "pulse_seconds": 0.3},
-                "indicator": {"green": 22, "red": 27, "amber": 23},
-                "buzzer": {"pin": 24},
-                "passage": {"pin": PASSAGE, "timeout_seconds": 1.5},
-            },
-            "mqtt": {"host": host, "port": port, "telemetry_seconds": 5},
-        },
-        "demo",
-    )
 
 
 def samples(keydir: Path, gate: Gate) -> list[Sample]:
@@ -218,23 +197,30 @@ def show_delivered(out: Printer, ids: list[str]) -> None:
 
 
 def run_demo(
-    once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None, as_json: bool = False
+    once: bool,
+    broker: tuple[str, int] | None,
+    timeout: float,
+    state_dir: Path | None,
+    as_json: bool = False,
+    metrics: str = "",
 ) -> int:
     out = Printer(as_json)
     try:
-        return _run(out, once, broker, timeout, state_dir)
+        return _run(out, once, broker, timeout, state_dir, metrics)
     finally:
         out.close()
 
 
-def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None) -> int:
+def _run(
+    out: Printer, once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None, metrics: str
+) -> int:
     with tempfile.TemporaryDirectory(prefix="gate-demo-") as tmp:
         state = state_dir or Path(tmp)
         keydir = state / "keys"
         if not any(keydir.glob("*.key")):
             generate_keypair(keydir)
             generate_keypair(keydir / "untrusted")
-        cfg = demo_config(state, broker)
+        cfg = demo_config(state, broker, metrics)
         trust = TrustStore.from_files(keydir.glob("*.pub"))
         frames = PacedFrames(iter(()))
         source = DecodingSource(frames, make_decoder("auto"), SceneWatch())
@@ -252,6 +238,11 @@ def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: floa
             venue=cfg.venue.id,
             broker=where,
         )
+        if metrics:
+            out.emit(f"gate demo: Prometheus metrics at http://{metrics}/metrics, health at /healthz", "metrics")
+        if broker:
+            prefix = cfg.homeassistant.prefix
+            out.emit(f"gate demo: Home Assistant discovery under {prefix}/+/gate_{cfg.gate.id}/#", "discovery")
         gate.listeners.append(lambda scan, d, ev: show_decision(out, frames, d, ev, gate))
         gate.outcome_listeners.append(lambda o: show_passage(out, o))
         gate.actuator.pulse_listeners.append(walker.on_relay)
@@ -259,6 +250,10 @@ def _run(out: Printer, once: bool, broker: tuple[str, int] | None, timeout: floa
             gate.drainer.listeners.append(lambda ids: show_delivered(out, ids))
         try:
             gate.run(frames.done)
+            if metrics:  # what a Prometheus scrape gets now, as proof that it works
+                sample = scrape(f"http://{metrics}/metrics")
+                text = f"gate demo: /metrics serves {len(sample)} samples, e.g. {next(iter(sample), '')}"
+                out.emit(text, "scraped", samples=sample)
             return _finish(out, gate, where, timeout)
         except KeyboardInterrupt:
             out.emit("\ngate demo: stopped", "stopped")

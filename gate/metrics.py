@@ -111,3 +111,17 @@ class MetricsServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[str, float]:
+    """One scrape of a /metrics endpoint: sample (name with labels) → value."""
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

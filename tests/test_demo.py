@@ -7,11 +7,17 @@ import re
 import subprocess
 import sys
 
+from conftest import free_port
+
 
 def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, subscriber_factory) -> None:
     sub = subscriber_factory(broker)
+    metrics = f"127.0.0.1:{free_port()}"
     r = subprocess.run(
-        [sys.executable, "-m", "gate", "demo", "--once", "--json", "--broker", f"{broker.host}:{broker.port}"],
+        [
+            *(sys.executable, "-m", "gate", "demo", "--once", "--json"),
+            *("--broker", f"{broker.host}:{broker.port}", "--metrics", metrics),
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -41,6 +47,16 @@ def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, s
     assert shown <= acked  # the demo showed each check-in's delivery
     passages = [rec for rec in records if rec["event"] == "passage"]
     assert {p["decision_id"] for p in passages} <= shown and {p["outcome"] for p in passages} >= {"passed"}
+    # Home Assistant discovery: one device, its entities on the demo's retained state and telemetry
+    configs = {t: json.loads(p) for t, p, _ in sub.messages if t.startswith("homeassistant/") and p}
+    assert "homeassistant/sensor/gate_demo-lane-1/mode/config" in configs
+    assert "homeassistant/binary_sensor/gate_demo-lane-1/alarm_outbox_full/config" in configs
+    assert {c["device"]["identifiers"][0] for c in configs.values()} == {"gate_demo-lane-1"}
+    assert {c["availability_topic"] for c in configs.values()} == {"gate/demo-lane-1/availability"}
+    # /metrics was served during the run, with the demo's decisions counted by reason
+    scraped = next(rec for rec in records if rec["event"] == "scraped")["samples"]
+    assert scraped['gate_decisions_total{reason="admitted"}'] >= 1
+    assert scraped['gate_decisions_total{reason="forged_signature"}'] == 1
 
 
 def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
@@ -58,6 +74,7 @@ def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
         "passage": r" +passage \d: \w+",
         "delivered": rf" +delivered: broker acked check-in {eid}(, {eid})*",
         "start": r"gate demo: lane .*",
+        "discovery": r"gate demo: Home Assistant discovery under homeassistant/\+/gate_demo-lane-1/#",
         "done": r"gate demo: done; all \d+ check-ins .* acknowledged .*",
     }
     seen = [next((k for k, rx in kinds.items() if re.fullmatch(rx, line)), line) for line in lines]

@@ -1,0 +1,133 @@
+"""Operators' monitoring: Prometheus /metrics (checked by promtool) and /healthz, Home Assistant discovery
+announced and withdrawn, and the Grafana dashboard built on the metrics the gate really serves."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gpiozero.pins.mock import MockFactory
+
+from conftest import free_port, make_config, require, wait_until
+from gate.clock import SystemClock
+from gate.codes import Status, issue
+from gate.decoders import make_decoder
+from gate.homeassistant import ALARMS
+from gate.scanner import DecodingSource
+from gate.testing import ScriptedFrames
+from gate.wiring import build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def make(tmp_path: Path, keys, broker=None, **sections):
+    mqtt = {"mqtt": {"host": broker.host, "port": broker.port}} if broker else {}
+    cfg = make_config(tmp_path / "state", keys, policy={"passback_seconds": 0}, **mqtt, **sections)
+    src = DecodingSource(ScriptedFrames([]), make_decoder("auto"))
+    return build(
+        cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"), with_mqtt=broker is not None
+    )
+
+
+def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    gate = make(tmp_path, keys, metrics={"listen": listen})
+    try:
+        gate.cache.apply_delta([("tok-bad00001", 2, None, 0, None)], [], seq=1)
+        now = int(time.time())
+        gate.handle(issue(keys.private, "tok-good0001", Status.GREEN, now - 5, 3600).encode())
+        gate.handle(issue(keys.private, "tok-bad00001", Status.GREEN, now - 5, 3600).encode())
+        gate.handle(b"not a code")
+        gate.stats.scanned(1.3)
+        status, _ = get(f"http://{listen}/healthz")
+        assert status == 503  # the scan loop is not running yet
+        stop = threading.Event()
+        lane = threading.Thread(target=gate.run, args=(stop,))
+        lane.start()
+        assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 200)
+        status, text = get(f"http://{listen}/metrics")
+        assert status == 200
+        stop.set()
+        lane.join(10)
+        assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 503)
+    finally:
+        gate.close()
+    r = subprocess.run([require("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'gate_decisions_total{reason="admitted"} 1.0' in text
+    assert 'gate_decisions_total{reason="status_red"} 1.0' in text
+    assert 'gate_decisions_total{reason="malformed"} 1.0' in text
+    assert 'gate_decode_seconds_bucket{le="0.002"} 1.0' in text and "gate_decode_seconds_count 1.0" in text
+    for name in ALARMS:
+        assert f'gate_alarm_active{{alarm="{name}"}} 0.0' in text
+    for family in ("gate_outbox_depth", "gate_outbox_oldest_age_seconds", "gate_cache_age_seconds",
+                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total"):  # fmt: skip
+        assert f"# TYPE {family.removesuffix('_total')}" in text, family
+
+
+def test_a_metrics_port_in_use_is_logged_and_the_gate_runs_on(tmp_path, keys, caplog) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        gate = make(tmp_path, keys, metrics={"listen": f"127.0.0.1:{s.getsockname()[1]}"})
+        gate.close()
+    assert "metrics: cannot listen on 127.0.0.1:" in caplog.text
+
+
+def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
+    tmp_path, keys, broker, subscriber_factory
+) -> None:
+    sub = subscriber_factory(broker, "homeassistant/#")
+    gate = make(tmp_path, keys, broker, homeassistant={"discovery": True})
+    expected = 7 + len(ALARMS)
+    wait_until(lambda: len({t for t, p, _ in sub.messages if p}) >= expected)
+    configs = {t: json.loads(p) for t, p, _ in sub.messages if p}
+    assert len(configs) == expected
+    mode = configs["homeassistant/sensor/gate_lane-t/mode/config"]
+    assert mode["state_topic"] == "gate/lane-t/state" and mode["unique_id"] == "gate_lane-t_mode"
+    assert mode["availability_topic"] == "gate/lane-t/availability" and mode["device"]["name"] == "Gate lane-t"
+    fire = configs["homeassistant/binary_sensor/gate_lane-t/alarm_fire/config"]
+    assert fire["device_class"] == "problem" and "'fire' in" in fire["value_template"]
+    gate.close()
+    gate = make(tmp_path, keys, broker, homeassistant={"discovery": False})  # same state dir
+    wait_until(lambda: sum(1 for _, p, _ in sub.messages if not p) >= expected)
+    assert {t for t, p, _ in sub.messages if not p} == set(configs)  # an empty retained config removes each
+    gate.close()
+    later = subscriber_factory(broker, "homeassistant/#")
+    later.client.publish("homeassistant/marker", b"x", qos=1)  # comes after any retained config the broker has
+    wait_until(lambda: later.on("/marker"))
+    assert [t for t, p, _ in later.messages if p and t != "homeassistant/marker"] == []
+    assert not (tmp_path / "state" / "homeassistant.json").exists()
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    gate = make(tmp_path, keys, metrics={"listen": listen})
+    try:
+        served = set(re.findall(r"^# TYPE (\w+) (\w+)", get(f"http://{listen}/metrics")[1], re.M))
+    finally:
+        gate.close()
+    names = set()
+    for name, kind in served:
+        names |= {name, f"{name}_total"} if kind == "counter" else {name}
+        names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else set()
+    dash = json.loads((ROOT / "docs/grafana/gate.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(gate_\w+)", e)}
+    assert used and used <= names, used - names
