@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,23 +15,13 @@ from gate.configerrors import describe
 from gate.errors import ConfigError
 from gate.opsconfig import HomeAssistantSection, MetricsSection
 from gate.policy import Policy
+from gate.venueconfig import GpsSection, VenueCategory, VenueSection
 
 DEFAULT_PATH = Path("/etc/gate/gate.toml")
 
 
 class _Model(Section):
     """A section of gate.toml."""
-
-
-class VenueCategory(StrEnum):
-    RAIL_STATION = "rail_station"
-    METRO_STATION = "metro_station"
-    BUS_STATION = "bus_station"
-    BUS = "bus"
-    TAXI = "taxi"
-    FERRY_TERMINAL = "ferry_terminal"
-    AIRPORT = "airport"
-    OTHER = "other"
 
 
 class GateSection(_Model):
@@ -50,12 +39,6 @@ class GateSection(_Model):
     device_key: Path | None = Field(
         None, description="Ed25519 key that signs check-ins and alarms (relative: in $CREDENTIALS_DIRECTORY)"
     )
-
-
-class VenueSection(_Model):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Venue id from the station list")
-    name: str = Field("", max_length=120, description="Human-readable venue name")
-    category: VenueCategory = VenueCategory.RAIL_STATION
 
 
 class SerialSection(_Model):
@@ -228,11 +211,14 @@ class Config(_Model):
     central: CentralSection = CentralSection()
     homeassistant: HomeAssistantSection = HomeAssistantSection()
     metrics: MetricsSection = MetricsSection()
+    gps: GpsSection = GpsSection()
 
     @model_validator(mode="after")
     def _source_needs(self) -> Config:
         if self.scanner.source == "serial" and not self.scanner.serial.port:
             raise ValueError("scanner.source is 'serial' but scanner.serial.port is empty")
+        if self.venue.category == VenueCategory.BUS and self.gps.port == "" and not self.gps.optional:
+            raise ValueError("venue.category is 'bus' but gps.port is empty (or set gps.optional = true)")
         if self.scanner.source == "images" and self.scanner.images_path is None:
             raise ValueError("scanner.source is 'images' but scanner.images_path is not set")
         return self

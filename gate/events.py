@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 SCHEMA = "gate.checkin/1"
 _last_ms = 0
@@ -38,6 +39,13 @@ class Venue:
     id: str
     name: str
     category: str
+    vehicle_id: str | None = None  # bus and taxi
+    route: str | None = None  # bus: the route and the trip (run) it is on when the check-in is made
+    run: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """A fixed venue's JSON keeps its three fields; a vehicle adds those it has."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("id", "name", "category")}
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,12 @@ class CheckIn:
     clock_synced: bool
     policy_version: int
     cache_version: int
+    position: dict[str, Any] | None = None  # a vehicle with a GPS receiver: its last fix, or why there is none
 
     def to_json(self) -> bytes:
-        body = {"schema": SCHEMA, **asdict(self)}
+        body = {"schema": SCHEMA, **asdict(self), "venue": self.venue.as_json()}
+        if self.position is None:
+            del body["position"]
         body["time_iso"] = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds")
         return json.dumps(body, separators=(",", ":")).encode()
 

@@ -29,6 +29,7 @@ ALARMS = (
     "outbox_gap",
     "dead_letter",
     "fault",
+    "gps_silent",
 )
 
 

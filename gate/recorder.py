@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from gate.actuator import Alarm, PassageOutcome
 from gate.clock import Clock, ClockReading
@@ -30,7 +31,9 @@ class Recorder:
         wake: Callable[[], None] = lambda: None,
     ) -> None:
         v = cfg.venue
-        self.gate_id, self.venue = cfg.gate.id, Venue(v.id, v.name, v.category.value)
+        self.gate_id = cfg.gate.id
+        self.venue = Venue(v.id, v.name, v.category.value, v.vehicle_id, v.route, v.run)
+        self.position: Callable[[], dict[str, Any] | None] = lambda: None  # set when a GPS receiver is wired
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
         self.outbox, self.clock, self._wake = outbox, clock, wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
@@ -55,6 +58,7 @@ class Recorder:
             clock_synced=now.usable,
             policy_version=policy_version,
             cache_version=cache_version,
+            position=self.position(),
         )
 
     def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True) -> None:

@@ -16,7 +16,7 @@ MAX_BACKOFF = 2.0  # a re-plugged module is back within about this long
 PARTIAL_LINE_SECONDS = 1.0  # bytes with no terminator for this long are a broken read, not a code
 
 
-def _open_port(cfg: SerialSection) -> Any:
+def open_port(cfg: SerialSection) -> Any:
     import serial
 
     return serial.serial_for_url(cfg.port, baudrate=cfg.baud, timeout=0.05)
@@ -34,7 +34,7 @@ class SerialScanner:
     def __init__(
         self,
         cfg: SerialSection,
-        opener: Callable[[SerialSection], Any] = _open_port,
+        opener: Callable[[SerialSection], Any] = open_port,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg, self._opener, self._mono = cfg, opener, mono

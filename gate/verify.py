@@ -9,6 +9,7 @@ from gate.clock import SystemClock
 from gate.config import load_config
 from gate.decision import Decider
 from gate.errors import ConfigError
+from gate.events import Venue
 from gate.keys import TrustStore
 from gate.passcache import CacheInfo, PassCache
 from gate.policy import Policy, PolicyStore
@@ -44,5 +45,6 @@ def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict
         "detail": d.detail,
     }
     if config is not None:
-        out["venue"] = {"id": cfg.venue.id, "name": cfg.venue.name, "category": cfg.venue.category.value}
+        v = cfg.venue
+        out["venue"] = Venue(v.id, v.name, v.category.value, v.vehicle_id, v.route, v.run).as_json()
     return out

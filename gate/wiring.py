@@ -16,6 +16,7 @@ from gate.decision import Decider
 from gate.decoders import make_decoder
 from gate.delivery import Drainer
 from gate.docstore import DocStore
+from gate.gps import Gps
 from gate.homeassistant import Discovery
 from gate.keys import TrustStore, load_private_key, load_public_key
 from gate.lanecontrol import Inbox, LaneControl
@@ -32,6 +33,7 @@ from gate.statefiles import Recovery, check_device_doc, open_lane_state, open_ou
 from gate.sync import CentralSync, central_keys
 from gate.telemetry import Stats
 from gate.threads import LaneFirst, lane_switching
+from gate.venueconfig import MOBILE
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,13 @@ def build(
         link.up_listeners.append(Discovery(cfg, link).connected)
     if cfg.metrics.listen:
         start_metrics(gate, cfg.metrics.listen, lambda: source_counters(code_source))
+    if cfg.gps.port:
+        gps = Gps(cfg.gps, control.post)
+        recorder.position = gps.position
+        gps.start()
+        gate.closers.append(gps.stop)
+    elif cfg.venue.category in MOBILE:
+        recorder.position = lambda: {"fix": False, "why": "no_gps"}
     for name, detail in recovery.alarms:
         control.post(Alarm(name, True, detail))
     if sync is not None:

@@ -40,13 +40,14 @@ def test_keygen_issue_decode_and_verify_round_trip(tmp_path: Path) -> None:
     assert decoded["codes"][0]["text"] == code
     cfg = tmp_path / "gate.toml"
     cfg.write_text(
-        f'[gate]\nid="lane-v"\nstate_dir="{tmp_path / "state"}"\n[venue]\nid="bus-7"\ncategory="bus"\n'
+        f'[gate]\nid="lane-v"\nstate_dir="{tmp_path / "state"}"\n[venue]\nid="bus-7"\ncategory="bus"\nvehicle_id="b7"\n'
+        f'[gps]\noptional=true\n'
         f'[trust]\nkeys=["{kg["public_key"]}"]\n[clock]\nsync_source="assume_synced"\n'
     )
     r = gate("verify", "--config", str(cfg), code)
     out = json.loads(r.stdout)
     assert r.returncode == 0 and (out["decision"], out["companions"], out["token"]) == ("admit", 2, "tok-cli-0001")
-    assert out["venue"] == {"id": "bus-7", "name": "", "category": "bus"}
+    assert out["venue"] == {"id": "bus-7", "name": "", "category": "bus", "vehicle_id": "b7"}
     r = gate("verify", "--trust", kg["public_key"], code)
     assert json.loads(r.stdout)["decision"] in ("admit", "assist")  # assist if this machine's clock is unsynced
     r = gate("verify", "--trust", kg["public_key"], code[:-3])

@@ -1,0 +1,131 @@
+"""A GPS receiver on a serial port (NMEA 0183, parsed with pynmea2): the last valid fix, never an invented one.
+
+GGA gives the fix quality, position, satellites and HDOP; RMC the validity and the date. A sentence whose
+checksum is wrong, or that is cut short, is dropped and counted. No sentence for `silent_after_s` (unplugged,
+dead) raises the `gps_silent` alarm; the port is reopened the way the QR module's is, and the alarm clears with
+the first sentence."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pynmea2
+
+from gate.actuator import Alarm
+from gate.config import SerialSection
+from gate.serial_source import SerialScanner, open_port
+from gate.venueconfig import GpsSection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fix:
+    lat: float
+    lon: float
+    fix_time: float  # Unix time of the fix, from the receiver's clock (UTC)
+    satellites: int | None
+    hdop: float | None
+    got_at: float  # monotonic time it was read
+
+
+class Gps:
+    def __init__(
+        self,
+        cfg: GpsSection,
+        alarm: Callable[[Alarm], None],
+        opener: Callable[[SerialSection], Any] = open_port,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg, self._alarm, self._mono = cfg, alarm, mono
+        serial = SerialSection(port=cfg.port, baud=cfg.baud, terminator="\n", max_line_bytes=128)
+        self.port = SerialScanner(serial, opener, mono)
+        self.fix: Fix | None = None
+        self.last_time: float | None = None  # the receiver's last valid UTC time (for clock sync)
+        self._date: datetime | None = None  # from RMC: GGA carries a time of day only
+        self.bad_sentences = 0
+        self._heard = mono()
+        self.silent = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gps", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        self.port.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                obs = self.port.read(0.5)
+                if obs is not None:
+                    self.feed(obs.payloads[0])
+                self._watch()
+            except Exception:  # never let the receiver stop the gate
+                log.exception("gps: unexpected error; going on")
+
+    def _watch(self) -> None:
+        quiet = self._mono() - self._heard
+        if not self.silent and quiet > self.cfg.silent_after_s:
+            self.silent = True
+            self._alarm(Alarm("gps_silent", True, f"no NMEA sentence from {self.cfg.port} for {quiet:.0f}s"))
+
+    def feed(self, line: bytes) -> None:
+        """One line from the receiver."""
+        try:
+            msg = pynmea2.parse(line.decode("ascii").strip(), check=True)
+        except (UnicodeDecodeError, pynmea2.ParseError, pynmea2.ChecksumError, ValueError, AttributeError):
+            self.bad_sentences += 1
+            return
+        self._heard = self._mono()
+        if self.silent:
+            self.silent = False
+            self._alarm(Alarm("gps_silent", False, f"{self.cfg.port} speaks again"))
+        if isinstance(msg, pynmea2.types.talker.RMC):
+            self._rmc(msg)
+        elif isinstance(msg, pynmea2.types.talker.GGA):
+            self._gga(msg)
+
+    def _rmc(self, msg: Any) -> None:
+        if msg.status != "A" or msg.datestamp is None or msg.timestamp is None:
+            return  # V: the receiver says it has no valid fix
+        when = datetime.combine(msg.datestamp, msg.timestamp.replace(tzinfo=None), UTC)
+        self._date, self.last_time = when, when.timestamp()
+
+    def _gga(self, msg: Any) -> None:
+        if not msg.gps_qual or msg.timestamp is None or not msg.lat or not msg.lon:
+            return  # quality 0: no fix; a no-fix sentence never replaces the last fix
+        day = (self._date or datetime.now(UTC)).date()
+        when = datetime.combine(day, msg.timestamp.replace(tzinfo=None), UTC)
+        if self._date is not None and when < self._date - timedelta(hours=12):
+            when += timedelta(days=1)  # past midnight since the last RMC
+        sats = int(msg.num_sats) if msg.num_sats else None
+        hdop = float(msg.horizontal_dil) if msg.horizontal_dil else None
+        self.fix = Fix(round(msg.latitude, 6), round(msg.longitude, 6), when.timestamp(), sats, hdop, self._mono())
+
+    def position(self) -> dict[str, Any]:
+        """What a check-in carries: the last valid fix with its age, or why there is none."""
+        fix = self.fix
+        if fix is None:
+            return {"fix": False, "why": "no_fix"}
+        age = round(self._mono() - fix.got_at, 1)
+        if age > self.cfg.max_fix_age_s:
+            return {"fix": False, "why": "stale", "position_age_s": age}
+        return {
+            "fix": True,
+            "lat": fix.lat,
+            "lon": fix.lon,
+            "fix_time": fix.fix_time,
+            "satellites": fix.satellites,
+            "hdop": fix.hdop,
+            "position_age_s": age,
+        }

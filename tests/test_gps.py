@@ -1,0 +1,157 @@
+"""GPS on buses and taxis: real NMEA 0183 sentences (GGA, RMC) through a pty, bad checksums, cut and no-fix
+sentences, silence and unplugging; every check-in carries the vehicle and its last valid fix, never an invented
+one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+import tty
+from datetime import UTC, datetime
+from functools import reduce
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from conftest import make_config, wait_until
+from gate.actuator import Alarm
+from gate.clock import SystemClock
+from gate.codes import Status, issue
+from gate.decoders import make_decoder
+from gate.errors import ConfigError
+from gate.gps import Gps
+from gate.scanner import DecodingSource
+from gate.testing import ScriptedFrames
+from gate.venueconfig import GpsSection
+from gate.wiring import build
+
+
+def nmea(body: str) -> bytes:
+    return f"${body}*{reduce(lambda a, b: a ^ b, body.encode()):02X}\r\n".encode()
+
+
+RMC = nmea("GPRMC,123519.00,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W")
+GGA = nmea("GPGGA,123519.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
+GGA_NO_FIX = nmea("GPGGA,123520.00,,,,,0,00,99.99,,,,,,")
+RMC_VOID = nmea("GPRMC,123520.00,V,,,,,,,230394,,,N")
+FIX_TIME = datetime(1994, 3, 23, 12, 35, 19, tzinfo=UTC).timestamp()
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_fix_comes_from_valid_sentences_and_bad_ones_change_nothing() -> None:
+    mono, alarms = Mono(), []
+    gps = Gps(GpsSection(port="unused", max_fix_age_s=10), alarms.append, mono=mono)
+    assert gps.position() == {"fix": False, "why": "no_fix"}
+    gps.feed(RMC)
+    gps.feed(GGA)
+    pos = gps.position()
+    assert pos == {
+        "fix": True,
+        "lat": 48.1173,
+        "lon": 11.516667,
+        "fix_time": FIX_TIME,
+        "satellites": 8,
+        "hdop": 0.9,
+        "position_age_s": 0.0,
+    }
+    mono.t += 3
+    gps.feed(GGA.replace(b"4807.038", b"4907.038"))  # bad checksum: dropped and counted
+    gps.feed(b"$GPGGA,1235")  # cut short
+    gps.feed(b"\xff\xfe garbage")
+    gps.feed(GGA_NO_FIX)  # the receiver lost the fix: the last one stays, ageing
+    gps.feed(RMC_VOID)
+    assert gps.bad_sentences == 3
+    assert gps.position()["lat"] == 48.1173 and gps.position()["position_age_s"] == 3.0
+    mono.t += 8
+    assert gps.position() == {"fix": False, "why": "stale", "position_age_s": 11.0}  # never used when old
+
+
+@pytest.fixture
+def pty_gps():
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    yield master, path
+    for fd in (master, slave):
+        with contextlib.suppress(OSError):  # the unplug test closed the master already
+            os.close(fd)
+
+
+def test_a_silent_or_unplugged_receiver_raises_an_alarm_and_reconnects(pty_gps) -> None:
+    master, path = pty_gps
+    alarms: list[Alarm] = []
+    gps = Gps(GpsSection(port=path, silent_after_s=0.5), alarms.append)
+    gps.start()
+    try:
+        assert wait_until(lambda: (os.write(master, RMC + GGA), gps.position()["fix"])[1], timeout=10)
+        assert wait_until(lambda: any(a.name == "gps_silent" and a.active for a in alarms), timeout=10)
+        os.write(master, GGA)
+        assert wait_until(lambda: alarms[-1].name == "gps_silent" and not alarms[-1].active, timeout=10)
+        os.close(master)  # unplugged: the read fails, the port is reopened with backoff
+        assert wait_until(lambda: alarms[-1].active, timeout=10)  # silent again, and said so once
+        assert [a.active for a in alarms] == [True, False, True]
+    finally:
+        gps.stop()
+
+
+def test_a_bus_check_in_carries_vehicle_route_run_and_the_fix(tmp_path: Path, keys, pty_gps) -> None:
+    master, path = pty_gps
+    cfg = make_config(
+        tmp_path / "state",
+        keys,
+        venue={"id": "city-bus", "category": "bus", "vehicle_id": "bus-1042", "route": "R7", "run": "R7-0815"},
+        gps={"port": path},
+        policy={"passback_seconds": 0},
+    )
+    gate = build(
+        cfg,
+        source=DecodingSource(ScriptedFrames([]), make_decoder("auto")),
+        pin_factory=MockFactory(),
+        clock=SystemClock("assume_synced"),
+        with_mqtt=False,
+    )
+    try:
+        gate.handle(issue(keys.private, "tok-rider001", Status.GREEN, int(time.time()) - 5, 3600).encode())
+        assert wait_until(lambda: (os.write(master, RMC + GGA), gate.recorder.position()["fix"])[1], timeout=10)
+        gate.handle(issue(keys.private, "tok-rider002", Status.GREEN, int(time.time()) - 5, 3600).encode())
+    finally:
+        gate.close()
+    db = sqlite3.connect(tmp_path / "state" / "outbox.db")
+    rows = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox WHERE topic LIKE '%/checkin'")]
+    first, second = (next(r for r in rows if r["token"] == t) for t in ("tok-rider001", "tok-rider002"))
+    venue = {
+        "id": "city-bus",
+        "name": "Test Station",
+        "category": "bus",
+        "vehicle_id": "bus-1042",
+        "route": "R7",
+        "run": "R7-0815",
+    }
+    assert first["venue"] == second["venue"] == venue
+    assert first["position"] == {"fix": False, "why": "no_fix"}  # before the first fix: said, not invented
+    assert second["position"]["fix"] is True and second["position"]["lat"] == 48.1173
+
+
+@pytest.mark.parametrize(
+    "venue, gps, words",
+    [
+        ({"category": "bus"}, {"optional": True}, "vehicle_id is required"),
+        ({"category": "bus", "vehicle_id": "b1"}, {}, "gps.port is empty"),
+        ({"category": "taxi", "vehicle_id": "t1", "route": "R1"}, {"optional": True}, "a taxi has no route"),
+        ({"category": "rail_station", "vehicle_id": "b1"}, {}, "are for category 'bus' or 'taxi'"),
+    ],
+)
+def test_vehicle_settings_are_checked(tmp_path: Path, venue, gps, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        make_config(tmp_path, None, venue=venue, gps=gps)
