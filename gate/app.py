@@ -19,7 +19,17 @@ from gate.errors import GateError, OutboxFull
 from gate.events import CheckIn, short
 from gate.faults import Faults
 from gate.keys import TrustStore
-from gate.lanecontrol import ApplyPolicy, Inbox, LaneControl, RemoteOpen, Report, Request, SetMode, TrustKeys
+from gate.lanecontrol import (
+    ApplyPolicy,
+    Inbox,
+    LaneControl,
+    RemoteOpen,
+    Report,
+    Request,
+    SetMode,
+    SetTrip,
+    TrustKeys,
+)
 from gate.lanestate import LaneState, ModeRecord
 from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
@@ -136,6 +146,10 @@ class Gate:
                 self.recorder.alarm(r)
             case SetMode():
                 self.set_mode(r.mode, r.by)
+            case SetTrip():
+                self.recorder.venue = replace(self.recorder.venue, route=r.route, run=r.run)
+                self.faults.run("storing the trip", lambda: self.lanestate.set_trip(r.route, r.run, time.time()))
+                log.info("venue: vehicle %s now on route %s, run %s", self.recorder.venue.vehicle_id, r.route, r.run)
             case ApplyPolicy():
                 self.decider.policy = r.policy
             case TrustKeys():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +39,34 @@ class RemoteOpen:
 
 
 @dataclass(frozen=True)
+class SetTrip:
+    """A bus's route and run, from central (a signed command): every check-in from now on carries them."""
+
+    route: str | None
+    run: str | None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> SetTrip:
+        """`set-trip` args: route and run, each an id (A-Z a-z 0-9 _ . -, max 64) or null."""
+        out = []
+        for key in ("route", "run"):
+            value = args.get(key)
+            if value is not None and not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value)):
+                raise ValueError(
+                    f"set-trip: {key} must be an id of A-Z a-z 0-9 _ . - (max 64), got {str(value)[:70]!r}"
+                )
+            out.append(value)
+        return cls(*out)
+
+
+@dataclass(frozen=True)
 class Report:
     """Publish the retained state now; `reply`, if given, is called with it (on the lane thread)."""
 
     reply: Reply | None = None
 
 
-Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | Report | PassageOutcome | Alarm
+Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | SetTrip | Report | PassageOutcome | Alarm
 Inbox = queue.SimpleQueue[Request]
 
 

@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS mode (id INTEGER PRIMARY KEY CHECK (id = 1), mode TEX
                                  set_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS passback (token TEXT PRIMARY KEY, passed_at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trip (id INTEGER PRIMARY KEY CHECK (id = 1), route TEXT, run TEXT, set_at REAL NOT NULL);
 """
 PERSISTED_MODES = ("normal", "out_of_service", "free_pass")  # offline is derived from the link, never stored
 
@@ -46,6 +47,14 @@ class LaneState:
         self._conn.db.execute(
             "INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)", (record.mode, record.set_by, record.set_at)
         )
+
+    def trip(self) -> tuple[str | None, str | None] | None:
+        """A bus's route and run as central last set them (they outlive a restart), or None."""
+        row = self._conn.db.execute("SELECT route, run FROM trip WHERE id = 1").fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_trip(self, route: str | None, run: str | None, at: float) -> None:
+        self._conn.db.execute("INSERT OR REPLACE INTO trip VALUES (1, ?, ?, ?)", (route, run, at))
 
     def passed(self, token: str, at: float, window: float) -> None:
         """Remember a confirmed passage; entries older than `window` go at the same time."""

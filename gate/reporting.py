@@ -91,6 +91,7 @@ class Reporter:
             "schema": "gate.state/1",
             "version": __version__,
             "gate_id": self.cfg.gate.id,
+            "venue": self.recorder.venue.as_json(),
             "mode": self.actuator.mode,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
             "cache_version": info.version,

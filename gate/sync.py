@@ -22,7 +22,7 @@ from gate.errors import CodeError, ConfigError
 from gate.faults import Faults
 from gate.inbound import BoundedQueue, Job
 from gate.keys import key_id_of, public_from_pem
-from gate.lanecontrol import LaneControl
+from gate.lanecontrol import LaneControl, SetTrip
 from gate.mqtt_link import Handler, MqttLink, Topics
 from gate.passcache import PassCache
 from gate.passsync import PassSync
@@ -73,10 +73,9 @@ class CentralSync:
         lane_first: LaneFirst | None = None,
     ) -> None:
         self.control, self.link, self.verifier, self.base_keys = control, link, verifier, base_keys
-        self.gate_id, self.prefix = cfg.gate.id, cfg.mqtt.topic_prefix
+        self.gate_id, self.prefix, self.category = cfg.gate.id, cfg.mqtt.topic_prefix, cfg.venue.category.value
         self.topics = Topics(self.prefix, self.gate_id)
-        state_dir = cfg.gate.state_dir
-        self.state_dir = state_dir
+        self.state_dir = state_dir = cfg.gate.state_dir
         cache, pause = PassCache(state_dir / "passes.db"), (lane_first or LaneFirst()).yield_to_lane
         self.passes = PassSync(cache, verifier, self.request_resync, control.report, self._fetch_chunks, pause)
         self._chunk_topics: set[str] = set()  # exact chunk topics subscribed for the snapshot being gathered
@@ -289,6 +288,10 @@ class CentralSync:
         }
         if name in modes:
             self.control.set_mode(modes[name], by="central")
+        elif name == "set-trip":
+            if self.category != "bus":
+                raise ValueError(f"set-trip: this gate's venue is a {self.category}, not a bus")
+            self.control.post(SetTrip.parse(args))
         elif name == "resync":
             self.passes.cache.drop_staging()
             self.request_resync("requested by central")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gate.actuator import Actuator, Alarm, make_pin_factory
@@ -160,6 +161,9 @@ def build(
         gate.closers.append(gps.stop)
     elif cfg.venue.category in MOBILE:
         recorder.position = lambda: {"fix": False, "why": "no_gps"}
+    trip = lanestate.trip() if cfg.venue.category == "bus" else None
+    if trip is not None:  # central changed the route or run since the config was written: that stands
+        recorder.venue = replace(recorder.venue, route=trip[0], run=trip[1])
     for name, detail in recovery.alarms:
         control.post(Alarm(name, True, detail))
     if sync is not None:

@@ -41,7 +41,7 @@ def test_keygen_issue_decode_and_verify_round_trip(tmp_path: Path) -> None:
     cfg = tmp_path / "gate.toml"
     cfg.write_text(
         f'[gate]\nid="lane-v"\nstate_dir="{tmp_path / "state"}"\n[venue]\nid="bus-7"\ncategory="bus"\nvehicle_id="b7"\n'
-        f'[gps]\noptional=true\n'
+        f"[gps]\noptional=true\n"
         f'[trust]\nkeys=["{kg["public_key"]}"]\n[clock]\nsync_source="assume_synced"\n'
     )
     r = gate("verify", "--config", str(cfg), code)

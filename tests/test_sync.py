@@ -626,3 +626,47 @@ def test_a_snapshot_that_fails_late_in_its_stream_changes_nothing(gate, central,
     assert gate.cache.info().version == 1 and gate.cache.info().count == 50
     assert gate.cache.lookup("new-00000000") is None and gate.cache.lookup("tok-001-00000") is not None
     assert staged(gate, 2) == set()
+
+
+def test_central_changes_a_buss_route_and_run_without_a_restart_and_it_lasts(tmp_path, keys, broker, central) -> None:
+    def bus(route: str) -> Gate:
+        cfg = make_config(
+            tmp_path / "state",
+            keys,
+            venue={"id": "city-bus", "category": "bus", "vehicle_id": "bus-1042", "route": route, "run": "R7-0600"},
+            gps={"optional": True},
+            mqtt={"host": broker.host, "port": broker.port},
+            central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
+        )
+        g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+        assert g.link is not None and g.link.connected.wait(10) and g.link.subscribed.wait(10)
+        return g
+
+    b, key = f"{broker.host}:{broker.port}", str(central.pub.with_suffix(".key"))
+    g = bus("R7")
+    try:
+        assert g.recorder.venue.route == "R7"
+        r = _cli(
+            "command", "--broker", b, "--key", key, "lane-t", "set-trip", "--route", "R12", "--run", "R12-1410", gate=g
+        )
+        reply = json.loads(r.stdout)
+        assert (
+            reply["ok"] and reply["result"]["venue"]["route"] == "R12" and reply["result"]["venue"]["run"] == "R12-1410"
+        )
+        r = _cli("command", "--broker", b, "--key", key, "lane-t", "set-trip", "--route", "R 12/#", gate=g)
+        assert not json.loads(r.stdout)["ok"] and "route must be an id" in json.loads(r.stdout)["error"]
+        assert g.recorder.venue.route == "R12"  # a refused change changes nothing
+    finally:
+        g.close()
+    g = bus("R7")  # restarted with the config's R7: central's later word stands
+    try:
+        assert (g.recorder.venue.route, g.recorder.venue.run) == ("R12", "R12-1410")
+    finally:
+        g.close()
+
+
+def test_set_trip_is_refused_for_a_station_gate(gate, central, broker) -> None:
+    b, key = f"{broker.host}:{broker.port}", str(central.pub.with_suffix(".key"))
+    r = _cli("command", "--broker", b, "--key", key, "lane-t", "set-trip", "--route", "R1", gate=gate)
+    reply = json.loads(r.stdout)
+    assert not reply["ok"] and "not a bus" in reply["error"]

@@ -59,9 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pk.add_argument("keys", nargs="+", metavar="PUB[@FROM:TO]", help="public key file, optional validity window")
     cm = mqtt_cmd("command", "send a signed command to a gate and print its reply")
     cm.add_argument("gate_id")
-    cm.add_argument("name", choices=["open", "out-of-service", "in-service", "free-pass", "resync", "status"])
+    cm.add_argument(
+        "name", choices=["open", "out-of-service", "in-service", "free-pass", "resync", "status", "set-trip"]
+    )
     cm.add_argument("--operator", help="staff operator id, for open")
     cm.add_argument("--state", choices=["on", "off"], default="on", help="for free-pass")
+    cm.add_argument("--route", help="for set-trip: the bus's route from now on (omit: none)")
+    cm.add_argument("--run", help="for set-trip: the trip (run) it is on from now on (omit: none)")
     cm.add_argument("--timeout", type=float, default=10.0)
     db_help = "a SQLite file path (one machine) or postgresql://user@host/dbname (a city)"
     co = mqtt_cmd("collect", "store every gate's check-ins in SQLite or PostgreSQL (batched, deduplicated)", False)

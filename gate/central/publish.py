@@ -102,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
             body["args"]["operator"] = args.operator
         if args.name == "free-pass":
             body["args"]["state"] = args.state
+        if args.name == "set-trip":
+            body["args"] |= {"route": args.route, "run": args.run}
         reply = request(
             args.broker, f"{args.prefix}/{args.gate_id}/command", body, key, args.gate_id, args.prefix, args.timeout
         )
