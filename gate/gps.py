@@ -8,9 +8,10 @@ the first sentence."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ import pynmea2
 
 from gate.actuator import Alarm
 from gate.config import SerialSection
+from gate.policy import Stop
 from gate.serial_source import SerialScanner, open_port
 from gate.venueconfig import GpsSection
 
@@ -129,3 +131,23 @@ class Gps:
             "hdop": fix.hdop,
             "position_age_s": age,
         }
+
+
+def nearest_stop(position: dict[str, Any], stops: Sequence[Stop]) -> dict[str, Any] | None:
+    """The stop nearest a valid fix, if the fix is within that stop's radius (great-circle distance)."""
+    if not position.get("fix"):
+        return None
+    best: tuple[float, Stop] | None = None
+    for stop in stops:
+        d = metres(position["lat"], position["lon"], stop.lat, stop.lon)
+        if d <= stop.radius_m and (best is None or d < best[0]):
+            best = (d, stop)
+    return None if best is None else {"id": best[1].id, "name": best[1].name, "distance_m": round(best[0], 1)}
+
+
+def metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance on a sphere of the Earth's mean radius."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))

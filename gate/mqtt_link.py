@@ -7,6 +7,7 @@ import functools
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -82,6 +83,8 @@ class MqttLink:
         self.ack_listeners: list[Callable[[int, str | None], None]] = [on_publish] if on_publish else []
         self._subs: dict[str, Handler] = {}
         self.connected = threading.Event()
+        self._down_since: float | None = time.monotonic()  # offline from the start until the first CONNACK
+        self._down_total = 0.0
         self._ever_connected = self._falling_back = self._stopping = False
         self._closed_before_connack = 0
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
@@ -159,6 +162,9 @@ class MqttLink:
             self._subscribe(topic)
         self._check_subscribed()
         self.connected.set()
+        if self._down_since is not None:
+            self._down_total += time.monotonic() - self._down_since
+            self._down_since = None
         for listener in self.up_listeners:
             listener()
 
@@ -198,6 +204,14 @@ class MqttLink:
                 self._maybe_fall_back("it closed the connection on an MQTT 5 CONNECT, twice, without a CONNACK")
         self.connected.clear()
         self.subscribed.clear()
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def offline_seconds(self) -> tuple[float, float]:
+        """(seconds offline since start, of which the current outage): a bus's link comes and goes."""
+        since, now = self._down_since, time.monotonic()
+        current = 0.0 if since is None else now - since
+        return round(self._down_total + current, 1), round(current, 1)
 
     def _subscribe(self, topic: str) -> None:
         with self._subs_lock:

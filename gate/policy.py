@@ -47,6 +47,14 @@ class StatusActions(_Model):
     red: Action = Action.DENY
 
 
+class Stop(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field("", max_length=120)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_m: float = Field(50.0, gt=0, le=5000, description="A fix this close names the stop")
+
+
 class Policy(_Model):
     """Every rule a decision applies. `version` is set by central; 0 means config defaults."""
 
@@ -60,6 +68,9 @@ class Policy(_Model):
     card_without_cache_entry: Action = Field(Action.ASSIST, description="A card whose token is not cached")
     passback_seconds: int = Field(60, ge=0, le=86_400, description="Same token cannot pass again within")
     assist_window_seconds: int = Field(120, ge=5, le=3600, description="A staff code after assist admits")
+    stops: dict[str, tuple[Stop, ...]] = Field(
+        default_factory=dict, description="Per bus route: its stops; a check-in names the nearest within its radius"
+    )
 
 
 class PolicyStore:

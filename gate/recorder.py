@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,8 +13,10 @@ from gate.config import Config
 from gate.decision import Decision
 from gate.errors import OutboxFull
 from gate.events import CheckIn, Venue, alarm_json, uuid7
+from gate.gps import nearest_stop
 from gate.mqtt_link import Topics
 from gate.outbox import Outbox
+from gate.policy import Stop
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Recorder:
         self.gate_id = cfg.gate.id
         self.venue = Venue(v.id, v.name, v.category.value, v.vehicle_id, v.route, v.run)
         self.position: Callable[[], dict[str, Any] | None] = lambda: None  # set when a GPS receiver is wired
+        self.stops: Callable[[str], Sequence[Stop]] = lambda route: ()  # a route's stops, from the policy
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
         self.outbox, self.clock, self._wake = outbox, clock, wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
@@ -58,8 +61,13 @@ class Recorder:
             clock_synced=now.usable,
             policy_version=policy_version,
             cache_version=cache_version,
-            position=self.position(),
+            position=self._where(),
         )
+
+    def _where(self) -> dict[str, Any] | None:
+        pos = self.position()
+        stops = self.stops(self.venue.route) if pos is not None and self.venue.route else ()
+        return {**pos, "stop": nearest_stop(pos, stops)} if stops and pos is not None else pos
 
     def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""

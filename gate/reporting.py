@@ -176,6 +176,8 @@ class Reporter:
             "gate_id": self.cfg.gate.id,
             "time": time.time(),
             "outbox_depth": self.outbox.depth,
+            "offline_s_total": self.link.offline_seconds()[0],
+            "offline_s_current": self.link.offline_seconds()[1],
             "denied_while_full": self.denied,
             "faults": self.faults.snapshot(),
             **self.source_counters(),

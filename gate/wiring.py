@@ -161,6 +161,7 @@ def build(
         gate.closers.append(gps.stop)
     elif cfg.venue.category in MOBILE:
         recorder.position = lambda: {"fix": False, "why": "no_gps"}
+    recorder.stops = lambda route: gate.decider.policy.stops.get(route, ())  # the policy in force, central's
     trip = lanestate.trip() if cfg.venue.category == "bus" else None
     if trip is not None:  # central changed the route or run since the config was written: that stands
         recorder.venue = replace(recorder.venue, route=trip[0], run=trip[1])

@@ -23,7 +23,8 @@ from gate.clock import SystemClock
 from gate.codes import Status, issue
 from gate.decoders import make_decoder
 from gate.errors import ConfigError
-from gate.gps import Gps
+from gate.gps import Gps, nearest_stop
+from gate.policy import Stop
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 from gate.venueconfig import GpsSection
@@ -38,6 +39,7 @@ RMC = nmea("GPRMC,123519.00,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
 GGA = nmea("GPGGA,123519.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
 GGA_NO_FIX = nmea("GPGGA,123520.00,,,,,0,00,99.99,,,,,,")
 RMC_VOID = nmea("GPRMC,123520.00,V,,,,,,,230394,,,N")
+MARIENPLATZ = {"id": "S1", "name": "Marienplatz", "lat": 48.11732, "lon": 11.51670, "radius_m": 50}
 FIX_TIME = datetime(1994, 3, 23, 12, 35, 19, tzinfo=UTC).timestamp()
 
 
@@ -112,7 +114,7 @@ def test_a_bus_check_in_carries_vehicle_route_run_and_the_fix(tmp_path: Path, ke
         keys,
         venue={"id": "city-bus", "category": "bus", "vehicle_id": "bus-1042", "route": "R7", "run": "R7-0815"},
         gps={"port": path},
-        policy={"passback_seconds": 0},
+        policy={"passback_seconds": 0, "stops": {"R7": [MARIENPLATZ, {"id": "S2", "lat": 48.2, "lon": 11.6}]}},
     )
     gate = build(
         cfg,
@@ -139,8 +141,17 @@ def test_a_bus_check_in_carries_vehicle_route_run_and_the_fix(tmp_path: Path, ke
         "run": "R7-0815",
     }
     assert first["venue"] == second["venue"] == venue
-    assert first["position"] == {"fix": False, "why": "no_fix"}  # before the first fix: said, not invented
+    assert first["position"] == {"fix": False, "why": "no_fix", "stop": None}  # before the first fix: said
     assert second["position"]["fix"] is True and second["position"]["lat"] == 48.1173
+    assert second["position"]["stop"] == {"id": "S1", "name": "Marienplatz", "distance_m": 3.3}
+
+
+def test_the_nearest_stop_within_its_radius_is_named_never_one_further() -> None:
+    stops = (Stop(id="A", lat=48.0, lon=11.0, radius_m=100), Stop(id="B", lat=48.0005, lon=11.0, radius_m=100))
+    at = {"fix": True, "lat": 48.0004, "lon": 11.0}  # 44 m from A, 11 m from B: both in range, B nearer
+    assert nearest_stop(at, stops) == {"id": "B", "name": "", "distance_m": 11.1}
+    assert nearest_stop({**at, "lat": 48.01}, stops) is None  # over a kilometre from both
+    assert nearest_stop({"fix": False, "why": "stale"}, stops) is None
 
 
 @pytest.mark.parametrize(

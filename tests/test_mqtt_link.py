@@ -116,3 +116,25 @@ def test_an_exception_in_a_callback_does_not_kill_the_network_thread(broker) -> 
         assert link.client._thread is not None and link.client._thread.is_alive()
     finally:
         link.stop()
+
+
+def test_time_offline_is_counted_across_outages(tmp_path) -> None:
+    """A bus's link comes and goes: the gate says how long it has been without the broker."""
+    from conftest import Broker
+
+    broker = Broker(tmp_path)
+    link = MqttLink(MqttSection(host=broker.host, port=broker.port), "lane-bus")
+    try:
+        link.start()  # nobody listens yet: offline from the start
+        assert wait_until(lambda: link.offline_seconds()[1] >= 0.3, 10)
+        broker.start()
+        assert link.connected.wait(40)
+        total, current = link.offline_seconds()
+        assert current == 0.0 and total >= 0.3
+        broker.stop()  # an outage
+        assert wait_until(lambda: not link.connected.is_set(), 10)
+        assert wait_until(lambda: link.offline_seconds()[1] >= 0.3, 10)
+        assert link.offline_seconds()[0] >= total + 0.3
+    finally:
+        link.stop()
+        broker.stop()
