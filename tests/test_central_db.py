@@ -96,6 +96,26 @@ def test_contacts_finds_the_planted_contacts_and_no_one_outside_the_window(store
     }
 
 
+def test_riders_of_one_bus_run_are_contacts_wherever_they_boarded(store: Store) -> None:
+    def ride(token: str, run: str, t: float, bus: str = "bus-1042", stop: str = "S1") -> tuple[Any, ...]:
+        venue = {"id": "city-bus", "name": "City bus", "category": "bus", "vehicle_id": bus, "route": "R7", "run": run}
+        position = {"fix": True, "lat": 48.1, "lon": 11.5, "stop": {"id": stop, "name": stop, "distance_m": 3.0}}
+        ev = json.loads(checkin(token, "x", t)[-1]) | {"venue": venue, "position": position}
+        return row_of(ev, json.dumps(ev).encode())
+
+    store.write(
+        [
+            ride("tok-case", "R7-0815", T0, stop="S1"),
+            ride("tok-rider", "R7-0815", T0 + 600, stop="S5"),  # the same trip, boarded four stops later
+            ride("tok-next-trip", "R7-0915", T0 + 900),  # the same bus, its next trip: not a contact
+            ride("tok-other-bus", "R7-0815", T0 + 300, bus="bus-2001"),  # another bus with the same run name
+        ],
+        [],
+    )
+    found = find_contacts(store, "tok-case", T0 - 3600, T0 + 3600, 30)
+    assert {(c["token"], c["venue_id"]) for c in found} == {("tok-rider", "city-bus/bus-1042/R7-0815")}
+
+
 def test_sqlite_and_postgresql_give_the_same_contacts(tmp_path: Path, pg_url: str) -> None:
     results = []
     for url in (str(tmp_path / "c.db"), pg_url):

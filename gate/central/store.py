@@ -39,9 +39,18 @@ DAY = 86400
 FLEET_HISTORY = 30  # outbox depths kept per gate, for the trend
 
 
+def venue_key(venue: dict[str, Any]) -> Any:
+    """The venue contact tracing meets people in: a station's id; a vehicle's `venue/vehicle/run` (a taxi's
+    `venue/vehicle`), so that riders of one bus trip are contacts wherever each boarded, and riders of the same
+    bus on another trip, or of another bus on the route, are not."""
+    if not venue.get("vehicle_id"):
+        return venue.get("id")
+    return "/".join(str(p) for p in (venue.get("id"), venue["vehicle_id"], venue.get("run")) if p)
+
+
 def row_of(ev: dict[str, Any], raw: bytes) -> Row:
     venue = ev.get("venue") or {}
-    vals = {**ev, "venue_id": venue.get("id"), "venue_name": venue.get("name")}
+    vals = {**ev, "venue_id": venue_key(venue), "venue_name": venue.get("name")}
     vals["clock_synced"] = None if vals.get("clock_synced") is None else int(bool(vals["clock_synced"]))
     return (*(vals.get(c) for c in COLS), raw.decode())
 
