@@ -55,7 +55,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise GateError(f"gate demo needs {exc.name}: pip install 'gate[demo]' (./install.sh --dev has it)") from None
 
     state = Path(args.state_dir) if args.state_dir else None
-    return run_demo(args.once, args.broker, args.timeout, state, as_json=args.json, metrics=args.metrics or "")
+    return run_demo(
+        args.once, args.broker, args.timeout, state, as_json=args.json, metrics=args.metrics or "", venue=args.venue
+    )
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -201,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--broker", type=broker_address, help="publish check-ins to this broker, HOST:PORT")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acks with --once")
     sp.add_argument("--state-dir", help="keep the demo's state here instead of a temp dir")
+    sp.add_argument("--venue", choices=["station", "bus"], default="station", help="bus: a GPS track on a pty")
     sp.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics and /healthz here (e.g. 127.0.0.1:9108)")
     sp.add_argument(
         "--json",

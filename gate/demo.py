@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import secrets
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from gate.actuator import PassageOutcome
 from gate.app import Gate
@@ -22,7 +19,9 @@ from gate.clock import SystemClock
 from gate.codes import PREFIX, Kind, Status, issue
 from gate.decision import Decision
 from gate.decoders import Frame, make_decoder
+from gate.demobus import TrackPlayer
 from gate.democonfig import PASSAGE, demo_config
+from gate.demoout import Printer
 from gate.events import CheckIn, short
 from gate.framegen import code_frame
 from gate.keys import TrustStore, generate_keypair, load_private_key
@@ -137,33 +136,6 @@ class Walker:
         threading.Timer(0.35, sensor.drive_high).start()
 
 
-class Printer:
-    """The demo's one output path. Listeners run on the scan loop, the actuator's thread and the drainer;
-    they only queue whole records, and one thread writes each as one line, so lines never merge."""
-
-    def __init__(self, as_json: bool, stream: TextIO | None = None) -> None:
-        self.as_json, self.stream = as_json, stream or sys.stdout
-        self._q: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="demo-output", daemon=True)
-        self._thread.start()
-
-    def emit(self, text: str, event: str, **fields: Any) -> None:
-        """`text` for the table, `event` and `fields` for --json; both describe the same record."""
-        self._q.put((text, {"event": event, **fields}))
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            text, record = item
-            self.stream.write((json.dumps(record) if self.as_json else text) + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        """Write everything queued so far, then stop. Safe to call twice."""
-        if self._thread.is_alive():
-            self._q.put(None)
-            self._thread.join(timeout=5.0)
-
-
 def show_decision(out: Printer, source: PacedFrames, d: Decision, ev: CheckIn, gate: Gate) -> None:
     label = source.current.label if source.current else "?"
     relay = "released" if gate.actuator.relay.value else "locked"
@@ -184,6 +156,7 @@ def show_decision(out: Printer, source: PacedFrames, d: Decision, ev: CheckIn, g
         light=light,
         companions=d.companions,
         event_id=ev.event_id,
+        **({"venue": ev.venue.as_json(), "position": ev.position} if ev.position is not None else {}),
     )
 
 
@@ -203,16 +176,28 @@ def run_demo(
     state_dir: Path | None,
     as_json: bool = False,
     metrics: str = "",
+    venue: str = "station",
 ) -> int:
     out = Printer(as_json)
     try:
-        return _run(out, once, broker, timeout, state_dir, metrics)
+        player = TrackPlayer() if venue == "bus" else None
+        try:
+            return _run(out, once, broker, timeout, state_dir, metrics, player.path if player else "")
+        finally:
+            if player is not None:
+                player.close()
     finally:
         out.close()
 
 
 def _run(
-    out: Printer, once: bool, broker: tuple[str, int] | None, timeout: float, state_dir: Path | None, metrics: str
+    out: Printer,
+    once: bool,
+    broker: tuple[str, int] | None,
+    timeout: float,
+    state_dir: Path | None,
+    metrics: str,
+    gps: str,
 ) -> int:
     with tempfile.TemporaryDirectory(prefix="gate-demo-") as tmp:
         state = state_dir or Path(tmp)
@@ -220,7 +205,7 @@ def _run(
         if not any(keydir.glob("*.key")):
             generate_keypair(keydir)
             generate_keypair(keydir / "untrusted")
-        cfg = demo_config(state, broker, metrics)
+        cfg = demo_config(state, broker, metrics, gps)
         trust = TrustStore.from_files(keydir.glob("*.pub"))
         frames = PacedFrames(iter(()))
         source = DecodingSource(frames, make_decoder("auto"), SceneWatch())
@@ -231,7 +216,9 @@ def _run(
         logging.getLogger("gate.app").setLevel(logging.WARNING)  # the table below says it better
         where = f"{broker[0]}:{broker[1]}" if broker else None
         out.emit(
-            f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}; "
+            f"gate demo: lane {cfg.gate.id} at {cfg.venue.name}"
+            + (f" ({cfg.venue.vehicle_id}, route {cfg.venue.route}, GPS track on {gps})" if gps else "")
+            + "; "
             f"broker {where or 'none (check-ins stay in the outbox)'}",
             "start",
             gate_id=cfg.gate.id,

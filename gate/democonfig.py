@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from gate.config import Config, parse_config
+from gate.demobus import bus_sections
 
 RELAY, PASSAGE = 17, 5
 
 
-def demo_config(state: Path, broker: tuple[str, int] | None, metrics: str = "") -> Config:
+def demo_config(state: Path, broker: tuple[str, int] | None, metrics: str = "", gps_port: str = "") -> Config:
     """The demo lane: mock pins, a simulated camera, Home Assistant discovery on, /metrics where asked."""
     host, port = broker or ("localhost", 1883)
     return parse_config(
@@ -28,6 +29,7 @@ def demo_config(state: Path, broker: tuple[str, int] | None, metrics: str = "") 
             "mqtt": {"host": host, "port": port, "telemetry_seconds": 5},
             "homeassistant": {"discovery": True},
             "metrics": {"listen": metrics},
-        },
+        }
+        | (bus_sections(gps_port) if gps_port else {}),
         "demo",
     )

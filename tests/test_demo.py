@@ -80,3 +80,38 @@ def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
     seen = [next((k for k, rx in kinds.items() if re.fullmatch(rx, line)), line) for line in lines]
     assert set(seen) <= set(kinds), "merged or garbled lines"
     assert seen.count("decision") == 14 and seen[0] == "start" and seen[-1] == "done"
+
+
+def test_demo_on_a_bus_records_vehicle_trip_position_and_stop(broker, subscriber_factory) -> None:
+    """`gate demo --venue bus`: the GPS is a pty replaying a recorded NMEA track along route R7's stops."""
+    from gate.demobus import STOPS
+    from gate.gps import metres
+
+    sub = subscriber_factory(broker, "gate/+/checkin")
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "gate", "demo", "--once", "--json", "--venue", "bus"),
+            *("--broker", f"{broker.host}:{broker.port}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    decisions = [rec for rec in map(json.loads, r.stdout.splitlines()) if rec["event"] == "decision"]
+    assert len(decisions) == 14
+    trip = {"vehicle_id": "bus-1042", "route": "R7", "run": "R7-0815"}
+    assert all(d["venue"].items() >= trip.items() for d in decisions)
+    fixes = [d["position"] for d in decisions if d["position"]["fix"]]
+    assert fixes, "no decision had a fix"
+    for p in (d["position"] for d in decisions):
+        if not p["fix"]:
+            assert p["why"] in ("no_fix", "stale") and "lat" not in p  # said, never invented
+            continue
+        assert p["lon"] == 11.57549 and 48.13743 <= p["lat"] <= 48.14463  # on the recorded street
+        near = [s for s in STOPS if metres(p["lat"], p["lon"], s["lat"], s["lon"]) <= s["radius_m"]]
+        assert (p["stop"] or {}).get("id") == (near[0]["id"] if near else None)
+    received = [json.loads(m) for m in sub.wait_for("/checkin", 14)]
+    assert {json.dumps(c["venue"], sort_keys=True) for c in received if c["type"] == "decision"} == {
+        json.dumps({"id": "city-bus", "name": "City bus (demo)", "category": "bus", **trip}, sort_keys=True)
+    }
