@@ -45,11 +45,15 @@ class Counter:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
         self.c.on_subscribe = lambda *a: self.ready.set()
-        self.c.on_message = lambda c, u, m: self.ids.append(json.loads(m.payload).get("event_id", m.topic))
+        self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         if not self.ready.wait(10):
             raise SystemExit("subscriber did not subscribe")
+
+    def _on_message(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
+        if m.topic.endswith(("/checkin", "/alarm")):  # the outbox's events; availability and state are not
+            self.ids.append(json.loads(m.payload)["event_id"])
 
     def close(self) -> None:
         self.c.disconnect()
@@ -100,16 +104,21 @@ def gate_offline_day(tmp: Path, n: int) -> dict[str, float]:
     if len(order) < n:
         raise SystemExit(f"only {len(order)} of {n} check-ins are in the outbox")
     conf = tmp / "back.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    # A subscriber that falls behind must not lose messages (mosquitto's default queue per client is 1,000).
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     back = time.perf_counter()
     try:
         wait_for(lambda: _listening(port), 10)
         sub = Counter(port)
         connected = wait_for(g.link.connected.is_set, 60) and time.perf_counter() - back
-        if not wait_for(lambda: set(order) <= set(sub.ids), 120):
+        if not wait_for(lambda: len(sub.ids) >= len(order), 120):
             raise SystemExit(f"{len(set(order) - set(sub.ids))} check-ins did not arrive within 2 minutes")
         drained = time.perf_counter() - back
+        if set(sub.ids) != set(order):
+            raise SystemExit(
+                f"{len(set(order) - set(sub.ids))} check-ins missing, {len(set(sub.ids) - set(order))} unknown"
+            )
         got = [i for i in sub.ids if i in set(order)]
         if got[: len(order)] != order:
             raise SystemExit("check-ins arrived out of order")
@@ -181,7 +190,12 @@ def main() -> None:
                     f"{naive:.1f}",
                 ],
                 ["of which reconnecting (s)", f"{ours['connect_s']:.1f} (paho's backoff)", "", ""],
-                ["rate (msg/s)", f"{n / ours['drain_s']:,.0f}", f"{n / raw:,.0f}", f"{n / naive:,.0f}"],
+                [
+                    "rate once connected (msg/s)",
+                    f"{n / (ours['drain_s'] - ours['connect_s']):,.0f}",
+                    f"{n / raw:,.0f}",
+                    f"{n / naive:,.0f}",
+                ],
                 ["in order, each once", f"yes ({ours['dupes']} duplicates)", "", ""],
                 ["target", "<= 60 s", "", ""],
             ],
