@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +61,9 @@ class SystemClock:
     """Reads the system clocks; the sync state is re-checked at most every `recheck` seconds."""
 
     def __init__(self, source: str = "auto", recheck: float = 10.0) -> None:
+        # source "gps": a vehicle without network time. The receiver's UTC minus this clock, or None without a
+        # recent valid time; wall time is corrected by it (the service may not set the system clock).
+        self.gps_offset: Callable[[], float | None] = lambda: None
         self._source = source
         self._recheck = recheck
         self._checked_at = float("-inf")
@@ -68,6 +72,8 @@ class SystemClock:
     def _probe(self) -> bool:
         if self._source == "assume_synced":
             return True
+        if self._source == "gps":
+            return self.gps_offset() is not None
         if self._source in ("auto", "timesyncd") and TIMESYNCD_FLAG.exists():
             return True
         if self._source in ("auto", "adjtimex"):
@@ -79,4 +85,5 @@ class SystemClock:
         if mono - self._checked_at >= self._recheck:
             self._synced = self._probe()
             self._checked_at = mono
-        return ClockReading(wall=time.time(), mono=mono, synced=self._synced)
+        offset = (self.gps_offset() or 0.0) if self._source == "gps" else 0.0
+        return ClockReading(wall=time.time() + offset, mono=mono, synced=self._synced)

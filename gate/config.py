@@ -68,7 +68,7 @@ class TrustSection(_Model):
 
 
 class ClockSection(_Model):
-    sync_source: Literal["auto", "timesyncd", "adjtimex", "assume_synced"] = "auto"
+    sync_source: Literal["auto", "timesyncd", "adjtimex", "gps", "assume_synced"] = "auto"
 
 
 class PinSection(_Model):
@@ -217,6 +217,8 @@ class Config(_Model):
     def _source_needs(self) -> Config:
         if self.scanner.source == "serial" and not self.scanner.serial.port:
             raise ValueError("scanner.source is 'serial' but scanner.serial.port is empty")
+        if self.clock.sync_source == "gps" and not self.gps.port:
+            raise ValueError("clock.sync_source is 'gps' but gps.port is empty")
         if self.venue.category == VenueCategory.BUS and self.gps.port == "" and not self.gps.optional:
             raise ValueError("venue.category is 'bus' but gps.port is empty (or set gps.optional = true)")
         if self.scanner.source == "images" and self.scanner.images_path is None:

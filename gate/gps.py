@@ -25,6 +25,7 @@ from gate.serial_source import SerialScanner, open_port
 from gate.venueconfig import GpsSection
 
 log = logging.getLogger(__name__)
+TIME_VALID_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Gps:
         self.fix: Fix | None = None
         self.last_time: float | None = None  # the receiver's last valid UTC time (for clock sync)
         self._date: datetime | None = None  # from RMC: GGA carries a time of day only
+        self._offset: tuple[float, float] | None = None  # (receiver UTC - system clock, when measured)
         self.bad_sentences = 0
         self._heard = mono()
         self.silent = False
@@ -102,6 +104,7 @@ class Gps:
             return  # V: the receiver says it has no valid fix
         when = datetime.combine(msg.datestamp, msg.timestamp.replace(tzinfo=None), UTC)
         self._date, self.last_time = when, when.timestamp()
+        self._offset = (when.timestamp() - time.time(), self._mono())
 
     def _gga(self, msg: Any) -> None:
         if not msg.gps_qual or msg.timestamp is None or not msg.lat or not msg.lon:
@@ -113,6 +116,13 @@ class Gps:
         sats = int(msg.num_sats) if msg.num_sats else None
         hdop = float(msg.horizontal_dil) if msg.horizontal_dil else None
         self.fix = Fix(round(msg.latitude, 6), round(msg.longitude, 6), when.timestamp(), sats, hdop, self._mono())
+
+    def clock_offset(self) -> float | None:
+        """For `[clock] sync_source = "gps"`: the receiver's valid UTC minus the system clock, measured within
+        TIME_VALID_S (a clock drifts little in that time), else None. Good to about half a second: RMC arrives
+        a little after the second it names."""
+        off = self._offset
+        return None if off is None or self._mono() - off[1] > TIME_VALID_S else off[0]
 
     def position(self) -> dict[str, Any]:
         """What a check-in carries: the last valid fix with its age, or why there is none."""

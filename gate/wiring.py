@@ -157,6 +157,8 @@ def build(
     if cfg.gps.port:
         gps = Gps(cfg.gps, control.post)
         recorder.position = gps.position
+        if isinstance(clock, SystemClock):
+            clock.gps_offset = gps.clock_offset
         gps.start()
         gate.closers.append(gps.stop)
     elif cfg.venue.category in MOBILE:

@@ -10,7 +10,7 @@ import os
 import sqlite3
 import time
 import tty
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from pathlib import Path
 
@@ -166,3 +166,25 @@ def test_the_nearest_stop_within_its_radius_is_named_never_one_further() -> None
 def test_vehicle_settings_are_checked(tmp_path: Path, venue, gps, words) -> None:
     with pytest.raises(ConfigError, match=words):
         make_config(tmp_path, None, venue=venue, gps=gps)
+
+
+def test_gps_time_serves_as_the_clock_on_a_vehicle_without_network_time() -> None:
+    mono, alarms = Mono(), []
+    gps = Gps(GpsSection(port="unused"), alarms.append, mono=mono)
+    clock = SystemClock("gps", recheck=0)
+    clock.gps_offset = gps.clock_offset
+    assert clock.read().synced is False  # no valid time yet: policy.on_clock_unsynced applies
+    gps.feed(RMC_VOID)
+    assert clock.read().synced is False  # a void RMC's time is not a valid time
+    ahead = datetime.now(UTC) + timedelta(seconds=100)  # this machine's clock is 100 s behind the receiver's
+    body = f"GPRMC,{ahead:%H%M%S}.00,A,4807.038,N,01131.000,E,0.0,0.0,{ahead:%d%m%y},,,A"
+    gps.feed(nmea(body))
+    reading = clock.read()
+    assert reading.synced is True and abs(reading.wall - time.time() - 100) < 1.5  # corrected, not just trusted
+    mono.t += 601  # no valid time for over ten minutes: no longer synced
+    assert clock.read().synced is False
+
+
+def test_gps_as_clock_source_needs_a_receiver(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"clock\.sync_source is 'gps' but gps\.port is empty"):
+        make_config(tmp_path, None, clock={"sync_source": "gps"})
