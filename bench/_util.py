@@ -6,8 +6,9 @@ import shutil
 import socket
 import statistics
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -58,3 +59,35 @@ def start_broker(tmp: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], i
         except OSError:
             time.sleep(0.05)
     raise SystemExit("mosquitto did not start")
+
+
+def paho_qos1_seconds(port: int, payloads: Sequence[bytes], window: int, topic: str = "bench/raw") -> float:
+    """The fair peer for delivery: a plain paho QoS 1 loop on 127.0.0.1:`port` with at most `window` messages
+    unacknowledged (window 1: the naive one-at-a-time loop; a deeper in-memory queue makes paho rescan it on
+    every PUBACK, which collapses to a few hundred msg/s). Seconds until every PUBACK has arrived."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    slots, done, acked = threading.Semaphore(window), threading.Event(), [0]
+
+    def on_publish(c: object, u: object, mid: int, rc: object, p: object) -> None:
+        acked[0] += 1
+        slots.release()
+        if acked[0] == len(payloads):
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(window)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    t = time.perf_counter()
+    for payload in payloads:
+        slots.acquire()
+        c.publish(topic, payload, qos=1)
+    if not done.wait(600):
+        raise SystemExit(f"paho loop: {acked[0]} of {len(payloads)} acknowledged in 10 minutes")
+    secs = time.perf_counter() - t
+    c.disconnect()
+    c.loop_stop()
+    return secs

@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
-from _util import start_broker, table
+from _util import paho_qos1_seconds, start_broker, table
 from gate.codes import Status, issue
 from gate.config import parse_config
 from gate.decoders import make_decoder
@@ -138,32 +138,6 @@ def _listening(port: int) -> bool:
         return False
 
 
-def peer(port: int, payloads: list[bytes], window: int) -> float:
-    """Publish all with at most `window` unacknowledged (window 1: the naive loop); seconds until all acked."""
-    slots, done, acked = threading.Semaphore(window), threading.Event(), [0]
-
-    def on_publish(c: object, u: object, mid: int, rc: object, p: object) -> None:
-        acked[0] += 1
-        slots.release()
-        if acked[0] == len(payloads):
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.max_inflight_messages_set(window)
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    t = time.perf_counter()
-    for p in payloads:
-        slots.acquire()
-        c.publish("peer/checkin", p, qos=1)
-    done.wait(600)
-    secs = time.perf_counter() - t
-    c.disconnect()
-    c.loop_stop()
-    return secs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=10_000)
@@ -174,8 +148,8 @@ def main() -> None:
         payloads = [os.urandom(8).hex().encode() * 45 for _ in range(ours["events"])]  # about a check-in's size
         broker, port = start_broker(tmp)
         try:
-            raw = peer(port, payloads, 200)
-            naive = peer(port, payloads, 1)
+            raw = paho_qos1_seconds(port, payloads, 200, "peer/checkin")
+            naive = paho_qos1_seconds(port, payloads, 1, "peer/checkin")
         finally:
             broker.kill()
     n = ours["events"]

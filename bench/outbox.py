@@ -11,14 +11,10 @@ import json
 import os
 import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from _util import pct, start_broker, table, time_calls
+from _util import paho_qos1_seconds, pct, start_broker, table, time_calls
 from gate.config import MqttSection
 from gate.delivery import Drainer
 from gate.events import uuid7
@@ -45,32 +41,7 @@ def rss_mb() -> float:
 
 
 def raw_paho_rate(port: int, n: int) -> float:
-    """A plain paho QoS 1 loop that keeps at most WINDOW messages unacknowledged (a deeper in-memory
-    queue makes paho rescan it on every PUBACK, which collapses to a few hundred msg/s)."""
-    slots = threading.Semaphore(WINDOW)
-    done = threading.Event()
-    acked = [0]
-
-    def on_publish(c: object, u: object, mid: int, rc: object, p: object) -> None:
-        acked[0] += 1
-        slots.release()
-        if acked[0] == n:
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.max_inflight_messages_set(WINDOW)
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    t = time.perf_counter()
-    for _ in range(n):
-        slots.acquire()
-        c.publish("bench/raw", PAYLOAD, qos=1)
-    done.wait(600)
-    rate = n / (time.perf_counter() - t)
-    c.disconnect()
-    c.loop_stop()
-    return rate
+    return n / paho_qos1_seconds(port, [PAYLOAD] * n, WINDOW)
 
 
 def fill(outbox: Outbox, n: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from gate import __version__
@@ -124,5 +123,5 @@ class Discovery:
             write_json_atomic(self.record, {"topics": sorted(now)})
             log.info("homeassistant: announced %d entities under %s", len(now), self.cfg.homeassistant.prefix)
         elif before:
-            Path(self.record).unlink(missing_ok=True)
+            self.record.unlink(missing_ok=True)
             log.info("homeassistant: discovery off; removed %d entities", len(before))

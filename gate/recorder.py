@@ -66,8 +66,9 @@ class Recorder:
 
     def _where(self) -> dict[str, Any] | None:
         pos = self.position()
-        stops = self.stops(self.venue.route) if pos is not None and self.venue.route else ()
-        return {**pos, "stop": nearest_stop(pos, stops)} if stops and pos is not None else pos
+        if pos is None or not self.venue.route or not (stops := self.stops(self.venue.route)):
+            return pos
+        return {**pos, "stop": nearest_stop(pos, stops)}
 
     def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""

@@ -18,6 +18,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
+from fakes import ManualClock
 from gate.actuator import Alarm
 from gate.clock import SystemClock
 from gate.codes import Status, issue
@@ -43,16 +44,8 @@ MARIENPLATZ = {"id": "S1", "name": "Marienplatz", "lat": 48.11732, "lon": 11.516
 FIX_TIME = datetime(1994, 3, 23, 12, 35, 19, tzinfo=UTC).timestamp()
 
 
-class Mono:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_fix_comes_from_valid_sentences_and_bad_ones_change_nothing() -> None:
-    mono, alarms = Mono(), []
+    mono, alarms = ManualClock(), []
     gps = Gps(GpsSection(port="unused", max_fix_age_s=10), alarms.append, mono=mono)
     assert gps.position() == {"fix": False, "why": "no_fix"}
     gps.feed(RMC)
@@ -169,7 +162,7 @@ def test_vehicle_settings_are_checked(tmp_path: Path, venue, gps, words) -> None
 
 
 def test_gps_time_serves_as_the_clock_on_a_vehicle_without_network_time() -> None:
-    mono, alarms = Mono(), []
+    mono, alarms = ManualClock(), []
     gps = Gps(GpsSection(port="unused"), alarms.append, mono=mono)
     clock = SystemClock("gps", recheck=0)
     clock.gps_offset = gps.clock_offset

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import ManualClock
 from gate.decoders import ZbarDecoder, ZxingDecoder, make_decoder
 from gate.framegen import code_frame
 from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
@@ -79,14 +80,6 @@ def test_auto_prefers_zxing_with_zbar_as_fallback() -> None:
     assert dec.name == "zxing" and isinstance(dec, ZxingDecoder) and dec._fallback is not None
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_a_code_held_in_view_scans_once_until_rearm() -> None:
     d = Deduplicator(rearm=3.0, absent=0.5)
     got = [d.feed([b"A"], t / 10) for t in range(0, 29)]  # 2.8 s continuously in view
@@ -109,7 +102,7 @@ def test_a_different_code_scans_at_once() -> None:
 
 
 def test_scanner_turns_scripted_frames_into_one_scan_per_presentation() -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     frames = [code_frame(TEXT)] * 3 + [code_frame(None)] * 2 + [code_frame(TEXT, invert=True)]
     scanner = Scanner(DecodingSource(ScriptedFrames(frames), make_decoder("zxing")), Deduplicator(10, 0.5), clock)
     scans = []

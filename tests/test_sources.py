@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import serial
 
+from fakes import ManualClock
 from gate.camconfig import CameraSection
 from gate.camera import PiCamera
 from gate.config import SerialSection
@@ -17,15 +18,7 @@ from gate.serial_source import SerialScanner
 from gate.testing import FakePicamera2, FlakyPort
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class TickingClock(Clock):
+class TickingClock(ManualClock):
     def __call__(self) -> float:
         self.t += 0.005
         return self.t
@@ -166,7 +159,7 @@ def test_camera_returns_the_y_plane_without_stride_padding() -> None:
 
 
 def test_a_stalled_camera_is_restarted_and_counted(caplog) -> None:
-    clock = Clock()
+    clock = ManualClock()
     cams: list[FakePicamera2] = []
     scripts = iter([iter([None] * 100), iter(y_frames(3))])
 
