@@ -20,6 +20,7 @@ from gate.threads import background
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
 RECEIVE_MAXIMUM = 8
+BACKOFF = {"min_delay": 1, "max_delay": 30}  # seconds between reconnect attempts, doubling
 Handler = Callable[[str, bytes, Callable[[], object]], None]  # (topic, payload, ack): call ack once it is handled
 
 
@@ -109,7 +110,7 @@ class MqttLink:
             manual_ack=True,  # an inbound message is acknowledged once handled (a cache change: committed)
         )
         client.max_inflight_messages_set(self.cfg.inflight_window)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(**BACKOFF)
         client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
         authenticate(client, self.cfg)
         client.on_connect = self._on_connect
@@ -202,6 +203,9 @@ class MqttLink:
             self._closed_before_connack += 1
             if self._closed_before_connack >= 2:  # RabbitMQ drops an MQTT 5 CONNECT without a word
                 self._maybe_fall_back("it closed the connection on an MQTT 5 CONNECT, twice, without a CONNACK")
+            elif self.protocol == mqtt.MQTTv5:
+                # Confirm soon, not after the backoff an outage built up (up to 30 s): the broker is there now.
+                client.reconnect_delay_set(**BACKOFF)
         self.connected.clear()
         self.subscribed.clear()
         if self._down_since is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 
@@ -15,14 +16,19 @@ from gate.mqtt_link import MqttLink
 class OldBroker:
     """A broker that only speaks MQTT 3.1.1: refuses a v5 CONNECT with return code 1, accepts v3.1.1."""
 
-    def __init__(self, close_on_v5: bool = False) -> None:
+    def __init__(self, close_on_v5: bool = False, down: bool = False) -> None:
         self.close_on_v5 = close_on_v5  # like RabbitMQ: drop the connection instead of answering
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(5)
+        self.sock.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused, as while it boots
         self.port = self.sock.getsockname()[1]
         self.levels: list[int] = []
+        self.times: list[float] = []  # monotonic time of each CONNECT
         self._stop = threading.Event()
+        if not down:
+            self.up()
+
+    def up(self) -> None:
+        self.sock.listen(5)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -54,6 +60,7 @@ class OldBroker:
                     break
             level = data[i + 6]  # after the 2-byte length and "MQTT"
             self.levels.append(level)
+            self.times.append(time.monotonic())
             if level == 5:
                 if not self.close_on_v5:
                     conn.sendall(b"\x20\x02\x00\x01")  # CONNACK: unacceptable protocol version
@@ -82,6 +89,25 @@ def test_falls_back_to_mqtt_311_when_the_broker_closes_the_connection_on_v5(capl
         assert link.protocol == mqtt.MQTTv311 and old.levels[:2] == [5, 5] and old.levels[-1] == 4
         assert "closed the connection on an MQTT 5 CONNECT" in caplog.text
         assert link.refusals_visible is False
+    finally:
+        link.stop()
+        old.close()
+
+
+def test_a_backoff_built_up_while_the_broker_was_down_does_not_delay_the_fall_back() -> None:
+    """The fall-back needs two dropped MQTT 5 CONNECTs. A gate that was offline a while has a long reconnect
+    backoff; the second attempt must not wait it out, since the broker has just answered."""
+    old = OldBroker(close_on_v5=True, down=True)
+    link = MqttLink(MqttSection(host="127.0.0.1", port=old.port), "lane-b")
+    refused: list[float] = []
+    link.client.on_connect_fail = lambda *_: refused.append(time.monotonic())
+    try:
+        link.start()
+        assert wait_until(lambda: len(refused) >= 3, 20)  # refused at 0, 1 and 3 s: the next wait is 4 s, then 8
+        old.up()
+        assert link.connected.wait(30)
+        assert link.protocol == mqtt.MQTTv311 and old.levels[:2] == [5, 5]
+        assert old.times[1] - old.times[0] < 4  # 1 s, where the built-up backoff would have waited 8
     finally:
         link.stop()
         old.close()
