@@ -56,34 +56,51 @@ rows = ((f"tok-{i:010d}", i % 3, int(i % 97 == 0)) for i in range(n))
 db.executemany("INSERT INTO p VALUES (?, ?, NULL, ?, NULL)", rows)
 db.execute("COMMIT")
 insert_s = time.perf_counter() - t
-rng = random.Random(1); times = []
-for _ in range(100_000):
-    tok = f"tok-{rng.randrange(n):010d}"
-    a = time.perf_counter(); db.execute("SELECT status, until, revoked, comp FROM p WHERE token = ?", (tok,)).fetchone()
-    times.append((time.perf_counter() - a) * 1000)
-times.sort()
-print(json.dumps({"insert_s": insert_s, "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
-                  "rss_mb": hwm()}))
+print(json.dumps({"insert_s": insert_s, "rss_mb": hwm()}))
 """
 
+# Gate's lookups alone first (their peak RSS is the lane's), then gate and the raw primary-key SELECT on the same
+# file, token by token in alternating order, so that this shared machine's noise falls on both alike.
 LOOKUP_CHILD = r"""
-import json, random, sys, time
+import json, random, sqlite3, sys, time
 from pathlib import Path
 
 def hwm():  # VmHWM: peak RSS of this process image (ru_maxrss would carry the parent's peak across exec)
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 
+def stats(times):
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.99)]
+
 t = time.perf_counter()
+from gate.codes import Status
 from gate.passcache import PassCache
 cache = PassCache(Path(sys.argv[1])); info = cache.info()
 open_s = time.perf_counter() - t
-n = int(sys.argv[2]); rng = random.Random(1); times = []
-for _ in range(100_000):
-    tok = f"tok-{rng.randrange(n):010d}"
-    a = time.perf_counter(); cache.lookup(tok); times.append((time.perf_counter() - a) * 1000)
-times.sort()
-print(json.dumps({"open_s": open_s, "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
-                  "rss_mb": hwm(), "count": info.count}))
+n = int(sys.argv[2]); rng = random.Random(1); pc = time.perf_counter; statuses = list(Status)
+tokens = [rng.randrange(n) for _ in range(100_000)]
+alone = []
+for i in tokens:
+    tok = f"tok-{i:010d}"
+    a = pc(); entry = cache.lookup(tok); alone.append((pc() - a) * 1000)
+    if entry is None or entry.status is not statuses[i % 3] or entry.revoked != (i % 97 == 0):
+        raise SystemExit(f"gate looked up {tok} as {entry}")
+rss = hwm()
+raw = sqlite3.connect(sys.argv[1], isolation_level=None)
+q = "SELECT status, valid_until, revoked, companions FROM passes WHERE token = ?"
+side = {"gate": [], "raw": []}
+rng.shuffle(tokens)
+for k, i in enumerate(tokens):
+    tok = f"tok-{i:010d}"
+    for who in (("gate", "raw") if k % 2 else ("raw", "gate")):
+        a = pc()
+        got = cache.lookup(tok) if who == "gate" else raw.execute(q, (tok,)).fetchone()
+        side[who].append((pc() - a) * 1000)
+        if got is None or (got[1] is not statuses[i % 3] if who == "gate" else got[0] != i % 3):
+            raise SystemExit(f"{who} looked up {tok} as {got}")
+(p50, p99), (g50, g99), (r50, r99) = stats(alone), stats(side["gate"]), stats(side["raw"])
+print(json.dumps({"open_s": open_s, "p50": p50, "p99": p99, "rss_mb": rss, "count": info.count,
+                  "side_p50": g50, "side_p99": g99, "raw_p50": r50, "raw_p99": r99}))
 """
 
 
@@ -115,8 +132,6 @@ def sqlite_side(tmp: Path, n: int) -> dict[str, float]:
         "import_rss_mb": imp["rss_mb"],
         **look,
         "raw_insert_rows_s": n / raw["insert_s"],
-        "raw_p50": raw["p50"],
-        "raw_p99": raw["p99"],
         "raw_rss_mb": raw["rss_mb"],
     }
 
@@ -171,8 +186,10 @@ def main() -> None:
                 "target",
             ],
             [
-                ["lookup p50 (ms)", f"{sq['p50']:.4f}", f"{sq['raw_p50']:.4f}", f"{tn['p50']:.1f}", ""],
-                ["lookup p99 (ms)", f"{sq['p99']:.4f}", f"{sq['raw_p99']:.4f}", f"{tn['p99']:.1f}", "<= 0.05"],
+                ["lookup p50 (ms), alone", f"{sq['p50']:.4f}", "", f"{tn['p50']:.1f}", ""],
+                ["lookup p99 (ms), alone", f"{sq['p99']:.4f}", "", f"{tn['p99']:.1f}", "<= 0.05"],
+                ["lookup p50 (ms), side by side", f"{sq['side_p50']:.4f}", f"{sq['raw_p50']:.4f}", "", ""],
+                ["lookup p99 (ms), side by side", f"{sq['side_p99']:.4f}", f"{sq['raw_p99']:.4f}", "", "<= 0.05"],
                 ["open (s)", f"{sq['open_s']:.3f}", "", f"{tn['open_s']:.2f}", "<= 0.5"],
                 [
                     "import (rows/s)",

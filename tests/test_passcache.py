@@ -30,6 +30,21 @@ def test_lookup_returns_the_cached_entry(tmp_path: Path) -> None:
         assert (info.version, info.count, info.synced_at, info.seq) == (7, 1, 5.0, 0)
 
 
+def test_the_lanes_kept_lookup_cursor_holds_no_snapshot_between_lookups(tmp_path: Path) -> None:
+    """The lane keeps one cursor for its lookups. If a statement stayed open between them, the lane would go on
+    reading the old snapshot (a revocation would not reach it) and the WAL could never be checkpointed."""
+    db = tmp_path / "p.db"
+    with PassCache(db) as writer, PassCache(db) as lane:
+        writer.replace_all(rows(3, status=0), version=1)
+        assert lane.lookup("tok-00000001") == ("tok-00000001", Status.GREEN, None, False, None)
+        assert lane.lookup("tok-missing") is None
+        writer.apply_delta([("tok-00000001", 2, None, 1, None)], ["tok-00000002"], seq=1)
+        assert lane.lookup("tok-00000001") == CacheEntry("tok-00000001", Status.RED, None, True, None)
+        assert lane.lookup("tok-00000002") is None
+        busy, wal_pages, done = writer._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0 and wal_pages == done == 0  # no reader pinned an old snapshot
+
+
 def test_snapshot_swap_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None:
     db = tmp_path / "p.db"
     with PassCache(db) as writer:

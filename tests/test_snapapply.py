@@ -47,6 +47,29 @@ def test_a_sorted_snapshot_is_applied_as_a_difference_and_only_changes_are_writt
         assert cache._db.total_changes - before <= 2 + 4  # two rows written (plus the meta rows)
 
 
+def test_a_resync_that_repeats_the_cache_puts_nothing_on_disk_until_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child flushes the WAL every FLUSH_EVERY rows of a long write; with nothing written there is nothing
+    to flush, and each fdatasync would only cost the lane's outbox a turn at the disk."""
+    import os
+
+    import gate.snapapply
+
+    monkeypatch.setattr(gate.snapapply, "FLUSH_EVERY", 10)
+    with PassCache(tmp_path / "p.db") as cache:
+        cache.replace_all([row(i) for i in range(200)], version=1)
+        synced: list[int] = []
+        real = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+        same = [list(row(i)) for i in range(200)]
+        assert merge(cache, 2, stage(cache, 2, same, per_chunk=50), 200, synced_at=1.0) == 200
+        assert synced == []  # 20 flush points, no row changed
+        changed = [list(row(i, 2 if i < 50 else 0)) for i in range(200)]
+        assert merge(cache, 3, stage(cache, 3, changed, per_chunk=50), 200, synced_at=2.0) == 200
+        assert synced  # rows were written: the WAL was flushed on the way
+
+
 def test_a_snapshot_that_drops_passes_or_is_unsorted_is_swapped_whole(tmp_path: Path) -> None:
     with PassCache(tmp_path / "p.db") as cache:
         cache.replace_all([row(i) for i in range(10)], version=1)
