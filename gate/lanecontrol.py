@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gate.actuator import Alarm, PassageOutcome
 from gate.policy import Policy
+from gate.venueconfig import ID_PATTERN
 
 Reply = Callable[[dict[str, Any]], None]
 
@@ -51,7 +52,7 @@ class SetTrip:
         out = []
         for key in ("route", "run"):
             value = args.get(key)
-            if value is not None and not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value)):
+            if value is not None and not (isinstance(value, str) and re.fullmatch(ID_PATTERN, value)):
                 raise ValueError(
                     f"set-trip: {key} must be an id of A-Z a-z 0-9 _ . - (max 64), got {str(value)[:70]!r}"
                 )

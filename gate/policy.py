@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gate.docstore import DocStore
 from gate.errors import ConfigError
+from gate.venueconfig import ID_PATTERN
 
 
 class Action(StrEnum):
@@ -48,7 +49,7 @@ class StatusActions(_Model):
 
 
 class Stop(_Model):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    id: str = Field(pattern=ID_PATTERN)
     name: str = Field("", max_length=120)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)

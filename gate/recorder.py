@@ -12,7 +12,7 @@ from gate.clock import Clock, ClockReading
 from gate.config import Config
 from gate.decision import Decision
 from gate.errors import OutboxFull
-from gate.events import CheckIn, Venue, alarm_json, uuid7
+from gate.events import CheckIn, alarm_json, uuid7
 from gate.gps import nearest_stop
 from gate.mqtt_link import Topics
 from gate.outbox import Outbox
@@ -32,9 +32,7 @@ class Recorder:
         clock: Clock,
         wake: Callable[[], None] = lambda: None,
     ) -> None:
-        v = cfg.venue
-        self.gate_id = cfg.gate.id
-        self.venue = Venue(v.id, v.name, v.category.value, v.vehicle_id, v.route, v.run)
+        self.gate_id, self.venue = cfg.gate.id, cfg.venue.venue()
         self.position: Callable[[], dict[str, Any] | None] = lambda: None  # set when a GPS receiver is wired
         self.stops: Callable[[str], Sequence[Stop]] = lambda route: ()  # a route's stops, from the policy
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)

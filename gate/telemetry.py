@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from collections import Counter, deque
@@ -27,7 +28,7 @@ class Stats:
         self._decode_ms.append(decode_ms)
         secs = decode_ms / 1000
         self.decode_seconds_sum += secs
-        self.decode_buckets[next((i for i, b in enumerate(DECODE_BUCKETS_S) if secs <= b), len(DECODE_BUCKETS_S))] += 1
+        self.decode_buckets[bisect.bisect_left(DECODE_BUCKETS_S, secs)] += 1  # the first bound >= secs, else +Inf
 
     def decided(self, reason: str, summary: dict[str, Any]) -> None:
         self.decisions[reason] += 1

@@ -7,8 +7,9 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from gate.camconfig import Section
+from gate.events import Venue
 
-_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a venue, vehicle, route, run or stop id
 
 
 class VenueCategory(StrEnum):
@@ -26,12 +27,12 @@ MOBILE = (VenueCategory.BUS, VenueCategory.TAXI)
 
 
 class VenueSection(Section):
-    id: str = Field(pattern=_ID, description="Venue id from the station list (a vehicle: its operator's fleet)")
+    id: str = Field(pattern=ID_PATTERN, description="Venue id from the station list (a vehicle: its operator's fleet)")
     name: str = Field("", max_length=120, description="Human-readable venue name")
     category: VenueCategory = VenueCategory.RAIL_STATION
-    vehicle_id: str | None = Field(None, pattern=_ID, description="bus and taxi: the vehicle (fleet number)")
-    route: str | None = Field(None, pattern=_ID, description="bus: the route it serves now")
-    run: str | None = Field(None, pattern=_ID, description="bus: the trip (run) it is on now")
+    vehicle_id: str | None = Field(None, pattern=ID_PATTERN, description="bus and taxi: the vehicle (fleet number)")
+    route: str | None = Field(None, pattern=ID_PATTERN, description="bus: the route it serves now")
+    run: str | None = Field(None, pattern=ID_PATTERN, description="bus: the trip (run) it is on now")
 
     @model_validator(mode="after")
     def _vehicle(self) -> VenueSection:
@@ -43,6 +44,10 @@ class VenueSection(Section):
         if self.category == VenueCategory.TAXI and (self.route, self.run) != (None, None):
             raise ValueError("a taxi has no route or run; give vehicle_id only")
         return self
+
+    def venue(self) -> Venue:
+        """The venue as check-ins, the state and `gate verify` carry it."""
+        return Venue(self.id, self.name, self.category.value, self.vehicle_id, self.route, self.run)
 
 
 class GpsSection(Section):

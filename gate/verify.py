@@ -9,7 +9,6 @@ from gate.clock import SystemClock
 from gate.config import load_config
 from gate.decision import Decider
 from gate.errors import ConfigError
-from gate.events import Venue
 from gate.keys import TrustStore
 from gate.passcache import CacheInfo, PassCache
 from gate.policy import Policy, PolicyStore
@@ -45,6 +44,5 @@ def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict
         "detail": d.detail,
     }
     if config is not None:
-        v = cfg.venue
-        out["venue"] = Venue(v.id, v.name, v.category.value, v.vehicle_id, v.route, v.run).as_json()
+        out["venue"] = cfg.venue.venue().as_json()
     return out

@@ -89,6 +89,22 @@ def test_mqtt_doc_names_every_reason_and_topic() -> None:
         assert Reason(reason) and f"`{reason}`" in codes, reason
 
 
+def test_every_alarm_the_gate_raises_is_in_the_contract_and_on_the_dashboards() -> None:
+    """Every alarm name in the code (`Alarm("…"`, the lane's `Raise("…"`, a recovery's `note("…"`) is in the
+    Home Assistant / Prometheus list (gate.homeassistant.ALARMS), and every one of those in the alarm schema."""
+    import re
+
+    from gate.homeassistant import ALARMS
+
+    code = "\n".join(p.read_text() for p in (ROOT / "gate").glob("*.py"))
+    raised = set(re.findall(r'(?:Alarm|Raise|\.note)\(\s*"([a-z_]+)"', code))
+    assert {"fire", "held_open", "dead_letter", "outbox_gap", "gps_silent"} <= raised  # the search finds them
+    described = json.loads((ROOT / "gate/schemas/alarm.json").read_text())["properties"]["alarm"]["description"]
+    listed = set(re.findall(r"([a-z_]+)(?: \([^)]*\))?(?: \||$| \(new)", described))
+    assert raised <= set(ALARMS), raised - set(ALARMS)
+    assert set(ALARMS) <= listed, set(ALARMS) - listed
+
+
 def test_the_asyncapi_document_parses_with_no_error_in_the_official_parser() -> None:
     from conftest import require
 
