@@ -234,3 +234,47 @@ def test_a_collector_applies_retention_as_it_starts(tmp_path: Path) -> None:
     col.step()
     assert [r["token"] for r in s.select("time >= ?", [0])] == ["tok-new"] and col.stats["purged"] == 1
     s.close()
+
+
+def test_while_the_database_is_down_qos0_reports_are_refused_past_the_bound_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The collector's queue is bounded: past INBOX_LIMIT waiting, QoS 0 fleet reports are refused (counted,
+    logged once), while QoS 1 check-ins (bounded by the broker's in-flight window) are all kept and stored."""
+    import paho.mqtt.client as mqtt
+
+    from gate.central.collect import Checks, Collector
+
+    limit = 50
+    store = open_store(tmp_path / "c.db")
+    col = Collector(store, Checks({}, accept_unsigned=True), retention_days=None, inbox_limit=limit)
+    col.client = type("Acks", (), {"ack": lambda self, mid, qos: None})()
+    real_write, down = store.write, [True]
+
+    def write(rows: Any, quarantined: Any) -> int:
+        if down[0]:
+            raise OSError("database is down")
+        return real_write(rows, quarantined)
+
+    store.write = write  # type: ignore[method-assign]
+
+    def message(topic: str, payload: bytes, qos: int, mid: int) -> mqtt.MQTTMessage:
+        m = mqtt.MQTTMessage(mid, topic.encode())
+        m.payload, m.qos = payload, qos
+        return m
+
+    caplog.set_level("ERROR")
+    try:
+        for _ in range(limit + 30):
+            col.on_message(None, None, message("gate/lane-q/telemetry", b'{"uptime_s": 1}', 0, 0))
+        assert not col.flush()
+        raw = checkin("tok-q1", "v", time.time(), gate="lane-q")[-1].encode()  # the payload, as sent
+        col.on_message(None, None, message("gate/lane-q/checkin", raw, 1, 7))
+        assert col.stats["refused"] == 30 and len(col._inbox) == limit + 1
+        assert caplog.text.count("QoS 0 reports refused") == 1
+        down[0] = False
+        while col._inbox:
+            assert col.flush()
+        assert [r["token"] for r in store.select("time >= ?", [0])] == ["tok-q1"]
+    finally:
+        store.close()

@@ -31,6 +31,9 @@ BATCH_SECONDS = 0.1  # ... or this long after its first, whichever comes first
 SESSION_EXPIRY = 7 * 86400  # un-acked check-ins wait at the broker this long for a collector that died
 PURGE_EVERY = 86400.0
 FLEET_KINDS = ("state", "telemetry", "availability")
+# Messages waiting for the database. Acknowledged ones (QoS 1) are bounded by the broker's in-flight window;
+# past this many waiting, QoS 0 fleet reports (nothing to acknowledge, the next one supersedes) are refused.
+INBOX_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,13 @@ class Collector:
     transaction, then acknowledges each. A collector killed before its commit acknowledged nothing: the
     broker keeps those messages for its session and delivers them again when it reconnects with the same id."""
 
-    def __init__(self, store: Store, checks: Checks, retention_days: float | None = 28.0) -> None:
-        self.store, self.checks, self.retention_days = store, checks, retention_days
+    def __init__(
+        self, store: Store, checks: Checks, retention_days: float | None = 28.0, inbox_limit: int = INBOX_LIMIT
+    ) -> None:
+        self.store, self.checks, self.retention_days, self.inbox_limit = store, checks, retention_days, inbox_limit
         self.client: Any = None
-        self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "purged": 0}
+        self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "purged": 0, "refused": 0}
+        self._refusing = False
         self._inbox: deque[Item] = deque()
         self._wake = threading.Event()
         self._last_purge = -PURGE_EVERY  # the first step purges: monotonic time starts near 0 at boot
@@ -86,6 +92,9 @@ class Collector:
         payload, topic = bytes(msg.payload), msg.topic
         kind = topic.rsplit("/", 1)[-1]
         mid = msg.mid if msg.qos > 0 else 0  # telemetry comes at QoS 0: there is nothing to acknowledge
+        if not mid and len(self._inbox) >= self.inbox_limit:
+            self._refuse(topic)
+            return
         if kind in FLEET_KINDS:
             self._inbox.append(("fleet", self._fleet(topic, kind, payload), mid))
         else:
@@ -96,6 +105,14 @@ class Collector:
                 self._inbox.append(("quarantine", (topic, reason, str(exc)[:200], time.time(), payload), mid))
         if len(self._inbox) >= BATCH_ROWS:
             self._wake.set()
+
+    def _refuse(self, topic: str) -> None:
+        self.stats["refused"] += 1
+        if not self._refusing:
+            self._refusing = True
+            log.error(
+                "collect: %d messages wait for the database; QoS 0 reports refused (first: %s)", len(self._inbox), topic
+            )
 
     @staticmethod
     def _fleet(topic: str, kind: str, payload: bytes) -> tuple[str, str, dict[str, Any], float] | None:
@@ -128,6 +145,9 @@ class Collector:
         for _, _, mid in batch:
             if mid:
                 self.client.ack(mid, 1)
+        if self._refusing and len(self._inbox) < self.inbox_limit // 2:
+            self._refusing = False
+            log.warning("collect: the backlog is draining; %d QoS 0 reports refused so far", self.stats["refused"])
         self.stats["received"] += len(rows) + len(quarantined)
         self.stats["stored"] += new
         self.stats["duplicates"] += len(rows) - new
