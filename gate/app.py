@@ -31,6 +31,7 @@ from gate.lanecontrol import (
     TrustKeys,
 )
 from gate.lanestate import LaneState, ModeRecord
+from gate.mode import Mode, Requested
 from gate.mqtt_link import MqttLink
 from gate.outbox import Outbox
 from gate.passcache import PassCache
@@ -82,7 +83,7 @@ class Gate:
     def handle(self, payload: bytes, scan: Scan | None = None) -> tuple[Decision, CheckIn]:
         """Decide, record durably, then actuate: a power cut at any instant loses no passage record."""
         full = self.outbox.full and self.cfg.outbox.on_full == "out_of_service"
-        blocked = Reason.OUT_OF_SERVICE if self.actuator.mode == "out_of_service" or full else None
+        blocked = Reason.OUT_OF_SERVICE if self.actuator.mode is Mode.OUT_OF_SERVICE or full else None
         now = self.clock.read()
         decision = self.decider.decide(payload, now, blocked)
         event = self.recorder.checkin(decision, now, self.decider.policy.version, self.cache.info().version)
@@ -142,8 +143,8 @@ class Gate:
                 if decided is not None and decided.token is not None and r.index == 0:
                     self._passback(decided.token, r.outcome)  # stored first: the record below may fail
                 self.recorder.passage(r)
-            case Alarm():
-                self.recorder.alarm(r)
+            case Alarm():  # shown in the state at once; its record may wait for room (a full disk)
+                self.faults.run("recording alarms", partial(self.recorder.alarm, r))
             case SetMode():
                 self.set_mode(r.mode, r.by)
             case SetTrip():
@@ -155,6 +156,11 @@ class Gate:
             case TrustKeys():
                 self.decider.trust = TrustStore.of(r.keys)
             case RemoteOpen():
+                if self.actuator.mode is Mode.OUT_OF_SERVICE:  # locked means locked, for staff too
+                    log.warning("remote open by operator %s refused: the lane is out of service", short(r.operator))
+                    if r.reply is not None:
+                        r.reply({"error": "the lane is out of service: not opened"})
+                    return
                 event_id = self.remote_open(r.operator)
                 if r.reply is not None:
                     r.reply({"event_id": event_id})
@@ -175,16 +181,15 @@ class Gate:
         log.info("remote open by operator %s event=%s", short(operator), event.event_id)
         return event.event_id
 
-    def set_mode(self, mode: str, by: str) -> None:
-        """A remote mode is on disk before the lane acts on it. If it cannot be stored, out-of-service still
+    def set_mode(self, mode: Requested, by: str) -> None:
+        """A requested mode is on disk before the lane acts on it. If it cannot be stored, out-of-service still
         applies (it only restricts), and any other mode is refused."""
         record = ModeRecord(mode, by, self.clock.read().wall)
-        stored = mode == "offline" or self.faults.run("storing the lane mode", lambda: self.lanestate.set_mode(record))
-        if not stored and mode != "out_of_service":
+        stored = self.faults.run("storing the lane mode", lambda: self.lanestate.set_mode(record))
+        if not stored and mode is not Requested.OUT_OF_SERVICE:
             raise GateError(f"lane mode {mode} not applied: it could not be stored ({self.lanestate.path})")
-        log.warning("lane mode %s (requested by %s)", mode, by)
-        self.actuator.set_mode(mode)
-        self.reporter.mode_record = record
+        log.warning("lane mode %s requested by %s", mode, by)
+        self.actuator.request(mode, by, record.set_at)
 
     def _passback(self, token: str, outcome: str) -> None:
         """Anti-passback counts the holder only once they went through; it is kept across restarts."""

@@ -43,6 +43,7 @@ class Drainer:
         on_dead_letter: Callable[[int, str], object] = lambda n, detail: None,
         sealer: Sealer | None = None,
         lane_first: LaneFirst | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.lane_first = lane_first or LaneFirst()
         # Signing happens here, as each event leaves, not on the lane thread: it costs the relay nothing.
@@ -54,7 +55,7 @@ class Drainer:
         self._refused: dict[int, str] = {}  # mid -> the failure reason the broker answered (paho's thread adds)
         self._refusals: Counter[int] = Counter()  # seq -> times refused so far
         self._generation = link.generation
-        self.faults = Faults()
+        self.faults = faults or Faults()
         self._last_seq = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -104,6 +105,8 @@ class Drainer:
             self._refusals[seq] += 1
             (dead if self._refusals[seq] >= self.max_refusals else retry).append(seq)
         if acked:
+            for seq in acked if self._refusals else ():  # refused before, delivered now: nothing to count
+                del self._refusals[seq]
             self.delivered += self.outbox.ack(acked)
             self.outbox.check_space()  # room came back: the lane may return to service at once
             for listener in self.listeners:

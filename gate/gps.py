@@ -42,7 +42,7 @@ class Gps:
     def __init__(
         self,
         cfg: GpsSection,
-        alarm: Callable[[Alarm], None],
+        alarm: Callable[[Alarm], object],
         opener: Callable[[SerialSection], Any] = open_port,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:

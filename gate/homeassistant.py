@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Every alarm name the gate raises (gate.alarm/1): one binary sensor each, on while raised.
 ALARMS = (
     "fire",
+    "free_pass",
     "held_open",
     "forced_passage",
     "outbox_full",

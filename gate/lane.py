@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from gate.mode import LaneMode, Mode, Requested
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,12 @@ class Raise:
 
 Effect = Pulse | Lock | Hold | Idle | Buzz | Outcome | Raise
 IDLE = {
-    "normal": Idle("off"),
-    "out_of_service": Idle("red"),
-    "offline": Idle("amber", 2.0),
-    "free_pass": Idle("green", 0.5),
+    Mode.NORMAL: Idle("off"),
+    Mode.OFFLINE: Idle("amber", 2.0),
+    Mode.OUT_OF_SERVICE: Idle("red"),
+    Mode.FREE_PASS: Idle("green"),
+    Mode.FIRE: Idle("green", 0.5),
 }
-MODES = tuple(IDLE)
 
 
 @dataclass
@@ -75,20 +77,32 @@ class _Release:
 class LaneMachine:
     """Releases run one at a time, one pulse per person; with a passage sensor each person is confirmed
     (`passed`) or the lane locks again at the timeout (`not_passed`, and so are the companions after them);
-    without one each pulse is `unconfirmed`. Modes: normal, out_of_service, offline, free_pass; the fire
-    input holds free-pass whatever else is asked."""
+    without one each pulse is `unconfirmed`.
 
-    def __init__(self, pulse_seconds: float, passage_timeout: float | None) -> None:
+    The mode is one `LaneMode` value held here and nowhere else; the effective mode follows from it
+    (gate/mode.py). A hold (fire, free-pass) ends every release, drives the relay open and keeps it open:
+    while it lasts no timer, outcome or sensor event locks the relay. Out of service ends every release and
+    keeps the relay locked."""
+
+    def __init__(self, pulse_seconds: float, passage_timeout: float | None, mode: LaneMode | None = None) -> None:
         self.pulse_seconds, self.passage_timeout = pulse_seconds, passage_timeout
-        self.mode = "normal"
-        self.fire = False
+        self.state = mode or LaneMode()
         self.held = False
         self._current: _Release | None = None
         self._queue: deque[_Release] = deque()
 
     @property
+    def mode(self) -> Mode:
+        return self.state.effective
+
+    @property
     def busy(self) -> bool:
         return self._current is not None or bool(self._queue)
+
+    @property
+    def releases(self) -> int:
+        """Releases in progress or queued."""
+        return len(self._queue) + (self._current is not None)
 
     @property
     def deadline(self) -> float | None:
@@ -97,8 +111,11 @@ class LaneMachine:
 
     # -- releases and passages ----------------------------------------------------------------------
     def release(self, ref: str, passages: int, now: float) -> list[Effect]:
-        if self.mode == "free_pass":
-            return []  # already held released
+        mode = self.mode
+        if mode.holds:  # the lane already stands open: each person's passage cannot be told apart
+            return [Outcome(ref, i, "unconfirmed") for i in range(passages)]
+        if mode is Mode.OUT_OF_SERVICE:  # locked: nobody is let through
+            return [Outcome(ref, i, "not_passed") for i in range(passages)]
         self._queue.append(_Release(ref, passages))
         return self._next(now) if self._current is None else []
 
@@ -115,11 +132,12 @@ class LaneMachine:
         return [Pulse(self.pulse_seconds)]
 
     def _done_one(self, outcome: str, now: float) -> list[Effect]:
-        """The current person's outcome; then the next person, the next release, or idle."""
+        """The current person's outcome; then the next person, the next release, or idle. Never during a hold:
+        a hold has no release in progress."""
         r = self._current
-        assert r is not None
+        assert r is not None and not self.mode.holds
         out: list[Effect] = []
-        if outcome == "passed" and self.mode != "free_pass":
+        if outcome == "passed":
             out.append(Lock())  # lock behind this person; the next one gets a pulse of their own
         out.append(Outcome(r.ref, r.index, outcome))
         if outcome == "not_passed":
@@ -131,7 +149,7 @@ class LaneMachine:
         return out + self._next(now)
 
     def passage_entered(self, now: float) -> list[Effect]:
-        if self._current is None and self.mode != "free_pass":
+        if self._current is None and not self.mode.holds:
             return [Raise("forced_passage", True, "passage with no release")]
         return []
 
@@ -157,38 +175,49 @@ class LaneMachine:
 
     def abort(self) -> list[Effect]:
         """Stopping: the person being let through is unconfirmed, everyone after them did not pass."""
+        return self._end_releases("not_passed")
+
+    def _end_releases(self, rest: str) -> list[Effect]:
+        """Every release ends now: the person being let through is unconfirmed, everyone after them `rest`."""
         out: list[Effect] = []
         pending = ([self._current] if self._current else []) + list(self._queue)
         for n, r in enumerate(pending):
             first = 0 if n else r.index
             out += [
-                Outcome(r.ref, i, "unconfirmed" if n == 0 and i == r.index else "not_passed")
-                for i in range(first, r.passages)
+                Outcome(r.ref, i, "unconfirmed" if n == 0 and i == r.index else rest) for i in range(first, r.passages)
             ]
         self._current, self._queue = None, deque()
         return out
 
-    # -- modes ----------------------------------------------------------------------------------------
-    def set_mode(self, mode: str) -> list[Effect]:
-        """normal | out_of_service | offline | free_pass. The fire input overrides all."""
-        if mode not in MODES:
-            raise ValueError(f"unknown lane mode {mode!r}")
-        if self.fire or mode == self.mode:
-            return []
-        if mode == "free_pass":
-            return self._free_pass(True, "free-pass requested")
-        out = self._free_pass(False, "free-pass ended") if self.mode == "free_pass" else []
-        if mode == "out_of_service":
-            out.append(Lock())
-        self.mode = mode
-        return [*out, IDLE[mode]]
+    # -- the mode -------------------------------------------------------------------------------------
+    def request(self, requested: Requested, by: str | None = None, at: float | None = None) -> list[Effect]:
+        """Central's (or start-up's) mode. Under the fire input it is remembered and applies when the fire clears."""
+        return self._become(self.state.request(Requested(requested), by, at), "")
 
     def fire_input(self, active: bool, why: str) -> list[Effect]:
-        if active == self.fire:
-            return []
-        self.fire = active
-        return self._free_pass(active, why)
+        return self._become(replace(self.state, fire=active), why)
 
-    def _free_pass(self, on: bool, why: str) -> list[Effect]:
-        self.mode = "free_pass" if on else "normal"
-        return [Hold() if on else Lock(), IDLE[self.mode], Buzz("alarm" if on else None), Raise("fire", on, why)]
+    def link_offline(self, offline: bool) -> list[Effect]:
+        return self._become(replace(self.state, offline=offline), "")
+
+    def _become(self, new: LaneMode, why: str) -> list[Effect]:
+        old, self.state = self.state, new
+        before, after = old.effective, new.effective
+        out: list[Effect] = []
+        if after.holds and not before.holds:  # everyone may pass now: no release waits for its person
+            out += self._end_releases("unconfirmed")
+            out.append(Hold())
+        elif after is Mode.OUT_OF_SERVICE and before is not Mode.OUT_OF_SERVICE:
+            out += self._end_releases("not_passed")
+            out.append(Lock())
+        elif before.holds and not after.holds:
+            out.append(Lock())
+        if after is not before:
+            out.append(IDLE[after])
+        if new.fire != old.fire:
+            out += [Buzz("alarm" if new.fire else None), Raise("fire", new.fire, why)]
+        free_pass = Requested.FREE_PASS
+        if (new.requested is free_pass) != (old.requested is free_pass):
+            on = new.requested is free_pass
+            out.append(Raise("free_pass", on, f"free-pass requested by {new.set_by}" if on else "free-pass ended"))
+        return out

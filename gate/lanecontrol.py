@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gate.actuator import Alarm, PassageOutcome
+from gate.mailbox import Mailbox
+from gate.mode import Requested
 from gate.policy import Policy
 from gate.venueconfig import ID_PATTERN
 
@@ -19,8 +20,19 @@ Reply = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class SetMode:
-    mode: str  # normal | out_of_service | free_pass
-    by: str  # who asked: "central", "operator", …
+    mode: Requested
+    by: str  # who asked: "central", "start-up", …
+
+    @classmethod
+    def command(cls, name: str, args: dict[str, Any]) -> SetMode | None:
+        """Central's mode commands (`out-of-service`, `in-service`, `free-pass` with state on|off); None for others."""
+        if name == "free-pass":
+            state = args.get("state", "on")
+            if state not in ("on", "off"):
+                raise ValueError(f"free-pass: args.state must be on or off, not {str(state)[:20]!r}")
+            return cls(Requested.FREE_PASS if state == "on" else Requested.NORMAL, "central")
+        named = {"out-of-service": Requested.OUT_OF_SERVICE, "in-service": Requested.NORMAL}.get(name)
+        return None if named is None else cls(named, "central")
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,18 @@ class Report:
 
 
 Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | SetTrip | Report | PassageOutcome | Alarm
-Inbox = queue.SimpleQueue[Request]
+Inbox = Mailbox[Request]
+INBOX_LIMIT = 1000  # ordinary requests waiting for the lane; safety requests are never refused
+SAFETY_ALARMS = frozenset({"fire", "free_pass"})
+
+
+def make_inbox() -> Inbox:
+    return Mailbox("lane inbox", INBOX_LIMIT)
+
+
+def essential(r: Request) -> bool:
+    """Never refused: a mode change, a passage outcome (its record), and the fire and free-pass alarms."""
+    return isinstance(r, SetMode | PassageOutcome) or (isinstance(r, Alarm) and r.name in SAFETY_ALARMS)
 
 
 class LaneControl:
@@ -78,11 +101,14 @@ class LaneControl:
     def __init__(self, inbox: Inbox, wake: Callable[[], None] = lambda: None) -> None:
         self._inbox, self._wake = inbox, wake
 
-    def post(self, request: Request) -> None:
-        self._inbox.put(request)
-        self._wake()
+    def post(self, request: Request) -> bool:
+        """False when the inbox was full and refused it (counted and logged there); safety requests never are."""
+        taken = self._inbox.put(request, essential(request))
+        if taken:
+            self._wake()
+        return taken
 
-    def set_mode(self, mode: str, by: str) -> None:
+    def set_mode(self, mode: Requested, by: str) -> None:
         self.post(SetMode(mode, by))
 
     def apply_policy(self, policy: Policy) -> None:

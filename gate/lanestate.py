@@ -7,6 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from gate.mode import Requested
 from gate.sqlite import Owned
 
 _SCHEMA = """
@@ -16,7 +17,6 @@ CREATE TABLE IF NOT EXISTS passback (token TEXT PRIMARY KEY, passed_at REAL NOT 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trip (id INTEGER PRIMARY KEY CHECK (id = 1), route TEXT, run TEXT, set_at REAL NOT NULL);
 """
-PERSISTED_MODES = ("normal", "out_of_service", "free_pass")  # offline is derived from the link, never stored
 
 
 def setup(db: sqlite3.Connection) -> None:
@@ -27,7 +27,7 @@ def setup(db: sqlite3.Connection) -> None:
 
 @dataclass(frozen=True)
 class ModeRecord:
-    mode: str
+    mode: Requested
     set_by: str
     set_at: float  # wall time
 
@@ -40,12 +40,13 @@ class LaneState:
         self._conn = Owned(path, setup, name=path.name)
 
     def mode(self) -> ModeRecord | None:
+        """The requested mode on disk; ValueError if what is stored is no mode at all."""
         row = self._conn.db.execute("SELECT mode, set_by, set_at FROM mode WHERE id = 1").fetchone()
-        return None if row is None else ModeRecord(*row)
+        return None if row is None else ModeRecord(Requested(row[0]), row[1], row[2])
 
     def set_mode(self, record: ModeRecord) -> None:
         self._conn.db.execute(
-            "INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)", (record.mode, record.set_by, record.set_at)
+            "INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)", (record.mode.value, record.set_by, record.set_at)
         )
 
     def trip(self) -> tuple[str | None, str | None] | None:

@@ -18,7 +18,8 @@ from gate.clock import Clock
 from gate.config import Config
 from gate.decision import Decider
 from gate.faults import Faults
-from gate.lanestate import LaneState, ModeRecord
+from gate.lanestate import LaneState
+from gate.mailbox import Mailbox
 from gate.mqtt_link import MqttLink, Topics
 from gate.outbox import Outbox
 from gate.passcache import PassCache
@@ -60,8 +61,8 @@ class Reporter:
     sync_status: Callable[[], dict[str, Any]] | None = None
     lanestate: LaneState | None = None
     faults: Faults = field(default_factory=Faults)
-    mode_record: ModeRecord | None = None
     source_counters: Callable[[], dict[str, int]] = lambda: {"source_restarts": 0, "dropped_lines": 0}
+    queues: tuple[Mailbox[Any], ...] = ()  # the bounded queues whose refusals the state shows
     _last_status: float = 0.0
     _last_telemetry: float = 0.0
     _last_slow: float = float("-inf")
@@ -87,12 +88,15 @@ class Reporter:
     def state(self) -> dict[str, Any]:
         info = self.cache.info()
         now = self.clock.read()
+        lane = self.actuator.mode_state
         return {
             "schema": "gate.state/1",
             "version": __version__,
             "gate_id": self.cfg.gate.id,
             "venue": self.recorder.venue.as_json(),
-            "mode": self.actuator.mode,
+            "mode": lane.effective.value,
+            "requested_mode": lane.requested.value,
+            "fire": lane.fire,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
             "cache_version": info.version,
             "cache_seq": info.seq,
@@ -106,11 +110,12 @@ class Reporter:
             "clock_synced": now.usable,
             "time": now.wall,
             "sync": None if self.sync_status is None else self.sync_status(),
-            "mode_set_by": None if self.mode_record is None else self.mode_record.set_by,
-            "mode_set_at": None if self.mode_record is None else self.mode_record.set_at,
+            "mode_set_by": lane.set_by,
+            "mode_set_at": lane.set_at,
             "denied_while_full": self.denied,
             "faults": self.faults.snapshot(),
             "dead_letters": self.outbox.dead_letters,
+            "queue_refusals": {q.name: q.refused for q in self.queues},
             "refusals_visible": None if self.link is None else self.link.refusals_visible,
             "stopped": self.stopped,
         }
@@ -200,11 +205,10 @@ class Reporter:
         if self.link.connected.is_set():
             self._link_seen = mono
         offline = mono - self._link_seen > OFFLINE_AFTER
-        if offline and self.actuator.mode == "normal":
-            log.warning(
-                "broker unreachable for %.0fs: indicator shows offline; check-ins wait in the outbox",
-                mono - self._link_seen,
-            )
-            self.actuator.set_mode("offline")
-        elif not offline and self.actuator.mode == "offline":
-            self.actuator.set_mode("normal")
+        if offline != self.actuator.mode_state.offline:
+            if offline:
+                log.warning(
+                    "broker unreachable for %.0fs: indicator shows offline; check-ins wait in the outbox",
+                    mono - self._link_seen,
+                )
+            self.actuator.link_offline(offline)

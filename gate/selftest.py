@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from gate.actuator import Actuator, make_pin_factory
+from gate.actuator import Actuator
 from gate.config import Config
 from gate.errors import DeviceError
+from gate.pins import make_pin_factory
 
 
 def selftest(cfg: Config, step: float = 0.3) -> int:

@@ -22,7 +22,7 @@ from gate.errors import CodeError, ConfigError
 from gate.faults import Faults
 from gate.inbound import BoundedQueue, Job
 from gate.keys import key_id_of, public_from_pem
-from gate.lanecontrol import LaneControl, SetTrip
+from gate.lanecontrol import LaneControl, SetMode, SetTrip
 from gate.mqtt_link import Handler, MqttLink, Topics
 from gate.passcache import PassCache
 from gate.passsync import PassSync
@@ -71,6 +71,7 @@ class CentralSync:
         base_keys: list[Any],
         cfg: Config,
         lane_first: LaneFirst | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.control, self.link, self.verifier, self.base_keys = control, link, verifier, base_keys
         self.gate_id, self.prefix, self.category = cfg.gate.id, cfg.mqtt.topic_prefix, cfg.venue.category.value
@@ -83,7 +84,7 @@ class CentralSync:
         self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
         self.policy_version = self.policies.load().version
         self._trusted: list[bytes] = []
-        self.faults = Faults()
+        self.faults = faults or Faults()
         self._jobs = BoundedQueue(verifier.max_bytes, QUEUE_BYTES_FACTOR * verifier.max_bytes)
         self._status: dict[str, Any] = self._snapshot(None)
         self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
@@ -269,25 +270,21 @@ class CentralSync:
             "command": name,
         }
 
-        def reply(result: dict[str, Any]) -> None:  # runs on the lane thread
-            self.link.publish(reply_to, json.dumps({**head, "ok": True, "result": result}).encode(), qos=1)
+        def reply(result: dict[str, Any]) -> None:  # runs on the lane thread; {"error": …} when the lane refused
+            body = {"ok": False, "error": result["error"]} if "error" in result else {"ok": True, "result": result}
+            self.link.publish(reply_to, json.dumps({**head, **body}).encode(), qos=1)
 
         try:
             self._run_command(name, args, reply)
         except (ValueError, CodeError) as exc:
-            self.link.publish(reply_to, json.dumps({**head, "ok": False, "error": str(exc)}).encode(), qos=1)
+            reply({"error": str(exc)})
 
     def _run_command(self, name: str, args: dict[str, Any], reply: Callable[[dict[str, Any]], None]) -> None:
         if name == "open":
             self.control.open(check_token(str(args.get("operator", ""))), reply)
             return
-        modes = {
-            "out-of-service": "out_of_service",
-            "in-service": "normal",
-            "free-pass": "free_pass" if args.get("state", "on") == "on" else "normal",
-        }
-        if name in modes:
-            self.control.set_mode(modes[name], by="central")
+        if (mode := SetMode.command(name, args)) is not None:
+            self.control.post(mode)
         elif name == "set-trip":
             if self.category != "bus":
                 raise ValueError(f"set-trip: this gate's venue is a {self.category}, not a bus")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import queue
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gate.actuator import Actuator, Alarm, make_pin_factory
+from gate.actuator import Actuator, Alarm
 from gate.app import Gate
 from gate.clock import Clock, SystemClock
 from gate.config import Config, secret_path
@@ -17,14 +16,17 @@ from gate.decision import Decider
 from gate.decoders import make_decoder
 from gate.delivery import Drainer
 from gate.docstore import DocStore
+from gate.faults import Faults
 from gate.gps import Gps
 from gate.homeassistant import Discovery
 from gate.keys import TrustStore, load_private_key, load_public_key
-from gate.lanecontrol import Inbox, LaneControl
+from gate.lanecontrol import LaneControl, make_inbox
 from gate.metrics import MetricsServer
+from gate.mode import Requested
 from gate.motion import SceneWatch
 from gate.mqtt_link import MqttLink
 from gate.passcache import PassCache
+from gate.pins import make_pin_factory
 from gate.policy import PolicyStore
 from gate.recorder import Recorder
 from gate.reporting import Reporter
@@ -72,10 +74,12 @@ def build(
     state = cfg.gate.state_dir
     state.mkdir(parents=True, exist_ok=True)
     recovery = Recovery()
-    inbox: Inbox = queue.SimpleQueue()
+    inbox = make_inbox()
     lane_first = LaneFirst()  # the lane's decisions come before delivery and sync
     lane_switching()
     control = LaneControl(inbox)
+    # The `fault` alarm: raised when any episode of failing work starts, cleared when none is left.
+    faults = Faults(on_episode=lambda what, on, detail: control.post(Alarm("fault", on, detail)))
     clock = clock or SystemClock(cfg.clock.sync_source)
     base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
     check_device_doc(state / "device.json", recovery)
@@ -100,7 +104,8 @@ def build(
     drainer = None
     if link is not None:
         dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
-        drainer = Drainer(outbox, link, cfg.mqtt.inflight_window, cfg.mqtt.max_refusals, dead, sealer, lane_first)
+        window, refusals = cfg.mqtt.inflight_window, cfg.mqtt.max_refusals
+        drainer = Drainer(outbox, link, window, refusals, dead, sealer, lane_first, faults)
     recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
     sync = None
     if link is not None and cfg.central.keys:
@@ -111,7 +116,7 @@ def build(
             cfg.central.command_max_age_seconds,
             DocStore(state / "device.json", "command_nonces"),
         )
-        sync = CentralSync(control, link, verifier, base_keys, cfg, lane_first)
+        sync = CentralSync(control, link, verifier, base_keys, cfg, lane_first, faults)
     elif link is not None:
         log.warning("no [central] keys pinned: pass status, policy and commands from central are ignored")
     stats = Stats()
@@ -127,9 +132,10 @@ def build(
         link=link,
         sync_status=sync.status if sync is not None else None,
         lanestate=lanestate,
+        faults=faults,
         source_counters=lambda: source_counters(code_source),
+        queues=(inbox, actuator.events),
     )
-    reporter.faults.on_episode = lambda what, on, detail: recorder.alarm(Alarm("fault", on, detail))
     gate = Gate(
         cfg,
         scanner,
@@ -143,7 +149,7 @@ def build(
         inbox,
         stats,
         lanestate,
-        reporter.faults,
+        faults,
         link=link,
         drainer=drainer,
         sync=sync,
@@ -194,12 +200,16 @@ def start_metrics(gate: Gate, listen: str, counters: Callable[[], dict[str, int]
 def restore_lane(gate: Gate, mode_unknown: bool) -> None:
     """Before the first scan: the remote mode and the anti-passback memory from before the restart."""
     now = gate.clock.read()
+    try:
+        record = None if mode_unknown else gate.lanestate.mode()
+    except ValueError as exc:  # a value that is no mode: as unknown as an unreadable file
+        log.error("lane.db: %s", exc)
+        mode_unknown = True
     if mode_unknown:
-        gate.set_mode("out_of_service", "start-up: lane.db was unreadable")
-    elif (record := gate.lanestate.mode()) is not None and record.mode != "normal":
+        gate.set_mode(Requested.OUT_OF_SERVICE, "start-up: lane.db was unreadable")
+    elif record is not None:
         log.warning("lane mode %s restored (set by %s at %.0f)", record.mode, record.set_by, record.set_at)
-        gate.actuator.set_mode(record.mode)
-        gate.reporter.mode_record = record
+        gate.actuator.request(record.mode, record.set_by, record.set_at)
     window = gate.decider.policy.passback_seconds
     passed = gate.lanestate.recent_passages(now.wall, window) if window > 0 else {}
     gate.decider.restore({t: now.mono - (now.wall - at) for t, at in passed.items()})

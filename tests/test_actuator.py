@@ -15,6 +15,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from conftest import wait_until
 from gate.actuator import Actuator, Alarm, PassageOutcome, Release
 from gate.config import GpioSection
+from gate.mode import Requested
 
 RELAY, PASSAGE, EXIT, FIRE = 17, 5, 6, 13
 
@@ -131,13 +132,13 @@ def test_fire_input_holds_the_relay_released_and_clears(rig_factory) -> None:
     r = rig_factory(fire={"pin": FIRE})
     fire = r.factory.pin(FIRE)
     fire.drive_low()
-    assert wait_until(lambda: r.act.mode == "free_pass" and r.relay.state is True, 5)
+    assert wait_until(lambda: r.act.mode == "fire" and r.relay.state is True, 5)
     time.sleep(0.3)  # longer than a pulse: nothing may happen in this window
     assert r.relay.state is True  # held, not pulsed
-    r.act.set_mode("out_of_service")
+    r.act.request(Requested.OUT_OF_SERVICE, "central", None)
     assert r.relay.state is True  # the fire input overrides remote modes
     fire.drive_high()
-    assert wait_until(lambda: r.act.mode == "normal" and r.relay.state is False, 5)
+    assert wait_until(lambda: r.act.mode == "out_of_service" and r.relay.state is False, 5)  # back to the request
     assert [(a.name, a.active) for a in r.alarms] == [("fire", True), ("fire", False)]
 
 
@@ -191,7 +192,7 @@ def test_fail_safe_lane_is_held_released_in_its_safe_state(rig_factory) -> None:
 
 def test_out_of_service_shows_red_and_never_releases_on_its_own(rig_factory) -> None:
     r = rig_factory()
-    r.act.set_mode("out_of_service")
+    r.act.request(Requested.OUT_OF_SERVICE, "central", None)
     assert r.factory.pin(27).state is True and r.relay.state is False
 
 
@@ -233,7 +234,7 @@ def test_selftest_fails_when_a_device_cannot_be_opened(tmp_path: Path) -> None:
 def test_a_decision_flashes_then_the_idle_pattern_returns(rig_factory) -> None:
     r = rig_factory()
     red = r.factory.pin(27)
-    r.act.set_mode("out_of_service")
+    r.act.request(Requested.OUT_OF_SERVICE, "central", None)
     assert red.state is True
     r.act.indicator.flash("green", seconds=0.1)
     assert red.state is False and r.factory.pin(22).state is True
@@ -246,7 +247,7 @@ def test_rgb_indicator_mixes_the_colours() -> None:
         {"relay": {"pin": RELAY}, "indicator": {"kind": "rgb", "red": 22, "green": 23, "blue": 24}}
     )
     with Actuator(cfg, factory) as act:
-        act.set_mode("out_of_service")
+        act.request(Requested.OUT_OF_SERVICE, "central", None)
         assert (factory.pin(22).state, factory.pin(23).state, factory.pin(24).state) == (1, 0, 0)
         act.indicator.idle("amber")
         assert factory.pin(22).state == 1 and 0 < factory.pin(23).state < 1

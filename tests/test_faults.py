@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from gate.decoders import make_decoder
 from gate.inbound import BoundedQueue, Job
 from gate.keys import generate_keypair, load_private_key
 from gate.lanestate import ModeRecord
+from gate.mode import Requested
 from gate.passcache import PassCache
 from gate.policy import Policy, PolicyStore
 from gate.scanner import DecodingSource
@@ -50,7 +52,7 @@ def seed(cfg_path: Path, keys) -> None:
         for i in range(300):
             g.handle(red(keys, i))
         PolicyStore(g.cfg.gate.state_dir / "device.json", g.cfg.policy).save(Policy(version=5))
-        g.lanestate.set_mode(ModeRecord("normal", "test", time.time()))
+        g.lanestate.set_mode(ModeRecord(Requested.NORMAL, "test", time.time()))
     finally:
         g.close()
 
@@ -155,8 +157,43 @@ def test_status_file_failures_are_logged_once_counted_and_leave_no_temp_files(tm
         g.reporter._last_status = 0
         g.tick()
         assert json.loads(status.read_text())["gate_id"] == "lane-k" and "recovered" in caplog.text
+        fault = [(a["active"], a["detail"]) for a in alarms(g) if a["alarm"] == "fault"]
+        assert [active for active, _ in fault] == [True, False], fault  # raised once, cleared once
+        assert "writing status.json failed" in fault[0][1]
     finally:
         g.close()
+
+
+def test_an_unwritable_state_directory_raises_the_fault_alarm_on_the_broker(
+    tmp_path, keys, broker, subscriber_factory
+) -> None:
+    """The real daemon: status.json cannot be written (a directory stands in its place, which even root
+    cannot replace), so `fault` is published on the alarm topic; once the path is free again it is cleared."""
+    feeder = Feeder(keys)
+    cfg = daemon_config(tmp_path, keys, broker, feeder.port)
+    log = tmp_path / "gate.log"
+    sub = subscriber_factory(broker, "gate/lane-k/alarm")
+    faults = lambda: [json.loads(p) for p in sub.on("/alarm") if json.loads(p)["alarm"] == "fault"]  # noqa: E731
+    proc = start(cfg, log)
+    try:
+        assert wait_log(log, "connected to")
+        status = tmp_path / "state" / "status.json"
+
+        def block() -> bool:  # the reporter may write it again between the two steps: try until it holds
+            with contextlib.suppress(OSError):
+                status.unlink()
+                status.mkdir()
+            return status.is_dir()
+
+        assert wait_until(block, 20)
+        assert wait_until(lambda: [a["active"] for a in faults()] == [True], 20), faults()
+        assert "status.json" in faults()[0]["detail"]
+        status.rmdir()
+        assert wait_until(lambda: [a["active"] for a in faults()] == [True, False], 20), faults()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        feeder.close()
 
 
 def test_anti_passback_counts_only_confirmed_passages_and_survives_a_restart(tmp_path, keys) -> None:

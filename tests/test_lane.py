@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gate.lane import Buzz, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
+from gate.mode import Mode, Requested
 
 
 def lane(sensor: bool = True) -> LaneMachine:
@@ -55,28 +56,74 @@ def test_passage_without_release_is_forced_and_a_blocked_one_is_held_open() -> N
     assert m.passage_cleared(2.0) == [Raise("held_open", False, "passage clear")]
 
 
-def test_fire_holds_free_pass_over_any_remote_mode() -> None:
+def test_fire_holds_the_lane_open_over_any_requested_mode_and_clearing_returns_to_it() -> None:
     m = lane()
+    assert m.request(Requested.OUT_OF_SERVICE, "central", 1.0) == [Lock(), Idle("red")]
     assert m.fire_input(True, "fire input") == [
         Hold(),
         Idle("green", 0.5),
         Buzz("alarm"),
         Raise("fire", True, "fire input"),
     ]
-    assert m.set_mode("out_of_service") == [] and m.mode == "free_pass"
-    assert m.release("d1", 1, 0.0) == [] and m.passage_entered(0.1) == []  # no forced passage in free-pass
-    assert m.fire_input(False, "cleared") == [Lock(), Idle("off"), Buzz(None), Raise("fire", False, "cleared")]
-    assert m.mode == "normal"
+    assert m.mode is Mode.FIRE
+    assert m.release("d1", 2, 0.0) == [Outcome("d1", 0, "unconfirmed"), Outcome("d1", 1, "unconfirmed")]
+    assert m.passage_entered(0.1) == []  # no forced passage while the lane stands open
+    assert m.fire_input(False, "cleared") == [Lock(), Idle("red"), Buzz(None), Raise("fire", False, "cleared")]
+    assert m.mode is Mode.OUT_OF_SERVICE  # what central asked for, not normal
 
 
-def test_modes_set_the_idle_pattern_and_out_of_service_locks() -> None:
+def test_a_fire_during_a_release_ends_it_and_nothing_locks_the_relay_until_the_fire_clears() -> None:
     m = lane()
-    assert m.set_mode("out_of_service") == [Lock(), Idle("red")]
-    assert m.set_mode("offline") == [Idle("amber", 2.0)]
-    assert m.set_mode("free_pass")[0] == Hold()
-    assert m.set_mode("normal")[:2] == [Lock(), Idle("off")]
-    with pytest.raises(ValueError, match="unknown lane mode"):
-        m.set_mode("open_sesame")
+    m.release("a", 2, 0.0)
+    m.release("b", 1, 0.01)
+    effects = m.fire_input(True, "fire input")
+    assert effects[:4] == [
+        Outcome("a", 0, "unconfirmed"),
+        Outcome("a", 1, "unconfirmed"),
+        Outcome("b", 0, "unconfirmed"),
+        Hold(),
+    ]
+    assert not m.busy and m.deadline is None
+    assert m.tick(10.0) == [] and m.passage_cleared(10.1) == []  # the old timeout locks nothing
+
+
+def test_remote_free_pass_is_its_own_state_with_its_own_alarm() -> None:
+    m = lane()
+    m.release("a", 1, 0.0)
+    assert m.request(Requested.FREE_PASS, "central", 1.0) == [
+        Outcome("a", 0, "unconfirmed"),
+        Hold(),
+        Idle("green"),
+        Raise("free_pass", True, "free-pass requested by central"),
+    ]
+    assert m.mode is Mode.FREE_PASS
+    assert m.fire_input(True, "fire")[-1] == Raise("fire", True, "fire")  # no Lock between the two holds
+    assert m.request(Requested.NORMAL, "central", 2.0) == [Raise("free_pass", False, "free-pass ended")]
+    assert m.mode is Mode.FIRE
+    assert m.fire_input(False, "cleared")[:2] == [Lock(), Idle("off")]
+
+
+def test_out_of_service_ends_releases_and_refuses_new_ones() -> None:
+    m = lane()
+    m.release("a", 2, 0.0)
+    assert m.request(Requested.OUT_OF_SERVICE) == [
+        Outcome("a", 0, "unconfirmed"),
+        Outcome("a", 1, "not_passed"),
+        Lock(),
+        Idle("red"),
+    ]
+    assert m.release("b", 1, 1.0) == [Outcome("b", 0, "not_passed")]
+
+
+def test_modes_set_the_idle_pattern_and_offline_only_colours_a_normal_lane() -> None:
+    m = lane()
+    assert m.link_offline(True) == [Idle("amber", 2.0)] and m.mode is Mode.OFFLINE
+    assert m.request(Requested.OUT_OF_SERVICE) == [Lock(), Idle("red")]
+    assert m.request(Requested.FREE_PASS)[0] == Hold()
+    assert m.request(Requested.NORMAL)[:2] == [Lock(), Idle("amber", 2.0)]
+    assert m.link_offline(False) == [Idle("off")]
+    with pytest.raises(ValueError, match="is not a valid Requested"):
+        m.request("open_sesame")  # type: ignore[arg-type]
 
 
 def test_stopping_mid_release_leaves_no_decision_without_its_outcomes() -> None:
