@@ -15,15 +15,15 @@ from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from _util import pct, table
-from gate.actuator import Actuator, Release
-from gate.clock import SystemClock
-from gate.codes import Status, issue
-from gate.config import GpioSection, parse_config
-from gate.decoders import make_decoder
-from gate.keys import TrustStore
-from gate.scanner import DecodingSource
+from gate.actuate.actuator import Actuator, Release
+from gate.config.model import GpioSection, parse_config
+from gate.core.clock import SystemClock
+from gate.decide.codes import Status, issue
+from gate.decide.keys import TrustStore
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 RELAY = 17
 
@@ -80,7 +80,7 @@ def full_path_latency(runs: int, signed: bool = False) -> list[float]:
     """Payload in hand -> verify, decide, (sign,) durable outbox commit, relay on."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gate.keys import generate_keypair
+    from gate.decide.keys import generate_keypair
 
     key = Ed25519PrivateKey.generate()
     with tempfile.TemporaryDirectory() as d:
@@ -118,7 +118,7 @@ def full_path_latency(runs: int, signed: bool = False) -> list[float]:
 def seal_latency(runs: int) -> list[float]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gate.sealing import Sealer, unseal
+    from gate.deliver.sealing import Sealer, unseal
 
     key = Ed25519PrivateKey.generate()
     sealer = Sealer(key)

@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 
 from _util import median, pct, table, time_calls
-from gate.codes import Status, issue
-from gate.decision import Decider
-from gate.keys import TrustStore
-from gate.passcache import PassCache
-from gate.policy import Policy
+from gate.decide.codes import Status, issue
+from gate.decide.decision import Decider
+from gate.decide.keys import TrustStore
+from gate.decide.passcache import PassCache
+from gate.decide.policy import Policy
 from gate.testing import FixedClock
 
 IMPORT_CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from gate.passcache import PassCache
-from gate.passimport import iter_rows
+from gate.decide.passcache import PassCache
+from gate.decide.passimport import iter_rows
 
 def hwm():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
@@ -73,8 +73,8 @@ def stats(times):
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 
 t = time.perf_counter()
-from gate.codes import Status
-from gate.passcache import PassCache
+from gate.decide.codes import Status
+from gate.decide.passcache import PassCache
 cache = PassCache(Path(sys.argv[1])); info = cache.info()
 open_s = time.perf_counter() - t
 n = int(sys.argv[2]); rng = random.Random(1); pc = time.perf_counter; statuses = list(Status)

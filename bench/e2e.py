@@ -29,17 +29,17 @@ import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from _util import pct, start_broker
-from gate.camera import PiCamera
-from gate.codes import Status, issue
-from gate.config import Config, parse_config
-from gate.decoders import make_decoder
-from gate.framegen import qr_image
-from gate.keys import TrustStore, generate_keypair, load_private_key
-from gate.motion import SceneWatch
-from gate.outbox import setup as outbox_setup
-from gate.passcache import PassCache
-from gate.scanner import DecodingSource
-from gate.wiring import build
+from gate.config.model import Config, parse_config
+from gate.decide.codes import Status, issue
+from gate.decide.keys import TrustStore, generate_keypair, load_private_key
+from gate.decide.passcache import PassCache
+from gate.deliver.outbox import setup as outbox_setup
+from gate.lane.wiring import build
+from gate.scan.camera import PiCamera
+from gate.scan.decoders import make_decoder
+from gate.scan.framegen import qr_image
+from gate.scan.motion import SceneWatch
+from gate.scan.scanner import DecodingSource
 
 W, H, FPS = 640, 480, 30.0
 CODE_FRAMES, GAP_FRAMES, LEAD_FRAMES = 4, 5, 15  # a code in view for 133 ms, then 167 ms of empty scene

@@ -27,13 +27,13 @@ from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
 from _util import paho_qos1_seconds, start_broker, table
-from gate.codes import Status, issue
-from gate.config import parse_config
-from gate.decoders import make_decoder
-from gate.keys import generate_keypair, load_private_key
-from gate.scanner import DecodingSource
+from gate.config.model import parse_config
+from gate.decide.codes import Status, issue
+from gate.decide.keys import generate_keypair, load_private_key
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 
 class Counter:

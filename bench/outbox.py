@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from _util import paho_qos1_seconds, pct, start_broker, table, time_calls
-from gate.config import MqttSection
-from gate.delivery import Drainer
-from gate.events import uuid7
-from gate.mqtt_link import MqttLink
-from gate.outbox import Outbox
+from gate.config.model import MqttSection
+from gate.deliver.delivery import Drainer
+from gate.deliver.events import uuid7
+from gate.deliver.mqtt_link import MqttLink
+from gate.deliver.outbox import Outbox
 
 WINDOW = 200
 PAYLOAD = json.dumps(

@@ -20,17 +20,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from _util import pct, start_broker, table
 from gate.central.mqtt import connect, publisher
-from gate.clock import SystemClock
-from gate.codes import Kind, Status, issue
-from gate.config import parse_config
-from gate.control import sign
-from gate.decoders import make_decoder
-from gate.keys import TrustStore, generate_keypair, load_private_key
-from gate.passsync import rows_digest
-from gate.scanner import DecodingSource
-from gate.sync import central_topics
+from gate.config.model import parse_config
+from gate.core.clock import SystemClock
+from gate.decide.codes import Kind, Status, issue
+from gate.decide.keys import TrustStore, generate_keypair, load_private_key
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
+from gate.sync.envelope import sign
+from gate.sync.passsync import rows_digest
+from gate.sync.worker import central_topics
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 
 def naive_apply_rate(tmp: Path, n: int) -> float:

@@ -12,16 +12,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gate import __version__
-from gate.address import broker_address
-from gate.config import DEFAULT_PATH, Config, load_config
-from gate.errors import ConfigError, GateError
-from gate.logs import setup_logging
+from gate.config.model import DEFAULT_PATH, Config, load_config
+from gate.core.address import broker_address
+from gate.core.errors import ConfigError, GateError
+from gate.core.logs import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from gate.preflight import act_as_state_owner
+    from gate.ops.preflight import act_as_state_owner
 
     cfg = load_config(Path(args.config))
     act_as_state_owner(cfg.gate.state_dir)
@@ -29,20 +29,20 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gate.preflight import check_config
+    from gate.ops.preflight import check_config
 
     return check_config(Path(args.path))
 
 
 def cmd_camera(args: argparse.Namespace) -> int:
-    from gate.aim import run_aim
+    from gate.scan.aim import run_aim
 
     save = Path(args.save) if args.save else None
     return run_aim(_config(args), args.seconds, args.interval, args.sweep, args.steps, save, args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gate.daemon import run_daemon
+    from gate.lane.daemon import run_daemon
 
     _config(args)  # a root-started daemon acts as the owner of its state, like every maintenance command
     return run_daemon(Path(args.config))
@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from gate.demo import run_demo
+        from gate.demo.run import run_demo
     except ModuleNotFoundError as exc:  # segno, from the demo extra
         raise GateError(f"gate demo needs {exc.name}: pip install 'gate[demo]' (./install.sh --dev has it)") from None
 
@@ -61,8 +61,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from gate.decoders import make_decoder
-    from gate.scanner import image_files, load_grey
+    from gate.scan.decoders import make_decoder
+    from gate.scan.scanner import image_files, load_grey
 
     decoder = make_decoder(args.decoder, tuple(args.format or ("qr",)))
     found_any = False
@@ -94,7 +94,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gate.verify import verify_once
+    from gate.decide.verify import verify_once
 
     result = verify_once(args.code, Path(args.config) if args.config else None, [Path(t) for t in args.trust])
     print(json.dumps(result))
@@ -102,8 +102,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from gate import passimport
-    from gate.passcache import PassCache
+    from gate.decide import passimport
+    from gate.decide.passcache import PassCache
 
     opened = passimport.open_rows(Path(args.file)) if args.cache_cmd == "import" else None  # as the invoker
     db = Path(args.db) if args.db else _config(args).gate.state_dir / "passes.db"
@@ -168,13 +168,13 @@ def cmd_central(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from gate.selftest import selftest
+    from gate.actuate.selftest import selftest
 
     return selftest(_config(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gate.status import show_status
+    from gate.ops.status import show_status
 
     return show_status(_config(args), args.json)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from gate.clock import ClockReading
-from gate.decoders import Frame
+from gate.core.clock import ClockReading
+from gate.scan.decoders import Frame
 
 
 class FixedClock:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gate.codes import Status, issue
+from gate.decide.codes import Status, issue
 from gate.testing import SerialModule
 
 

@@ -13,9 +13,9 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from conftest import wait_until
-from gate.actuator import Actuator, Alarm, PassageOutcome, Release
-from gate.config import GpioSection
-from gate.mode import Requested
+from gate.actuate.actuator import Actuator, Alarm, PassageOutcome, Release
+from gate.actuate.mode import Requested
+from gate.config.model import GpioSection
 
 RELAY, PASSAGE, EXIT, FIRE = 17, 5, 6, 13
 

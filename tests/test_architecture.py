@@ -55,7 +55,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_there_is_no_import_cycle_in_the_package() -> None:
     graph = import_graph()
-    assert "gate.sync" in graph and "gate.app" not in graph["gate.sync"]
+    assert "gate.sync.worker" in graph and "gate.lane.loop" not in graph["gate.sync.worker"]
     assert cycles(graph) == []
 
 
@@ -68,7 +68,10 @@ def test_no_device_module_imports_the_central_tools() -> None:
     device = [m for m in graph if not m.startswith("gate.central") and m != "gate.cli"]
     offenders = {m: sorted(d for d in graph[m] if d.startswith("gate.central")) for m in device}
     assert {m: d for m, d in offenders.items() if d} == {}
-    code = "import sys, gate.cli, gate.daemon, gate.wiring; print(sorted(m for m in sys.modules if 'central' in m))"
+    code = (
+        "import sys, gate.cli, gate.lane.daemon, gate.lane.wiring; "
+        "print(sorted(m for m in sys.modules if 'central' in m))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gate.cli import main
-from gate.passcache import PassCache
+from gate.decide.passcache import PassCache
 
 HOSTILE = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 MAX_OUTPUT = 4096
@@ -116,7 +116,7 @@ def test_verify_never_admits_hostile_text(tmp_path_factory, keys_dir: Path, text
 
 @pytest.fixture(scope="module")
 def keys_dir(tmp_path_factory) -> Path:
-    from gate.keys import generate_keypair
+    from gate.decide.keys import generate_keypair
 
     d = tmp_path_factory.mktemp("trust")
     generate_keypair(d)
@@ -141,12 +141,12 @@ def test_the_documented_cases_each_give_one_short_line(tmp_path) -> None:
 
 
 def test_an_unexpected_error_is_one_line_and_exit_70(tmp_path, monkeypatch) -> None:
-    import gate.status
+    import gate.ops.status
 
     def boom(cfg, as_json: bool) -> int:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(gate.status, "show_status", boom)
+    monkeypatch.setattr(gate.ops.status, "show_status", boom)
     cfg = tmp_path / "gate.toml"
     cfg.write_text(f"[gate]\nid='a'\nstate_dir='{tmp_path}'\n[venue]\nid='v'\n")
     code, output = run("status", "--config", str(cfg))
@@ -179,9 +179,9 @@ def test_imports_report_counts_that_match_the_table_and_never_weaken_it(tmp_path
 def test_the_images_source_decides_every_image_once(tmp_path, keys_dir) -> None:
     from PIL import Image
 
-    from gate.decoders import make_decoder
-    from gate.framegen import code_frame
-    from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
+    from gate.scan.decoders import make_decoder
+    from gate.scan.framegen import code_frame
+    from gate.scan.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
 
     for i in range(6):
         Image.fromarray(code_frame(f"GT1:IMAGE{i}", invert=i % 2 == 1)).save(tmp_path / f"{i}.png")

@@ -158,11 +158,11 @@ def test_a_provisioned_gate_delivers_through_its_own_identity(secured, tmp_path,
     from gpiozero.pins.mock import MockFactory
 
     from conftest import make_config
-    from gate.codes import Status, issue
-    from gate.decoders import make_decoder
-    from gate.scanner import DecodingSource
+    from gate.decide.codes import Status, issue
+    from gate.lane.wiring import build
+    from gate.scan.decoders import make_decoder
+    from gate.scan.scanner import DecodingSource
     from gate.testing import ScriptedFrames
-    from gate.wiring import build
 
     connect, d, broker = secured
     collector = connect("col-1")
@@ -195,12 +195,12 @@ def test_central_tools_work_through_least_privilege_identities(secured, tmp_path
     from test_sync import pumping
 
     from conftest import make_config
-    from gate.codes import Status, issue
-    from gate.decoders import make_decoder
-    from gate.keys import generate_keypair
-    from gate.scanner import DecodingSource
+    from gate.decide.codes import Status, issue
+    from gate.decide.keys import generate_keypair
+    from gate.lane.wiring import build
+    from gate.scan.decoders import make_decoder
+    from gate.scan.scanner import DecodingSource
     from gate.testing import ScriptedFrames
-    from gate.wiring import build
 
     _, d, broker = secured
     _, central_key, central_pub = generate_keypair(tmp_path / "central")

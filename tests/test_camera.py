@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from gate.aim import focus_score, run_aim
-from gate.camconfig import CameraSection
-from gate.camera import PiCamera
-from gate.config import Config, parse_config
-from gate.errors import ConfigError
-from gate.framegen import code_frame
+from gate.config.camera import CameraSection
+from gate.config.model import Config, parse_config
+from gate.core.errors import ConfigError
+from gate.scan.aim import focus_score, run_aim
+from gate.scan.camera import PiCamera
+from gate.scan.framegen import code_frame
 from gate.testing import FakePicamera2
 
 TEXT = "GT1:8C2*1Z.Q8T$HU2BT8 7HK5-9ZJPU:%0CS1K3B.:D4+T"
@@ -97,7 +97,7 @@ def test_continuous_autofocus_searches_the_macro_range() -> None:
 @pytest.mark.parametrize("model", ["imx219", "imx477"])
 def test_a_camera_without_autofocus_keeps_working_and_says_so_once(model: str, caplog) -> None:
     made, factory = fake(model)
-    caplog.set_level(logging.INFO, logger="gate.camera")
+    caplog.set_level(logging.INFO, logger="gate.scan.camera")
     cam = PiCamera(config(lens_position=9.0).scanner.camera, factory)
     cam.restart("test")  # a restart does not repeat the notice
     assert cam.capture(0.1) is not None

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gate.base45 import ALPHABET, b45decode, b45encode
-from gate.codes import PREFIX, Kind, Status, check_token, issue, parse
-from gate.errors import CodeError
+from gate.core.errors import CodeError
+from gate.decide.base45 import ALPHABET, b45decode, b45encode
+from gate.decide.codes import PREFIX, Kind, Status, check_token, issue, parse
 
 NOW = 1_800_000_000
 
@@ -100,7 +100,7 @@ def test_any_valid_claims_round_trip(keys, iat: int, valid: int, kind: Kind, com
 def test_a_sealed_payload_verifies_and_any_change_is_caught() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gate.sealing import Sealer, SealError, unseal
+    from gate.deliver.sealing import Sealer, SealError, unseal
 
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     sealed = Sealer(key).seal(b'{"event_id":"e1","gate_id":"lane-a","token":"tok-abc123"}')

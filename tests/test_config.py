@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gate.config import load_config, parse_config
-from gate.errors import ConfigError
+from gate.config.model import load_config, parse_config
+from gate.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN = '[gate]\nid = "lane-1"\n[venue]\nid = "v1"\n'
@@ -34,7 +34,7 @@ def test_example_config_is_valid_once_its_placeholder_id_is_edited(tmp_path: Pat
 
 
 def test_a_relative_secret_resolves_in_etc_gate_credentials_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gate.config import CREDENTIALS_FALLBACK, secret_path
+    from gate.config.model import CREDENTIALS_FALLBACK, secret_path
 
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert (

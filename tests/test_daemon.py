@@ -19,12 +19,12 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, make_config, require
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.clock import SystemClock
-from gate.codes import Status, issue
-from gate.decoders import make_decoder
-from gate.scanner import DecodingSource
+from gate.core.clock import SystemClock
+from gate.decide.codes import Status, issue
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 EVENT = re.compile(r"event=([0-9a-f-]{36})")
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import zxingcpp
 
-from gate.decoders import Decoder, ZxingDecoder, make_decoder
-from gate.degrade import CLASSES
+from gate.scan.decoders import Decoder, ZxingDecoder, make_decoder
+from gate.scan.degrade import CLASSES
 
 # A real code's length: the payload of a signed single-holder code (see docs/codes.md).
 CODE = "GT1:" + "6BFOXN*TS0BI$ZD.P9UOL97O4-2HH77HRM3HSZ3L+Q*UMV20/27NAK:L9%IQE4U:NJ 7ABE6P.5$MD-FFS2B3V9"

@@ -13,14 +13,14 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, make_config, new_broker, require, wait_until
-from gate.actuator import Alarm
-from gate.app import Gate
-from gate.clock import SystemClock
-from gate.codes import Status, issue
-from gate.decoders import make_decoder
-from gate.scanner import DecodingSource
+from gate.actuate.actuator import Alarm
+from gate.core.clock import SystemClock
+from gate.decide.codes import Status, issue
+from gate.lane.loop import Gate
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "gate" / "schemas"
 
@@ -207,9 +207,9 @@ def test_drop_oldest_policy_drops_counted_and_keeps_admitting(tmp_path, keys, ga
 
 
 def test_indicator_shows_offline_while_the_broker_is_unreachable(tmp_path, keys, monkeypatch, gates) -> None:
-    import gate.reporting
+    import gate.ops.reporting
 
-    monkeypatch.setattr(gate.reporting, "OFFLINE_AFTER", 0.2)
+    monkeypatch.setattr(gate.ops.reporting, "OFFLINE_AFTER", 0.2)
     broker = new_broker(tmp_path)
     g = make_gate(tmp_path, keys, broker)
     gates.append(g)
@@ -254,7 +254,7 @@ def test_event_ids_are_unique_and_ordered_even_when_threads_are_preempted_mid_ca
     uuid7, so an unguarded read-modify-write of its counter shows up as repeated time+counter prefixes."""
     import threading
 
-    from gate import events
+    from gate.deliver import events
 
     def on_line(frame, event, arg):
         if event == "line":

@@ -84,8 +84,8 @@ def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
 
 def test_demo_on_a_bus_records_vehicle_trip_position_and_stop(broker, subscriber_factory) -> None:
     """`gate demo --venue bus`: the GPS is a pty replaying a recorded NMEA track along route R7's stops."""
-    from gate.demobus import STOPS
-    from gate.gps import metres
+    from gate.demo.bus import STOPS
+    from gate.venue.gps import metres
 
     sub = subscriber_factory(broker, "gate/+/checkin")
     r = subprocess.run(

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from gate.config import Config
-from gate.mqtt_link import Topics
-from gate.sync import central_topics
+from gate.config.model import Config
+from gate.deliver.mqtt_link import Topics
+from gate.sync.worker import central_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_asyncapi_covers_every_topic_and_its_schemas_exist() -> None:
 
 
 def test_mqtt_doc_names_every_reason_and_topic() -> None:
-    from gate.decision import Reason
+    from gate.decide.decision import Reason
 
     codes = (ROOT / "docs/codes.md").read_text()
     for reason in (
@@ -91,12 +91,12 @@ def test_mqtt_doc_names_every_reason_and_topic() -> None:
 
 def test_every_alarm_the_gate_raises_is_in_the_contract_and_on_the_dashboards() -> None:
     """Every alarm name in the code (`Alarm("…"`, the lane's `Raise("…"`, a recovery's `note("…"`) is in the
-    Home Assistant / Prometheus list (gate.homeassistant.ALARMS), and every one of those in the alarm schema."""
+    Home Assistant / Prometheus list (gate.ops.homeassistant.ALARMS), and every one of those in the alarm schema."""
     import re
 
-    from gate.homeassistant import ALARMS
+    from gate.ops.homeassistant import ALARMS
 
-    code = "\n".join(p.read_text() for p in (ROOT / "gate").glob("*.py"))
+    code = "\n".join(p.read_text() for p in (ROOT / "gate").rglob("*.py"))
     raised = set(re.findall(r'(?:Alarm|Raise|\.note)\(\s*"([a-z_]+)"', code))
     assert {"fire", "held_open", "dead_letter", "outbox_gap", "gps_silent"} <= raised  # the search finds them
     described = json.loads((ROOT / "gate/schemas/alarm.json").read_text())["properties"]["alarm"]["description"]

@@ -18,20 +18,20 @@ from test_daemon import EVENT
 
 from conftest import Broker, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.codes import Status, issue
-from gate.config import load_config
-from gate.control import sign
-from gate.daemon import Signals
-from gate.decoders import make_decoder
-from gate.inbound import BoundedQueue, Job
-from gate.keys import generate_keypair, load_private_key
-from gate.lanestate import ModeRecord
-from gate.mode import Requested
-from gate.passcache import PassCache
-from gate.policy import Policy, PolicyStore
-from gate.scanner import DecodingSource
+from gate.actuate.mode import Requested
+from gate.config.model import load_config
+from gate.decide.codes import Status, issue
+from gate.decide.keys import generate_keypair, load_private_key
+from gate.decide.passcache import PassCache
+from gate.decide.policy import Policy, PolicyStore
+from gate.lane.daemon import Signals
+from gate.lane.state import ModeRecord
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
+from gate.sync.envelope import sign
+from gate.sync.inbound import BoundedQueue, Job
 from gate.testing import ScriptedFrames, SerialModule
-from gate.wiring import build
 
 
 def offline(cfg_path: Path):

@@ -19,17 +19,17 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
 from fakes import ManualClock
-from gate.actuator import Alarm
-from gate.clock import SystemClock
-from gate.codes import Status, issue
-from gate.decoders import make_decoder
-from gate.errors import ConfigError
-from gate.gps import Gps, nearest_stop
-from gate.policy import Stop
-from gate.scanner import DecodingSource
+from gate.actuate.actuator import Alarm
+from gate.config.venue import GpsSection
+from gate.core.clock import SystemClock
+from gate.core.errors import ConfigError
+from gate.decide.codes import Status, issue
+from gate.decide.policy import Stop
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.venueconfig import GpsSection
-from gate.wiring import build
+from gate.venue.gps import Gps, nearest_stop
 
 
 def nmea(body: str) -> bytes:

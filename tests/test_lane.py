@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gate.lane import Buzz, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
-from gate.mode import Mode, Requested
+from gate.actuate.machine import Buzz, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
+from gate.actuate.mode import Mode, Requested
 
 
 def lane(sensor: bool = True) -> LaneMachine:

@@ -18,15 +18,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import Broker, wait_until
 from fakes import ManualClock, daemon_config
-from gate.actuator import Actuator, Alarm, PassageOutcome, Release
-from gate.codes import Status, issue
-from gate.config import GpioSection, load_config
-from gate.decoders import make_decoder
-from gate.lane import Effect, Hold, LaneMachine, Lock, Outcome, Pulse
-from gate.mode import Mode, Requested
-from gate.scanner import DecodingSource
+from gate.actuate.actuator import Actuator, Alarm, PassageOutcome, Release
+from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse
+from gate.actuate.mode import Mode, Requested
+from gate.config.model import GpioSection, load_config
+from gate.decide.codes import Status, issue
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 PULSE, TIMEOUT = 0.2, 1.5
 STATEFUL = settings(max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -46,7 +46,7 @@ def expected(requested: Requested, fire: bool, offline: bool) -> set[Mode]:
 
 class Ledger:
     """Every release and its outcomes, and the recorder's memory of releases awaiting their passages (as
-    gate.recorder keeps it: an entry until the last passage's outcome)."""
+    gate.deliver.recorder keeps it: an entry until the last passage's outcome)."""
 
     def __init__(self) -> None:
         self.passages: dict[str, int] = {}

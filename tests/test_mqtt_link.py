@@ -9,8 +9,8 @@ import time
 import paho.mqtt.client as mqtt
 
 from conftest import wait_until
-from gate.config import MqttSection
-from gate.mqtt_link import MqttLink
+from gate.config.model import MqttSection
+from gate.deliver.mqtt_link import MqttLink
 
 
 class OldBroker:

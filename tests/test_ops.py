@@ -15,13 +15,13 @@ from pathlib import Path
 from gpiozero.pins.mock import MockFactory
 
 from conftest import free_port, make_config, require, wait_until
-from gate.clock import SystemClock
-from gate.codes import Status, issue
-from gate.decoders import make_decoder
-from gate.homeassistant import ALARMS
-from gate.scanner import DecodingSource
+from gate.core.clock import SystemClock
+from gate.decide.codes import Status, issue
+from gate.lane.wiring import build
+from gate.ops.homeassistant import ALARMS
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from gate.outbox import Outbox
-from gate.passcache import PassCache
-from gate.sqlite import Owned, WrongThread, private
+from gate.core.sqlite import Owned, WrongThread, private
+from gate.decide.passcache import PassCache
+from gate.deliver.outbox import Outbox
 
 
 def on_thread(fn):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gate.codes import Status
-from gate.errors import ConfigError, ImportRowError
-from gate.passcache import CacheEntry, PassCache
-from gate.passimport import read_file
-from gate.policy import Policy, PolicyStore
+from gate.core.errors import ConfigError, ImportRowError
+from gate.decide.codes import Status
+from gate.decide.passcache import CacheEntry, PassCache
+from gate.decide.passimport import read_file
+from gate.decide.policy import Policy, PolicyStore
 
 
 def rows(n: int, status: int = 0, prefix: str = "tok") -> list[tuple[str, int, None, int, None]]:

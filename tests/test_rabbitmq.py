@@ -13,12 +13,12 @@ import paho.mqtt.client as mqtt
 from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
-from gate.codes import Kind, Status, issue
-from gate.decoders import make_decoder
-from gate.keys import generate_keypair
-from gate.scanner import DecodingSource
+from gate.decide.codes import Kind, Status, issue
+from gate.decide.keys import generate_keypair
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 
 def gate_on(rabbitmq, tmp_path: Path, keys, prefix: str, **sections):

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from fakes import ManualClock
-from gate.decoders import ZbarDecoder, ZxingDecoder, make_decoder
-from gate.framegen import code_frame
-from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.scan.decoders import ZbarDecoder, ZxingDecoder, make_decoder
+from gate.scan.framegen import code_frame
+from gate.scan.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
 from gate.testing import ScriptedFrames
 
 TEXT = "GT1:8C2*1Z.Q8T$HU2BT8 7HK5-9ZJPU:%0CS1K3B.:D4+T"

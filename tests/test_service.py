@@ -19,10 +19,10 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, require, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.clock import SystemClock
-from gate.scanner import Observation
-from gate.sdnotify import Notifier
-from gate.wiring import build
+from gate.core.clock import SystemClock
+from gate.core.sdnotify import Notifier
+from gate.lane.wiring import build
+from gate.scan.scanner import Observation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -391,7 +391,7 @@ def test_uninstall_keeps_config_and_state_unless_purged(tmp_path: Path) -> None:
 def test_under_systemd_log_lines_carry_syslog_priorities(monkeypatch, capsys) -> None:
     import logging
 
-    from gate.logs import setup_logging
+    from gate.core.logs import setup_logging
 
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     setup_logging()

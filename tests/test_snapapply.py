@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gate.control import Verifier, sign
-from gate.keys import TrustStore
-from gate.passcache import PassCache, Row
-from gate.passsync import rows_text
-from gate.snapapply import SnapshotRefused, apply, apply_in_child, merge
+from gate.decide.keys import TrustStore
+from gate.decide.passcache import PassCache, Row
+from gate.sync.envelope import Verifier, sign
+from gate.sync.passsync import rows_text
+from gate.sync.snapapply import SnapshotRefused, apply, apply_in_child, merge
 
 
 def stage(cache: PassCache, version: int, rows: list[list[object]], per_chunk: int = 3) -> int:
@@ -54,9 +54,9 @@ def test_a_resync_that_repeats_the_cache_puts_nothing_on_disk_until_its_commit(
     to flush, and each fdatasync would only cost the lane's outbox a turn at the disk."""
     import os
 
-    import gate.snapapply
+    import gate.sync.snapapply
 
-    monkeypatch.setattr(gate.snapapply, "FLUSH_EVERY", 10)
+    monkeypatch.setattr(gate.sync.snapapply, "FLUSH_EVERY", 10)
     with PassCache(tmp_path / "p.db") as cache:
         cache.replace_all([row(i) for i in range(200)], version=1)
         synced: list[int] = []

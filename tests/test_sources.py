@@ -10,11 +10,11 @@ import pytest
 import serial
 
 from fakes import ManualClock
-from gate.camconfig import CameraSection
-from gate.camera import PiCamera
-from gate.config import SerialSection
-from gate.errors import DeviceError
-from gate.serial_source import SerialScanner
+from gate.config.camera import CameraSection
+from gate.config.model import SerialSection
+from gate.core.errors import DeviceError
+from gate.scan.camera import PiCamera
+from gate.scan.serial_source import SerialScanner
 from gate.testing import FakePicamera2, FlakyPort
 
 

@@ -23,20 +23,20 @@ from hypothesis import strategies as st
 from test_delivery import schema
 
 from conftest import Broker, make_config, wait_until
-from gate.app import Gate
 from gate.central.mqtt import publisher
-from gate.clock import SystemClock
-from gate.codes import Kind, Status, issue
-from gate.control import sign
-from gate.decoders import make_decoder
-from gate.keys import generate_keypair, load_private_key
-from gate.passcache import PassCache
-from gate.passsync import rows_digest
-from gate.scanner import DecodingSource
-from gate.sealing import Sealer
-from gate.sync import central_topics
+from gate.core.clock import SystemClock
+from gate.decide.codes import Kind, Status, issue
+from gate.decide.keys import generate_keypair, load_private_key
+from gate.decide.passcache import PassCache
+from gate.deliver.sealing import Sealer
+from gate.lane.loop import Gate
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
+from gate.sync.envelope import sign
+from gate.sync.passsync import rows_digest
+from gate.sync.worker import central_topics
 from gate.testing import ScriptedFrames
-from gate.wiring import build
 
 PREFIX = "gate"
 R = TypeVar("R")

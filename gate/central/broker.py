@@ -10,8 +10,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.errors import GateError
-from gate.keys import generate_keypair
+from gate.core.errors import GateError
+from gate.decide.keys import generate_keypair
 
 ROLES = ("gate", "collector", "publisher")
 

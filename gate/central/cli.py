@@ -6,9 +6,9 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gate.address import broker_address
-from gate.codes import Kind, Status
-from gate.errors import GateError
+from gate.core.address import broker_address
+from gate.core.errors import GateError
+from gate.decide.codes import Kind, Status
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

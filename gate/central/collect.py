@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gate.central.db import open_store
 from gate.central.mqtt import connect
 from gate.central.store import Quarantined, Row, Store, row_of
-from gate.config import MqttSection
-from gate.keys import load_public_key
-from gate.sealing import SealError, unseal
+from gate.config.model import MqttSection
+from gate.decide.keys import load_public_key
+from gate.deliver.sealing import SealError, unseal
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 2000  # a batch is committed at this many messages ...

@@ -18,11 +18,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from gate.config import MqttSection
-from gate.configerrors import describe
-from gate.control import sign
-from gate.errors import ConfigError, GateError
-from gate.mqtt_link import authenticate
+from gate.config.errors import describe
+from gate.config.model import MqttSection
+from gate.core.errors import ConfigError, GateError
+from gate.deliver.mqtt_link import authenticate
+from gate.sync.envelope import sign
 
 Broker = MqttSection  # the central tools connect with the same options as a gate
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from gate.central.broker import BrokerDir
-from gate.codes import Kind, Status, issue
-from gate.keys import generate_keypair, load_private_key
+from gate.decide.codes import Kind, Status, issue
+from gate.decide.keys import generate_keypair, load_private_key
 
 
 def main(args: argparse.Namespace) -> int:

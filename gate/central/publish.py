@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from gate.central.mqtt import publisher, request, retained
-from gate.control import sign
-from gate.errors import GateError
-from gate.keys import load_private_key
-from gate.passimport import read_file
-from gate.passsync import rows_digest
-from gate.sync import central_topics
+from gate.core.errors import GateError
+from gate.decide.keys import load_private_key
+from gate.decide.passimport import read_file
+from gate.sync.envelope import sign
+from gate.sync.passsync import rows_digest
+from gate.sync.worker import central_topics
 
 
 def _publish(args: argparse.Namespace, messages: list[tuple[str, bytes, bool]]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from gate.sqlite import private
+from gate.core.sqlite import private
 
 COLS = (
     "event_id",

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from gate.central.store import Store
-from gate.errors import GateError
+from gate.core.errors import GateError
 
 OPERATOR = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 

@@ -1,0 +1,170 @@
+"""Drains the outbox to the broker in order, within an in-flight window, deleting only on PUBACK."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from gate.core.faults import Faults
+from gate.core.threads import LaneFirst, background
+from gate.deliver.mqtt_link import MqttLink
+from gate.deliver.outbox import Outbox
+from gate.deliver.sealing import Sealer
+
+log = logging.getLogger(__name__)
+_QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+
+def acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the PUBACK came. Not info.is_published(): that raises for ever for a message first handed
+    to paho while the link was down (rc NO_CONN), even after paho re-sent it and the broker acked it."""
+    with info._condition:
+        return bool(info._published)
+
+
+class Drainer:
+    """One thread. paho keeps and re-sends what is in flight across reconnects; after a restart the
+    outbox still holds every unacknowledged row, which is simply published again (at least once).
+    Completion is read from each message's MQTTMessageInfo rather than matched by mid inside paho's
+    callback, which runs under paho's own lock."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        link: MqttLink,
+        window: int,
+        max_refusals: int = 5,
+        on_dead_letter: Callable[[int, str], object] = lambda n, detail: None,
+        sealer: Sealer | None = None,
+        lane_first: LaneFirst | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.lane_first = lane_first or LaneFirst()
+        # Signing happens here, as each event leaves, not on the lane thread: it costs the relay nothing.
+        self.sealer = sealer
+        self.outbox, self.link, self.window = outbox, link, window
+        self.max_refusals, self.on_dead_letter = max_refusals, on_dead_letter
+        self.retry_delay = 5.0  # before re-sending what the broker refused
+        self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo]] = deque()
+        self._refused: dict[int, str] = {}  # mid -> the failure reason the broker answered (paho's thread adds)
+        self._refusals: Counter[int] = Counter()  # seq -> times refused so far
+        self._generation = link.generation
+        self.faults = faults or Faults()
+        self._last_seq = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.delivered = 0
+        self.listeners: list[Callable[[list[str]], None]] = []  # event_ids just acknowledged
+        self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)
+        link.ack_listeners.append(self.on_publish)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_publish(self, mid: int, refused: str | None) -> None:
+        """paho's thread: a PUBACK arrived (`refused`: the broker's failure reason, MQTT 5 only)."""
+        if refused is not None:
+            self._refused[mid] = refused
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def _run(self) -> None:
+        background()
+        while not self._stop.is_set():
+            if not self.faults.run("delivering the outbox", self._step):
+                self._stop.wait(1.0)
+            self._wake.wait(0.2)
+            self._wake.clear()
+
+    def _collect(self) -> None:
+        acked: list[int] = []
+        ids: list[str] = []
+        retry: list[int] = []
+        dead: list[int] = []
+        reasons: set[str] = set()
+        while self._inflight and acknowledged(self._inflight[0][2]):
+            seq, event_id, info = self._inflight.popleft()
+            reason = self._refused.pop(info.mid, None)
+            if reason is None:
+                acked.append(seq)
+                ids.append(event_id)
+                continue
+            reasons.add(reason)
+            self._refusals[seq] += 1
+            (dead if self._refusals[seq] >= self.max_refusals else retry).append(seq)
+        if acked:
+            for seq in acked if self._refusals else ():  # refused before, delivered now: nothing to count
+                del self._refusals[seq]
+            self.delivered += self.outbox.ack(acked)
+            self.outbox.check_space()  # room came back: the lane may return to service at once
+            for listener in self.listeners:
+                listener(ids)
+        if dead:
+            why = ", ".join(sorted(reasons))
+            n = self.outbox.dead_letter(dead, why)
+            for seq in dead:
+                del self._refusals[seq]
+            detail = f"{n} event(s) refused {self.max_refusals} times by the broker ({why}) set aside as dead letters"
+            log.error("%s; the events after them flow on", detail)
+            self.on_dead_letter(n, detail)
+        if retry or dead:
+            if retry:
+                log.error(
+                    "broker refused %d event(s) (%s); they stay in the outbox and are retried",
+                    len(retry),
+                    ", ".join(sorted(reasons)),
+                )
+            self._inflight.clear()  # re-send from the first refused row, in order
+            self._last_seq = min(retry + dead) - 1
+            if retry:
+                self._stop.wait(self.retry_delay)
+
+    def _step(self) -> None:
+        if self.link.generation != self._generation:  # the link rebuilt its client: re-send what the old one held
+            self._generation = self.link.generation
+            if self._inflight:
+                self._last_seq = self._inflight[0][0] - 1
+                self._inflight.clear()
+            self._refused.clear()
+        self._collect()
+        if not self.link.connected.is_set():
+            return
+        room = self.window - len(self._inflight)
+        while room > 0 and not self._stop.is_set():
+            rows = self.outbox.fetch(self._last_seq, min(room, 500))
+            if not rows:
+                return
+            for seq, event_id, topic, qos, payload in rows:
+                self.lane_first.yield_to_lane()
+                info = self.link.publish(topic, self.sealer.seal(payload) if self.sealer else payload, qos=qos)
+                if info.rc not in _QUEUED:  # paho did not keep it: fetch it again on the next step
+                    return
+                self._inflight.append((seq, event_id, info))
+                self._last_seq = seq
+            room -= len(rows)
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Block until every outbox row is acknowledged, or the timeout passes."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.depth and time.monotonic() < deadline:
+            self.wake()
+            time.sleep(0.05)
+        return self.outbox.depth == 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)

@@ -1,0 +1,125 @@
+"""Recording: every decision, passage and alarm becomes an event committed to the outbox before it counts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from gate.actuate.actuator import Alarm, PassageOutcome
+from gate.config.model import Config
+from gate.core.clock import Clock, ClockReading
+from gate.core.errors import OutboxFull
+from gate.decide.decision import Decision
+from gate.decide.policy import Stop
+from gate.deliver.events import CheckIn, alarm_json, uuid7
+from gate.deliver.mqtt_link import Topics
+from gate.deliver.outbox import Outbox
+from gate.venue.gps import nearest_stop
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """The lane thread's writer into the outbox. It also remembers each release until all of its
+    passages are recorded, so a passage event names its decision."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        outbox: Outbox,
+        clock: Clock,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.gate_id, self.venue = cfg.gate.id, cfg.venue.venue()
+        self.position: Callable[[], dict[str, Any] | None] = lambda: None  # set when a GPS receiver is wired
+        self.stops: Callable[[str], Sequence[Stop]] = lambda route: ()  # a route's stops, from the policy
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
+        self.outbox, self.clock, self._wake = outbox, clock, wake
+        self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
+        self._released: dict[str, CheckIn] = {}  # decision event_id -> its check-in
+
+    def checkin(self, d: Decision, now: ClockReading, policy_version: int, cache_version: int) -> CheckIn:
+        return CheckIn(
+            event_id=uuid7(now.wall),
+            type="decision",
+            gate_id=self.gate_id,
+            venue=self.venue,
+            token=d.token,
+            kind=d.kind,
+            decision=d.action.value,
+            reason=d.reason.value,
+            companions=d.companions,
+            companion_index=None,
+            outcome=None,
+            decision_id=None,
+            operator=d.operator,
+            time=now.wall,
+            clock_synced=now.usable,
+            policy_version=policy_version,
+            cache_version=cache_version,
+            position=self._where(),
+        )
+
+    def _where(self) -> dict[str, Any] | None:
+        pos = self.position()
+        if pos is None or not self.venue.route or not (stops := self.stops(self.venue.route)):
+            return pos
+        return {**pos, "stop": nearest_stop(pos, stops)}
+
+    def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True) -> None:
+        """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
+        try:
+            self.outbox.append(event_id, topic, payload)
+        except OutboxFull as exc:
+            log.critical("CHECK-IN NOT RECORDED %s: %s", event_id, exc)
+            raise
+        if wake:
+            self._wake()
+
+    def wake(self) -> None:
+        """Let the drainer know there is something to send."""
+        self._wake()
+
+    def decision(self, event: CheckIn, released: bool) -> None:
+        """Record a decision; the caller wakes the drainer once the relay is open (`wake`), so that delivery
+        does not compete with the passenger's wait."""
+        self.record(event.event_id, self.topics.checkin, event.to_json(), wake=False)
+        if released:
+            self._released[event.event_id] = event
+
+    def decided(self, ref: str) -> CheckIn | None:
+        """The decision a release was made for, while its passages are still being recorded."""
+        return self._released.get(ref)
+
+    def passage(self, o: PassageOutcome) -> CheckIn | None:
+        """One passage of a release finished; record it against its decision, which is returned."""
+        decided = self._released.get(o.ref)
+        if decided is None:
+            return None
+        if o.index + 1 >= decided.companions + 1:
+            del self._released[o.ref]
+        now = self.clock.read()
+        ev = replace(
+            decided,
+            event_id=uuid7(now.wall),
+            type="passage",
+            reason="passage",
+            outcome=o.outcome,
+            companion_index=o.index,
+            decision_id=decided.event_id,
+            time=now.wall,
+            clock_synced=now.usable,
+        )
+        self.record(ev.event_id, self.topics.checkin, ev.to_json())
+        return decided
+
+    def alarm(self, a: Alarm) -> str:
+        if a.active:
+            self.active_alarms.add(a.name)
+        else:
+            self.active_alarms.discard(a.name)
+        event_id, payload = alarm_json(self.gate_id, a.name, a.active, a.detail, self.clock.read().wall)
+        self.record(event_id, self.topics.alarm, payload)
+        return event_id

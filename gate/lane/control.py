@@ -1,0 +1,124 @@
+"""Requests to the lane from other threads: the control plane, the actuator and the MQTT link."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gate.actuate.actuator import Alarm, PassageOutcome
+from gate.actuate.mode import Requested
+from gate.config.venue import ID_PATTERN
+from gate.core.mailbox import Mailbox
+from gate.decide.policy import Policy
+
+Reply = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SetMode:
+    mode: Requested
+    by: str  # who asked: "central", "start-up", …
+
+    @classmethod
+    def command(cls, name: str, args: dict[str, Any]) -> SetMode | None:
+        """Central's mode commands (`out-of-service`, `in-service`, `free-pass` with state on|off); None for others."""
+        if name == "free-pass":
+            state = args.get("state", "on")
+            if state not in ("on", "off"):
+                raise ValueError(f"free-pass: args.state must be on or off, not {str(state)[:20]!r}")
+            return cls(Requested.FREE_PASS if state == "on" else Requested.NORMAL, "central")
+        named = {"out-of-service": Requested.OUT_OF_SERVICE, "in-service": Requested.NORMAL}.get(name)
+        return None if named is None else cls(named, "central")
+
+
+@dataclass(frozen=True)
+class ApplyPolicy:
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class TrustKeys:
+    keys: tuple[Ed25519PublicKey, ...]  # the whole set in force: config keys plus central's current ones
+
+
+@dataclass(frozen=True)
+class RemoteOpen:
+    operator: str  # the staff token that asked
+    reply: Reply | None = None  # called on the lane thread with {"event_id": …}
+
+
+@dataclass(frozen=True)
+class SetTrip:
+    """A bus's route and run, from central (a signed command): every check-in from now on carries them."""
+
+    route: str | None
+    run: str | None
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> SetTrip:
+        """`set-trip` args: route and run, each an id (A-Z a-z 0-9 _ . -, max 64) or null."""
+        out = []
+        for key in ("route", "run"):
+            value = args.get(key)
+            if value is not None and not (isinstance(value, str) and re.fullmatch(ID_PATTERN, value)):
+                raise ValueError(
+                    f"set-trip: {key} must be an id of A-Z a-z 0-9 _ . - (max 64), got {str(value)[:70]!r}"
+                )
+            out.append(value)
+        return cls(*out)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Publish the retained state now; `reply`, if given, is called with it (on the lane thread)."""
+
+    reply: Reply | None = None
+
+
+Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | SetTrip | Report | PassageOutcome | Alarm
+Inbox = Mailbox[Request]
+INBOX_LIMIT = 1000  # ordinary requests waiting for the lane; safety requests are never refused
+SAFETY_ALARMS = frozenset({"fire", "free_pass"})
+
+
+def make_inbox() -> Inbox:
+    return Mailbox("lane inbox", INBOX_LIMIT)
+
+
+def essential(r: Request) -> bool:
+    """Never refused: a mode change, a passage outcome (its record), and the fire and free-pass alarms."""
+    return isinstance(r, SetMode | PassageOutcome) or (isinstance(r, Alarm) and r.name in SAFETY_ALARMS)
+
+
+class LaneControl:
+    """The only way into the lane from another thread. Each call queues a request and returns at once;
+    the lane thread carries requests out in order, between scans."""
+
+    def __init__(self, inbox: Inbox, wake: Callable[[], None] = lambda: None) -> None:
+        self._inbox, self._wake = inbox, wake
+
+    def post(self, request: Request) -> bool:
+        """False when the inbox was full and refused it (counted and logged there); safety requests never are."""
+        taken = self._inbox.put(request, essential(request))
+        if taken:
+            self._wake()
+        return taken
+
+    def set_mode(self, mode: Requested, by: str) -> None:
+        self.post(SetMode(mode, by))
+
+    def apply_policy(self, policy: Policy) -> None:
+        self.post(ApplyPolicy(policy))
+
+    def trust_keys(self, keys: Sequence[Ed25519PublicKey]) -> None:
+        self.post(TrustKeys(tuple(keys)))
+
+    def open(self, operator: str, reply: Reply | None = None) -> None:
+        self.post(RemoteOpen(operator, reply))
+
+    def report(self, reply: Reply | None = None) -> None:
+        self.post(Report(reply))

@@ -1,0 +1,253 @@
+"""The lane: scan → decide → record → actuate on one thread, and requests from other threads between scans."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
+
+from gate.actuate.actuator import Actuator, Alarm, PassageOutcome, Release
+from gate.actuate.mode import Mode, Requested
+from gate.config.model import Config
+from gate.core.clock import Clock
+from gate.core.errors import GateError, OutboxFull
+from gate.core.faults import Faults
+from gate.core.threads import LaneFirst, freeze_heap
+from gate.decide.decision import Decider, Decision, Reason
+from gate.decide.keys import TrustStore
+from gate.decide.passcache import PassCache
+from gate.decide.policy import Action
+from gate.deliver.delivery import Drainer
+from gate.deliver.events import CheckIn, short
+from gate.deliver.mqtt_link import MqttLink
+from gate.deliver.outbox import Outbox
+from gate.deliver.recorder import Recorder
+from gate.lane.control import (
+    ApplyPolicy,
+    Inbox,
+    LaneControl,
+    RemoteOpen,
+    Report,
+    Request,
+    SetMode,
+    SetTrip,
+    TrustKeys,
+)
+from gate.lane.state import LaneState, ModeRecord
+from gate.ops.reporting import Reporter
+from gate.ops.telemetry import Stats
+from gate.scan.scanner import Scan, Scanner
+from gate.sync.worker import CentralSync
+
+log = logging.getLogger(__name__)
+DecisionListener = Callable[[Scan | None, Decision, CheckIn], None]
+
+
+@dataclass
+class Gate:
+    """Owns the lane's state: its pass-cache reader, the outbox writer, the decider's memories and the
+    actuator's mode. `handle`, `tick`, `pump` and `state` run on the lane thread (the one that calls
+    `run`); other threads reach the lane only through `control` (see gate/lane/control.py)."""
+
+    cfg: Config
+    scanner: Scanner
+    decider: Decider
+    cache: PassCache
+    outbox: Outbox
+    actuator: Actuator
+    clock: Clock
+    recorder: Recorder
+    reporter: Reporter
+    inbox: Inbox
+    stats: Stats
+    lanestate: LaneState
+    faults: Faults
+    link: MqttLink | None = None
+    drainer: Drainer | None = None
+    sync: CentralSync | None = None
+    listeners: list[DecisionListener] = field(default_factory=list)
+    outcome_listeners: list[Callable[[PassageOutcome], None]] = field(default_factory=list)
+    heartbeat: Callable[[], None] = lambda: None
+    closers: list[Callable[[], None]] = field(default_factory=list)  # extras stopped last (metrics endpoint)
+    loop_at: float = 0.0  # monotonic time of the scan loop's last turn (0: not running); for /healthz
+    lane_first: LaneFirst = field(default_factory=LaneFirst)
+
+    @cached_property
+    def control(self) -> LaneControl:
+        return LaneControl(self.inbox)
+
+    def handle(self, payload: bytes, scan: Scan | None = None) -> tuple[Decision, CheckIn]:
+        """Decide, record durably, then actuate: a power cut at any instant loses no passage record."""
+        full = self.outbox.full and self.cfg.outbox.on_full == "out_of_service"
+        blocked = Reason.OUT_OF_SERVICE if self.actuator.mode is Mode.OUT_OF_SERVICE or full else None
+        now = self.clock.read()
+        decision = self.decider.decide(payload, now, blocked)
+        event = self.recorder.checkin(decision, now, self.decider.policy.version, self.cache.info().version)
+        if full:  # denied without adding a row: counted instead, and reported when the outbox clears
+            self.reporter.denied_while_full()
+        else:
+            try:
+                self.recorder.decision(event, released=decision.admits)
+            except OutboxFull:  # cannot record, so cannot admit: fail closed
+                if decision.token is not None:
+                    self.decider.cancel(decision.token)
+                self.actuator.signal("deny")
+                return replace(decision, action=Action.DENY, reason=Reason.OUT_OF_SERVICE), event
+        if decision.admits:
+            self.actuator.release(Release(event.event_id, decision.companions + 1))
+        self.actuator.signal(decision.action.value)
+        if not full:
+            self.recorder.wake()  # only now: delivering the record must not delay the relay
+        tok = short(decision.token)
+        self.stats.decided(
+            decision.reason.value,
+            {"time": event.time, "decision": decision.action.value, "reason": decision.reason.value, "token": tok},
+        )
+        log.info(
+            "decision %s %s token=%s kind=%s companions=%d event=%s%s",
+            decision.action.value,
+            decision.reason.value,
+            tok,
+            decision.kind or "-",
+            decision.companions,
+            event.event_id,
+            " (not recorded: outbox full)" if full else "",
+        )
+        for listener in self.listeners:
+            listener(scan, decision, event)
+        return decision, event
+
+    def pump(self) -> None:
+        """Carry out every request queued by other threads, in order."""
+        while True:
+            try:
+                request = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._carry_out(request)
+            except Exception:
+                log.exception("lane: request %s failed", type(request).__name__)
+
+    def _carry_out(self, r: Request) -> None:
+        match r:
+            case PassageOutcome():
+                self.stats.passage(r.outcome)
+                for listener in self.outcome_listeners:
+                    listener(r)
+                decided = self.recorder.decided(r.ref)
+                if decided is not None and decided.token is not None and r.index == 0:
+                    self._passback(decided.token, r.outcome)  # stored first: the record below may fail
+                self.recorder.passage(r)
+            case Alarm():  # shown in the state at once; its record may wait for room (a full disk)
+                self.faults.run("recording alarms", partial(self.recorder.alarm, r))
+            case SetMode():
+                self.set_mode(r.mode, r.by)
+            case SetTrip():
+                self.recorder.venue = replace(self.recorder.venue, route=r.route, run=r.run)
+                self.faults.run("storing the trip", lambda: self.lanestate.set_trip(r.route, r.run, time.time()))
+                log.info("venue: vehicle %s now on route %s, run %s", self.recorder.venue.vehicle_id, r.route, r.run)
+            case ApplyPolicy():
+                self.decider.policy = r.policy
+            case TrustKeys():
+                self.decider.trust = TrustStore.of(r.keys)
+            case RemoteOpen():
+                if self.actuator.mode is Mode.OUT_OF_SERVICE:  # locked means locked, for staff too
+                    log.warning("remote open by operator %s refused: the lane is out of service", short(r.operator))
+                    if r.reply is not None:
+                        r.reply({"error": "the lane is out of service: not opened"})
+                    return
+                event_id = self.remote_open(r.operator)
+                if r.reply is not None:
+                    r.reply({"event_id": event_id})
+            case Report():
+                state = self.reporter.publish_state()
+                if r.reply is not None:
+                    r.reply(state)
+
+    def remote_open(self, operator: str) -> str:
+        """Control room opens the lane for a person without a phone: a staff-assisted check-in."""
+        d = Decision(
+            Action.ADMIT, Reason.STAFF_ASSISTED, "opened remotely by staff", None, "staff_assisted", operator=operator
+        )
+        event = self.recorder.checkin(d, self.clock.read(), self.decider.policy.version, self.cache.info().version)
+        self.recorder.decision(event, released=True)
+        self.actuator.release(Release(event.event_id, 1))
+        self.actuator.signal("admit")
+        log.info("remote open by operator %s event=%s", short(operator), event.event_id)
+        return event.event_id
+
+    def set_mode(self, mode: Requested, by: str) -> None:
+        """A requested mode is on disk before the lane acts on it. If it cannot be stored, out-of-service still
+        applies (it only restricts), and any other mode is refused."""
+        record = ModeRecord(mode, by, self.clock.read().wall)
+        stored = self.faults.run("storing the lane mode", lambda: self.lanestate.set_mode(record))
+        if not stored and mode is not Requested.OUT_OF_SERVICE:
+            raise GateError(f"lane mode {mode} not applied: it could not be stored ({self.lanestate.path})")
+        log.warning("lane mode %s requested by %s", mode, by)
+        self.actuator.request(mode, by, record.set_at)
+
+    def _passback(self, token: str, outcome: str) -> None:
+        """Anti-passback counts the holder only once they went through; it is kept across restarts."""
+        if outcome == "not_passed":
+            self.decider.cancel(token)
+            return
+        now = self.clock.read()
+        self.decider.confirm(token, now.mono)
+        window = self.decider.policy.passback_seconds
+        if window > 0:
+            self.faults.run("storing anti-passback", lambda: self.lanestate.passed(token, now.wall, window))
+
+    def state(self) -> dict[str, object]:
+        return self.reporter.state()
+
+    def tick(self) -> None:
+        """Between scans: queued requests, then the periodic reporting."""
+        self.pump()
+        self.reporter.tick()
+
+    def run(self, stop: threading.Event) -> None:
+        """The scan loop. Nothing in it stops the daemon: a failure is logged once, counted, and the lane
+        stays safe (a decision that fails is a denial; the relay is only ever released after a record)."""
+        freeze_heap()
+        try:
+            self._loop(stop)
+        finally:
+            self.loop_at = 0.0
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            scans = self.scanner.poll(0.2)
+            self.heartbeat()  # the scan loop made progress (watchdog)
+            self.loop_at = time.monotonic()
+            self.pump()  # a mode or policy change queued before this scan applies to it
+            if scans:
+                with self.lane_first.deciding():  # delivery and sync pause at their next step meanwhile
+                    for scan in scans:
+                        self.stats.scanned(scan.decode_ms)
+                        if not self.faults.run("deciding", partial(self.handle, scan.payload, scan)):
+                            self.actuator.signal("deny")
+            self.reporter.tick()
+
+    def close(self, reason: str = "stop") -> None:
+        """Relay safe first; then record what the actuator reported while stopping; then say why the gate
+        stops (`stop`, `reload`, `error`) in the retained state; then the rest."""
+        self.actuator.close()
+        self.scanner.close()
+        self.pump()
+        self.faults.run("publishing the stopped state", lambda: self.reporter.stopping(reason))
+        if self.sync is not None:
+            self.sync.stop()
+        if self.drainer is not None:
+            self.drainer.stop()
+        if self.link is not None:
+            self.link.stop()
+        self.outbox.close()
+        self.cache.close()
+        self.lanestate.close()
+        for closer in self.closers:
+            self.faults.run("stopping", closer)

@@ -1,0 +1,151 @@
+"""State files at start-up: check each one, move a corrupt one aside, and say what was done."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gate.config.model import OutboxSection
+from gate.core.docstore import AtomicJSONStorage
+from gate.core.sqlite import header_size
+from gate.decide import passcache
+from gate.deliver import outbox
+from gate.deliver.outbox import Outbox, read_hwm, salvage
+from gate.lane import state as lanestate
+from gate.lane.state import LaneState
+
+log = logging.getLogger(__name__)
+SIDE_FILES = ("-wal", "-shm", "-journal", ".hwm")
+
+
+@dataclass
+class Recovery:
+    """What start-up had to repair, for the alarms the lane raises once it can record them."""
+
+    alarms: list[tuple[str, str]] = field(default_factory=list)  # (alarm name, detail)
+
+    def note(self, name: str, detail: str) -> None:
+        log.critical("%s: %s", name, detail)
+        self.alarms.append((name, detail))
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` (and its SQLite side files) to `<name>.corrupt-<UTC time>`, kept for a post-mortem."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, target)
+    for side in SIDE_FILES:
+        extra = path.with_name(path.name + side)
+        if extra.exists():
+            os.replace(extra, target.with_name(target.name + side))
+    return target
+
+
+def sqlite_problem(path: Path, setup: Callable[[sqlite3.Connection], None], thorough: bool = True) -> str | None:
+    """None if the file opens, has our schema and passes SQLite's quick check (or, not `thorough`, a check that
+    costs nothing at any size: the header's page count against the file's length); else what is wrong."""
+    if not path.exists():
+        return None
+    if not thorough and (cut := _cut_short(path)) is not None:
+        return cut
+    try:
+        db = sqlite3.connect(path, timeout=10)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        setup(db)
+        if not thorough:
+            return None
+        rows = db.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            return "; ".join(str(r[0]) for r in rows[:3])
+        return None
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        db.close()
+
+
+def _cut_short(path: Path) -> str | None:
+    want = header_size(path)  # None: not a database at all, and opening it says so
+    size = path.stat().st_size
+    return None if want is None or size >= want else f"cut short: {size} of {want} bytes"
+
+
+def check_device_doc(path: Path, recovery: Recovery) -> None:
+    """device.json (policy, central's trust keys, command nonces): unreadable means moved aside."""
+    try:
+        data = AtomicJSONStorage(path).read()
+        if data is not None and not all(isinstance(v, dict) for v in data.values()):
+            raise ValueError("not a document store")
+        return
+    except (ValueError, AttributeError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc)[:80]}"
+    aside = move_aside(path)
+    recovery.note(
+        "state_file_corrupt",
+        f"{path.name} unreadable ({problem}); moved to {aside.name}; the policy "
+        "comes from the config and central's keys from the config until central sends them again",
+    )
+
+
+def open_pass_cache(path: Path, recovery: Recovery) -> bool:
+    """True if passes.db had to be moved aside: the gate starts empty and asks central for a snapshot."""
+    problem = sqlite_problem(path, passcache.setup, thorough=False)  # a 10M-pass cache: no full scan at start
+    if problem is None:
+        return False
+    aside = move_aside(path)
+    recovery.note(
+        "state_file_corrupt",
+        f"{path.name} unreadable ({problem[:80]}); moved to {aside.name}; "
+        "starting with an empty pass cache and asking central for a snapshot",
+    )
+    return True
+
+
+def open_outbox(path: Path, cfg: OutboxSection, recovery: Recovery) -> Outbox:
+    """A corrupt outbox is moved aside and every readable row salvaged into a fresh one, in order."""
+    problem = sqlite_problem(path, outbox.setup)
+    if problem is not None:
+        aside = move_aside(path)
+        box = Outbox(path, cfg)
+        saved, bad = salvage(aside, box, read_hwm(aside.with_name(aside.name + ".hwm")))
+        lost = "an unknown number of rows could not be read" if bad is None else f"{bad} could not be read"
+        recovery.note(
+            "state_file_corrupt",
+            f"{path.name} unreadable ({problem[:80]}); moved to {aside.name}; "
+            f"{saved} undelivered events saved into a fresh outbox, {lost}",
+        )
+        return box
+    box = Outbox(path, cfg)
+    if box.lost_at_start:
+        recovery.note(
+            "outbox_gap",
+            f"{path.name} ends at event {box.last_seq_at_start} but events up to "
+            f"{box.hwm_at_start} were written: {box.lost_at_start} undelivered events were lost "
+            "with a damaged write-ahead log",
+        )
+    return box
+
+
+def open_lane_state(path: Path, recovery: Recovery) -> tuple[LaneState, bool]:
+    """lane.db; if it was corrupt the remote mode is unknown, and the caller starts out of service."""
+    problem = sqlite_problem(path, lanestate.setup)
+    if problem is None:
+        return LaneState(path), False
+    aside = move_aside(path)
+    recovery.note(
+        "state_file_corrupt",
+        f"{path.name} unreadable ({problem[:80]}); moved to {aside.name}; the "
+        "remote mode is unknown, so the lane starts out of service until an in-service command",
+    )
+    return LaneState(path), True

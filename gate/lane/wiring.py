@@ -1,0 +1,215 @@
+"""Start-up, step by step: every part is built once, complete, in dependency order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from gate.actuate.actuator import Actuator, Alarm
+from gate.actuate.mode import Requested
+from gate.actuate.pins import make_pin_factory
+from gate.config.model import Config, secret_path
+from gate.config.venue import MOBILE
+from gate.core.clock import Clock, SystemClock
+from gate.core.docstore import DocStore
+from gate.core.faults import Faults
+from gate.core.threads import LaneFirst, lane_switching
+from gate.decide.decision import Decider
+from gate.decide.keys import TrustStore, load_private_key, load_public_key
+from gate.decide.passcache import PassCache
+from gate.decide.policy import PolicyStore
+from gate.deliver.delivery import Drainer
+from gate.deliver.mqtt_link import MqttLink
+from gate.deliver.recorder import Recorder
+from gate.deliver.sealing import Sealer
+from gate.lane.control import LaneControl, make_inbox
+from gate.lane.loop import Gate
+from gate.lane.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
+from gate.ops.homeassistant import Discovery
+from gate.ops.metrics import MetricsServer
+from gate.ops.reporting import Reporter
+from gate.ops.telemetry import Stats
+from gate.scan.decoders import make_decoder
+from gate.scan.motion import SceneWatch
+from gate.scan.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.sync.envelope import Verifier
+from gate.sync.worker import CentralSync, central_keys
+from gate.venue.gps import Gps
+
+log = logging.getLogger(__name__)
+
+
+def make_source(cfg: Config) -> CodeSource:
+    """The configured source; hardware libraries are imported inside their adapters."""
+    sc = cfg.scanner
+    if sc.source == "serial":
+        from gate.scan.serial_source import SerialScanner
+
+        return SerialScanner(sc.serial)
+    decoder = make_decoder(sc.decoder, sc.formats)
+    if sc.source == "images":
+        assert sc.images_path is not None
+        return DecodingSource(ImageSource([sc.images_path], sc.max_image_pixels), decoder)
+    from gate.scan.camera import PiCamera
+
+    return DecodingSource(PiCamera(sc.camera), decoder, SceneWatch() if sc.camera.skip_unchanged_frames else None)
+
+
+def source_counters(source: CodeSource) -> dict[str, int]:
+    """For telemetry: camera restarts or serial reconnects, and serial lines dropped."""
+    restarts = getattr(getattr(source, "frames", source), "restarts", 0) + getattr(source, "reconnects", 0)
+    return {"source_restarts": int(restarts), "dropped_lines": int(getattr(source, "dropped_lines", 0))}
+
+
+def build(
+    cfg: Config,
+    source: CodeSource | None = None,
+    pin_factory: Any = None,
+    clock: Clock | None = None,
+    trust: TrustStore | None = None,
+    with_mqtt: bool = True,
+) -> Gate:
+    state = cfg.gate.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    recovery = Recovery()
+    inbox = make_inbox()
+    lane_first = LaneFirst()  # the lane's decisions come before delivery and sync
+    lane_switching()
+    control = LaneControl(inbox)
+    # The `fault` alarm: raised when any episode of failing work starts, cleared when none is left.
+    faults = Faults(on_episode=lambda what, on, detail: control.post(Alarm("fault", on, detail)))
+    clock = clock or SystemClock(cfg.clock.sync_source)
+    base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
+    check_device_doc(state / "device.json", recovery)
+    policy = PolicyStore(state / "device.json", cfg.policy).load()
+    cache_lost = open_pass_cache(state / "passes.db", recovery)
+    cache = PassCache(state / "passes.db")
+    decider = Decider(
+        TrustStore.of([*base_keys, *central_keys(state)]),
+        policy,
+        cache.lookup,
+        cache.info,
+        cfg.scanner.max_payload_bytes,
+    )
+    outbox = open_outbox(state / "outbox.db", cfg.outbox, recovery)
+    lanestate, mode_unknown = open_lane_state(state / "lane.db", recovery)
+    code_source = source or make_source(cfg)
+    scanner = Scanner(code_source, Deduplicator(cfg.scanner.rearm_seconds, cfg.scanner.absent_seconds))
+    factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.gpio.pin_factory)
+    actuator = Actuator(cfg.gpio, factory, control.post, control.post)
+    link = MqttLink(cfg.mqtt, cfg.gate.id, on_up=control.report) if with_mqtt else None
+    sealer = Sealer(load_private_key(secret_path(cfg.gate.device_key))) if cfg.gate.device_key else None
+    drainer = None
+    if link is not None:
+        dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
+        window, refusals = cfg.mqtt.inflight_window, cfg.mqtt.max_refusals
+        drainer = Drainer(outbox, link, window, refusals, dead, sealer, lane_first, faults)
+    recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
+    sync = None
+    if link is not None and cfg.central.keys:
+        verifier = Verifier(
+            TrustStore.from_files(cfg.central.keys),
+            cfg.gate.id,
+            cfg.central.max_message_bytes,
+            cfg.central.command_max_age_seconds,
+            DocStore(state / "device.json", "command_nonces"),
+        )
+        sync = CentralSync(control, link, verifier, base_keys, cfg, lane_first, faults)
+    elif link is not None:
+        log.warning("no [central] keys pinned: pass status, policy and commands from central are ignored")
+    stats = Stats()
+    reporter = Reporter(
+        cfg,
+        cache,
+        outbox,
+        decider,
+        actuator,
+        clock,
+        recorder,
+        stats,
+        link=link,
+        sync_status=sync.status if sync is not None else None,
+        lanestate=lanestate,
+        faults=faults,
+        source_counters=lambda: source_counters(code_source),
+        queues=(inbox, actuator.events),
+    )
+    gate = Gate(
+        cfg,
+        scanner,
+        decider,
+        cache,
+        outbox,
+        actuator,
+        clock,
+        recorder,
+        reporter,
+        inbox,
+        stats,
+        lanestate,
+        faults,
+        link=link,
+        drainer=drainer,
+        sync=sync,
+        lane_first=lane_first,
+    )
+    restore_lane(gate, mode_unknown)
+    if link is not None:
+        link.up_listeners.append(Discovery(cfg, link).connected)
+    if cfg.metrics.listen:
+        start_metrics(gate, cfg.metrics.listen, lambda: source_counters(code_source))
+    if cfg.gps.port:
+        gps = Gps(cfg.gps, control.post)
+        recorder.position = gps.position
+        if isinstance(clock, SystemClock):
+            clock.gps_offset = gps.clock_offset
+        gps.start()
+        gate.closers.append(gps.stop)
+    elif cfg.venue.category in MOBILE:
+        recorder.position = lambda: {"fix": False, "why": "no_gps"}
+    recorder.stops = lambda route: gate.decider.policy.stops.get(route, ())  # the policy in force, central's
+    trip = lanestate.trip() if cfg.venue.category == "bus" else None
+    if trip is not None:  # central changed the route or run since the config was written: that stands
+        recorder.venue = replace(recorder.venue, route=trip[0], run=trip[1])
+    for name, detail in recovery.alarms:
+        control.post(Alarm(name, True, detail))
+    if sync is not None:
+        sync.start()
+        if cache_lost:
+            sync.resync_soon("the pass cache was unreadable and started empty")
+    if drainer is not None:
+        drainer.start()
+    if link is not None:
+        link.start()
+    return gate
+
+
+def start_metrics(gate: Gate, listen: str, counters: Callable[[], dict[str, int]]) -> None:
+    """Monitoring is not the lane: an address that cannot be bound is logged, and the gate runs on."""
+    try:
+        server = MetricsServer(listen, gate, counters)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s: %s; the gate runs without /metrics", listen, exc.strerror)
+        return
+    server.start()
+    gate.closers.append(server.stop)
+
+
+def restore_lane(gate: Gate, mode_unknown: bool) -> None:
+    """Before the first scan: the remote mode and the anti-passback memory from before the restart."""
+    now = gate.clock.read()
+    try:
+        record = None if mode_unknown else gate.lanestate.mode()
+    except ValueError as exc:  # a value that is no mode: as unknown as an unreadable file
+        log.error("lane.db: %s", exc)
+        mode_unknown = True
+    if mode_unknown:
+        gate.set_mode(Requested.OUT_OF_SERVICE, "start-up: lane.db was unreadable")
+    elif record is not None:
+        log.warning("lane mode %s restored (set by %s at %.0f)", record.mode, record.set_by, record.set_at)
+        gate.actuator.request(record.mode, record.set_by, record.set_at)
+    window = gate.decider.policy.passback_seconds
+    passed = gate.lanestate.recent_passages(now.wall, window) if window > 0 else {}
+    gate.decider.restore({t: now.mono - (now.wall - at) for t, at in passed.items()})

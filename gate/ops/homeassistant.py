@@ -1,0 +1,128 @@
+"""Home Assistant MQTT discovery: one device per gate, its entities read from the retained state and the
+telemetry the gate publishes anyway (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery).
+
+Each entity's config is retained at `<prefix>/<component>/gate_<id>/<object>/config`. The topics announced
+are remembered in `<state_dir>/homeassistant.json`, so that turning discovery off (or an entity going away in
+a new version) removes them with an empty retained message, as Home Assistant expects."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from gate import __version__
+from gate.config.model import Config
+from gate.deliver.mqtt_link import MqttLink, Topics
+from gate.ops.reporting import write_json_atomic
+
+log = logging.getLogger(__name__)
+# Every alarm name the gate raises (gate.alarm/1): one binary sensor each, on while raised.
+ALARMS = (
+    "fire",
+    "free_pass",
+    "held_open",
+    "forced_passage",
+    "outbox_full",
+    "cache_stale",
+    "state_file_corrupt",
+    "outbox_gap",
+    "dead_letter",
+    "fault",
+    "gps_silent",
+)
+
+
+def entities(cfg: Config) -> dict[str, dict[str, Any]]:
+    """`<component>/<object>` → its discovery config, without the device and availability parts."""
+    t = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
+    state, tel = t.state, t.telemetry
+    out: dict[str, dict[str, Any]] = {
+        "sensor/mode": {"name": "Mode", "state_topic": state, "value_template": "{{ value_json.mode }}",
+                        "icon": "mdi:turnstile"},
+        "binary_sensor/broker": {"name": "Broker link", "state_topic": state, "device_class": "connectivity",
+                                 "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
+                                 "entity_category": "diagnostic"},
+        "sensor/outbox_depth": {"name": "Outbox depth", "state_topic": state, "state_class": "measurement",
+                                "unit_of_measurement": "check-ins", "value_template": "{{ value_json.outbox_depth }}",
+                                "icon": "mdi:tray-full"},
+        "sensor/cache_age": {"name": "Pass cache age", "state_topic": state, "device_class": "duration",
+                             "unit_of_measurement": "s", "state_class": "measurement",
+                             "value_template": "{{ value_json.cache_age_s }}", "entity_category": "diagnostic"},
+        "sensor/last_decision": {"name": "Last decision", "state_topic": tel,
+                                 "value_template": "{{ value_json.last_decision }}", "icon": "mdi:account-check"},
+        "sensor/last_reason": {"name": "Last reason", "state_topic": tel,
+                               "value_template": "{{ value_json.last_reason }}", "icon": "mdi:information"},
+        "sensor/passages_per_minute": {"name": "Passages per minute", "state_topic": tel,
+                                       "state_class": "measurement", "unit_of_measurement": "passages/min",
+                                       "value_template": "{{ value_json.passages_per_minute }}",
+                                       "icon": "mdi:walk"},
+    }  # fmt: skip
+    for name in ALARMS:
+        out[f"binary_sensor/alarm_{name}"] = {
+            "name": f"Alarm {name.replace('_', ' ')}",
+            "state_topic": state,
+            "device_class": "problem",
+            "value_template": f"{{{{ 'ON' if '{name}' in (value_json.alarms_active or []) else 'OFF' }}}}",
+        }
+    return out
+
+
+def messages(cfg: Config) -> dict[str, bytes]:
+    """Discovery topic → retained payload, for every entity of this gate."""
+    gid, prefix, t = cfg.gate.id, cfg.homeassistant.prefix, Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
+    node = f"gate_{gid}"
+    device = {
+        "identifiers": [node],
+        "name": f"Gate {gid}",
+        "manufacturer": "gate",
+        "model": "unattended turnstile lane",
+        "sw_version": __version__,
+        "suggested_area": cfg.venue.name or cfg.venue.id,
+    }
+    out = {}
+    for key, conf in entities(cfg).items():
+        component, obj = key.split("/")
+        body = {
+            **conf,
+            "unique_id": f"{node}_{obj}",
+            "object_id": f"{node}_{obj}",
+            "availability_topic": t.availability,  # payloads online/offline: Home Assistant's defaults
+            "device": device,
+            "origin": {"name": "gate", "sw_version": __version__},
+        }
+        out[f"{prefix}/{component}/{node}/{obj}/config"] = json.dumps(body, separators=(",", ":")).encode()
+    return out
+
+
+class Discovery:
+    """On every connection: announce (discovery on), or withdraw what was announced before (off)."""
+
+    def __init__(self, cfg: Config, link: MqttLink) -> None:
+        self.cfg, self.link = cfg, link
+        self.record = cfg.gate.state_dir / "homeassistant.json"
+
+    def announced(self) -> list[str]:
+        try:
+            return [str(t) for t in json.loads(self.record.read_text())["topics"]]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("homeassistant: %s unreadable (%s); announcing again", self.record, exc)
+            return []
+
+    def connected(self) -> None:
+        """On paho's thread, after each CONNACK: retained, so a Home Assistant that starts later sees them."""
+        before = self.announced()
+        now = messages(self.cfg) if self.cfg.homeassistant.discovery else {}
+        for topic in before:
+            if topic not in now:
+                self.link.publish(topic, b"", qos=1, retain=True)  # an empty retained config removes it
+        for topic, payload in now.items():
+            self.link.publish(topic, payload, qos=1, retain=True)
+        if now:
+            write_json_atomic(self.record, {"topics": sorted(now)})
+            log.info("homeassistant: announced %d entities under %s", len(now), self.cfg.homeassistant.prefix)
+        elif before:
+            self.record.unlink(missing_ok=True)
+            log.info("homeassistant: discovery off; removed %d entities", len(before))

@@ -1,0 +1,59 @@
+"""Presentation mode: a frame that shows the same empty scene as the last one decoded is not decoded again."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from gate.scan.decoders import Frame
+
+ROW_STEP, COL_STEP = 8, 4  # every 4th pixel of every 8th row
+BLOCK_ROWS, BLOCK_COLS = 4, 8  # samples in a block: each block covers 32 x 32 pixels of the frame
+THRESHOLD = 14.0  # mean absolute difference (grey levels) in any one block that counts as a change
+RECHECK_FRAMES = 15  # an unchanged scene is still decoded once every this many frames (twice a second)
+
+
+class SceneWatch:
+    """Commercial presentation-mode readers sleep until the scene moves; so does the lane. The reference is
+    the last frame that was decoded and held nothing code-like (no code read, none seen but unread). A frame
+    is decoded when any 32 x 32 block of it differs from the reference by more than THRESHOLD on average,
+    which a code, a phone or a hand entering view always does and temporal sensor noise (sigma 6: 7-10) does
+    not; and in any case every RECHECK_FRAMES-th frame. While a code is in view nothing is skipped. A check
+    costs ~0.1 ms against ~0.6-1 ms for zxing's two-polarity pass over an empty 640 x 480 frame."""
+
+    def __init__(self, threshold: float = THRESHOLD, recheck: int = RECHECK_FRAMES) -> None:
+        self.threshold, self.recheck = threshold, recheck
+        self._ref: npt.NDArray[np.int16] | None = None
+        self._skipped = 0
+        self.skipped_total = 0
+
+    @staticmethod
+    def _sample(frame: Frame) -> npt.NDArray[np.int16]:
+        return frame[::ROW_STEP, ::COL_STEP].astype(np.int16)
+
+    def worth_decoding(self, frame: Frame) -> bool:
+        ref = self._ref
+        if ref is None or self._skipped + 1 >= self.recheck or ref.shape != self._sample_shape(frame):
+            return self._decode()
+        diff = np.abs(self._sample(frame) - ref)
+        h, w = diff.shape[0] - diff.shape[0] % BLOCK_ROWS, diff.shape[1] - diff.shape[1] % BLOCK_COLS
+        if h == 0 or w == 0:
+            return self._decode()
+        sums = diff[:h, :w].reshape(h // BLOCK_ROWS, BLOCK_ROWS, w // BLOCK_COLS, BLOCK_COLS).sum(axis=(1, 3))
+        if int(sums.max()) > self.threshold * BLOCK_ROWS * BLOCK_COLS:
+            return self._decode()
+        self._skipped += 1
+        self.skipped_total += 1
+        return False
+
+    def _decode(self) -> bool:
+        self._skipped = 0
+        return True
+
+    @staticmethod
+    def _sample_shape(frame: Frame) -> tuple[int, ...]:
+        return (-(-frame.shape[0] // ROW_STEP), -(-frame.shape[1] // COL_STEP))
+
+    def decoded(self, frame: Frame, saw_code: bool) -> None:
+        """After a decode: an empty result makes this frame the reference; a code (read or not) clears it."""
+        self._ref = None if saw_code else self._sample(frame)
