@@ -15,8 +15,9 @@ from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from _util import pct, table
-from gate.actuate.actuator import Actuator, Release
+from gate.actuate.actuator import Actuator
 from gate.config.model import GpioSection, parse_config
+from gate.contracts import Release
 from gate.core.clock import SystemClock
 from gate.decide.codes import Status, issue
 from gate.decide.keys import TrustStore

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from _util import median, pct, table, time_calls
+from gate.config.policy import Policy
 from gate.decide.codes import Status, issue
 from gate.decide.decision import Decider
 from gate.decide.keys import TrustStore
 from gate.decide.passcache import PassCache
-from gate.decide.policy import Policy
 from gate.testing import FixedClock
 
 IMPORT_CHILD = r"""

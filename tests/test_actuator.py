@@ -13,9 +13,9 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from conftest import wait_until
-from gate.actuate.actuator import Actuator, Alarm, PassageOutcome, Release
-from gate.actuate.mode import Requested
+from gate.actuate.actuator import Actuator
 from gate.config.model import GpioSection
+from gate.contracts import Alarm, PassageOutcome, Release, Requested
 
 RELAY, PASSAGE, EXIT, FIRE = 17, 5, 6, 13
 

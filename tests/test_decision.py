@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gate.config.policy import Action, Fallback, PerKind, Policy
 from gate.core.clock import PLAUSIBLE_AFTER
 from gate.decide.base45 import b45decode, b45encode
 from gate.decide.codes import PREFIX, Kind, Status, issue
 from gate.decide.decision import Decider, Reason
 from gate.decide.passcache import CacheEntry, PassCache
-from gate.decide.policy import Action, Fallback, PerKind, Policy
 from gate.testing import FixedClock
 
 NOW = 1_800_000_000

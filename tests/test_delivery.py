@@ -13,7 +13,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, make_config, new_broker, require, wait_until
-from gate.actuate.actuator import Alarm
+from gate.contracts import Alarm
 from gate.core.clock import SystemClock
 from gate.decide.codes import Status, issue
 from gate.lane.loop import Gate

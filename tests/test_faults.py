@@ -18,12 +18,13 @@ from test_daemon import EVENT
 
 from conftest import Broker, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.actuate.mode import Requested
 from gate.config.model import load_config
+from gate.config.policy import Policy
+from gate.contracts import Requested
 from gate.decide.codes import Status, issue
 from gate.decide.keys import generate_keypair, load_private_key
 from gate.decide.passcache import PassCache
-from gate.decide.policy import Policy, PolicyStore
+from gate.decide.policy import PolicyStore
 from gate.lane.daemon import Signals
 from gate.lane.state import ModeRecord
 from gate.lane.wiring import build

@@ -19,12 +19,12 @@ from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
 from fakes import ManualClock
-from gate.actuate.actuator import Alarm
+from gate.config.policy import Stop
 from gate.config.venue import GpsSection
+from gate.contracts import Alarm
 from gate.core.clock import SystemClock
 from gate.core.errors import ConfigError
 from gate.decide.codes import Status, issue
-from gate.decide.policy import Stop
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scan.scanner import DecodingSource

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gate.actuate.machine import Buzz, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
-from gate.actuate.mode import Mode, Requested
+from gate.contracts import Mode, Requested
 
 
 def lane(sensor: bool = True) -> LaneMachine:

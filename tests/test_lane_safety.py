@@ -18,10 +18,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import Broker, wait_until
 from fakes import ManualClock, daemon_config
-from gate.actuate.actuator import Actuator, Alarm, PassageOutcome, Release
+from gate.actuate.actuator import Actuator
 from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse
-from gate.actuate.mode import Mode, Requested
 from gate.config.model import GpioSection, load_config
+from gate.contracts import Alarm, Mode, PassageOutcome, Release, Requested
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder

@@ -15,10 +15,10 @@ from pathlib import Path
 from gpiozero.pins.mock import MockFactory
 
 from conftest import free_port, make_config, require, wait_until
+from gate.contracts import ALARMS
 from gate.core.clock import SystemClock
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
-from gate.ops.homeassistant import ALARMS
 from gate.scan.decoders import make_decoder
 from gate.scan.scanner import DecodingSource
 from gate.testing import ScriptedFrames

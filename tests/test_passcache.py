@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from gate.config.policy import Policy
 from gate.core.errors import ConfigError, ImportRowError
 from gate.decide.codes import Status
 from gate.decide.passcache import CacheEntry, PassCache
 from gate.decide.passimport import read_file
-from gate.decide.policy import Policy, PolicyStore
+from gate.decide.policy import PolicyStore
 
 
 def rows(n: int, status: int = 0, prefix: str = "tok") -> list[tuple[str, int, None, int, None]]:

@@ -8,41 +8,19 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any
 
 from gate.actuate.indicator import Indicator
 from gate.actuate.machine import Buzz, Effect, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
-from gate.actuate.mode import LaneMode, Mode, Requested
+from gate.actuate.mode import LaneMode
 from gate.actuate.pins import button
 from gate.config.model import GpioSection
+from gate.contracts import Alarm, Mode, PassageOutcome, Release, Requested
 from gate.core.errors import DeviceError
 from gate.core.mailbox import Mailbox
 
 log = logging.getLogger(__name__)
 EVENTS_LIMIT = 256  # sensor edges waiting for the worker; past this a flapping input's edges are refused
-
-
-@dataclass(frozen=True)
-class Release:
-    """Let `passages` people through, one relay pulse each; `ref` ties outcomes to the decision."""
-
-    ref: str
-    passages: int = 1
-
-
-@dataclass(frozen=True)
-class PassageOutcome:
-    ref: str
-    index: int  # 0 = the holder, 1.. = companions
-    outcome: str  # passed | not_passed | unconfirmed (no passage sensor)
-
-
-@dataclass(frozen=True)
-class Alarm:
-    name: str  # fire | held_open | forced_passage | ...
-    active: bool
-    detail: str = ""
 
 
 class Actuator:

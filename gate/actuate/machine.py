@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, replace
 
-from gate.actuate.mode import LaneMode, Mode, Requested
+from gate.actuate.mode import LaneMode
+from gate.contracts import Mode, Requested
 
 
 @dataclass(frozen=True)

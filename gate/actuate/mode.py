@@ -3,30 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
-
-class Requested(StrEnum):
-    """What central (or start-up) asked for. Persisted in lane.db; outlives restarts and overrides."""
-
-    NORMAL = "normal"
-    OUT_OF_SERVICE = "out_of_service"
-    FREE_PASS = "free_pass"
-
-
-class Mode(StrEnum):
-    """What the lane does now: the requested mode after the overrides."""
-
-    NORMAL = "normal"
-    OFFLINE = "offline"  # normal decisions; the idle indicator says the broker is away
-    OUT_OF_SERVICE = "out_of_service"
-    FREE_PASS = "free_pass"  # central's hold: the relay stands open
-    FIRE = "fire"  # the fire input's hold: the relay stands open, whatever was requested
-
-    @property
-    def holds(self) -> bool:
-        """The relay stands open and nothing may lock it."""
-        return self in (Mode.FIRE, Mode.FREE_PASS)
+from gate.contracts import Mode, Requested
 
 
 def effective(requested: Requested, fire: bool, offline: bool) -> Mode:

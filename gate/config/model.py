@@ -13,9 +13,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from gate.config.camera import CameraSection, Section
 from gate.config.errors import describe
 from gate.config.ops import HomeAssistantSection, MetricsSection
+from gate.config.policy import Policy
 from gate.config.venue import GpsSection, VenueCategory, VenueSection
 from gate.core.errors import ConfigError
-from gate.decide.policy import Policy
 
 DEFAULT_PATH = Path("/etc/gate/gate.toml")
 

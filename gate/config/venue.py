@@ -7,9 +7,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 
 from gate.config.camera import Section
-from gate.deliver.events import Venue
-
-ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a venue, vehicle, route, run or stop id
+from gate.contracts import ID_PATTERN, Venue
 
 
 class VenueCategory(StrEnum):

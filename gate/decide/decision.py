@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gate.config.policy import Action, Fallback, Policy
 from gate.core.clock import ClockReading
 from gate.core.errors import CodeError
 from gate.decide.codes import Kind, PassCode, Status, parse
 from gate.decide.keys import TrustStore
 from gate.decide.passcache import CacheEntry, CacheInfo
-from gate.decide.policy import Action, Fallback, Policy
 
 
 class Reason(StrEnum):

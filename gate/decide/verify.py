@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from gate.config.model import load_config
+from gate.config.policy import Policy
 from gate.core.clock import SystemClock
 from gate.core.errors import ConfigError
 from gate.decide.decision import Decider
 from gate.decide.keys import TrustStore
 from gate.decide.passcache import CacheInfo, PassCache
-from gate.decide.policy import Policy, PolicyStore
+from gate.decide.policy import PolicyStore
 
 
 def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict[str, Any]:

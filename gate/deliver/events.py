@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gate.contracts import Venue
+
 SCHEMA = "gate.checkin/1"
 _last_ms = 0
 _seq = 0
@@ -32,20 +34,6 @@ def uuid7(now: float | None = None) -> str:
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-@dataclass(frozen=True)
-class Venue:
-    id: str
-    name: str
-    category: str
-    vehicle_id: str | None = None  # bus and taxi
-    route: str | None = None  # bus: the route and the trip (run) it is on when the check-in is made
-    run: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """A fixed venue's JSON keeps its three fields; a vehicle adds those it has."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k in ("id", "name", "category")}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from gate.config.model import MqttSection
+from gate.contracts import Topics
 from gate.core.threads import background
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,6 @@ def guarded(fn: F) -> F:
             log.exception("mqtt: callback %s failed", fn.__name__)
 
     return wrapper  # type: ignore[return-value]
-
-
-class Topics:
-    def __init__(self, prefix: str, gate_id: str) -> None:
-        self.base = base = f"{prefix}/{gate_id}"
-        self.availability = f"{base}/availability"
-        self.state = f"{base}/state"
-        self.checkin = f"{base}/checkin"
-        self.alarm = f"{base}/alarm"
-        self.telemetry = f"{base}/telemetry"
 
 
 def authenticate(client: mqtt.Client, cfg: MqttSection) -> None:

@@ -7,14 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gate.actuate.actuator import Alarm, PassageOutcome
 from gate.config.model import Config
+from gate.config.policy import Stop
+from gate.contracts import Alarm, PassageOutcome, Topics
 from gate.core.clock import Clock, ClockReading
 from gate.core.errors import OutboxFull
 from gate.decide.decision import Decision
-from gate.decide.policy import Stop
 from gate.deliver.events import CheckIn, alarm_json, uuid7
-from gate.deliver.mqtt_link import Topics
 from gate.deliver.outbox import Outbox
 from gate.venue.gps import nearest_stop
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gate.actuate.actuator import PassageOutcome
+from gate.contracts import PassageOutcome
 from gate.core.clock import SystemClock
 from gate.decide.base45 import b45decode, b45encode
 from gate.decide.codes import PREFIX, Kind, Status, issue

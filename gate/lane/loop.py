@@ -10,9 +10,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 
-from gate.actuate.actuator import Actuator, Alarm, PassageOutcome, Release
-from gate.actuate.mode import Mode, Requested
+from gate.actuate.actuator import Actuator
 from gate.config.model import Config
+from gate.config.policy import Action
+from gate.contracts import (
+    Alarm,
+    ApplyPolicy,
+    Inbox,
+    LaneControl,
+    Mode,
+    PassageOutcome,
+    Release,
+    RemoteOpen,
+    Report,
+    Request,
+    Requested,
+    SetMode,
+    SetTrip,
+    TrustKeys,
+)
 from gate.core.clock import Clock
 from gate.core.errors import GateError, OutboxFull
 from gate.core.faults import Faults
@@ -20,23 +36,11 @@ from gate.core.threads import LaneFirst, freeze_heap
 from gate.decide.decision import Decider, Decision, Reason
 from gate.decide.keys import TrustStore
 from gate.decide.passcache import PassCache
-from gate.decide.policy import Action
 from gate.deliver.delivery import Drainer
 from gate.deliver.events import CheckIn, short
 from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
-from gate.lane.control import (
-    ApplyPolicy,
-    Inbox,
-    LaneControl,
-    RemoteOpen,
-    Report,
-    Request,
-    SetMode,
-    SetTrip,
-    TrustKeys,
-)
 from gate.lane.state import LaneState, ModeRecord
 from gate.ops.reporting import Reporter
 from gate.ops.telemetry import Stats

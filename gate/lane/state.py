@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.actuate.mode import Requested
+from gate.contracts import Requested
 from gate.core.sqlite import Owned
 
 _SCHEMA = """

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gate.actuate.actuator import Actuator, Alarm
-from gate.actuate.mode import Requested
+from gate.actuate.actuator import Actuator
 from gate.actuate.pins import make_pin_factory
 from gate.config.model import Config, secret_path
 from gate.config.venue import MOBILE
+from gate.contracts import Alarm, LaneControl, Requested, make_inbox
 from gate.core.clock import Clock, SystemClock
 from gate.core.docstore import DocStore
 from gate.core.faults import Faults
@@ -24,7 +24,6 @@ from gate.deliver.delivery import Drainer
 from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.recorder import Recorder
 from gate.deliver.sealing import Sealer
-from gate.lane.control import LaneControl, make_inbox
 from gate.lane.loop import Gate
 from gate.lane.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
 from gate.ops.homeassistant import Discovery

@@ -13,24 +13,11 @@ from typing import Any
 
 from gate import __version__
 from gate.config.model import Config
-from gate.deliver.mqtt_link import MqttLink, Topics
+from gate.contracts import ALARMS, Topics
+from gate.deliver.mqtt_link import MqttLink
 from gate.ops.reporting import write_json_atomic
 
 log = logging.getLogger(__name__)
-# Every alarm name the gate raises (gate.alarm/1): one binary sensor each, on while raised.
-ALARMS = (
-    "fire",
-    "free_pass",
-    "held_open",
-    "forced_passage",
-    "outbox_full",
-    "cache_stale",
-    "state_file_corrupt",
-    "outbox_gap",
-    "dead_letter",
-    "fault",
-    "gps_silent",
-)
 
 
 def entities(cfg: Config) -> dict[str, dict[str, Any]]:

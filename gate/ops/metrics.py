@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gate.contracts import ALARMS
 from gate.core.address import broker_address
-from gate.ops.homeassistant import ALARMS
 from gate.ops.telemetry import DECODE_BUCKETS_S
 
 if TYPE_CHECKING:

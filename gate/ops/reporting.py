@@ -10,21 +10,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gate import __version__
-from gate.actuate.actuator import Actuator, Alarm
+from gate.actuate.actuator import Actuator
 from gate.config.model import Config
+from gate.contracts import Alarm, Topics
 from gate.core.clock import Clock
 from gate.core.faults import Faults
 from gate.core.mailbox import Mailbox
 from gate.decide.decision import Decider
 from gate.decide.passcache import PassCache
-from gate.deliver.mqtt_link import MqttLink, Topics
+from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
-from gate.lane.state import LaneState
 from gate.ops.telemetry import Stats
+
+if TYPE_CHECKING:  # the lane builds the reporter and hands it lane.db
+    from gate.lane.state import LaneState
 
 log = logging.getLogger(__name__)
 OFFLINE_AFTER = 30.0  # seconds without the broker before the idle indicator shows offline

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from gate.config.model import Config
+from gate.config.policy import Policy
+from gate.contracts import LaneControl, SetMode, SetTrip, Topics
 from gate.core.docstore import DocStore
 from gate.core.errors import CodeError, ConfigError
 from gate.core.faults import Faults
@@ -22,9 +24,8 @@ from gate.core.threads import LaneFirst, background
 from gate.decide.codes import check_token
 from gate.decide.keys import key_id_of, public_from_pem
 from gate.decide.passcache import PassCache
-from gate.decide.policy import Policy, PolicyStore
-from gate.deliver.mqtt_link import Handler, MqttLink, Topics
-from gate.lane.control import LaneControl, SetMode, SetTrip
+from gate.decide.policy import PolicyStore
+from gate.deliver.mqtt_link import Handler, MqttLink
 from gate.sync.envelope import ControlMessage, Rejected, Verifier
 from gate.sync.inbound import BoundedQueue, Job
 from gate.sync.passsync import PassSync

@@ -18,10 +18,10 @@ from typing import Any
 
 import pynmea2
 
-from gate.actuate.actuator import Alarm
 from gate.config.model import SerialSection
+from gate.config.policy import Stop
 from gate.config.venue import GpsSection
-from gate.decide.policy import Stop
+from gate.contracts import Alarm
 from gate.scan.serial_source import SerialScanner, open_port
 
 log = logging.getLogger(__name__)

@@ -1,20 +1,113 @@
-"""Requests to the lane from other threads: the control plane, the actuator and the MQTT link."""
+"""What the stages pass each other: the lane's requests and events, the mode's names, the venue, the MQTT topics
+and the alarm names. Plain values, importing nothing of the stages, so that any stage may use them."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gate.actuate.actuator import Alarm, PassageOutcome
-from gate.actuate.mode import Requested
-from gate.config.venue import ID_PATTERN
 from gate.core.mailbox import Mailbox
-from gate.decide.policy import Policy
 
+if TYPE_CHECKING:
+    from gate.config.policy import Policy
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a venue, vehicle, route, run or stop id
+
+
+@dataclass(frozen=True)
+class Venue:
+    id: str
+    name: str
+    category: str
+    vehicle_id: str | None = None  # bus and taxi
+    route: str | None = None  # bus: the route and the trip (run) it is on when the check-in is made
+    run: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """A fixed venue's JSON keeps its three fields; a vehicle adds those it has."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("id", "name", "category")}
+
+
+# -- the lane's mode -----------------------------------------------------------------------------------
+class Requested(StrEnum):
+    """What central (or start-up) asked for. Persisted in lane.db; outlives restarts and overrides."""
+
+    NORMAL = "normal"
+    OUT_OF_SERVICE = "out_of_service"
+    FREE_PASS = "free_pass"
+
+
+class Mode(StrEnum):
+    """What the lane does now: the requested mode after the overrides."""
+
+    NORMAL = "normal"
+    OFFLINE = "offline"  # normal decisions; the idle indicator says the broker is away
+    OUT_OF_SERVICE = "out_of_service"
+    FREE_PASS = "free_pass"  # central's hold: the relay stands open
+    FIRE = "fire"  # the fire input's hold: the relay stands open, whatever was requested
+
+    @property
+    def holds(self) -> bool:
+        """The relay stands open and nothing may lock it."""
+        return self in (Mode.FIRE, Mode.FREE_PASS)
+
+
+# -- the actuator's events ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Release:
+    """Let `passages` people through, one relay pulse each; `ref` ties outcomes to the decision."""
+
+    ref: str
+    passages: int = 1
+
+
+@dataclass(frozen=True)
+class PassageOutcome:
+    ref: str
+    index: int  # 0 = the holder, 1.. = companions
+    outcome: str  # passed | not_passed | unconfirmed (no passage sensor)
+
+
+@dataclass(frozen=True)
+class Alarm:
+    name: str  # fire | held_open | forced_passage | ...
+    active: bool
+    detail: str = ""
+
+
+# Every alarm name the gate raises (gate.alarm/1): one binary sensor each, on while raised.
+ALARMS = (
+    "fire",
+    "free_pass",
+    "held_open",
+    "forced_passage",
+    "outbox_full",
+    "cache_stale",
+    "state_file_corrupt",
+    "outbox_gap",
+    "dead_letter",
+    "fault",
+    "gps_silent",
+)
+
+
+# -- MQTT ------------------------------------------------------------------------------------------------
+class Topics:
+    def __init__(self, prefix: str, gate_id: str) -> None:
+        self.base = base = f"{prefix}/{gate_id}"
+        self.availability = f"{base}/availability"
+        self.state = f"{base}/state"
+        self.checkin = f"{base}/checkin"
+        self.alarm = f"{base}/alarm"
+        self.telemetry = f"{base}/telemetry"
+
+
+# -- requests to the lane from other threads ---------------------------------------------------------------
 Reply = Callable[[dict[str, Any]], None]
 
 
