@@ -35,11 +35,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _util import pct, start_broker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from pgcluster import PgCluster
+
 from gate.central.db import open_store
 from gate.central.pgstore import PgStore
 from gate.central.store import CONTACTS_SQL, DAY
 from gate.central.tracing import find_contacts
-from gate.testing import PgCluster
 
 VENUES, DAYS, T_END = 500, 28, 1_780_000_000.0
 BROKER_CONF = "max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"

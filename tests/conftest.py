@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
+from pgcluster import PgCluster, pg_bin
 
 from gate.config.model import Config, parse_config
 from gate.decide.keys import TrustStore, generate_keypair, load_private_key
-from gate.testing import PgCluster, pg_bin
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 

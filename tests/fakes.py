@@ -91,13 +91,3 @@ def wait_log(log: Path, text: str, since: int = 0, timeout: float = 30) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-class ManualClock:
-    """A monotonic clock the test moves by hand (`clock.t += 3`)."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t

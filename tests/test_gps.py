@@ -18,7 +18,6 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
-from fakes import ManualClock
 from gate.config.policy import Stop
 from gate.config.venue import GpsSection
 from gate.contracts import Alarm
@@ -28,7 +27,7 @@ from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scan.scanner import DecodingSource
-from gate.testing import ScriptedFrames
+from gate.testing import FixedClock, ScriptedFrames
 from gate.venue.gps import Gps, nearest_stop
 
 
@@ -45,7 +44,7 @@ FIX_TIME = datetime(1994, 3, 23, 12, 35, 19, tzinfo=UTC).timestamp()
 
 
 def test_a_fix_comes_from_valid_sentences_and_bad_ones_change_nothing() -> None:
-    mono, alarms = ManualClock(), []
+    mono, alarms = FixedClock(mono=100.0), []
     gps = Gps(GpsSection(port="unused", max_fix_age_s=10), alarms.append, mono=mono)
     assert gps.position() == {"fix": False, "why": "no_fix"}
     gps.feed(RMC)
@@ -60,7 +59,7 @@ def test_a_fix_comes_from_valid_sentences_and_bad_ones_change_nothing() -> None:
         "hdop": 0.9,
         "position_age_s": 0.0,
     }
-    mono.t += 3
+    mono.mono += 3
     gps.feed(GGA.replace(b"4807.038", b"4907.038"))  # bad checksum: dropped and counted
     gps.feed(b"$GPGGA,1235")  # cut short
     gps.feed(b"\xff\xfe garbage")
@@ -68,7 +67,7 @@ def test_a_fix_comes_from_valid_sentences_and_bad_ones_change_nothing() -> None:
     gps.feed(RMC_VOID)
     assert gps.bad_sentences == 3
     assert gps.position()["lat"] == 48.1173 and gps.position()["position_age_s"] == 3.0
-    mono.t += 8
+    mono.mono += 8
     assert gps.position() == {"fix": False, "why": "stale", "position_age_s": 11.0}  # never used when old
 
 
@@ -162,7 +161,7 @@ def test_vehicle_settings_are_checked(tmp_path: Path, venue, gps, words) -> None
 
 
 def test_gps_time_serves_as_the_clock_on_a_vehicle_without_network_time() -> None:
-    mono, alarms = ManualClock(), []
+    mono, alarms = FixedClock(mono=100.0), []
     gps = Gps(GpsSection(port="unused"), alarms.append, mono=mono)
     clock = SystemClock("gps", recheck=0)
     clock.gps_offset = gps.clock_offset
@@ -174,7 +173,7 @@ def test_gps_time_serves_as_the_clock_on_a_vehicle_without_network_time() -> Non
     gps.feed(nmea(body))
     reading = clock.read()
     assert reading.synced is True and abs(reading.wall - time.time() - 100) < 1.5  # corrected, not just trusted
-    mono.t += 601  # no valid time for over ten minutes: no longer synced
+    mono.mono += 601  # no valid time for over ten minutes: no longer synced
     assert clock.read().synced is False
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from conftest import Broker, wait_until
-from fakes import ManualClock, daemon_config
+from fakes import daemon_config
 from gate.actuate.actuator import Actuator
 from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse
 from gate.config.model import GpioSection, load_config
@@ -26,7 +26,7 @@ from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scan.scanner import DecodingSource
-from gate.testing import ScriptedFrames
+from gate.testing import FixedClock, ScriptedFrames
 
 PULSE, TIMEOUT = 0.2, 1.5
 STATEFUL = settings(max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -221,7 +221,7 @@ class ActuatorSafety(LaneModel):
     def __init__(self) -> None:
         super().__init__()
         self.factory = MockFactory(pin_class=WiredPin)
-        self.clock = ManualClock(0.0)
+        self.clock = FixedClock(mono=0.0)
         self.cfg = GpioSection.model_validate(
             {
                 "relay": {"pin": RELAY, "pulse_seconds": PULSE},
@@ -268,7 +268,7 @@ class ActuatorSafety(LaneModel):
 
     @rule(seconds=st.sampled_from([0.01, PULSE, TIMEOUT, 3.0]))
     def time_passes(self, seconds: float) -> None:
-        self.clock.t += seconds
+        self.clock.mono += seconds
         self.step()
 
     @precondition(lambda self: not self.fire)

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakes import ManualClock
 from gate.scan.decoders import ZbarDecoder, ZxingDecoder, make_decoder
 from gate.scan.framegen import code_frame
 from gate.scan.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
-from gate.testing import ScriptedFrames
+from gate.testing import FixedClock, ScriptedFrames
 
 TEXT = "GT1:8C2*1Z.Q8T$HU2BT8 7HK5-9ZJPU:%0CS1K3B.:D4+T"
 LOOKS = {
@@ -102,13 +101,13 @@ def test_a_different_code_scans_at_once() -> None:
 
 
 def test_scanner_turns_scripted_frames_into_one_scan_per_presentation() -> None:
-    clock = ManualClock(0.0)
+    clock = FixedClock(mono=0.0)
     frames = [code_frame(TEXT)] * 3 + [code_frame(None)] * 2 + [code_frame(TEXT, invert=True)]
     scanner = Scanner(DecodingSource(ScriptedFrames(frames), make_decoder("zxing")), Deduplicator(10, 0.5), clock)
     scans = []
     for _ in frames:
         scans += scanner.poll(0.1) or []
-        clock.t += 0.2
+        clock.mono += 0.2
     assert [s.payload for s in scans] == [TEXT.encode(), TEXT.encode()]
     assert scanner.poll(0.01) is None  # exhausted
 

@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 import serial
 
-from fakes import ManualClock
 from gate.config.camera import CameraSection
 from gate.config.model import SerialSection
 from gate.core.errors import DeviceError
 from gate.scan.camera import PiCamera
 from gate.scan.serial_source import SerialScanner
-from gate.testing import FakePicamera2, FlakyPort
+from gate.testing import FakePicamera2, FixedClock, FlakyPort
 
 
-class TickingClock(ManualClock):
+class TickingClock(FixedClock):
     def __call__(self) -> float:
-        self.t += 0.005
-        return self.t
+        self.mono += 0.005
+        return self.mono
 
 
 def loop_scanner(**kw: Any) -> tuple[SerialScanner, FlakyPort, list[FlakyPort]]:
@@ -65,7 +64,7 @@ def test_a_line_cut_by_a_pause_is_dropped_whole_never_decided_in_part() -> None:
     s = SerialScanner(SerialSection(port="loop://"), opener=lambda cfg: port, mono=clock)
     port.write(b"GT1:HA")
     assert s.read(0.05) is None  # the module stopped mid-code
-    clock.t += 1.5
+    clock.mono += 1.5
     assert s.read(0.05) is None
     port.write(b"LF\r")  # the rest of it, after the pause
     assert s.read(0.05) is None  # neither the head nor the tail is decided
@@ -123,14 +122,14 @@ def test_a_module_unplugged_for_long_is_back_within_two_seconds_of_replugging() 
     s = SerialScanner(SerialSection(port="/dev/ttyACM0"), opener=opener, mono=clock)
     for _ in range(100):  # 45 s unplugged, on the test's clock
         s.read(0.05)
-        clock.t += 0.45
+        clock.mono += 0.45
     plugged[0] = True
-    replugged = clock.t
+    replugged = clock.mono
     port.write(b"GT1:BACK\r")
-    while (obs := s.read(0.05)) is None and clock.t - replugged < 10:
-        clock.t += 0.05
+    while (obs := s.read(0.05)) is None and clock.mono - replugged < 10:
+        clock.mono += 0.05
     assert obs is not None and obs.payloads == (b"GT1:BACK",)
-    assert clock.t - replugged <= 2.1
+    assert clock.mono - replugged <= 2.1
 
 
 # -- camera ------------------------------------------------------------------------------------------
@@ -159,7 +158,7 @@ def test_camera_returns_the_y_plane_without_stride_padding() -> None:
 
 
 def test_a_stalled_camera_is_restarted_and_counted(caplog) -> None:
-    clock = ManualClock()
+    clock = FixedClock(mono=100.0)
     cams: list[FakePicamera2] = []
     scripts = iter([iter([None] * 100), iter(y_frames(3))])
 
@@ -170,7 +169,7 @@ def test_a_stalled_camera_is_restarted_and_counted(caplog) -> None:
     cam = PiCamera(CameraSection(width=96, height=64, stall_seconds=2.0), factory, mono=clock)
     for _ in range(4):  # 3 s without a frame
         assert cam.capture(0.1) is None
-        clock.t += 1.0
+        clock.mono += 1.0
     assert cam.restarts == 1 and len(cams) == 2 and cams[0].closed
     assert "restarting" in caplog.text
     assert cam.capture(0.1) is not None
