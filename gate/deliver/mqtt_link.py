@@ -82,6 +82,7 @@ class MqttLink:
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
         self._pending_subs: set[int] = set()
+        self._early_subacks: set[int] = set()  # SUBACKs that overtook the subscribe call's return
         self._subs_lock = threading.Lock()
         self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
         self.client = self._build()
@@ -150,6 +151,9 @@ class MqttLink:
         )
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
         self.subscribed.clear()
+        with self._subs_lock:  # the last connection's SUBACKs will never come
+            self._pending_subs.clear()
+            self._early_subacks.clear()
         for topic in list(self._subs):
             self._subscribe(topic)
         self._check_subscribed()
@@ -209,9 +213,15 @@ class MqttLink:
         return round(self._down_total + current, 1), round(current, 1)
 
     def _subscribe(self, topic: str) -> None:
+        """No lock is held while paho sends: a SUBACK that comes back before the mid is noted here is kept as
+        acknowledged early, and the two meet under the lock."""
+        rc, mid = self.client.subscribe(topic, qos=1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
         with self._subs_lock:
-            rc, mid = self.client.subscribe(topic, qos=1)
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            if mid in self._early_subacks:
+                self._early_subacks.discard(mid)
+            else:
                 self._pending_subs.add(mid)
 
     def _check_subscribed(self) -> None:
@@ -222,7 +232,10 @@ class MqttLink:
     @guarded
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         with self._subs_lock:
-            self._pending_subs.discard(mid)
+            if mid in self._pending_subs:
+                self._pending_subs.discard(mid)
+            else:
+                self._early_subacks.add(mid)
         self._check_subscribed()
 
     @guarded
