@@ -163,8 +163,7 @@ def test_vehicle_settings_are_checked(tmp_path: Path, venue, gps, words) -> None
 def test_gps_time_serves_as_the_clock_on_a_vehicle_without_network_time() -> None:
     mono, alarms = FixedClock(mono=100.0), []
     gps = Gps(GpsSection(port="unused"), alarms.append, mono=mono)
-    clock = SystemClock("gps", recheck=0)
-    clock.gps_offset = gps.clock_offset
+    clock = SystemClock("gps", recheck=0, gps_offset=gps.clock_offset)
     assert clock.read().synced is False  # no valid time yet: policy.on_clock_unsynced applies
     gps.feed(RMC_VOID)
     assert clock.read().synced is False  # a void RMC's time is not a valid time

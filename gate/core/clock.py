@@ -60,10 +60,12 @@ def kernel_says_synced() -> bool | None:
 class SystemClock:
     """Reads the system clocks; the sync state is re-checked at most every `recheck` seconds."""
 
-    def __init__(self, source: str = "auto", recheck: float = 10.0) -> None:
+    def __init__(
+        self, source: str = "auto", recheck: float = 10.0, gps_offset: Callable[[], float | None] | None = None
+    ) -> None:
         # source "gps": a vehicle without network time. The receiver's UTC minus this clock, or None without a
         # recent valid time; wall time is corrected by it (the service may not set the system clock).
-        self.gps_offset: Callable[[], float | None] = lambda: None
+        self.gps_offset: Callable[[], float | None] = gps_offset or (lambda: None)
         self._source = source
         self._recheck = recheck
         self._checked_at = float("-inf")

@@ -9,7 +9,7 @@ from typing import Any
 
 from gate.config.model import Config
 from gate.config.policy import Stop
-from gate.contracts import Alarm, PassageOutcome, Topics
+from gate.contracts import Alarm, PassageOutcome, Topics, Venue
 from gate.core.clock import Clock, ClockReading
 from gate.core.errors import OutboxFull
 from gate.decide.decision import Decision
@@ -30,14 +30,22 @@ class Recorder:
         outbox: Outbox,
         clock: Clock,
         wake: Callable[[], None] = lambda: None,
+        position: Callable[[], dict[str, Any] | None] = lambda: None,
+        stops: Callable[[str], Sequence[Stop]] = lambda route: (),
+        venue: Venue | None = None,
     ) -> None:
-        self.gate_id, self.venue = cfg.gate.id, cfg.venue.venue()
-        self.position: Callable[[], dict[str, Any] | None] = lambda: None  # set when a GPS receiver is wired
-        self.stops: Callable[[str], Sequence[Stop]] = lambda route: ()  # a route's stops, from the policy
+        """`position`: the GPS receiver's last fix (a vehicle); `stops`: a route's stops in the policy in force;
+        `venue`: where check-ins say they are, when it is not the config's (a bus's trip set by central)."""
+        self.gate_id, self.venue = cfg.gate.id, venue or cfg.venue.venue()
+        self.position, self.stops = position, stops
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
         self.outbox, self.clock, self._wake = outbox, clock, wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
         self._released: dict[str, CheckIn] = {}  # decision event_id -> its check-in
+
+    def set_trip(self, route: str | None, run: str | None) -> None:
+        """A bus's new route and run (central's `set-trip`): every check-in from now on carries them."""
+        self.venue = replace(self.venue, route=route, run=run)
 
     def checkin(self, d: Decision, now: ClockReading, policy_version: int, cache_version: int) -> CheckIn:
         return CheckIn(

@@ -64,7 +64,7 @@ def run_daemon(config_path: Path) -> int:
     while True:
         logging.getLogger().setLevel(cfg.gate.log_level.upper())
         try:
-            gate = build(cfg)
+            gate = build(cfg, heartbeat=notifier.heartbeat)
         except GateError as exc:  # a key file or device that cannot be used: one line naming it
             log.critical("cannot start: %s", exc)
             notifier.stopping()
@@ -79,7 +79,6 @@ def run_daemon(config_path: Path) -> int:
             )
             notifier.stopping()
             return 1
-        gate.heartbeat = notifier.heartbeat
         notifier.ready(f"gate {cfg.gate.id} scanning ({cfg.scanner.source})")
         log.info("gate %s started at venue %s (source %s)", cfg.gate.id, cfg.venue.id, cfg.scanner.source)
         try:

@@ -152,7 +152,7 @@ class Gate:
             case SetMode():
                 self.set_mode(r.mode, r.by)
             case SetTrip():
-                self.recorder.venue = replace(self.recorder.venue, route=r.route, run=r.run)
+                self.recorder.set_trip(r.route, r.run)
                 self.faults.run("storing the trip", lambda: self.lanestate.set_trip(r.route, r.run, time.time()))
                 log.info("venue: vehicle %s now on route %s, run %s", self.recorder.venue.vehicle_id, r.route, r.run)
             case ApplyPolicy():

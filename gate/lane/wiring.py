@@ -11,7 +11,7 @@ from gate.actuate.actuator import Actuator
 from gate.actuate.pins import make_pin_factory
 from gate.config.model import Config, secret_path
 from gate.config.venue import MOBILE
-from gate.contracts import Alarm, LaneControl, Requested, make_inbox
+from gate.contracts import Alarm, LaneControl, Requested, Venue, make_inbox
 from gate.core.clock import Clock, SystemClock
 from gate.core.docstore import DocStore
 from gate.core.faults import Faults
@@ -25,6 +25,7 @@ from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.recorder import Recorder
 from gate.deliver.sealing import Sealer
 from gate.lane.loop import Gate
+from gate.lane.state import LaneState
 from gate.lane.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
 from gate.ops.homeassistant import Discovery
 from gate.ops.metrics import MetricsServer
@@ -69,7 +70,10 @@ def build(
     clock: Clock | None = None,
     trust: TrustStore | None = None,
     with_mqtt: bool = True,
+    heartbeat: Callable[[], None] = lambda: None,
 ) -> Gate:
+    """Every part built once, complete, given its collaborators, in dependency order. `heartbeat` is called on
+    each turn of the scan loop (systemd's watchdog under `gate run`)."""
     state = cfg.gate.state_dir
     state.mkdir(parents=True, exist_ok=True)
     recovery = Recovery()
@@ -79,7 +83,8 @@ def build(
     control = LaneControl(inbox)
     # The `fault` alarm: raised when any episode of failing work starts, cleared when none is left.
     faults = Faults(on_episode=lambda what, on, detail: control.post(Alarm("fault", on, detail)))
-    clock = clock or SystemClock(cfg.clock.sync_source)
+    gps = Gps(cfg.gps, control.post) if cfg.gps.port else None
+    clock = clock or SystemClock(cfg.clock.sync_source, gps_offset=gps.clock_offset if gps is not None else None)
     base_keys = list(trust.keys.values()) if trust is not None else [load_public_key(p) for p in cfg.trust.keys]
     check_device_doc(state / "device.json", recovery)
     policy = PolicyStore(state / "device.json", cfg.policy).load()
@@ -105,7 +110,15 @@ def build(
         dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
         window, refusals = cfg.mqtt.inflight_window, cfg.mqtt.max_refusals
         drainer = Drainer(outbox, link, window, refusals, dead, sealer, lane_first, faults)
-    recorder = Recorder(cfg, outbox, clock, drainer.wake if drainer is not None else lambda: None)
+    recorder = Recorder(
+        cfg,
+        outbox,
+        clock,
+        drainer.wake if drainer is not None else lambda: None,
+        position=where(cfg, gps),
+        stops=lambda route: decider.policy.stops.get(route, ()),  # the policy in force, central's
+        venue=venue_now(cfg, lanestate),
+    )
     sync = None
     if link is not None and cfg.central.keys:
         verifier = Verifier(
@@ -153,25 +166,16 @@ def build(
         drainer=drainer,
         sync=sync,
         lane_first=lane_first,
+        closers=[gps.stop] if gps is not None else [],
+        heartbeat=heartbeat,
     )
     restore_lane(gate, mode_unknown)
     if link is not None:
         link.up_listeners.append(Discovery(cfg, link).connected)
     if cfg.metrics.listen:
         start_metrics(gate, cfg.metrics.listen, lambda: source_counters(code_source))
-    if cfg.gps.port:
-        gps = Gps(cfg.gps, control.post)
-        recorder.position = gps.position
-        if isinstance(clock, SystemClock):
-            clock.gps_offset = gps.clock_offset
+    if gps is not None:
         gps.start()
-        gate.closers.append(gps.stop)
-    elif cfg.venue.category in MOBILE:
-        recorder.position = lambda: {"fix": False, "why": "no_gps"}
-    recorder.stops = lambda route: gate.decider.policy.stops.get(route, ())  # the policy in force, central's
-    trip = lanestate.trip() if cfg.venue.category == "bus" else None
-    if trip is not None:  # central changed the route or run since the config was written: that stands
-        recorder.venue = replace(recorder.venue, route=trip[0], run=trip[1])
     for name, detail in recovery.alarms:
         control.post(Alarm(name, True, detail))
     if sync is not None:
@@ -183,6 +187,22 @@ def build(
     if link is not None:
         link.start()
     return gate
+
+
+def where(cfg: Config, gps: Gps | None) -> Callable[[], dict[str, Any] | None]:
+    """Where a check-in was made: the receiver's last fix; a vehicle without a receiver says so."""
+    if gps is not None:
+        return gps.position
+    if cfg.venue.category in MOBILE:
+        return lambda: {"fix": False, "why": "no_gps"}
+    return lambda: None
+
+
+def venue_now(cfg: Config, lanestate: LaneState) -> Venue:
+    """The config's venue, with the trip central set since (a bus): that stands over the config."""
+    venue = cfg.venue.venue()
+    trip = lanestate.trip() if cfg.venue.category == "bus" else None
+    return venue if trip is None else replace(venue, route=trip[0], run=trip[1])
 
 
 def start_metrics(gate: Gate, listen: str, counters: Callable[[], dict[str, int]]) -> None:
