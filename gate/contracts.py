@@ -89,6 +89,7 @@ ALARMS = (
     "outbox_full",
     "cache_stale",
     "state_file_corrupt",
+    "state_unproven",
     "outbox_gap",
     "dead_letter",
     "fault",

@@ -86,7 +86,7 @@ def test_files_holding_tokens_are_owner_only_whatever_the_umask(tmp_path) -> Non
         os.chmod(tmp_path / "passes.db", 0o666)
         cache, outbox = PassCache(tmp_path / "passes.db"), Outbox(tmp_path / "outbox.db")
         cache.import_rows([(2, ("tok-00000001", 0, None, 0, None))], version=1)
-        cache.stage(2, 0, "[]")
+        cache.staging.stage(2, 0, "[]")
         outbox.append("e1", "gate/x/checkin", b"{}")
         files = [p for p in tmp_path.iterdir() if p.is_file()]
         assert {p.name for p in files} >= {"passes.db", "passes.db-wal", "passes.db.staging", "outbox.db-wal"}

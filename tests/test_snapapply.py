@@ -21,7 +21,7 @@ from gate.sync.snapapply import SnapshotRefused, apply, apply_in_child, merge
 def stage(cache: PassCache, version: int, rows: list[list[object]], per_chunk: int = 3) -> int:
     chunks = [rows[i : i + per_chunk] for i in range(0, len(rows), per_chunk)] or [[]]
     for i, c in enumerate(chunks):
-        cache.stage(version, i, json.dumps(c, separators=(",", ":")))
+        cache.staging.stage(version, i, json.dumps(c, separators=(",", ":")))
     return len(chunks)
 
 

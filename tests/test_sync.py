@@ -118,7 +118,7 @@ def pumping(g: Gate, fn: Callable[[], R], timeout: float = 60.0) -> R:
 def staged(g: Gate, version: int) -> set[int]:
     """The chunks staged on disk, read through a connection of this thread's own."""
     with PassCache(g.cfg.gate.state_dir / "passes.db") as reader:
-        return reader.staged(version)
+        return reader.staging.staged(version)
 
 
 def rows(n: int, status: int = 0, prefix: str = "tok") -> list[list[Any]]:

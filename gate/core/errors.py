@@ -34,3 +34,8 @@ class DeviceError(GateError, RuntimeError):
 
 class OutboxFull(GateError, RuntimeError):
     """The outbox hit its configured bound and its policy is to refuse new events."""
+
+
+class StateUnusable(GateError, OSError):
+    """A state file cannot be used now for a reason outside it (a full disk, permissions, a directory in its
+    place): no evidence of damage, so it is never moved aside; the gate says which file and why."""

@@ -53,6 +53,9 @@ class Decision:
         return self.action is Action.ADMIT
 
 
+UNPROVEN = "pass cache unproven (damaged storage); waiting for central's snapshot"
+
+
 def _deny(reason: Reason, detail: str, code: PassCode | None = None) -> Decision:
     return Decision(Action.DENY, reason, detail, code.token if code else None, code.kind if code else None)
 
@@ -124,10 +127,13 @@ class Decider:
         if entry is not None and entry.revoked:
             return _deny(Reason.REVOKED, "revoked in the pass cache", code)
         status = code.status
-        synced_at = self._cache_info().synced_at
+        info = self._cache_info()
+        synced_at = info.synced_at
         stale = not clock.usable or synced_at is None or clock.wall - synced_at > p.cache_stale_after_seconds
-        if stale:
-            out = _fallback(getattr(p.on_cache_stale, kind), Reason.CACHE_STALE, "pass cache is stale", code)
+        doubt = not info.proven  # damaged storage may have lost a revocation: no code alone admits
+        why = UNPROVEN if doubt else "pass cache is stale"
+        if stale or doubt:
+            out = _fallback(getattr(p.on_cache_stale, kind), Reason.CACHE_STALE, why, code)
             if out is not None:
                 return out
             if entry is not None:  # a stale entry can still only make things worse
@@ -148,6 +154,8 @@ class Decider:
 
         companions = entry.companions if entry is not None and entry.companions is not None else code.companions
         action = getattr(p.status_actions, status.value)
+        if doubt and action is Action.ADMIT:
+            return Decision(Action.ASSIST, Reason.CACHE_STALE, why, code.token, kind, companions)
         reason = _status_outcome(status, action)
         return Decision(action, reason, f"status {status.value}", code.token, kind, companions)
 

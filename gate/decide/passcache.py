@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gate.core.errors import GateError, ImportRowError
+from gate.core.seal import SealDamaged, read_seal, write_seal
 from gate.core.sqlite import Owned
 from gate.decide.codes import Status
+from gate.decide.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,6 @@ CREATE TABLE IF NOT EXISTS passes (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
-_STAGING = (
-    "CREATE TABLE IF NOT EXISTS staging (version INTEGER, idx INTEGER, rows TEXT NOT NULL, PRIMARY KEY (version, idx))"
-)
 _STATUSES = list(Status)
 Row = tuple[str, int, int | None, int, int | None]  # as stored: token, status index, until, revoked, comp.
 _LOOKUP = "SELECT status, valid_until, revoked, companions FROM passes WHERE token = ?"
@@ -62,6 +61,7 @@ class CacheInfo:
     synced_at: float | None  # wall time central last vouched for this data
     seq: int  # last delta sequence applied on top of `version`
     count: int
+    proven: bool = True  # False: the file holds less than its seal says, until central's next snapshot
 
 
 def setup(db: sqlite3.Connection) -> None:
@@ -69,16 +69,6 @@ def setup(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA synchronous=FULL")  # a revocation is on disk before the broker's copy is acked
     db.executescript(_SCHEMA)
     db.execute("DROP TABLE IF EXISTS staging")  # staged chunks lived here before they got their own file
-
-
-def setup_staging(db: sqlite3.Connection) -> None:
-    """Snapshot chunks on their way in. A file of their own, with no journal and no fsync: it is deleted once
-    the snapshot is applied, usually before the kernel has written it back, so staging tens of megabytes costs
-    the disk (and the lane's outbox fsyncs beside it) little. A power cut can tear it; that is caught by the
-    manifest's hash over every chunk, and the snapshot is fetched again."""
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute(_STAGING)
 
 
 class PassCache:
@@ -91,8 +81,46 @@ class PassCache:
         self._conn = Owned(path, setup, timeout)
         self._reader: tuple[sqlite3.Connection, sqlite3.Cursor] | None = None  # lookup's cursor, kept
         self._flushed_at = 0  # the connection's total_changes at the last flush_wal
-        self.staging_path = path.with_name(path.name + ".staging")
-        self._staging = Owned(self.staging_path, setup_staging, timeout)
+        self.staging = Staging(path.with_name(path.name + ".staging"), timeout)
+        self._distrusted: int | None = None  # the version found unproven at start, until another replaces it
+        self._seal_failing = False
+
+    # -- the seal: what this file must hold at least (gate.core.seal) ------------------------------------
+    def unproven(self) -> str | None:
+        """None if passes.db holds at least what its seal says; else what is wrong."""
+        try:
+            facts = read_seal(self.path)
+        except SealDamaged as exc:
+            return str(exc)
+        info = self.info()
+        if facts is None:
+            fresh = info.version == 0 and info.seq == 0
+            return None if fresh else f"{self.path.name} holds version {info.version} but has no seal"
+        sealed = (int(facts.get("version", 0)), int(facts.get("seq", 0)))
+        if (info.version, info.seq) < sealed:
+            return f"{self.path.name} holds {info.version}/{info.seq} but {sealed[0]}/{sealed[1]} was sealed"
+        if (info.version, info.seq) == sealed and info.count != facts.get("count"):
+            return f"{self.path.name} holds {info.count} passes but {facts.get('count')} were sealed"
+        return None
+
+    def distrust(self) -> None:
+        """Treat what is in the file now as unproven (`info().proven` False) until a new version replaces it."""
+        self._distrusted = self.info().version
+
+    def _seal(self) -> None:
+        """After each write: a full disk is logged once (the data is committed; a file ahead of its seal still
+        proves itself)."""
+        info = self.info()
+        try:
+            write_seal(self.path, {"version": info.version, "seq": info.seq, "count": info.count})
+        except OSError as exc:
+            if not self._seal_failing:
+                log.error("%s: cannot write its seal (%s); retrying with the next change", self.path.name, exc)
+            self._seal_failing = True
+            return
+        if self._seal_failing:
+            log.warning("%s: sealed again", self.path.name)
+        self._seal_failing = False
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -101,7 +129,7 @@ class PassCache:
     def close(self) -> None:
         self._reader = None
         self._conn.close()
-        self._staging.close()
+        self.staging.close()
 
     def flush_wal(self) -> None:
         """During a long write: put what SQLite has written so far on disk now, so that the final commit
@@ -143,7 +171,11 @@ class PassCache:
         count = meta.get("count")
         if count is None:
             count = self._db.execute("SELECT count(*) FROM passes").fetchone()[0]
-        return CacheInfo(int(meta.get("version", 0)), meta.get("synced_at"), int(meta.get("seq", 0)), count)
+        version = int(meta.get("version", 0))
+        if self._distrusted is not None and version != self._distrusted:
+            self._distrusted = None  # central's snapshot replaced what could not be proven
+        proven = self._distrusted is None
+        return CacheInfo(version, meta.get("synced_at"), int(meta.get("seq", 0)), count, proven)
 
     def replace_all(self, rows: Iterable[Row], version: int, synced_at: float | None = None) -> int:
         """Atomically swap in a whole snapshot; readers see the old data until the final commit."""
@@ -158,7 +190,7 @@ class PassCache:
     ) -> None:
         """Apply one incremental change set in a single transaction."""
         upserts, deletes = list(upserts), list(deletes)
-        with self._conn.transaction() as db:
+        with self.transaction() as db:
             count = self.info().count  # kept up to date here: count(*) over 1M rows would cost milliseconds
             count += sum(1 for r in upserts if not db.execute("SELECT 1 FROM passes WHERE token = ?", r[:1]).fetchone())
             db.executemany("INSERT OR REPLACE INTO passes VALUES (?, ?, ?, ?, ?)", upserts)
@@ -202,7 +234,7 @@ class PassCache:
                 else "SELECT token, status, valid_until, revoked, companions FROM temp.import_rows"
             )
             if merge:
-                with self._conn.transaction() as tx:
+                with self.transaction() as tx:
                     tx.execute(f"INSERT OR REPLACE INTO passes {pick}")
                     count = tx.execute("SELECT count(*) FROM passes").fetchone()[0]
                     self.set_meta(count=count, synced_at=time.time())
@@ -256,38 +288,7 @@ class PassCache:
         with self._conn.transaction() as db:
             self._flushed_at = db.total_changes  # what was committed before is on disk (synchronous=FULL)
             yield db
-
-    # -- snapshot chunks staged until the whole snapshot is here (resumable across restarts) ----------
-    def stage(self, version: int, idx: int, rows_json: str) -> None:
-        """Keep one chunk. A damaged staging file is deleted and started again: chunks can be fetched again."""
-        try:
-            self._staging.db.execute("INSERT OR REPLACE INTO staging VALUES (?, ?, ?)", (version, idx, rows_json))
-        except sqlite3.DatabaseError as exc:
-            log.error("%s: %s; starting the staged snapshot again", self.staging_path, exc)
-            self.drop_staging()
-            self._staging.db.execute("INSERT OR REPLACE INTO staging VALUES (?, ?, ?)", (version, idx, rows_json))
-
-    def staged(self, version: int) -> set[int]:
-        if not self._staging.is_open and not self.staging_path.exists():
-            return set()
-        return {r[0] for r in self._staging.db.execute("SELECT idx FROM staging WHERE version = ?", (version,))}
-
-    def staged_chunks(self, version: int, below: int) -> Iterator[str]:
-        """The staged chunks 0 .. below-1 of `version`, in order, one at a time."""
-        for (rows,) in self._staging.db.execute(
-            "SELECT rows FROM staging WHERE version = ? AND idx < ? ORDER BY idx", (version, below)
-        ):
-            yield rows
-
-    def drop_staging(self, below: int | None = None) -> None:
-        """Older versions' chunks (`below`), or all of them: then the file itself goes."""
-        if below is not None:
-            if self._staging.is_open or self.staging_path.exists():
-                self._staging.db.execute("DELETE FROM staging WHERE version < ?", (below,))
-            return
-        self._staging.close()
-        for side in ("", "-wal", "-shm"):
-            Path(f"{self.staging_path}{side}").unlink(missing_ok=True)
+        self._seal()
 
     def set_meta(self, **values: float | int) -> None:
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())

@@ -1,14 +1,23 @@
 """The lane's safety state on disk (lane.db): the remote mode, anti-passback memory and lasting counters.
-Written by the lane thread before it acts, read back before the first scan after any restart."""
+Written by the lane thread before it acts, read back before the first scan after any restart.
+
+Every change to safety state (the mode, a passage) bumps a sequence number in the same transaction and then
+seals it (`lane.db.seal`, gate.core.seal): at start, a lane.db that holds less than its seal (a torn
+write-ahead log, a rolled-back or replaced file) cannot prove its mode or its passages (`unproven`)."""
 
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from gate.contracts import Requested
+from gate.core.faults import Faults
+from gate.core.seal import SealDamaged, read_seal, write_seal
 from gate.core.sqlite import Owned
+
+SEQ = "safety_seq"  # the counter every safety change bumps
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mode (id INTEGER PRIMARY KEY CHECK (id = 1), mode TEXT NOT NULL, set_by TEXT NOT NULL,
@@ -35,9 +44,44 @@ class ModeRecord:
 class LaneState:
     """Owned by the lane thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, faults: Faults | None = None) -> None:
+        """A seal that cannot be written (a full disk) is a fault episode of `faults` (logged once, alarmed,
+        retried with the next change): the change itself is stored, and a lane.db ahead of its seal still
+        proves itself. Without `faults` it raises."""
         self.path = path
         self._conn = Owned(path, setup, name=path.name)
+        self._faults = faults
+
+    def unproven(self) -> str | None:
+        """None if lane.db holds at least what its seal says; else what is wrong (then neither the mode nor the
+        passages can be trusted)."""
+        try:
+            facts = read_seal(self.path)
+        except SealDamaged as exc:
+            return str(exc)
+        seq = self.counter(SEQ)
+        if facts is None:
+            return None if seq == 0 else f"{self.path.name} has {seq} safety changes but no seal"
+        sealed = int(facts.get("seq", 0))
+        if seq < sealed:
+            return f"{self.path.name} holds safety change {seq} of {sealed} sealed: changes were lost"
+        if seq == sealed and facts.get("mode") != self._mode_value():
+            return f"{self.path.name}'s mode {self._mode_value()} is not the sealed {facts.get('mode')}"
+        return None
+
+    def _mode_value(self) -> str | None:
+        row = self._conn.db.execute("SELECT mode FROM mode WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1", (SEQ,))
+
+    def _seal(self) -> None:
+        write = partial(write_seal, self.path, {"seq": self.counter(SEQ), "mode": self._mode_value()})
+        if self._faults is None:
+            write()
+        else:
+            self._faults.run(f"sealing {self.path.name}", write)
 
     def mode(self) -> ModeRecord | None:
         """The requested mode on disk; ValueError if what is stored is no mode at all."""
@@ -45,9 +89,12 @@ class LaneState:
         return None if row is None else ModeRecord(Requested(row[0]), row[1], row[2])
 
     def set_mode(self, record: ModeRecord) -> None:
-        self._conn.db.execute(
-            "INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)", (record.mode.value, record.set_by, record.set_at)
-        )
+        with self._conn.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)", (record.mode.value, record.set_by, record.set_at)
+            )
+            self._bump(db)
+        self._seal()
 
     def trip(self) -> tuple[str | None, str | None] | None:
         """A bus's route and run as central last set them (they outlive a restart), or None."""
@@ -62,6 +109,8 @@ class LaneState:
         with self._conn.transaction() as db:
             db.execute("INSERT OR REPLACE INTO passback VALUES (?, ?)", (token, at))
             db.execute("DELETE FROM passback WHERE passed_at < ?", (at - window,))
+            self._bump(db)
+        self._seal()
 
     def recent_passages(self, now: float, window: float) -> dict[str, float]:
         """token -> wall time of its last confirmed passage within `window` of `now`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from gate.config.model import OutboxSection
 from gate.core.docstore import AtomicJSONStorage
+from gate.core.errors import StateUnusable
+from gate.core.faults import Faults
 from gate.core.sqlite import header_size
 from gate.decide import passcache
 from gate.deliver import outbox
@@ -52,16 +55,18 @@ def move_aside(path: Path) -> Path:
 
 def sqlite_problem(path: Path, setup: Callable[[sqlite3.Connection], None], thorough: bool = True) -> str | None:
     """None if the file opens, has our schema and passes SQLite's quick check (or, not `thorough`, a check that
-    costs nothing at any size: the header's page count against the file's length); else what is wrong."""
+    costs nothing at any size: the header's page count against the file's length); else the evidence of damage.
+    A file that cannot be used for a reason outside it (a full disk, permissions, a directory in its place)
+    raises StateUnusable: that is no evidence, and such a file is never moved aside."""
+    if path.exists() and not path.is_file():
+        raise StateUnusable(errno.EISDIR, "not a regular file; move it away", str(path))
     if not path.exists():
         return None
     if not thorough and (cut := _cut_short(path)) is not None:
         return cut
+    db = None
     try:
         db = sqlite3.connect(path, timeout=10)
-    except sqlite3.Error as exc:
-        return str(exc)
-    try:
         setup(db)
         if not thorough:
             return None
@@ -69,16 +74,24 @@ def sqlite_problem(path: Path, setup: Callable[[sqlite3.Connection], None], thor
         if rows != [("ok",)]:
             return "; ".join(str(r[0]) for r in rows[:3])
         return None
+    except sqlite3.OperationalError as exc:  # full, read-only, locked, cannot open: the file is not the problem
+        raise StateUnusable(errno.EIO, f"cannot be used now ({exc}); nothing was moved", str(path)) from exc
     except sqlite3.Error as exc:
         return str(exc)
     finally:
-        db.close()
+        if db is not None:
+            db.close()
 
 
 def _cut_short(path: Path) -> str | None:
+    """The header's length against the file's. While the write-ahead log holds frames the main file may be
+    shorter (a checkpoint stopped by a full disk): that is no evidence, and SQLite's own open decides."""
     want = header_size(path)  # None: not a database at all, and opening it says so
     size = path.stat().st_size
-    return None if want is None or size >= want else f"cut short: {size} of {want} bytes"
+    wal = path.with_name(path.name + "-wal")
+    if want is None or size >= want or (wal.exists() and wal.stat().st_size > 0):
+        return None
+    return f"cut short: {size} of {want} bytes"
 
 
 def check_device_doc(path: Path, recovery: Recovery) -> None:
@@ -137,15 +150,25 @@ def open_outbox(path: Path, cfg: OutboxSection, recovery: Recovery) -> Outbox:
     return box
 
 
-def open_lane_state(path: Path, recovery: Recovery) -> tuple[LaneState, bool]:
-    """lane.db; if it was corrupt the remote mode is unknown, and the caller starts out of service."""
+def open_lane_state(path: Path, recovery: Recovery, faults: Faults | None = None) -> tuple[LaneState, bool]:
+    """lane.db; if it was corrupt, or holds less than its seal, the remote mode is unknown (and the passages
+    unproven), and the caller starts out of service."""
     problem = sqlite_problem(path, lanestate.setup)
     if problem is None:
-        return LaneState(path), False
+        state = LaneState(path, faults)
+        unproven = state.unproven()
+        if unproven is None:
+            return state, False
+        recovery.note(
+            "state_unproven",
+            f"{unproven}; the remote mode and anti-passback cannot be proven, so the lane starts out of "
+            "service until an in-service command",
+        )
+        return state, True
     aside = move_aside(path)
     recovery.note(
         "state_file_corrupt",
         f"{path.name} unreadable ({problem[:80]}); moved to {aside.name}; the "
         "remote mode is unknown, so the lane starts out of service until an in-service command",
     )
-    return LaneState(path), True
+    return LaneState(path, faults), True

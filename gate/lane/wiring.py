@@ -90,6 +90,7 @@ def build(
     policy = PolicyStore(state / "device.json", cfg.policy).load()
     cache_lost = open_pass_cache(state / "passes.db", recovery)
     cache = PassCache(state / "passes.db")
+    cache_unproven = prove_cache(cache, recovery, cache_lost)
     decider = Decider(
         TrustStore.of([*base_keys, *central_keys(state)]),
         policy,
@@ -98,7 +99,7 @@ def build(
         cfg.scanner.max_payload_bytes,
     )
     outbox = open_outbox(state / "outbox.db", cfg.outbox, recovery)
-    lanestate, mode_unknown = open_lane_state(state / "lane.db", recovery)
+    lanestate, mode_unknown = open_lane_state(state / "lane.db", recovery, faults)
     code_source = source or make_source(cfg)
     scanner = Scanner(code_source, Deduplicator(cfg.scanner.rearm_seconds, cfg.scanner.absent_seconds))
     factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.gpio.pin_factory)
@@ -182,11 +183,25 @@ def build(
         sync.start()
         if cache_lost:
             sync.resync_soon("the pass cache was unreadable and started empty")
+        elif cache_unproven:
+            sync.resync_soon("the pass cache holds less than its seal")
     if drainer is not None:
         drainer.start()
     if link is not None:
         link.start()
     return gate
+
+
+def prove_cache(cache: PassCache, recovery: Recovery, lost: bool) -> bool:
+    """A cache that holds less than its seal (or was lost) may have lost a revocation: until central's next
+    snapshot it is treated as stale, and a code alone admits no one."""
+    problem = cache.unproven()
+    if problem is None:
+        return False
+    cache.distrust()
+    if not lost:  # a lost cache has its own alarm already
+        recovery.note("state_unproven", f"{problem}; treated as stale until central's next snapshot")
+    return True
 
 
 def where(cfg: Config, gps: Gps | None) -> Callable[[], dict[str, Any] | None]:

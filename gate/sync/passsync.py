@@ -64,7 +64,7 @@ class PassSync:
         return (
             None
             if m is None
-            else f"version {m['version']}: {len(self.cache.staged(m['version']))}/{m['chunks']} chunks"
+            else f"version {m['version']}: {len(self.cache.staging.staged(m['version']))}/{m['chunks']} chunks"
         )
 
     def manifest(self, msg: ControlMessage) -> None:
@@ -85,8 +85,8 @@ class PassSync:
         if m["version"] == current and not self.awaiting_resync:
             return  # the retained manifest of what we already have
         self.pending = m
-        self.cache.drop_staging(below=m["version"])
-        staged = self.cache.staged(m["version"])
+        self.cache.staging.drop(below=m["version"])
+        staged = self.cache.staging.staged(m["version"])
         self._fetch(m["version"], [i for i in range(m["chunks"]) if i not in staged])
         self._maybe_apply()
 
@@ -100,34 +100,34 @@ class PassSync:
         if version <= self.cache.info().version and not self.awaiting_resync:
             return
         self._pause()
-        self.cache.stage(version, idx, rows_text(msg))
+        self.cache.staging.stage(version, idx, rows_text(msg))
         m = self.pending
         if m is not None and m["version"] == version:  # the next chunks in the fetch window
-            staged = self.cache.staged(version)
+            staged = self.cache.staging.staged(version)
             self._fetch(version, [i for i in range(m["chunks"]) if i not in staged])
         self._maybe_apply()
 
     def _maybe_apply(self) -> None:
         m = self.pending
-        if m is None or not set(range(m["chunks"])) <= self.cache.staged(m["version"]):
+        if m is None or not set(range(m["chunks"])) <= self.cache.staging.staged(m["version"]):
             return
         version, chunks = m["version"], m["chunks"]
         # Two streaming passes over the staged chunks (one chunk in memory at a time, at any snapshot size):
         # the hash over their stored text (the same compact JSON central hashed), then the rows themselves.
         h = hashlib.sha256()
-        for text in self.cache.staged_chunks(version, chunks):
+        for text in self.cache.staging.staged_chunks(version, chunks):
             h.update(text.encode())
         if h.hexdigest() != m["sha256"]:
-            self.cache.drop_staging(below=version + 1)
+            self.cache.staging.drop(below=version + 1)
             raise self.verifier.invalid(f"snapshot {version} does not match its manifest hash; re-fetching")
         start = time.perf_counter()
         try:  # in a child process at low priority: the lane keeps the interpreter and the CPU meanwhile
             n = apply_in_child(self.cache.path, version, chunks, m["count"], m["ts"])
         except SnapshotRefused as exc:  # the swap rolled back: the cache is as it was
-            self.cache.drop_staging(below=version + 1)
+            self.cache.staging.drop(below=version + 1)
             raise self.verifier.invalid(f"snapshot {version}: {exc}") from None
         self._fetch(version, [])
-        self.cache.drop_staging()
+        self.cache.staging.drop()
         self.pending, self.awaiting_resync = None, False
         log.info("central: snapshot %d applied: %d passes in %.2fs", version, n, time.perf_counter() - start)
         self._changed()

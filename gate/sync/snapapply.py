@@ -36,7 +36,7 @@ def parse_row(r: Any) -> Row:
 
 def rows(cache: PassCache, version: int, chunks: int, count: int) -> Iterator[Row]:
     seen = 0
-    for text in cache.staged_chunks(version, chunks):
+    for text in cache.staging.staged_chunks(version, chunks):
         batch = json.loads(text)
         for i in range(0, len(batch), FLUSH_EVERY):
             cache.flush_wal()

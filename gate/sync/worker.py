@@ -291,7 +291,7 @@ class CentralSync:
                 raise ValueError(f"set-trip: this gate's venue is a {self.category}, not a bus")
             self.control.post(SetTrip.parse(args))
         elif name == "resync":
-            self.passes.cache.drop_staging()
+            self.passes.cache.staging.drop()
             self.request_resync("requested by central")
         elif name != "status":
             raise ValueError(f"unknown command {name!r}")
