@@ -35,6 +35,7 @@ class ControlMessage:
     nonce: str
     body: dict[str, Any]
     text: str = field(default="", repr=False, compare=False)  # the signed JSON, as central wrote it
+    kid: str = ""  # the signing key's id (hex): each publisher's commands are ordered by its signed time
 
 
 def sign(key: Ed25519PrivateKey, type_: str, body: dict[str, Any], gate: str = "*", ts: float | None = None) -> bytes:
@@ -58,9 +59,12 @@ class Verifier:
         self.central, self.gate_id, self.max_bytes, self.max_age = central, gate_id, max_bytes, max_age
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
-        self._store = nonces  # command nonces survive a restart: a captured command cannot be replayed
+        self._store = nonces  # nonces and high-water marks survive a restart: a captured command cannot be replayed
         stored = (nonces.get() if nonces is not None else None) or {}
         self._nonces: dict[str, float] = {str(n): float(t) for n, t in stored.get("seen", {}).items()}
+        # Per publisher key: the signed time of the last command carried out. Central's signed time orders
+        # commands, never the gate's clock, so no jump of either clock lets an old command through again.
+        self._hwm: dict[str, float] = {str(k): float(t) for k, t in stored.get("hwm", {}).items()}
 
     def _fail(self, reason: str, message: str) -> Rejected:
         self.rejected[reason] += 1
@@ -90,6 +94,7 @@ class Verifier:
                 str(inner.pop("nonce")),
                 inner,
                 msg,
+                kid.hex(),
             )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise self._fail("malformed", f"signed message lacks type/gate/ts/nonce: {str(exc)[:80]}") from None
@@ -100,17 +105,25 @@ class Verifier:
         return out
 
     def fresh(self, msg: ControlMessage, now: float) -> None:
-        """For commands: a recent timestamp and a nonce never seen before."""
+        """For commands: a recent timestamp, signed no earlier than the last command carried out from the same
+        key, and a nonce never seen before."""
         if abs(now - msg.ts) > self.max_age:
             age = now - msg.ts
             when = f"{age:.0f}s old" if age > 0 else f"{-age:.0f}s in the future"
             raise self._fail("stale", f"timestamp {msg.ts:.0f} is {when} (at most {self.max_age:.0f}s allowed)")
-        self._nonces = {n: t for n, t in self._nonces.items() if now - t <= 2 * self.max_age}
+        last = self._hwm.get(msg.kid)
+        if last is not None and msg.ts < last:
+            raise self._fail(
+                "replayed", f"signed at {msg.ts:.0f}, older than the last command carried out ({last:.0f})"
+            )
         if msg.nonce in self._nonces:
             raise self._fail("replayed", "nonce already used")
-        self._nonces[msg.nonce] = now
+        self._hwm[msg.kid] = msg.ts
+        self._nonces[msg.nonce] = msg.ts
+        floor = min(self._hwm.values())  # older nonces are refused by the high-water mark anyway
+        self._nonces = {n: t for n, t in self._nonces.items() if t >= floor}
         if self._store is not None:  # on disk before the command is acted on
-            self._store.put({"seen": self._nonces})
+            self._store.put({"seen": self._nonces, "hwm": self._hwm})
 
     def old(self, what: str) -> Rejected:
         return self._fail("replayed", what)
