@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ from gate.deliver.outbox import Outbox
 from gate.venue.gps import nearest_stop
 
 log = logging.getLogger(__name__)
+KEPT_LIMIT = 10_000  # passage and alarm events kept in memory while the outbox is full; past this, counted
 
 
 class Recorder:
@@ -42,6 +44,9 @@ class Recorder:
         self.outbox, self.clock, self._wake = outbox, clock, wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
         self._released: dict[str, CheckIn] = {}  # decision event_id -> its check-in
+        self._kept: deque[tuple[str, str, bytes]] = deque()  # passage and alarm events waiting for room
+        self.kept_dropped = 0
+        self._retry_at = 0.0
 
     def set_trip(self, route: str | None, run: str | None) -> None:
         """A bus's new route and run (central's `set-trip`): every check-in from now on carries them."""
@@ -75,15 +80,53 @@ class Recorder:
             return pos
         return {**pos, "stop": nearest_stop(pos, stops)}
 
-    def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True) -> None:
+    def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True, quiet: bool = False) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
         try:
             self.outbox.append(event_id, topic, payload)
         except OutboxFull as exc:
-            log.critical("CHECK-IN NOT RECORDED %s: %s", event_id, exc)
+            if not quiet:
+                log.critical("CHECK-IN NOT RECORDED %s: %s", event_id, exc)
             raise
         if wake:
             self._wake()
+
+    def keep(self, event_id: str, topic: str, payload: bytes) -> None:
+        """A passage or alarm event: recorded now if the outbox has room, else kept in memory, in order, and
+        stored once there is room again (`retry_kept`). Decisions never come here: one that cannot be recorded
+        is a denial."""
+        if not self._kept:
+            try:
+                self.record(event_id, topic, payload, quiet=True)
+                return
+            except OutboxFull as exc:
+                log.error("outbox full: passage and alarm events are kept in memory until there is room (%s)", exc)
+        if len(self._kept) >= KEPT_LIMIT:
+            self.kept_dropped += 1
+            return
+        self._kept.append((event_id, topic, payload))
+
+    def retry_kept(self, now: float) -> None:
+        """On the lane thread, at most once a second while events are kept: store them, oldest first."""
+        if not self._kept or now < self._retry_at:
+            return
+        self._retry_at = now + 1.0
+        stored = 0
+        while self._kept:
+            try:
+                self.outbox.append(*self._kept[0])
+            except OutboxFull:
+                break
+            self._kept.popleft()
+            stored += 1
+        if stored:
+            self._wake()
+        if not self._kept:
+            log.warning("outbox has room again: %d kept events stored, %d dropped", stored, self.kept_dropped)
+
+    @property
+    def kept(self) -> int:
+        return len(self._kept)
 
     def wake(self) -> None:
         """Let the drainer know there is something to send."""
@@ -119,7 +162,7 @@ class Recorder:
             time=now.wall,
             clock_synced=now.usable,
         )
-        self.record(ev.event_id, self.topics.checkin, ev.to_json())
+        self.keep(ev.event_id, self.topics.checkin, ev.to_json())
         return decided
 
     def alarm(self, a: Alarm) -> str:
@@ -128,5 +171,5 @@ class Recorder:
         else:
             self.active_alarms.discard(a.name)
         event_id, payload = alarm_json(self.gate_id, a.name, a.active, a.detail, self.clock.read().wall)
-        self.record(event_id, self.topics.alarm, payload)
+        self.keep(event_id, self.topics.alarm, payload)
         return event_id

@@ -126,11 +126,13 @@ class Gate:
         return decision, event
 
     def pump(self) -> None:
-        """Carry out every request queued by other threads, in order."""
+        """Carry out every request queued by other threads, in order; then store events kept while the outbox
+        was full, if there is room now."""
         while True:
             try:
                 request = self.inbox.get_nowait()
             except queue.Empty:
+                self.recorder.retry_kept(time.monotonic())
                 return
             try:
                 self._carry_out(request)
@@ -148,7 +150,7 @@ class Gate:
                     self._passback(decided.token, r.outcome)  # stored first: the record below may fail
                 self.recorder.passage(r)
             case Alarm():  # shown in the state at once; its record may wait for room (a full disk)
-                self.faults.run("recording alarms", partial(self.recorder.alarm, r))
+                self.recorder.alarm(r)
             case SetMode():
                 self.set_mode(r.mode, r.by)
             case SetTrip():
