@@ -92,6 +92,7 @@ ALARMS = (
     "state_unproven",
     "outbox_gap",
     "dead_letter",
+    "delivery_stalled",
     "fault",
     "gps_silent",
 )

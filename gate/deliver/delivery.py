@@ -44,7 +44,11 @@ class Drainer:
         sealer: Sealer | None = None,
         lane_first: LaneFirst | None = None,
         faults: Faults | None = None,
+        stall_after: float = 30.0,
+        on_stall: Callable[[bool, str], object] = lambda active, detail: None,
     ) -> None:
+        """`stall_after`: seconds without a PUBACK, with messages in flight on a connected link, before the
+        drainer calls it a stall (`on_stall`, the `delivery_stalled` alarm), reconnects and re-sends."""
         self.lane_first = lane_first or LaneFirst()
         # Signing happens here, as each event leaves, not on the lane thread: it costs the relay nothing.
         self.sealer = sealer
@@ -60,6 +64,9 @@ class Drainer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.delivered = 0
+        self.stall_after, self.on_stall = stall_after, on_stall
+        self.stalled = False
+        self._progress_at = time.monotonic()
         self.listeners: list[Callable[[list[str]], None]] = []  # event_ids just acknowledged
         self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)
         link.ack_listeners.append(self.on_publish)
@@ -105,9 +112,15 @@ class Drainer:
             self._refusals[seq] += 1
             (dead if self._refusals[seq] >= self.max_refusals else retry).append(seq)
         if acked:
+            self._progress()
             for seq in acked if self._refusals else ():  # refused before, delivered now: nothing to count
                 del self._refusals[seq]
-            self.delivered += self.outbox.ack(acked)
+            try:
+                self.delivered += self.outbox.ack(acked)
+            except Exception:  # a full disk cannot delete: the rows stay, and are sent again from the first
+                self._inflight.clear()
+                self._last_seq = min(acked) - 1
+                raise
             self.outbox.check_space()  # room came back: the lane may return to service at once
             for listener in self.listeners:
                 listener(ids)
@@ -140,11 +153,17 @@ class Drainer:
             self._refused.clear()
         self._collect()
         if not self.link.connected.is_set():
+            self._progress_at = time.monotonic()  # waiting for the link is not a stall
+            return
+        if self._stalled_for() > self.stall_after:
+            self._unstall()
             return
         room = self.window - len(self._inflight)
         while room > 0 and not self._stop.is_set():
             rows = self.outbox.fetch(self._last_seq, min(room, 500))
             if not rows:
+                if not self._inflight and self._last_seq and self.outbox.depth:
+                    self._last_seq = 0  # rows left behind (a failed step): read the outbox from its start
                 return
             for seq, event_id, topic, qos, payload in rows:
                 self.lane_first.yield_to_lane()
@@ -154,6 +173,33 @@ class Drainer:
                 self._inflight.append((seq, event_id, info))
                 self._last_seq = seq
             room -= len(rows)
+
+    # -- a connected link whose broker stopped answering -----------------------------------------------
+    def _progress(self) -> None:
+        self._progress_at = time.monotonic()
+        if self.stalled:
+            self.stalled = False
+            log.warning("delivery: the broker acknowledges again")
+            self.on_stall(False, "the broker acknowledges again")
+
+    def _stalled_for(self) -> float:
+        if not self._inflight:
+            self._progress_at = time.monotonic()
+            return 0.0
+        return time.monotonic() - self._progress_at
+
+    def _unstall(self) -> None:
+        """No PUBACK for `stall_after` on a connected link (a broker that accepts and then drops everything):
+        reconnect, and send again from the first unacknowledged row."""
+        detail = f"no acknowledgement for {self.stall_after:.0f}s on a connected link; reconnecting and re-sending"
+        if not self.stalled:
+            self.stalled = True
+            log.error("delivery: %s (%d in flight)", detail, len(self._inflight))
+            self.on_stall(True, detail)
+        self._last_seq = self._inflight[0][0] - 1
+        self._inflight.clear()
+        self._progress_at = time.monotonic()
+        self.link.force_reconnect("no acknowledgement")
 
     def wait_empty(self, timeout: float) -> bool:
         """Block until every outbox row is acknowledged, or the timeout passes."""

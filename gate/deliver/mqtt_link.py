@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -262,6 +263,16 @@ class MqttLink:
     def unsubscribe(self, topic: str) -> None:
         if self._subs.pop(topic, None) is not None and self.connected.is_set():
             self.client.unsubscribe(topic)
+
+    def force_reconnect(self, why: str) -> None:
+        """Drop the connection under paho (from any thread): its loop sees the socket fail, reconnects with
+        backoff and re-sends what it holds in flight."""
+        sock = self.client.socket()
+        if not isinstance(sock, socket.socket):  # not connected (or a websocket wrapper: left to paho's keepalive)
+            return
+        log.warning("mqtt: dropping the connection (%s); reconnecting", why)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Hand a JSON message to paho (kept in memory and re-sent across reconnects)."""

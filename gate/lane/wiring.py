@@ -110,7 +110,9 @@ def build(
     if link is not None:
         dead = lambda n, detail: control.post(Alarm("dead_letter", True, detail))  # noqa: E731
         window, refusals = cfg.mqtt.inflight_window, cfg.mqtt.max_refusals
-        drainer = Drainer(outbox, link, window, refusals, dead, sealer, lane_first, faults)
+        stalled = lambda on, detail: control.post(Alarm("delivery_stalled", on, detail))  # noqa: E731
+        stall_after = max(2.0 * cfg.mqtt.keepalive, 10.0)
+        drainer = Drainer(outbox, link, window, refusals, dead, sealer, lane_first, faults, stall_after, stalled)
     recorder = Recorder(
         cfg,
         outbox,

@@ -1,0 +1,162 @@
+"""Delivery heals itself without a restart: after a full disk, and on a connected link to a broker that accepts
+and then drops every message (a TCP proxy between the gate and a real mosquitto that lets the keepalive through
+but eats each PUBLISH). The stall raises `delivery_stalled`, the gate reconnects and re-sends, and once the
+broker answers again every stored check-in arrives and the alarm clears."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gpiozero.pins.mock import MockFactory
+
+from conftest import Broker, free_port, make_config, wait_until
+from gate.decide.codes import Status, issue
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scan.scanner import DecodingSource
+from gate.testing import ScriptedFrames
+
+PUBLISH = 3
+
+
+def packets(buf: bytearray) -> list[bytes]:
+    """Whole MQTT packets off the front of `buf` (fixed header: type and flags, then a varint length)."""
+    out = []
+    while len(buf) >= 2:
+        length, mult, i = 0, 1, 1
+        while True:
+            if i >= len(buf):
+                return out
+            byte = buf[i]
+            length += (byte & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not byte & 0x80:
+                break
+        if len(buf) < i + length:
+            return out
+        out.append(bytes(buf[: i + length]))
+        del buf[: i + length]
+    return out
+
+
+class EatingProxy:
+    """Forwards MQTT between the gate and the broker; while `eating` is set, every PUBLISH from the gate is
+    dropped (so no PUBACK comes), while PINGREQ/PINGRESP and everything else pass: the link stays up."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.eating = threading.Event()
+        self.eaten = 0
+        self.connections = 0
+        self.server = socket.create_server(("127.0.0.1", free_port()))
+        self.port = self.server.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.broker.host, self.broker.port))
+            self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_gate: bool) -> None:
+        buf = bytearray()
+        try:
+            while data := src.recv(65536):
+                buf += data
+                for packet in packets(buf):
+                    if from_gate and self.eating.is_set() and packet[0] >> 4 == PUBLISH:
+                        self.eaten += 1
+                        continue
+                    dst.sendall(packet)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+
+
+def test_a_broker_that_eats_every_message_is_left_and_everything_arrives_after(
+    tmp_path: Path, keys: Any, broker: Broker, subscriber_factory: Any
+) -> None:
+    proxy = EatingProxy(broker)
+    cfg = make_config(tmp_path / "state", keys, mqtt={"host": "127.0.0.1", "port": proxy.port, "keepalive": 5})
+    src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
+    sub = subscriber_factory(broker, "gate/+/checkin")
+    try:
+        g.cache.apply_delta([], [], 0)
+        assert wait_until(g.link.connected.is_set, 20)
+        proxy.eating.set()
+        ids = set()
+        for i in range(30):
+            code = issue(keys.private, f"tok-heal{i:04d}", Status.GREEN, int(time.time()) - 5, 3600).encode()
+            ids.add(g.handle(code)[1].event_id)
+        assert wait_until(lambda: proxy.eaten > 0, 20)
+
+        def alarm_active() -> bool:
+            g.pump()
+            return "delivery_stalled" in g.recorder.active_alarms
+
+        assert wait_until(alarm_active, 40), "no delivery_stalled alarm"  # stall_after = 2 x keepalive
+        assert wait_until(lambda: proxy.connections >= 2, 20)  # it left the silent connection
+        assert sub.event_ids("/checkin") & ids == set()  # nothing got through meanwhile
+        proxy.eating.clear()
+        assert wait_until(lambda: ids <= sub.event_ids("/checkin"), 60), "not every check-in arrived"
+        assert wait_until(lambda: (g.pump(), "delivery_stalled" not in g.recorder.active_alarms)[1], 30)
+    finally:
+        g.close()
+        proxy.close()
+
+
+def test_rows_whose_delete_failed_on_a_full_disk_are_sent_again_and_removed_without_a_restart(
+    tmp_path: Path, keys: Any, broker: Broker, subscriber_factory: Any, monkeypatch: Any
+) -> None:
+    """The broker acknowledged, but the outbox could not delete (a full disk needs room to delete too): the rows
+    stay, the drainer reads them again once the outbox has room, and nothing waits for a restart."""
+    from gate.core.errors import OutboxFull
+
+    cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port})
+    src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
+    sub = subscriber_factory(broker, "gate/+/checkin")
+    full = threading.Event()
+    full.set()
+    real_ack = g.outbox.ack
+
+    def ack(seqs: list[int]) -> int:
+        if full.is_set():
+            raise OutboxFull("database or disk is full")
+        return real_ack(seqs)
+
+    monkeypatch.setattr(g.outbox, "ack", ack)
+    try:
+        g.cache.apply_delta([], [], 0)
+        assert wait_until(g.link.connected.is_set, 20)
+        ids = set()
+        for i in range(20):
+            code = issue(keys.private, f"tok-full{i:04d}", Status.GREEN, int(time.time()) - 5, 3600).encode()
+            ids.add(g.handle(code)[1].event_id)
+        assert wait_until(lambda: ids <= sub.event_ids("/checkin"), 20)  # published and acknowledged
+        assert g.outbox.depth >= 20  # but not deleted
+        full.clear()  # room again
+        assert wait_until(lambda: g.outbox.depth == 0, 30), g.outbox.depth
+    finally:
+        g.close()
