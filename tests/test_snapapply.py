@@ -127,3 +127,67 @@ def test_a_chunks_rows_are_staged_as_central_hashed_them(tmp_path: Path) -> None
     assert rows_text(msg) == json.dumps(rows, separators=(",", ":"))
     reordered = msg.__class__(msg.type, msg.gate, msg.ts, msg.nonce, {"rows": rows, "version": 2}, "{}")
     assert rows_text(reordered) == json.dumps(rows, separators=(",", ":"))  # not last: written again
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_the_snapshot_child_dies_with_a_killed_daemon_and_leaves_the_cache_whole(tmp_path: Path) -> None:
+    """Only the daemon's PID is killed (as outside systemd): the kernel kills its child at once, and the cache is
+    the old version or the whole new one, never part of it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import wait_until
+
+    path = tmp_path / "p.db"
+    with PassCache(path) as cache:
+        cache.replace_all([row(i) for i in range(10)], version=1)
+        n = 200_000
+        chunks = stage(cache, 2, [list(row(i)) for i in range(n)], per_chunk=20_000)
+    code = (
+        "import sys; from pathlib import Path; from gate.sync.snapapply import apply_in_child; "
+        f"apply_in_child(Path({str(path)!r}), 2, {chunks}, {n}, 1.0)"
+    )
+    daemon = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        child = wait_until(lambda: children_of(daemon.pid), 20)
+        assert child, "no snapshot child started"
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(10)
+        assert wait_until(lambda: not Path(f"/proc/{child[0]}").exists(), 10), "the child outlived its daemon"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    with PassCache(path) as cache:
+        info = cache.info()
+        assert (info.version, info.count) in ((1, 10), (2, n)), info
+        assert cache.unproven() is None
+
+
+def test_a_snapshot_child_whose_daemon_is_already_gone_applies_nothing(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.db"
+    with PassCache(path) as cache:
+        cache.replace_all([row(i) for i in range(10)], version=1)
+        chunks = stage(cache, 2, [list(row(i)) for i in range(20)])
+    env = {**os.environ, "GATE_SNAPSHOT_PARENT": "1"}  # not its parent: the daemon that started it is gone
+    argv = [sys.executable, "-m", "gate.sync.snapapply", str(path), "2", str(chunks), "20", "1.0"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "nothing applied" in proc.stderr
+    with PassCache(path) as cache:
+        assert cache.info().version == 1

@@ -6,8 +6,11 @@ one line naming what is wrong (the swap rolled back: the cache is as it was), or
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +22,8 @@ from gate.core.errors import CodeError
 from gate.decide.passcache import PassCache, Row
 from gate.decide.passimport import check_row
 
+PARENT_ENV = "GATE_SNAPSHOT_PARENT"  # the daemon's pid, for the child to check it still has it
+PR_SET_PDEATHSIG = 1
 FLUSH_EVERY = 1000  # rows written between fdatasyncs of the WAL (no burst of dirty pages at the end)
 BAD_SNAPSHOT = 3
 
@@ -114,7 +119,8 @@ def apply_in_child(path: Path, version: int, chunks: int, count: int, synced_at:
         str(count),
         repr(synced_at),
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     said = (proc.stderr.strip().splitlines() or [""])[-1]
     if proc.returncode == BAD_SNAPSHOT:
         raise SnapshotRefused(said)
@@ -123,7 +129,20 @@ def apply_in_child(path: Path, version: int, chunks: int, count: int, synced_at:
     return int(proc.stdout.strip())
 
 
+def die_with_parent() -> bool:
+    """Linux: the kernel kills this process the moment its parent (the daemon) dies, however it dies, so a
+    killed daemon's child never writes on beside the next one. False if the parent is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    expected = os.environ.get(PARENT_ENV)
+    return expected is None or os.getppid() == int(expected)
+
+
 def main(argv: list[str]) -> int:
+    if not die_with_parent():
+        print("the daemon that started this is gone: nothing applied", file=sys.stderr)
+        return 1
     os.nice(19)  # the lane and delivery come first on a busy CPU
     path, version, chunks, count, synced_at = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4])
     try:
