@@ -16,6 +16,7 @@ from gate.core.mailbox import Mailbox
 if TYPE_CHECKING:
     from gate.config.policy import Policy
 
+CODE_PREFIX = "GT1:"  # every pass code starts so (docs/codes.md); a reader can tell a code's start by it
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a venue, vehicle, route, run or stop id
 
 

@@ -73,6 +73,19 @@ def test_a_line_cut_by_a_pause_is_dropped_whole_never_decided_in_part() -> None:
     assert s.dropped_lines == 1
 
 
+def test_a_whole_code_after_an_abandoned_fragment_is_decided() -> None:
+    clock = TickingClock()
+    port = FlakyPort(serial.serial_for_url("loop://", timeout=0.01))
+    s = SerialScanner(SerialSection(port="loop://"), opener=lambda cfg: port, mono=clock)
+    port.write(b"GT1:HA")  # a fragment whose rest never comes
+    assert s.read(0.05) is None
+    clock.mono += 1.5
+    assert s.read(0.05) is None
+    port.write(b"GT1:WHOLE\r")
+    assert s.read(0.05).payloads == (b"GT1:WHOLE",)
+    assert s.dropped_lines == 1
+
+
 def test_garbage_bytes_pass_through_as_bytes_without_crashing() -> None:
     s, port, _ = loop_scanner()
     port.write(b"\xff\xfe\x00garbage\x80\r")

@@ -9,11 +9,12 @@ from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gate.contracts import CODE_PREFIX
 from gate.core.errors import CodeError
 from gate.decide.base45 import b45decode, b45encode
 from gate.decide.keys import KEY_ID_BYTES, TrustStore, key_id_of
 
-PREFIX = "GT1:"
+PREFIX = CODE_PREFIX
 VERSION = 1
 SIGNATURE_BYTES = 64
 MAX_COMPANIONS = 15

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from gate.config.model import SerialSection
+from gate.contracts import CODE_PREFIX
 from gate.scan.scanner import Observation
 
 log = logging.getLogger(__name__)
+CODE_START = CODE_PREFIX.encode()
 MAX_BACKOFF = 2.0  # a re-plugged module is back within about this long
 PARTIAL_LINE_SECONDS = 1.0  # bytes with no terminator for this long are a broken read, not a code
 
@@ -88,9 +90,10 @@ class SerialScanner:
             return None
         line = bytes(self._buf[:idx]).strip(b"\r\n")
         del self._buf[: idx + len(self._term)]
-        if self._discarding:  # the rest of a line already counted as dropped
+        if self._discarding:  # the rest of a line already counted as dropped, unless a whole code came instead
             self._discarding = False
-            return None
+            if not line.startswith(CODE_START):
+                return None
         if len(line) > self.cfg.max_line_bytes:
             self.dropped_lines += 1
             log.warning("serial: dropped an over-long line")
