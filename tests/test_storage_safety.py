@@ -293,3 +293,23 @@ def test_the_daemon_killed_after_out_of_service_with_a_torn_log_restarts_out_of_
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         feeder.close()
+
+
+def test_an_outbox_gap_counts_only_what_the_broker_had_not_acknowledged(tmp_path) -> None:
+    from gate.config.model import OutboxSection
+    from gate.deliver.outbox import Outbox
+    from gate.lane.statefiles import Recovery, open_outbox
+
+    state = tmp_path / "state"
+    Outbox(state / "outbox.db").close()
+    then = snapshot(state)
+    box = Outbox(state / "outbox.db")
+    seqs = [box.append(f"ev-{i}", "gate/lane-k/checkin", b"{}") for i in range(20)]
+    assert box.ack(seqs[:7]) == 7  # delivered, in order
+    box.close()
+    roll_back(state, then, "outbox.db")  # the write-ahead log that held all 20 is gone
+    recovery = Recovery()
+    box = open_outbox(state / "outbox.db", OutboxSection(), recovery)
+    box.close()
+    assert [name for name, _ in recovery.alarms] == ["outbox_gap"]
+    assert "13 undelivered events were lost" in recovery.alarms[0][1]

@@ -87,6 +87,7 @@ class Outbox:
             probe.close()
         self.hwm_path = path.with_name(path.name + ".hwm")
         self.hwm_at_start = read_hwm(self.hwm_path)
+        self.acked_at_start = read_hwm(self.hwm_path, line=1)
         self._hwm = os.open(self.hwm_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.appended = self.dropped = 0  # the writer's counters
         self.acked = self.dead_lettered = 0  # the reader's counters
@@ -95,8 +96,9 @@ class Outbox:
 
     @property
     def lost_at_start(self) -> int:
-        """Rows appended before the last stop that the database no longer knows of (a damaged WAL)."""
-        return max(0, self.hwm_at_start - self.last_seq_at_start)
+        """Undelivered rows appended before the last stop that the database no longer knows of (a damaged WAL):
+        those after the last row it still has, less those the broker had acknowledged (delivered in order)."""
+        return max(0, self.hwm_at_start - max(self.last_seq_at_start, self.acked_at_start))
 
     @property
     def depth(self) -> int:
@@ -182,6 +184,8 @@ class Outbox:
             "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
         ).rowcount
         self.acked += gone
+        with contextlib.suppress(OSError):  # the hint's second line: the last seq the broker acknowledged
+            os.pwrite(self._hwm, b"%020d\n" % max(json.loads(batch)), HWM_LINE)
         return gone
 
     def dead_letter(self, seqs: list[int], reason: str) -> int:
@@ -208,9 +212,12 @@ class Outbox:
             os.close(self._hwm)
 
 
-def read_hwm(path: Path) -> int:
+HWM_LINE = 21  # bytes per line of outbox.db.hwm: the last seq appended, then the last seq acknowledged
+
+
+def read_hwm(path: Path, line: int = 0) -> int:
     try:
-        return int(path.read_bytes().split()[0])
+        return int(path.read_bytes().split()[line])
     except (OSError, ValueError, IndexError):
         return 0
 
