@@ -15,11 +15,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_sync import central, gate, pumping, settle  # noqa: F401 (central, gate: test_sync's fixtures)
 
 from conftest import free_port, wait_until
 from gate.central.console.auth import hash_password
@@ -37,11 +39,11 @@ USERS = {"ann-tracer": "tracer", "otto-ops": "operator", "sue-super": "superviso
 M = 60.0
 
 
-def visit(token: str, venue: str, t: float, gate: str, **extra: Any) -> tuple[Any, ...]:
+def visit(token: str, venue: str, t: float, gate_id: str, **extra: Any) -> tuple[Any, ...]:
     ev = {
         "event_id": uuid.uuid4().hex,
         "type": "decision",
-        "gate_id": gate,
+        "gate_id": gate_id,
         "venue": {"id": venue, "name": venue.replace("-", " ").title()},
         "token": token,
         "kind": "phone",
@@ -75,9 +77,9 @@ def seed(store: Store, now: float) -> None:
         [],
     )
     state = {"mode": "normal", "cache_version": 7, "cache_age_s": 600, "policy_version": 0, "clock_synced": True}
-    for gate in ("lane-1", "lane-2"):
-        store.seen(gate, "availability", {"status": "online"}, now)
-        store.seen(gate, "state", {**state, "outbox_depth": 0, "dead_letters": 0, "alarms_active": []}, now)
+    for gate_id in ("lane-1", "lane-2"):
+        store.seen(gate_id, "availability", {"status": "online"}, now)
+        store.seen(gate_id, "state", {**state, "outbox_depth": 0, "dead_letters": 0, "alarms_active": []}, now)
     bus = {"id": "city-bus", "name": "City bus", "category": "bus", "vehicle_id": "bus-1042", "route": "R7"}
     store.seen("bus-1042", "availability", {"status": "online"}, now)
     store.seen("bus-1042", "state", {**state, "outbox_depth": 4, "venue": {**bus, "run": "R7-0815"}}, now)
@@ -85,15 +87,16 @@ def seed(store: Store, now: float) -> None:
         store.put_user(name, role, hash_password(PASSWORD))
 
 
-@pytest.fixture
-def console(pg_url: str, broker: Any, keys: Any, tmp_path: Path) -> Iterator[Console]:
+@contextmanager
+def running_console(pg_url: str, broker: Any, key: Path) -> Iterator[Console]:
+    """`gate central console` as a person starts it, on a free loopback port, over a seeded PostgreSQL."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is not installed (./install.sh --dev installs Debian's chromium)")
     store = open_store(pg_url)
     seed(store, time.time())
     port = free_port()
     cmd = [sys.executable, "-m", "gate", "central", "console", "--db", pg_url, "--listen", f"127.0.0.1:{port}"]
-    cmd += ["--broker", f"{broker.host}:{broker.port}", "--key", str(keys.private_path), "--refresh", "0.5"]
+    cmd += ["--broker", f"{broker.host}:{broker.port}", "--key", str(key), "--refresh", "0.5"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -107,6 +110,12 @@ def console(pg_url: str, broker: Any, keys: Any, tmp_path: Path) -> Iterator[Con
     proc.terminate()
     proc.wait(10)
     store.close()
+
+
+@pytest.fixture
+def console(pg_url: str, broker: Any, keys: Any) -> Iterator[Console]:
+    with running_console(pg_url, broker, keys.private_path) as c:
+        yield c
 
 
 @pytest.fixture
@@ -213,3 +222,38 @@ def test_each_role_in_a_real_browser(console: Console, browser: Any, broker: Any
     msg = json.loads(env["msg"])
     assert msg["version"] == 1 and msg["policy"]["status_actions"]["yellow"] == "deny"
     assert [a["operator"] for a in console.store.audits() if a["action"] == "publish-policy"] == ["sue-super"]
+
+
+@pytest.mark.timeout(300)
+def test_commands_and_measures_reach_a_real_gate(gate: Any, central: Any, pg_url: str, broker: Any) -> None:  # noqa: F811
+    """Through a real broker to a real gate (test_sync's): the operator's out-of-service comes back with the gate's
+    reply, and the supervisor's policy is verified and applied by the gate."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from gate.actuate.mode import Mode
+
+    def in_the_browser(url: str) -> str:  # the whole browser session on the helper thread; this one is the lane
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            expect.set_options(timeout=20_000)
+            ops = signed_in(b, Console(url, None, None), "otto-ops")  # type: ignore[arg-type]
+            expect(ops.locator("#gate-lane-t")).to_be_visible()
+            ops.select_option("#gate-lane-t select[name=name]", "out-of-service")
+            ops.click("#gate-lane-t button:has-text('Send')")
+            reply = ops.inner_text("#reply")
+            sup = signed_in(b, Console(url, None, None), "sue-super")  # type: ignore[arg-type]
+            sup.goto(url + "/measures")
+            sup.fill("input[name=stale_hours]", "48")
+            sup.click("#review")
+            sup.click("#confirm")
+            expect(sup.locator("#published")).to_contain_text("version 1 published")
+            b.close()
+            return reply
+
+    with running_console(pg_url, broker, central.pub.with_suffix(".key")) as c:
+        c.store.seen("lane-t", "availability", {"status": "online"}, time.time())
+        reply = pumping(gate, lambda: in_the_browser(c.url), timeout=120)
+    assert reply.startswith("lane-t · out-of-service →") and '"ok": true' in reply
+    assert settle(gate, lambda: gate.decider.policy.version == 1)
+    assert gate.decider.policy.cache_stale_after_seconds == 48 * 3600
+    assert gate.actuator.mode is Mode.OUT_OF_SERVICE

@@ -1,0 +1,112 @@
+"""The console's form handlers under Hypothesis: any input gets a page with a clear message, never a 500; and
+the sign-in's guards: CSRF, rate limit, cookie flags, roles. In-process (Starlette's TestClient), real SQLite."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from gate.central.console import forms
+from gate.central.console.app import Console, build
+from gate.central.console.auth import hash_password
+from gate.central.db import open_store
+
+PASSWORD = "correct-horse-battery"
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
+
+
+def client_for(tmp_path: Path, secure: bool = False) -> TestClient:
+    store = open_store(tmp_path / "c.db")
+    for name, role in (("ann", "tracer"), ("sue", "supervisor"), ("otto", "operator")):
+        store.put_user(name, role, hash_password(PASSWORD))
+    return TestClient(build(Console(store, None, secure_cookies=secure)), base_url="https://testserver")
+
+
+def sign_in(client: TestClient, name: str, password: str = PASSWORD) -> Any:
+    pre = re.search(r'name="pre" value="([^"]+)"', client.get("/login").text)
+    assert pre
+    return client.post("/login", data={"pre": pre[1], "name": name, "password": password}, follow_redirects=False)
+
+
+def csrf(client: TestClient, path: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert m
+    return m[1]
+
+
+@pytest.fixture(scope="module")
+def tracer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    client = client_for(tmp_path_factory.mktemp("console"))
+    assert sign_in(client, "ann").status_code == 303
+    yield client, csrf(client, "/trace")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({}, optional={k: text for k in ("mode", "token", "venue", "window", "from", "to")}))
+def test_any_trace_form_gets_a_page_never_a_500(tracer: tuple[TestClient, str], form: dict[str, str]) -> None:
+    client, token = tracer
+    r = client.post("/trace", data={**form, "csrf": token})
+    assert r.status_code in (200, 400), r.text[:300]
+    if r.status_code == 400:
+        assert 'class="error"' in r.text
+    r = client.post("/trace.csv", data={**form, "csrf": token})
+    assert r.status_code in (200, 400)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["version", "status_green", "status_yellow", "stale_hours", "stale_card"]), text)
+)
+def test_policy_form_errors_name_the_field(form: dict[str, str]) -> None:
+    current = {"version": 3, "status_actions": {"green": "admit", "yellow": "assist", "red": "deny"}}
+    try:
+        doc = forms.policy_changes(form, current)
+    except forms.FormError as exc:
+        assert str(exc).split(":")[0]
+    else:
+        assert doc["version"] > 3
+
+
+def test_trace_form_messages() -> None:
+    with pytest.raises(forms.FormError, match="token: 6 to 32"):
+        forms.trace_query({"token": "GT1:AAAA-a-pass-code-is-not-a-token!"})
+    with pytest.raises(forms.FormError, match="window: give a number from 0 to 1440"):
+        forms.trace_query({"token": "tok-case", "window": "nan"})
+    with pytest.raises(forms.FormError, match="to: the period ends before it starts"):
+        forms.trace_query({"token": "tok-case", "from": "2026-05-02", "to": "2026-05-01"})
+    q = forms.trace_query({"token": "tok-case", "from": "2026-05-01T08:00", "window": "15"})
+    assert (q.mode, q.token, q.window_min, q.t_from) == ("contacts", "tok-case", 15.0, 1777622400.0)
+
+
+def test_sign_in_guards_cookies_csrf_and_roles(tmp_path: Path) -> None:
+    client = client_for(tmp_path, secure=True)
+    assert client.get("/trace", follow_redirects=False).headers["location"] == "/login"
+    r = sign_in(client, "ann")
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" in cookie
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+    r = client.post("/trace", data={"token": "tok-case", "csrf": "forged"})
+    assert r.status_code == 403 and "not sent from this console" in r.text
+    assert client.get("/audit").status_code == 403
+    other = client_for(tmp_path)
+    pre = re.search(r'name="pre" value="([^"]+)"', other.get("/login").text)
+    assert pre
+    bad = other.post("/login", data={"pre": "stale", "name": "ann", "password": PASSWORD})
+    assert bad.status_code == 403
+
+
+def test_failed_sign_ins_are_rate_limited(tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    for _ in range(5):
+        r = sign_in(client, "sue", "wrong-password!")
+        assert r.status_code == 401 and "Wrong name or password." in r.text
+    r = sign_in(client, "sue")  # the right password, too late
+    assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+    assert sign_in(client, "nobody-at-all").status_code == 429  # any name, from the same address
