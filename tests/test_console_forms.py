@@ -19,7 +19,6 @@ from gate.central.console.auth import hash_password
 from gate.central.db import open_store
 
 PASSWORD = "correct-horse-battery"
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
 
 
