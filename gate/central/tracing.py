@@ -123,6 +123,14 @@ def audited_contacts(
     return found
 
 
+def contact_counts(found: list[dict[str, Any]]) -> tuple[int, int]:
+    """(contact codes, people): a code admitting companions counts as its group, once however often it was met."""
+    groups: dict[str, int] = {}
+    for c in found:
+        groups[c["token"]] = max(groups.get(c["token"], 1), c["group_size"])
+    return len(groups), sum(groups.values())
+
+
 def write_contacts_csv(found: list[dict[str, Any]], out: IO[str]) -> None:
     w = csv.DictWriter(out, fieldnames=CONTACT_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -137,9 +145,8 @@ def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float
     elif fmt == "csv":
         write_contacts_csv(found, sys.stdout)
     else:
-        tokens = {c["token"] for c in found}
-        people = sum(max((c["group_size"] for c in found if c["token"] == t), default=1) for t in tokens)
-        print(f"{len(tokens)} contact codes ({people} people with companions) within ±{window_min:g} min of {token}")
+        codes, people = contact_counts(found)
+        print(f"{codes} contact codes ({people} people with companions) within ±{window_min:g} min of {token}")
         for c in found:
             group = f"+{c['group_size'] - 1}" if c["group_size"] > 1 else ""
             state = "admitted" if c["admitted"] else c["decision"]

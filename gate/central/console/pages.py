@@ -58,8 +58,9 @@ def routes(c: Console) -> list[Route]:
             q, rows = await run_trace(me, form)
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
-        people = sum(r.get("group_size", 1) for r in rows) if q.mode == "contacts" else None
-        return c.page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, people=people, when=when)
+        codes, people = tracing.contact_counts(rows) if q.mode == "contacts" else (0, 0)
+        ctx: dict[str, Any] = {"codes": codes, "people": people, "when": when}
+        return c.page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
 
     @c.needs("trace")
     async def trace_csv(request: Request, me: Session) -> Response:
