@@ -83,6 +83,7 @@ def seed(store: Store, now: float) -> None:
     bus = {"id": "city-bus", "name": "City bus", "category": "bus", "vehicle_id": "bus-1042", "route": "R7"}
     store.seen("bus-1042", "availability", {"status": "online"}, now)
     store.seen("bus-1042", "state", {**state, "outbox_depth": 4, "venue": {**bus, "run": "R7-0815"}}, now)
+    store.seen("bus-1042", "last_stop", {"id": "S1", "name": "Marienplatz", "time": now}, now)
     for name, role in USERS.items():
         store.put_user(name, role, hash_password(PASSWORD))
 
@@ -189,7 +190,7 @@ def test_each_role_in_a_real_browser(console: Console, browser: Any, broker: Any
     ops = signed_in(browser, console, "otto-ops")
     assert ops.url.endswith("/fleet")
     expect(ops.locator("#gate-lane-1 .avail")).to_have_text("online")
-    assert "route R7 run R7-0815" in ops.inner_text("#gate-bus-1042")
+    assert "route R7 run R7-0815 last stop Marienplatz" in ops.inner_text("#gate-bus-1042")
     ops.evaluate("window.notReloaded = true")
     console.store.seen("lane-1", "availability", {"status": "offline"}, time.time())
     expect(ops.locator("#gate-lane-1 .avail")).to_have_text("offline")

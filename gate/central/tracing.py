@@ -201,6 +201,7 @@ def fleet_report(
                 "route": venue.get("route"),
                 "run": venue.get("run"),
                 "alarms": list(state.get("alarms_active") or []),
+                "last_stop": (g.get("last_stop") or {}).get("name") or (g.get("last_stop") or {}).get("id"),
                 "availability": availability,
                 "last_seen": g.get("last_seen"),
                 "last_seen_ago_s": round(now - g.get("last_seen", now), 1),
