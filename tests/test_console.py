@@ -239,8 +239,9 @@ def test_commands_and_measures_reach_a_real_gate(gate: Any, central: Any, pg_url
             expect.set_options(timeout=20_000)
             ops = signed_in(b, Console(url, None, None), "otto-ops")  # type: ignore[arg-type]
             expect(ops.locator("#gate-lane-t")).to_be_visible()
-            ops.select_option("#gate-lane-t select[name=name]", "out-of-service")
-            ops.click("#gate-lane-t button:has-text('Send')")
+            ops.fill("#command input[name=gate_id]", "lane-t")
+            ops.select_option("#command select[name=name]", "out-of-service")
+            ops.click("#command button")
             reply = ops.inner_text("#reply")
             sup = signed_in(b, Console(url, None, None), "sue-super")  # type: ignore[arg-type]
             sup.goto(url + "/measures")
