@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from conftest import wait_until
 from gate.central.console import forms
 from gate.central.console.app import Console, build
 from gate.central.console.auth import hash_password
@@ -109,3 +110,24 @@ def test_failed_sign_ins_are_rate_limited(tmp_path: Path) -> None:
     r = sign_in(client, "sue")  # the right password, too late
     assert r.status_code == 429 and "Too many failed sign-ins" in r.text
     assert sign_in(client, "nobody-at-all").status_code == 429  # any name, from the same address
+
+
+def test_the_policy_in_force_is_shown_only_if_centrals_key_signed_it(broker: Any, keys: Any) -> None:
+    from gate.central.console.measures import Link
+    from gate.central.mqtt import publisher, retained
+    from gate.sync.envelope import sign
+    from gate.sync.worker import central_topics
+
+    link = Link.make((broker.host, broker.port), "gate", str(keys.private_path))
+    assert link is not None
+    assert link.policy_in_force()[1] is None  # nothing retained: the built-in defaults, no signature time
+    topic = central_topics("gate")["policy"]
+    forged = sign(keys.other, "policy", {"version": 9, "policy": {"passback_seconds": 1}}, ts=1_780_000_000.0)
+    with publisher((broker.host, broker.port)) as pub:
+        pub(topic, forged, True)
+    assert retained((broker.host, broker.port), topic) == forged  # the broker holds it ...
+    policy, signed = link.policy_in_force()
+    assert signed is None and policy["version"] == 0  # ... and the console does not show it as in force
+    assert link.publish({**link.policy_in_force()[0], "version": 4, "passback_seconds": 30}) == 4
+    policy, signed = wait_until(lambda: (p := link.policy_in_force())[1] and p) or (None, None)
+    assert policy["version"] == 4 and policy["passback_seconds"] == 30 and signed is not None

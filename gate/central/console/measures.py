@@ -3,11 +3,13 @@ publishing a new one signed by central's key, as `gate central publish-policy` d
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
@@ -37,11 +39,15 @@ class Link:
         """The retained policy (its document with `version`) and when central signed it; the defaults if none."""
         payload = retained(self.broker, central_topics(self.prefix)["policy"])
         try:
-            msg = json.loads(json.loads(payload)["msg"]) if payload else None
+            env = json.loads(payload) if payload else None
+            msg = None
+            if env is not None:  # shown only if central's key signed it: what the gates check too
+                self.key.public_key().verify(base64.b64decode(env["sig"], validate=True), env["msg"].encode())
+                msg = json.loads(env["msg"])
             if msg is not None:
                 doc = {**msg["policy"], "version": int(msg["version"])}
                 return Policy.model_validate(doc).model_dump(mode="json"), float(msg["ts"])
-        except (ValueError, KeyError, TypeError, ValidationError):
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError, InvalidSignature):
             pass  # not a policy this console can read: show the defaults, and say so (no signature time)
         return Policy().model_dump(mode="json"), None
 
