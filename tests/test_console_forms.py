@@ -131,3 +131,29 @@ def test_the_policy_in_force_is_shown_only_if_centrals_key_signed_it(broker: Any
     assert link.publish({**link.policy_in_force()[0], "version": 4, "passback_seconds": 30}) == 4
     policy, signed = wait_until(lambda: (p := link.policy_in_force())[1] and p) or (None, None)
     assert policy["version"] == 4 and policy["passback_seconds"] == 30 and signed is not None
+
+
+def test_console_user_add_and_a_collection_without_operators(pg_url: str) -> None:
+    """`console-user add` reads the password from stdin and refuses a short one; a PostgreSQL collection made
+    before the console (no operators' table) is refused at start with what to do, not at the first sign-in."""
+    import subprocess
+    import sys
+
+    def central(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gate", "central", *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+
+    store = open_store(pg_url)
+    store.db.execute("DROP TABLE console_users")  # type: ignore[attr-defined]
+    store.close()
+    r = central("console", "--db", pg_url, "--listen", "127.0.0.1:1")
+    assert r.returncode == 1 and "no console operators yet" in r.stderr and "console-user add" in r.stderr
+    r = central("console-user", "add", "ann", "--role", "tracer", "--db", pg_url, stdin="short\n")
+    assert r.returncode == 1 and "at least 10 characters" in r.stderr
+    r = central("console-user", "add", "ann", "--role", "tracer", "--db", pg_url, stdin=PASSWORD + "\n")
+    assert r.returncode == 0 and "ann is a tracer" in r.stdout
+    store = open_store(pg_url)
+    user = store.user("ann")
+    store.close()
+    assert user is not None and user["role"] == "tracer" and PASSWORD not in user["hash"]
+    assert user["hash"].startswith("$argon2id$")

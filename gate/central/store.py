@@ -154,12 +154,11 @@ class Queries:
         return [{"gate_id": g, **json.loads(d)} for g, d in self._run("SELECT gate_id, doc FROM fleet ORDER BY 1")]
 
     def user(self, name: str) -> dict[str, Any] | None:
-        self._run(USERS_SQL)  # a database made before the console has no such table yet
         row = self._run("SELECT name, role, hash FROM console_users WHERE name = ?", (name,)).fetchone()
         return None if row is None else {"name": row[0], "role": row[1], "hash": row[2]}
 
     def put_user(self, name: str, role: str, password_hash: str) -> None:
-        self._run(USERS_SQL)
+        self._run(USERS_SQL)  # a collection made before the console has no such table yet
         self._run(
             "INSERT INTO console_users (name, role, hash, created) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET role = excluded.role, hash = excluded.hash",
@@ -196,6 +195,7 @@ class SqliteStore(Queries):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")  # several collectors on one file take turns
         self.db.executescript(self.SCHEMA)
+        self.db.execute(USERS_SQL)
 
     def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         db = self.db

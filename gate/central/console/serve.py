@@ -70,7 +70,14 @@ def console(args: argparse.Namespace) -> int:
     broker = args.broker if (args.broker_given or args.config) else None
     link = Link.make(broker, args.prefix, args.key)
     store = open_store(args.db)
-    store.user("-")  # the operators' table exists before the first sign-in
+    try:
+        store.user("-")
+    except Exception:  # the driver's "no such table": nobody can sign in yet
+        store.close()
+        raise GateError(
+            f"console: {args.db} has no console operators yet: add one with "
+            "`gate central console-user add NAME --role tracer|operator|supervisor --db …`"
+        ) from None
     c = Console(
         store,
         link,
