@@ -157,3 +157,13 @@ def test_console_user_add_and_a_collection_without_operators(pg_url: str) -> Non
     store.close()
     assert user is not None and user["role"] == "tracer" and PASSWORD not in user["hash"]
     assert user["hash"].startswith("$argon2id$")
+
+
+def test_an_ended_session_sends_the_live_fleet_table_to_sign_in(tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    r = client.get("/fleet", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert r.status_code == 204 and r.headers["HX-Redirect"] == "/login"
+    assert sign_in(client, "otto").headers["location"] == "/fleet"
+    assert client.get("/", follow_redirects=False).headers["location"] == "/fleet"
+    r = client.get("/fleet", headers={"HX-Request": "true"})
+    assert r.status_code == 200 and '<table id="gates">' in r.text and "<html" not in r.text

@@ -62,7 +62,9 @@ class Console:
         def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
                 session = self.sessions.get(request.cookies.get(COOKIE))
-                if session is None:
+                if session is None:  # htmx's poll after the session ended: the whole page goes to sign-in
+                    if request.headers.get("HX-Request"):
+                        return Response(status_code=204, headers={"HX-Redirect": "/login"})
                     return RedirectResponse("/login", status_code=303)
                 if not session.may(permit):
                     return self.page(request, "denied.html", session, status=403, permit=permit)
@@ -101,8 +103,7 @@ class Console:
             self.limit.failed(*keys)
             return self.page(request, "login.html", None, status=401, pre=pre, error="Wrong name or password.")
         sid, session = self.sessions.start(user["name"], user["role"])
-        home = next(p for p in ("trace", "fleet", "measures") if session.may(p))
-        response = RedirectResponse(f"/{home}", status_code=303)
+        response = RedirectResponse(self.home_of(session), status_code=303)
         self.cookie(response, COOKIE, sid)
         return response
 
@@ -116,7 +117,12 @@ class Console:
         return response
 
     async def home(self, request: Request) -> Response:
-        return RedirectResponse("/login", status_code=303)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        return RedirectResponse("/login" if session is None else self.home_of(session), status_code=303)
+
+    @staticmethod
+    def home_of(session: Session) -> str:
+        return "/" + next(p for p in ("trace", "fleet", "measures") if session.may(p))
 
 
 class Headers(BaseHTTPMiddleware):
