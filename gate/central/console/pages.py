@@ -29,9 +29,14 @@ def when(t: float | None) -> str:
 
 def masked(params: dict[str, Any], show_tokens: bool) -> dict[str, Any]:
     """Audit parameters as a supervisor may see them: a token's first three characters only."""
-    if show_tokens or not params.get("token"):
-        return params
-    return {**params, "token": str(params["token"])[:3] + "…"}
+    out = dict(params)
+    for k in ("from", "to"):  # the period as times; an open end as "-"
+        v = out.get(k)
+        if isinstance(v, int | float):
+            out[k] = when(v) if 0 < v < 1e18 else "-"
+    if not show_tokens and out.get("token"):
+        out["token"] = str(out["token"])[:3] + "…"
+    return out
 
 
 def routes(c: Console) -> list[Route]:
