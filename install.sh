@@ -10,7 +10,8 @@ for arg in "$@"; do
     -h|--help)
       cat <<USAGE
 usage: ./install.sh --dev                 workstation or CI: apt packages (zbar, mosquitto, RabbitMQ, PostgreSQL,
-                                         prometheus for promtool, nodejs), ./.venv, pip install -e .[dev] -c constraints.txt
+                                         prometheus for promtool, chromium for the console's browser tests, nodejs),
+                                         ./.venv, pip install -e .[dev] -c constraints.txt, htmx for the console (npm)
        sudo ./install.sh [SERVICE OPTION] the service on a Raspberry Pi (docs/operations.md)
 
 service options:
@@ -44,6 +45,8 @@ apt_install() {
 if [ "$mode" = dev ]; then
   # prometheus: its promtool checks the /metrics output in the tests.
   apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql prometheus
+  # chromium (and its driver): the console's browser tests drive Debian's headless chromium with Playwright.
+  apt_install chromium chromium-driver
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"
@@ -52,6 +55,8 @@ if [ "$mode" = dev ]; then
   # The official AsyncAPI parser checks docs/asyncapi.yaml in the tests (about 55 MB in script/asyncapi/).
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   (cd "$here/script/asyncapi" && npm ci --no-audit --no-fund --loglevel=error)
+  # htmx, which the console serves for the fleet page's live updates (gate/central/console/static/vendor/).
+  (cd "$here/gate/central/console/static/vendor" && npm ci --no-audit --no-fund --loglevel=error)
   echo "install.sh: development environment ready in $here/.venv"
   exit 0
 fi

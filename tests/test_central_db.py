@@ -278,3 +278,27 @@ def test_while_the_database_is_down_qos0_reports_are_refused_past_the_bound_and_
         assert [r["token"] for r in store.select("time >= ?", [0])] == ["tok-q1"]
     finally:
         store.close()
+
+
+def test_a_buss_last_stop_reaches_the_fleet_view(tmp_path: Path) -> None:
+    """A bus's check-ins name the stop it is at; the fleet view shows the last one (one write per batch)."""
+    import paho.mqtt.client as mqtt
+
+    from gate.central.collect import Checks, Collector
+
+    store = open_store(tmp_path / "c.db")
+    col = Collector(store, Checks({}, accept_unsigned=True), retention_days=None)
+    col.client = type("Acks", (), {"ack": lambda self, mid, qos: None})()
+    bus = {"id": "city-bus", "vehicle_id": "bus-1042", "route": "R7", "run": "R7-0815"}
+    for i, stop in enumerate(("Marienplatz", "Odeonsplatz", None)):
+        position = {"status": "ok", "stop": {"id": f"S{i}", "name": stop} if stop else None}
+        ev = {"event_id": f"e{i}", "type": "decision", "gate_id": "bus-1042", "venue": bus, "token": f"tok-bus{i}"}
+        raw = json.dumps({**ev, "decision": "admit", "time": T0 + i * 60, "position": position})
+        m = mqtt.MQTTMessage(i + 1, b"gate/bus-1042/checkin")
+        m.payload, m.qos = raw.encode(), 1
+        col.on_message(None, None, m)
+    store.seen("bus-1042", "state", {"venue": bus}, T0)
+    assert col.flush()
+    [row] = fleet_report(store, offline_min=5, stale_hours=24, now=T0)
+    assert (row["route"], row["run"], row["last_stop"]) == ("R7", "R7-0815", "Odeonsplatz")
+    store.close()

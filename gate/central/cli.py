@@ -6,6 +6,8 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gate.central.console.serve import add_arguments as console_user
+from gate.central.console.serve import add_console_options as console_options
 from gate.core.address import broker_address
 from gate.core.errors import GateError
 from gate.decide.codes import Kind, Status
@@ -107,6 +109,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--from", dest="t_from", type=when, default=0.0, metavar="TIME", help="epoch or ISO 8601")
         q.add_argument("--to", dest="t_to", type=when, default=float("inf"), metavar="TIME")
     tr.add_argument("--json", action="store_true")
+    cs = mqtt_cmd("console", "the staff's web console: tracing, fleet, measures, audit (docs/console.md)", False)
+    console_options(cs, db_help)
+    console_user(sub, db_help)
     pu = sub.add_parser("purge", help="delete check-ins past their retention (whole days in PostgreSQL)")
     pu.add_argument("--db", required=True, help=db_help)
     pu.add_argument("--retention-days", type=float, default=28.0)
@@ -142,10 +147,20 @@ def main(argv: list[str]) -> int:
     """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
     args = build_parser().parse_args(argv)
     cmd = args.central_cmd
+    if cmd == "console-user":
+        from gate.central.console.serve import user_add
+
+        return user_add(args)
     if hasattr(args, "config"):  # a command that talks to the broker
         from gate.central.mqtt import broker_from
 
-        args.broker = broker_from(args.broker, args.config)
+        args.broker_given = args.broker is not None
+        if cmd != "console" or args.broker or args.config:
+            args.broker = broker_from(args.broker, args.config)
+    if cmd == "console":
+        from gate.central.console.serve import console
+
+        return console(args)
     if cmd == "provision":
         from gate.central import provision as prov
 

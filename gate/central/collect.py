@@ -99,7 +99,12 @@ class Collector:
             self._inbox.append(("fleet", self._fleet(topic, kind, payload), mid))
         else:
             try:
-                self._inbox.append(("row", row_of(self.checks.check(topic, payload), payload), mid))
+                ev = self.checks.check(topic, payload)
+                self._inbox.append(("row", row_of(ev, payload), mid))
+                stop = (ev.get("position") or {}).get("stop") if isinstance(ev.get("position"), dict) else None
+                if isinstance(stop, dict):  # a bus at a stop: the fleet view shows its last one
+                    seen = {"id": stop.get("id"), "name": stop.get("name"), "time": ev["time"]}
+                    self._inbox.append(("fleet", (ev["gate_id"], "last_stop", seen, time.time()), 0))
             except (SealError, ValueError, TypeError, AttributeError) as exc:
                 reason = exc.reason if isinstance(exc, SealError) else "malformed"
                 self._inbox.append(("quarantine", (topic, reason, str(exc)[:200], time.time(), payload), mid))
@@ -135,9 +140,10 @@ class Collector:
         quarantined: list[Quarantined] = [w for k, w, _ in batch if k == "quarantine"]
         try:
             new = self.store.write(rows, quarantined)
+            stops = {w[0]: w for k, w, _ in batch if k == "fleet" and w is not None and w[1] == "last_stop"}
             for k, w, _ in batch:
-                if k == "fleet" and w is not None:
-                    self.store.seen(*w)
+                if k == "fleet" and w is not None and (w[1] != "last_stop" or stops[w[0]] is w):
+                    self.store.seen(*w)  # of a bus's stops in one batch, only the last
         except Exception as exc:  # the database is down or refused the batch: keep it, retry, ack nothing
             log.error("collect: cannot store %d messages (%s: %s); retrying", len(batch), type(exc).__name__, exc)
             self._inbox.extendleft(reversed(batch))

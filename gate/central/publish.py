@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gate.central.mqtt import publisher, request, retained
 from gate.core.errors import GateError
 from gate.decide.keys import load_private_key
@@ -36,6 +38,23 @@ def _previous_manifest(broker: Any, topic: str) -> tuple[int, int] | None:
 
 def _rows(path: Path) -> list[list[Any]]:
     return [list(r) for r in read_file(path)]
+
+
+def publish_policy(broker: Any, prefix: str, key: Ed25519PrivateKey, doc: dict[str, Any]) -> int:
+    """Sign a policy document (with its `version`) and publish it retained; the CLI and the console both call it."""
+    doc = dict(doc)
+    version = int(doc.pop("version"))
+    with publisher(broker) as pub:
+        pub(central_topics(prefix)["policy"], sign(key, "policy", {"version": version, "policy": doc}), True)
+    return version
+
+
+def send_command(
+    broker: Any, prefix: str, key: Ed25519PrivateKey, gate_id: str, name: str, extra: dict[str, Any], timeout: float
+) -> dict[str, Any] | None:
+    """A signed command to one gate; its reply, or None if none came within `timeout`."""
+    body: dict[str, Any] = {"name": name, "correlation_id": str(uuid.uuid4()), "args": dict(extra)}
+    return request(broker, f"{prefix}/{gate_id}/command", body, key, gate_id, prefix, timeout)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,9 +97,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     if cmd == "publish-policy":
-        doc = json.loads(Path(args.file).read_text())
-        version = int(doc.pop("version"))
-        _publish(args, [(topics["policy"], sign(key, "policy", {"version": version, "policy": doc}), True)])
+        version = publish_policy(args.broker, args.prefix, key, json.loads(Path(args.file).read_text()))
         print(json.dumps({"policy_version": version}))
         return 0
     if cmd == "publish-keys":
@@ -94,19 +111,16 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"keys_version": args.version, "keys": len(entries)}))
         return 0
     if cmd == "command":
-        cid = str(uuid.uuid4())
-        body: dict[str, Any] = {"name": args.name, "correlation_id": cid, "args": {}}
+        extra: dict[str, Any] = {}
         if args.name == "open":
             if not args.operator:
                 raise GateError("command open needs --operator ID")
-            body["args"]["operator"] = args.operator
+            extra["operator"] = args.operator
         if args.name == "free-pass":
-            body["args"]["state"] = args.state
+            extra["state"] = args.state
         if args.name == "set-trip":
-            body["args"] |= {"route": args.route, "run": args.run}
-        reply = request(
-            args.broker, f"{args.prefix}/{args.gate_id}/command", body, key, args.gate_id, args.prefix, args.timeout
-        )
+            extra |= {"route": args.route, "run": args.run}
+        reply = send_command(args.broker, args.prefix, key, args.gate_id, args.name, extra, args.timeout)
         if reply is None:
             print(f"no reply from gate {args.gate_id} within {args.timeout:.0f}s", file=sys.stderr)
             return 1

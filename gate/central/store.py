@@ -81,6 +81,12 @@ class Store(Protocol):
 
     def fleet(self) -> list[dict[str, Any]]: ...
 
+    def user(self, name: str) -> dict[str, Any] | None:
+        """A console operator: name, role and password hash (never a password)."""
+        ...
+
+    def put_user(self, name: str, role: str, password_hash: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -107,6 +113,13 @@ def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) 
         history = [*doc.get("depth_history", []), [at, depth]][-FLEET_HISTORY:]
         doc["depth_history"] = history
     return doc
+
+
+# Console operators (`gate central console-user add`): a name, a role and an argon2 hash; no personal data.
+USERS_SQL = (
+    "CREATE TABLE IF NOT EXISTS console_users "
+    "(name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)"
+)
 
 
 class Queries:
@@ -140,6 +153,18 @@ class Queries:
     def fleet(self) -> list[dict[str, Any]]:
         return [{"gate_id": g, **json.loads(d)} for g, d in self._run("SELECT gate_id, doc FROM fleet ORDER BY 1")]
 
+    def user(self, name: str) -> dict[str, Any] | None:
+        row = self._run("SELECT name, role, hash FROM console_users WHERE name = ?", (name,)).fetchone()
+        return None if row is None else {"name": row[0], "role": row[1], "hash": row[2]}
+
+    def put_user(self, name: str, role: str, password_hash: str) -> None:
+        self._run(USERS_SQL)  # a collection made before the console has no such table yet
+        self._run(
+            "INSERT INTO console_users (name, role, hash, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET role = excluded.role, hash = excluded.hash",
+            (name, role, password_hash, time.time()),
+        )
+
 
 class SqliteStore(Queries):
     """One file, WAL, mode 0600 (it holds token ids). A batch is one transaction."""
@@ -170,6 +195,7 @@ class SqliteStore(Queries):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")  # several collectors on one file take turns
         self.db.executescript(self.SCHEMA)
+        self.db.execute(USERS_SQL)
 
     def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         db = self.db

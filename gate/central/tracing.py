@@ -7,7 +7,7 @@ import json
 import re
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 from gate.central.store import Store
 from gate.core.errors import GateError
@@ -25,14 +25,14 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
-def trace(
-    store: Store, operator: str, token: str | None, venue: str | None, t_from: float, t_to: float, as_json: bool
-) -> int:
-    """A token's check-ins (decisions and passages) in time order, or a venue's within a window; audited."""
+def trace_rows(
+    store: Store, operator: str, token: str | None, venue: str | None, t_from: float, t_to: float
+) -> list[dict[str, Any]]:
+    """A token's check-ins (decisions and passages) in time order, or a venue's within a window; audited.
+    The one trace query: the CLI and the console both run it."""
     operator = _operator(operator)
     if not token and not venue:
-        print("trace: give a TOKEN or --venue", file=sys.stderr)
-        return 2
+        raise GateError("trace: give a TOKEN or --venue")
     where = ["time >= ?", "time <= ?"]
     params: list[Any] = [t_from, min(t_to, 1e18)]
     if token:
@@ -43,6 +43,16 @@ def trace(
         params.append(venue)
     rows = store.select(" AND ".join(where), params)
     store.audit(operator, "trace", {"token": token, "venue": venue, "from": t_from, "to": min(t_to, 1e18)}, len(rows))
+    return rows
+
+
+def trace(
+    store: Store, operator: str, token: str | None, venue: str | None, t_from: float, t_to: float, as_json: bool
+) -> int:
+    if not token and not venue:
+        print("trace: give a TOKEN or --venue", file=sys.stderr)
+        return 2
+    rows = trace_rows(store, operator, token, venue, t_from, t_to)
     for rec in rows:
         if as_json:
             print(json.dumps(rec))
@@ -102,22 +112,41 @@ CONTACT_FIELDS = (
 )
 
 
-def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float, fmt: str) -> int:
+def audited_contacts(
+    store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float
+) -> list[dict[str, Any]]:
+    """find_contacts, written to the audit table with who asked: what the CLI and the console both run."""
     operator = _operator(operator)
     found = find_contacts(store, token, t_from, t_to, window_min)
     params = {"token": token, "from": t_from, "to": min(t_to, 1e18), "window_min": window_min}
     store.audit(operator, "contacts", params, len(found))
+    return found
+
+
+def contact_counts(found: list[dict[str, Any]]) -> tuple[int, int]:
+    """(contact codes, people): a code admitting companions counts as its group, once however often it was met."""
+    groups: dict[str, int] = {}
+    for c in found:
+        groups[c["token"]] = max(groups.get(c["token"], 1), c["group_size"])
+    return len(groups), sum(groups.values())
+
+
+def write_contacts_csv(found: list[dict[str, Any]], out: IO[str]) -> None:
+    w = csv.DictWriter(out, fieldnames=CONTACT_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(found)
+
+
+def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float, fmt: str) -> int:
+    found = audited_contacts(store, operator, token, t_from, t_to, window_min)
     if fmt == "json":
         for c in found:
             print(json.dumps(c))
     elif fmt == "csv":
-        w = csv.DictWriter(sys.stdout, fieldnames=CONTACT_FIELDS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(found)
+        write_contacts_csv(found, sys.stdout)
     else:
-        tokens = {c["token"] for c in found}
-        people = sum(max((c["group_size"] for c in found if c["token"] == t), default=1) for t in tokens)
-        print(f"{len(tokens)} contact codes ({people} people with companions) within ±{window_min:g} min of {token}")
+        codes, people = contact_counts(found)
+        print(f"{codes} contact codes ({people} people with companions) within ±{window_min:g} min of {token}")
         for c in found:
             group = f"+{c['group_size'] - 1}" if c["group_size"] > 1 else ""
             state = "admitted" if c["admitted"] else c["decision"]
@@ -162,9 +191,17 @@ def fleet_report(
             and all(b[1] >= a[1] for a, b in zip(history[-3:], history[-2:], strict=False))
         ):
             flags.append("outbox_growing")
+        venue = state.get("venue") or {}
         out.append(
             {
                 "gate_id": g["gate_id"],
+                "venue_id": venue.get("id"),
+                "category": venue.get("category"),
+                "vehicle_id": venue.get("vehicle_id"),
+                "route": venue.get("route"),
+                "run": venue.get("run"),
+                "alarms": list(state.get("alarms_active") or []),
+                "last_stop": (g.get("last_stop") or {}).get("name") or (g.get("last_stop") or {}).get("id"),
                 "availability": availability,
                 "last_seen": g.get("last_seen"),
                 "last_seen_ago_s": round(now - g.get("last_seen", now), 1),

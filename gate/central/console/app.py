@@ -1,0 +1,154 @@
+"""The console's application: sign-in, sessions, CSRF, security headers, and the role each page needs."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from gate.central.store import Store
+
+from .auth import PERMITS, RateLimit, Session, Sessions, verify_password
+from .measures import Link
+
+HERE = Path(__file__).parent
+HTMX = HERE / "static" / "vendor" / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
+COOKIE = "gate_console"
+PRE = "gate_console_pre"  # the sign-in form's own CSRF token, before there is a session
+T = TypeVar("T")
+Handler = Callable[[Request, Session], Awaitable[Response]]
+
+
+class Console:
+    """What every page shares: one store (used by one request at a time), the link to the gates, sessions."""
+
+    def __init__(
+        self, store: Store, link: Link | None, *, refresh_s: float = 5.0, secure_cookies: bool = False,
+        offline_min: float = 5.0, stale_hours: float = 24.0,
+    ) -> None:  # fmt: skip
+        self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
+        self.offline_min, self.stale_hours = offline_min, stale_hours
+        self.sessions, self.limit = Sessions(), RateLimit()
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.htmx = HTMX.exists()
+        self._lock = threading.Lock()
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        def run() -> T:
+            with self._lock:
+                return fn(*args)
+
+        return await run_in_threadpool(run)
+
+    def page(self, request: Request, name: str, me: Session | None, *, status: int = 200, **ctx: Any) -> Response:
+        ctx |= {"me": me, "permits": PERMITS, "htmx": self.htmx, "refresh_s": self.refresh_s}
+        return self.templates.TemplateResponse(request, name, ctx, status_code=status)
+
+    def needs(self, permit: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+        """A page for the roles PERMITS allows; sign-in first; POSTs carry the session's CSRF token."""
+
+        def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                session = self.sessions.get(request.cookies.get(COOKIE))
+                if session is None:  # htmx's poll after the session ended: the whole page goes to sign-in
+                    if request.headers.get("HX-Request"):
+                        return Response(status_code=204, headers={"HX-Redirect": "/login"})
+                    return RedirectResponse("/login", status_code=303)
+                if not session.may(permit):
+                    return self.page(request, "denied.html", session, status=403, permit=permit)
+                if request.method == "POST":
+                    form = await request.form()
+                    if not secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
+                        return self.page(request, "denied.html", session, status=403, permit="csrf")
+                return await handler(request, session)
+
+            return endpoint
+
+        return wrap
+
+    def cookie(self, response: Response, name: str, value: str) -> None:
+        response.set_cookie(name, value, httponly=True, samesite="strict", secure=self.secure, path="/")
+
+    async def login_form(self, request: Request) -> Response:
+        token = request.cookies.get(PRE) or secrets.token_urlsafe(24)
+        response = self.page(request, "login.html", None, pre=token, error=None)
+        self.cookie(response, PRE, token)
+        return response
+
+    async def login(self, request: Request) -> Response:
+        form = await request.form()
+        name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:256]
+        pre = request.cookies.get(PRE, "")
+        if not pre or not secrets.compare_digest(str(form.get("pre", "")), pre):
+            return self.page(request, "login.html", None, status=403, pre=pre, error="Reload the page and try again.")
+        keys = (f"ip:{request.client.host if request.client else '-'}", f"name:{name}")
+        if self.limit.blocked(*keys):
+            msg = "Too many failed sign-ins: wait 15 minutes."
+            return self.page(request, "login.html", None, status=429, pre=pre, error=msg)
+        user = await self.db(self.store.user, name)
+        ok = await run_in_threadpool(verify_password, user["hash"] if user else None, password)
+        if not ok or user is None:
+            self.limit.failed(*keys)
+            return self.page(request, "login.html", None, status=401, pre=pre, error="Wrong name or password.")
+        sid, session = self.sessions.start(user["name"], user["role"])
+        response = RedirectResponse(self.home_of(session), status_code=303)
+        self.cookie(response, COOKIE, sid)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        form = await request.form()
+        if session is not None and secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
+            self.sessions.end(request.cookies.get(COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    async def home(self, request: Request) -> Response:
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        return RedirectResponse("/login" if session is None else self.home_of(session), status_code=303)
+
+    @staticmethod
+    def home_of(session: Session) -> str:
+        return "/" + next(p for p in ("trace", "fleet", "measures") if session.may(p))
+
+
+class Headers(BaseHTTPMiddleware):
+    """No framing, no referrer, scripts only from the console itself, nothing cached (pages hold token ids)."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        h = response.headers
+        h["Content-Security-Policy"] = "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
+        h["X-Frame-Options"] = "DENY"
+        h["X-Content-Type-Options"] = "nosniff"
+        h["Referrer-Policy"] = "no-referrer"
+        if not request.url.path.startswith("/static/"):
+            h["Cache-Control"] = "no-store"
+        return response
+
+
+def build(console: Console) -> Starlette:
+    from . import pages
+
+    routes = [
+        Route("/", console.home),
+        Route("/login", console.login_form, methods=["GET"]),
+        Route("/login", console.login, methods=["POST"]),
+        Route("/logout", console.logout, methods=["POST"]),
+        *pages.routes(console),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(Headers)])

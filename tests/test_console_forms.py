@@ -1,0 +1,169 @@
+"""The console's form handlers under Hypothesis: any input gets a page with a clear message, never a 500; and
+the sign-in's guards: CSRF, rate limit, cookie flags, roles. In-process (Starlette's TestClient), real SQLite."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from conftest import wait_until
+from gate.central.console import forms
+from gate.central.console.app import Console, build
+from gate.central.console.auth import hash_password
+from gate.central.db import open_store
+
+PASSWORD = "correct-horse-battery"
+text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80)
+
+
+def client_for(tmp_path: Path, secure: bool = False) -> TestClient:
+    store = open_store(tmp_path / "c.db")
+    for name, role in (("ann", "tracer"), ("sue", "supervisor"), ("otto", "operator")):
+        store.put_user(name, role, hash_password(PASSWORD))
+    return TestClient(build(Console(store, None, secure_cookies=secure)), base_url="https://testserver")
+
+
+def sign_in(client: TestClient, name: str, password: str = PASSWORD) -> Any:
+    pre = re.search(r'name="pre" value="([^"]+)"', client.get("/login").text)
+    assert pre
+    return client.post("/login", data={"pre": pre[1], "name": name, "password": password}, follow_redirects=False)
+
+
+def csrf(client: TestClient, path: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert m
+    return m[1]
+
+
+@pytest.fixture(scope="module")
+def tracer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    client = client_for(tmp_path_factory.mktemp("console"))
+    assert sign_in(client, "ann").status_code == 303
+    yield client, csrf(client, "/trace")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({}, optional={k: text for k in ("mode", "token", "venue", "window", "from", "to")}))
+def test_any_trace_form_gets_a_page_never_a_500(tracer: tuple[TestClient, str], form: dict[str, str]) -> None:
+    client, token = tracer
+    r = client.post("/trace", data={**form, "csrf": token})
+    assert r.status_code in (200, 400), r.text[:300]
+    if r.status_code == 400:
+        assert 'class="error"' in r.text
+    r = client.post("/trace.csv", data={**form, "csrf": token})
+    assert r.status_code in (200, 400)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["version", "status_green", "status_yellow", "stale_hours", "stale_card"]), text)
+)
+def test_policy_form_errors_name_the_field(form: dict[str, str]) -> None:
+    current = {"version": 3, "status_actions": {"green": "admit", "yellow": "assist", "red": "deny"}}
+    try:
+        doc = forms.policy_changes(form, current)
+    except forms.FormError as exc:
+        assert str(exc).split(":")[0]
+    else:
+        assert doc["version"] > 3
+
+
+def test_trace_form_messages() -> None:
+    with pytest.raises(forms.FormError, match="token: 6 to 32"):
+        forms.trace_query({"token": "GT1:AAAA-a-pass-code-is-not-a-token!"})
+    with pytest.raises(forms.FormError, match="window: give a number from 0 to 1440"):
+        forms.trace_query({"token": "tok-case", "window": "nan"})
+    with pytest.raises(forms.FormError, match="to: the period ends before it starts"):
+        forms.trace_query({"token": "tok-case", "from": "2026-05-02", "to": "2026-05-01"})
+    q = forms.trace_query({"token": "tok-case", "from": "2026-05-01T08:00", "window": "15"})
+    assert (q.mode, q.token, q.window_min, q.t_from) == ("contacts", "tok-case", 15.0, 1777622400.0)
+
+
+def test_sign_in_guards_cookies_csrf_and_roles(tmp_path: Path) -> None:
+    client = client_for(tmp_path, secure=True)
+    assert client.get("/trace", follow_redirects=False).headers["location"] == "/login"
+    r = sign_in(client, "ann")
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" in cookie
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+    r = client.post("/trace", data={"token": "tok-case", "csrf": "forged"})
+    assert r.status_code == 403 and "not sent from this console" in r.text
+    assert client.get("/audit").status_code == 403
+    other = client_for(tmp_path)
+    pre = re.search(r'name="pre" value="([^"]+)"', other.get("/login").text)
+    assert pre
+    bad = other.post("/login", data={"pre": "stale", "name": "ann", "password": PASSWORD})
+    assert bad.status_code == 403
+
+
+def test_failed_sign_ins_are_rate_limited(tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    for _ in range(5):
+        r = sign_in(client, "sue", "wrong-password!")
+        assert r.status_code == 401 and "Wrong name or password." in r.text
+    r = sign_in(client, "sue")  # the right password, too late
+    assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+    assert sign_in(client, "nobody-at-all").status_code == 429  # any name, from the same address
+
+
+def test_the_policy_in_force_is_shown_only_if_centrals_key_signed_it(broker: Any, keys: Any) -> None:
+    from gate.central.console.measures import Link
+    from gate.central.mqtt import publisher, retained
+    from gate.sync.envelope import sign
+    from gate.sync.worker import central_topics
+
+    link = Link.make((broker.host, broker.port), "gate", str(keys.private_path))
+    assert link is not None
+    assert link.policy_in_force()[1] is None  # nothing retained: the built-in defaults, no signature time
+    topic = central_topics("gate")["policy"]
+    forged = sign(keys.other, "policy", {"version": 9, "policy": {"passback_seconds": 1}}, ts=1_780_000_000.0)
+    with publisher((broker.host, broker.port)) as pub:
+        pub(topic, forged, True)
+    assert retained((broker.host, broker.port), topic) == forged  # the broker holds it ...
+    policy, signed = link.policy_in_force()
+    assert signed is None and policy["version"] == 0  # ... and the console does not show it as in force
+    assert link.publish({**link.policy_in_force()[0], "version": 4, "passback_seconds": 30}) == 4
+    policy, signed = wait_until(lambda: (p := link.policy_in_force())[1] and p) or (None, None)
+    assert policy["version"] == 4 and policy["passback_seconds"] == 30 and signed is not None
+
+
+def test_console_user_add_and_a_collection_without_operators(pg_url: str) -> None:
+    """`console-user add` reads the password from stdin and refuses a short one; a PostgreSQL collection made
+    before the console (no operators' table) is refused at start with what to do, not at the first sign-in."""
+    import subprocess
+    import sys
+
+    def central(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gate", "central", *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+
+    store = open_store(pg_url)
+    store.db.execute("DROP TABLE console_users")  # type: ignore[attr-defined]
+    store.close()
+    r = central("console", "--db", pg_url, "--listen", "127.0.0.1:1")
+    assert r.returncode == 1 and "no console operators yet" in r.stderr and "console-user add" in r.stderr
+    r = central("console-user", "add", "ann", "--role", "tracer", "--db", pg_url, stdin="short\n")
+    assert r.returncode == 1 and "at least 10 characters" in r.stderr
+    r = central("console-user", "add", "ann", "--role", "tracer", "--db", pg_url, stdin=PASSWORD + "\n")
+    assert r.returncode == 0 and "ann is a tracer" in r.stdout
+    store = open_store(pg_url)
+    user = store.user("ann")
+    store.close()
+    assert user is not None and user["role"] == "tracer" and PASSWORD not in user["hash"]
+    assert user["hash"].startswith("$argon2id$")
+
+
+def test_an_ended_session_sends_the_live_fleet_table_to_sign_in(tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    r = client.get("/fleet", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert r.status_code == 204 and r.headers["HX-Redirect"] == "/login"
+    assert sign_in(client, "otto").headers["location"] == "/fleet"
+    assert client.get("/", follow_redirects=False).headers["location"] == "/fleet"
+    r = client.get("/fleet", headers={"HX-Request": "true"})
+    assert r.status_code == 200 and '<table id="gates">' in r.text and "<html" not in r.text
