@@ -33,11 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from central import DAYS, T_END, fill, free_port
 
 from _util import pct
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from pgcluster import PgCluster
+
 from gate.central.console.auth import hash_password
 from gate.central.db import open_store
 from gate.central.store import CONTACTS_SQL, DAY
 from gate.central.tracing import fleet_report
-from gate.testing import PgCluster
 
 PASSWORD = "bench-password-1"
 

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from gate.central.mqtt import retained
 from gate.central.publish import publish_policy, send_command
 from gate.config.model import MqttSection
+from gate.config.policy import Policy
 from gate.decide.keys import load_private_key
-from gate.decide.policy import Policy
 from gate.sync.worker import central_topics
 
 from .forms import FormError
