@@ -87,10 +87,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="store unsigned check-ins too (a lab without device keys); forged gate ids still refused",
     )
-    co.add_argument(
+    sh = co.add_mutually_exclusive_group()
+    sh.add_argument(
+        "--share",
+        dest="share",
+        action="store_const",
+        const="on",
+        default="auto",
+        help="a shared subscription even where MQTT 3.1.1 cannot confirm the broker has them (default: shared "
+        "only where the MQTT 5 CONNACK offers them)",
+    )
+    sh.add_argument(
         "--no-share",
-        action="store_true",
-        help="a plain subscription, for brokers without shared subscriptions (run one collector)",
+        dest="share",
+        action="store_const",
+        const="off",
+        help="a plain subscription: this collector receives every check-in",
     )
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
@@ -170,7 +182,7 @@ def main(argv: list[str]) -> int:
             args.count,
             args.idle_timeout,
             checks,
-            share=not args.no_share,
+            share=args.share,
             client_id=args.client_id,
             retention_days=args.retention_days or None,
         )
