@@ -253,6 +253,8 @@ def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
         "opt/gate/venv/bin/gate",
         "etc/gate/gate.toml",
         "etc/gate/credentials/mqtt-password",
+        "etc/gate/credentials/device.key",
+        "etc/gate/credentials/mqtt-client.key",
         "etc/systemd/system/gate.service",
         "var/lib/gate",
         "opt/gate/docs/operations.md",

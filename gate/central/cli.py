@@ -18,8 +18,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pv = sub.add_parser("provision", help="a least-privilege broker identity (mosquitto password file and ACL)")
     pv.add_argument("name", help="the gate id, or the name of a central program")
     pv.add_argument("--broker-dir", required=True, help="folder holding mosquitto.conf, passwd, acl and secrets")
-    pv.add_argument("--role", choices=["gate", "collector", "publisher"], default="gate")
+    pv.add_argument("--role", choices=["gate", "collector", "publisher", "homeassistant"], default="gate")
     pv.add_argument("--prefix", default="gate", help="topic prefix (mqtt.topic_prefix of the gates)")
+    pv.add_argument("--port", type=int, help="the broker's plain MQTT port, on 127.0.0.1 only (1883; kept)")
+    pv.add_argument("--tls-port", type=int, help="the broker's TLS port, on every interface (8883; kept)")
+    pv.add_argument(
+        "--server-name",
+        action="append",
+        help="a host name or address gates reach the broker by, for its certificate (repeat; kept; default: "
+        "this host's names and loopback)",
+    )
+    pv.add_argument(
+        "--require-client-certs",
+        action="store_true",
+        help="the TLS listener refuses clients without a certificate from the folder's CA (kept)",
+    )
+    pv.add_argument("--client-cert", action="store_true", help="also a client certificate (CN = the name)")
+    pv.add_argument("--gate-config", metavar="PATH", help="write a complete gate.toml for this gate there")
+    pv.add_argument("--venue", help="the gate's [venue] id in --gate-config (default: the gate id)")
     iss = sub.add_parser("issue", help="sign a pass code; print its text (and write a QR PNG)")
     iss.add_argument("--key", required=True, help="private key file")
     iss.add_argument("--token", required=True, help="pseudonymous token id (6-32 of A-Z a-z 0-9 _ -)")
@@ -161,7 +177,7 @@ def main(argv: list[str]) -> int:
     if cmd == "provision":
         from gate.central import provision as prov
 
-        return prov.provision(Path(args.broker_dir), args.name, args.role, args.prefix)
+        return prov.provision(args)
     if cmd in ("keygen", "issue"):
         from gate.central import provision
 

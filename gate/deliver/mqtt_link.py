@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from gate.config.model import MqttSection
+from gate.config.model import MqttSection, secret_path
 from gate.contracts import Topics
 from gate.core.threads import background
 
@@ -48,7 +48,7 @@ def authenticate(client: mqtt.Client, cfg: MqttSection) -> None:
         client.tls_set(
             ca_certs=str(tls.ca_file) if tls.ca_file else None,
             certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
+            keyfile=str(secret_path(tls.key_file)) if tls.key_file else None,  # relative: a credential
             cert_reqs=ssl.CERT_REQUIRED,
         )
         client.tls_insecure_set(tls.insecure)
