@@ -169,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = " (the role's grants: docs/operations.md, PostgreSQL layout)" if "permission denied" in first else ""
+        raise GateError(f"{args.central_cmd}: PostgreSQL refused: {first}{hint}") from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.central_cmd
     if hasattr(args, "config"):  # a command that talks to the broker
         from gate.central.mqtt import broker_from
