@@ -101,10 +101,15 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
     assert len(configs) == expected
     mode = configs["homeassistant/sensor/gate_lane-t/mode/config"]
     assert mode["state_topic"] == "gate/lane-t/state" and mode["unique_id"] == "gate_lane-t_mode"
+    assert mode["default_entity_id"] == "sensor.gate_lane_t_mode" and "object_id" not in mode  # HA 2025.10+
+    last = configs["homeassistant/sensor/gate_lane-t/last_decision/config"]
+    assert last["state_topic"] == "gate/lane-t/state"  # retained: known at once after Home Assistant restarts
     assert mode["availability_topic"] == "gate/lane-t/availability" and mode["device"]["name"] == "Gate lane-t"
     fire = configs["homeassistant/binary_sensor/gate_lane-t/alarm_fire/config"]
     assert fire["device_class"] == "problem" and "'fire' in" in fire["value_template"]
+    assert "discovery" in {t.name for t in threading.enumerate()}
     gate.close()
+    assert "discovery" not in {t.name for t in threading.enumerate()}  # stopped with the gate
     gate = make(tmp_path, keys, broker, homeassistant={"discovery": False})  # same state dir
     wait_until(lambda: sum(1 for _, p, _ in sub.messages if not p) >= expected)
     assert {t for t, p, _ in sub.messages if not p} == set(configs)  # an empty retained config removes each
@@ -114,6 +119,39 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
     wait_until(lambda: later.on("/marker"))
     assert [t for t, p, _ in later.messages if p and t != "homeassistant/marker"] == []
     assert not (tmp_path / "state" / "homeassistant.json").exists()
+
+
+def test_discovery_never_runs_on_pahos_thread(tmp_path, keys) -> None:
+    """The up-listener only wakes the discovery thread: the file I/O and the publishes are done there."""
+    from gate.ops.homeassistant import Discovery
+
+    (tmp_path / "state").mkdir()
+    cfg = make_config(tmp_path / "state", keys, homeassistant={"discovery": True})
+    published: list[str] = []
+
+    class Link:
+        def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+            published.append(threading.current_thread().name)
+
+    d = Discovery(cfg, Link())  # type: ignore[arg-type]
+    d.start()
+    try:
+        d.connected()  # as paho calls it: it returns at once, having published nothing on this thread
+        assert wait_until(lambda: len(published) >= 7 + len(ALARMS), 10)
+        assert set(published) == {"discovery"}  # never the caller's (paho's) thread
+    finally:
+        d.stop()
+
+
+def test_the_retained_state_keeps_the_last_decision(tmp_path, keys) -> None:
+    gate = make(tmp_path, keys)
+    try:
+        assert gate.state()["last_decision"] is None
+        gate.handle(issue(keys.private, "tok-last01", Status.RED, int(time.time()), 600).encode())
+        st = gate.state()
+        assert (st["last_decision"], st["last_reason"]) == ("deny", "status_red") and "tok-last01" not in str(st)
+    finally:
+        gate.close()
 
 
 def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys) -> None:
