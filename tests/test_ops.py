@@ -61,6 +61,8 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 200)
         status, text = get(f"http://{listen}/metrics")
         assert status == 200
+        for other in ("/", "/metrics/x", "/favicon.ico"):
+            assert get(f"http://{listen}{other}")[0] == 404, other
         stop.set()
         lane.join(10)
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 503)
@@ -75,8 +77,15 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
     for name in ALARMS:
         assert f'gate_alarm_active{{alarm="{name}"}} 0.0' in text
     for family in ("gate_outbox_depth", "gate_outbox_oldest_age_seconds", "gate_cache_age_seconds",
-                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total"):  # fmt: skip
+                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total",
+                   "gate_clock_synced", "gate_dead_letters", "gate_broker_connects_total",
+                   "process_resident_memory_bytes", "process_cpu_seconds_total"):  # fmt: skip
         assert f"# TYPE {family.removesuffix('_total')}" in text, family
+    assert re.search(r'^gate_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
+    assert 'gate_decisions_total{reason="expired"} 0.0' in text  # every reason from the start, at 0
+    assert 'gate_passages_total{outcome="passed"} 0.0' in text
+    # never synced: an age that an alert `gate_cache_age_seconds > 86400` catches, not NaN
+    assert "gate_cache_age_seconds +Inf" in text and "gate_cache_synced 0.0" in text
 
 
 def test_a_metrics_port_in_use_is_logged_and_the_gate_runs_on(tmp_path, keys, caplog) -> None:

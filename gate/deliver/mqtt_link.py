@@ -78,6 +78,7 @@ class MqttLink:
         self._down_since: float | None = time.monotonic()  # offline from the start until the first CONNACK
         self._down_total = 0.0
         self._ever_connected = self._falling_back = self._stopping = False
+        self.connects = 0  # successful CONNACKs since start (more than one: reconnects); only paho's thread writes
         self._closed_before_connack = 0
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
@@ -137,6 +138,7 @@ class MqttLink:
                 self._maybe_fall_back('it refused MQTT 5 with "unsupported protocol version"')
             return
         self._ever_connected = True
+        self.connects += 1
         if not self.refusals_visible:
             log.warning(
                 "mqtt: MQTT 3.1.1 cannot report a refused publish (a denied one looks delivered); use MQTT 5 "
