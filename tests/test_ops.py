@@ -178,3 +178,20 @@ def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys)
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\b(gate_\w+)", e)}
     assert used and used <= names, used - names
+
+
+def test_the_fleet_alert_rules_pass_promtool_and_use_only_served_metrics(tmp_path, keys) -> None:
+    rules = ROOT / "docs/prometheus"
+    promtool = require("promtool")
+    for cmd in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+        r = subprocess.run([promtool, *cmd], cwd=rules, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    listen = f"127.0.0.1:{free_port()}"
+    gate = make(tmp_path, keys, metrics={"listen": listen})
+    try:
+        text = get(f"http://{listen}/metrics")[1]
+    finally:
+        gate.close()
+    served = set(re.findall(r"^(\w+)[{ ]", text, re.M))
+    used = set(re.findall(r"\b((?:gate|process)_\w+)", (rules / "alerts.yml").read_text()))
+    assert used and used <= served, used - served
