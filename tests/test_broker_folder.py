@@ -177,3 +177,21 @@ def test_the_folder_linked_into_debians_conf_d_listens_only_where_it_says(broker
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_the_settings_are_kept_and_the_server_certificate_follows_its_names(tmp_path) -> None:
+    d = tmp_path / "b"
+    assert (
+        central(
+            "provision", "lane-01", "--broker-dir", str(d), "--tls-port", "18883", "--server-name", "a.example"
+        ).returncode
+        == 0
+    )
+    cert = (d / "tls" / "server.crt").read_bytes()
+    assert central("provision", "lane-02", "--broker-dir", str(d)).returncode == 0
+    assert (d / "tls" / "server.crt").read_bytes() == cert  # same names: the same certificate
+    assert "listener 18883\n" in (d / "mosquitto.conf").read_text()  # the port was kept
+    assert central("provision", "lane-02", "--broker-dir", str(d), "--server-name", "b.example").returncode == 0
+    from gate.central.brokertls import server_names_of
+
+    assert server_names_of(d / "tls" / "server.crt") == ["b.example"]

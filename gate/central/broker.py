@@ -105,7 +105,9 @@ class BrokerDir:
             ca_key, ca_crt = brokertls.make_ca()
             write_file(tls / "ca.key", ca_key)  # root's alone: it signs every certificate
             write_file(tls / "ca.crt", ca_crt, 0o644)
-        if not (tls / "server.crt").exists() or brokertls.server_names_of(tls / "server.crt") != s.server_names:
+        if not (tls / "server.crt").exists() or sorted(brokertls.server_names_of(tls / "server.crt")) != sorted(
+            s.server_names
+        ):
             key, crt = brokertls.server_cert(
                 (tls / "ca.key").read_bytes(), (tls / "ca.crt").read_bytes(), s.server_names
             )
