@@ -55,6 +55,7 @@ def test_a_refused_or_downgraded_subscription_is_an_error() -> None:
         check_suback(["a", "b"], [rc(1)], set())
 
 
+@pytest.mark.mosquitto_only("RabbitMQ 3 speaks MQTT 3.1.1: collect subscribes plainly there (test_rabbitmq.py)")
 def test_the_default_collect_shares_on_mosquitto(broker, tmp_path) -> None:
     p = collect(broker, tmp_path)
     _, err = p.communicate(timeout=60)
