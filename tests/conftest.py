@@ -90,6 +90,47 @@ class Broker:
         self.proc = None
 
 
+@dataclass
+class ProvisionedBroker:
+    """mosquitto started from the folder `gate central provision` wrote, as it is: as root it drops to its
+    `mosquitto` user, as Debian runs it. `port` is the plain loopback listener, `tls_port` the TLS one."""
+
+    folder: Path
+    port: int
+    tls_port: int
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.folder / "mosquitto.log").open("wb")
+        conf = self.folder / "mosquitto.conf"
+        self.proc = subprocess.Popen([require("mosquitto"), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start: {(self.folder / 'mosquitto.log').read_text()[-1500:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def broker_home() -> Iterator[Path]:
+    """A folder the broker's own user can reach (pytest's temp dirs are root's alone): Debian's mosquitto,
+    started as root, reads its files as user mosquitto."""
+    base = Path(tempfile.mkdtemp(prefix="gate-broker-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
 # GATE_TEST_BROKER=rabbitmq runs the broker-facing tests against RabbitMQ's MQTT plugin instead of mosquitto
 # (script/test does both). Tests that need what RabbitMQ lacks are marked and skipped there, with the reason.
 BROKER_KIND = os.environ.get("GATE_TEST_BROKER", "mosquitto")

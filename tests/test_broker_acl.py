@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import subprocess
 import sys
@@ -13,12 +14,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import Broker, wait_until
+from conftest import Broker, ProvisionedBroker, free_port, wait_until
 
 
-def provision(d: Path, name: str, role: str = "gate") -> str:
+def provision(d: Path, name: str, role: str = "gate", *extra: str) -> str:
     r = subprocess.run(
-        [sys.executable, "-m", "gate", "central", "provision", name, "--role", role, "--broker-dir", str(d)],
+        [sys.executable, "-m", "gate", "central", "provision", name, "--role", role, "--broker-dir", str(d), *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -30,8 +31,22 @@ def provision(d: Path, name: str, role: str = "gate") -> str:
 class Client:
     """A real MQTT 5 client that records what happens to it."""
 
-    def __init__(self, broker: Broker, user: str | None, password: str | None, client_id: str = "") -> None:
+    def __init__(
+        self,
+        broker: Broker | ProvisionedBroker,
+        user: str | None,
+        password: str | None,
+        client_id: str = "",
+        tls: tuple[str, ...] = (),  # (ca file,) or (ca, client cert, client key): the broker's TLS listener
+    ) -> None:
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        port = broker.port
+        if tls:
+            assert isinstance(broker, ProvisionedBroker)
+            self.c.tls_set(
+                ca_certs=tls[0], certfile=tls[1] if len(tls) > 1 else None, keyfile=tls[2] if tls[2:] else None
+            )
+            port = broker.tls_port
         if user is not None:
             self.c.username_pw_set(user, password)
         self.connack: list[str] = []
@@ -43,7 +58,7 @@ class Client:
         self.c.on_disconnect = lambda c, u, f, rc, p: setattr(self, "disconnects", self.disconnects + 1)
         self.c.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self.c.on_subscribe = lambda c, u, mid, rcs, p: self.suback.append([str(r) for r in rcs])
-        self.c.connect_async(broker.host, broker.port)
+        self.c.connect_async("localhost" if tls else broker.host, port)
         self.c.loop_start()
         assert wait_until(lambda: self.connack, 10)
 
@@ -70,20 +85,22 @@ class Client:
 
 
 @pytest.fixture
-def secured(tmp_path):
-    d = tmp_path / "broker"
+def secured(broker_home):
+    d = broker_home / "broker"
+    ports = ("--port", str(free_port()), "--tls-port", str(free_port()))
     pw = {
-        "lane-a": provision(d, "lane-a"),
+        "lane-a": provision(d, "lane-a", "gate", *ports),
         "lane-b": provision(d, "lane-b"),
         "col-1": provision(d, "col-1", "collector"),
         "ops-1": provision(d, "ops-1", "publisher"),
+        "ha": provision(d, "ha", "homeassistant"),
     }
-    broker = Broker(tmp_path, extra=(d / "mosquitto.conf").read_text(), anonymous=False)
+    broker = ProvisionedBroker(d, int(ports[1]), int(ports[3]))  # the written folder alone, as Debian runs it
     broker.start()
     clients: list[Client] = []
 
-    def connect(user: str | None, client_id: str = "") -> Client:
-        c = Client(broker, user, pw.get(user or ""), client_id)
+    def connect(user: str | None, client_id: str = "", tls: tuple[str, ...] = ()) -> Client:
+        c = Client(broker, user, pw.get(user or ""), client_id, tls)
         clients.append(c)
         return c
 
@@ -95,15 +112,12 @@ def secured(tmp_path):
 
 def test_secrets_and_broker_files_are_private(secured) -> None:
     _, d, _ = secured
-    for f in (
-        "passwd",
-        "acl",
-        "mosquitto.conf",
-        "identities.json",
-        "credentials/lane-a/mqtt-password",
-        "credentials/lane-a/device.key",
-    ):
+    for f in ("identities.json", "credentials/lane-a/mqtt-password", "credentials/lane-a/device.key", "tls/ca.key"):
         assert (d / f).stat().st_mode & 0o077 == 0, f
+    mosquitto = grp.getgrnam("mosquitto").gr_gid  # install.sh's mosquitto package makes it
+    for f in ("passwd", "acl", "mosquitto.conf", "tls/server.key", "."):  # the broker reads them, nobody else
+        st = (d / f).stat()
+        assert st.st_mode & 0o007 == 0 and st.st_gid == mosquitto and st.st_mode & 0o040, f
     secret = (d / "credentials" / "lane-a" / "mqtt-password").read_text().strip()
     passwd = (d / "passwd").read_text()
     assert secret not in passwd and "lane-a:$7$101$" in passwd  # only a PBKDF2 hash is kept
@@ -134,13 +148,29 @@ def test_a_gate_cannot_speak_for_another_or_read_its_commands(secured) -> None:
     assert not wait_until(lambda: b.messages, 1.0)  # B never sees A's command
 
 
-def test_one_identity_cannot_take_over_anothers_session(secured) -> None:
-    connect, _, _ = secured
-    a = connect("lane-a", client_id="gate-lane-a")
-    intruder = connect("lane-b", client_id="gate-lane-a")  # the same client id, another account
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_one_identity_cannot_take_over_anothers_session(secured, listener) -> None:
+    connect, d, _ = secured
+    tls = (str(d / "tls" / "ca.crt"),) if listener == "tls" else ()
+    a = connect("lane-a", client_id="gate-lane-a", tls=tls)
+    intruder = connect("lane-b", client_id="gate-lane-a", tls=tls)  # the same client id, another account
     assert intruder.ok
     time.sleep(1.0)  # a takeover would disconnect `a` at once; give it the chance
     assert a.disconnects == 0
+
+
+def test_home_assistant_reads_the_gates_state_and_writes_nothing_of_theirs(secured) -> None:
+    connect, _, _ = secured
+    ha, lane = connect("ha"), connect("lane-a")
+    assert ha.subscribe("gate/+/state") == ["Granted QoS 1"]
+    ha.subscribe("gate/+/checkin")
+    assert ha.publish("gate/lane-a/state", b"{}") == "Not authorized"
+    assert ha.publish("gate/central/policy", b"x") == "Not authorized"
+    assert ha.publish("homeassistant/status", b"online") == "Success"
+    assert lane.publish("gate/lane-a/checkin", b"{}") == "Success"
+    assert lane.publish("gate/lane-a/state", b'{"mode": "normal"}') == "Success"
+    assert wait_until(lambda: ha.messages, 10)
+    assert [t for t, _ in ha.messages] == ["gate/lane-a/state"]  # never a check-in
 
 
 def test_collectors_only_read_and_only_the_publisher_writes_central_topics(secured) -> None:

@@ -61,6 +61,8 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 200)
         status, text = get(f"http://{listen}/metrics")
         assert status == 200
+        for other in ("/", "/metrics/x", "/favicon.ico"):
+            assert get(f"http://{listen}{other}")[0] == 404, other
         stop.set()
         lane.join(10)
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 503)
@@ -75,8 +77,15 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
     for name in ALARMS:
         assert f'gate_alarm_active{{alarm="{name}"}} 0.0' in text
     for family in ("gate_outbox_depth", "gate_outbox_oldest_age_seconds", "gate_cache_age_seconds",
-                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total"):  # fmt: skip
+                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total",
+                   "gate_clock_synced", "gate_dead_letters", "gate_broker_connects_total",
+                   "process_resident_memory_bytes", "process_cpu_seconds_total"):  # fmt: skip
         assert f"# TYPE {family.removesuffix('_total')}" in text, family
+    assert re.search(r'^gate_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
+    assert 'gate_decisions_total{reason="expired"} 0.0' in text  # every reason from the start, at 0
+    assert 'gate_passages_total{outcome="passed"} 0.0' in text
+    # never synced: an age that an alert `gate_cache_age_seconds > 86400` catches, not NaN
+    assert "gate_cache_age_seconds +Inf" in text and "gate_cache_synced 0.0" in text
 
 
 def test_a_metrics_port_in_use_is_logged_and_the_gate_runs_on(tmp_path, keys, caplog) -> None:
@@ -101,10 +110,15 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
     assert len(configs) == expected
     mode = configs["homeassistant/sensor/gate_lane-t/mode/config"]
     assert mode["state_topic"] == "gate/lane-t/state" and mode["unique_id"] == "gate_lane-t_mode"
+    assert mode["default_entity_id"] == "sensor.gate_lane_t_mode" and "object_id" not in mode  # HA 2025.10+
+    last = configs["homeassistant/sensor/gate_lane-t/last_decision/config"]
+    assert last["state_topic"] == "gate/lane-t/state"  # retained: known at once after Home Assistant restarts
     assert mode["availability_topic"] == "gate/lane-t/availability" and mode["device"]["name"] == "Gate lane-t"
     fire = configs["homeassistant/binary_sensor/gate_lane-t/alarm_fire/config"]
     assert fire["device_class"] == "problem" and "'fire' in" in fire["value_template"]
+    assert "discovery" in {t.name for t in threading.enumerate()}
     gate.close()
+    assert "discovery" not in {t.name for t in threading.enumerate()}  # stopped with the gate
     gate = make(tmp_path, keys, broker, homeassistant={"discovery": False})  # same state dir
     wait_until(lambda: sum(1 for _, p, _ in sub.messages if not p) >= expected)
     assert {t for t, p, _ in sub.messages if not p} == set(configs)  # an empty retained config removes each
@@ -114,6 +128,39 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
     wait_until(lambda: later.on("/marker"))
     assert [t for t, p, _ in later.messages if p and t != "homeassistant/marker"] == []
     assert not (tmp_path / "state" / "homeassistant.json").exists()
+
+
+def test_discovery_never_runs_on_pahos_thread(tmp_path, keys) -> None:
+    """The up-listener only wakes the discovery thread: the file I/O and the publishes are done there."""
+    from gate.ops.homeassistant import Discovery
+
+    (tmp_path / "state").mkdir()
+    cfg = make_config(tmp_path / "state", keys, homeassistant={"discovery": True})
+    published: list[str] = []
+
+    class Link:
+        def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+            published.append(threading.current_thread().name)
+
+    d = Discovery(cfg, Link())  # type: ignore[arg-type]
+    d.start()
+    try:
+        d.connected()  # as paho calls it: it returns at once, having published nothing on this thread
+        assert wait_until(lambda: len(published) >= 7 + len(ALARMS), 10)
+        assert set(published) == {"discovery"}  # never the caller's (paho's) thread
+    finally:
+        d.stop()
+
+
+def test_the_retained_state_keeps_the_last_decision(tmp_path, keys) -> None:
+    gate = make(tmp_path, keys)
+    try:
+        assert gate.state()["last_decision"] is None
+        gate.handle(issue(keys.private, "tok-last01", Status.RED, int(time.time()), 600).encode())
+        st = gate.state()
+        assert (st["last_decision"], st["last_reason"]) == ("deny", "status_red") and "tok-last01" not in str(st)
+    finally:
+        gate.close()
 
 
 def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys) -> None:
@@ -131,3 +178,20 @@ def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys)
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\b(gate_\w+)", e)}
     assert used and used <= names, used - names
+
+
+def test_the_fleet_alert_rules_pass_promtool_and_use_only_served_metrics(tmp_path, keys) -> None:
+    rules = ROOT / "docs/prometheus"
+    promtool = require("promtool")
+    for cmd in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+        r = subprocess.run([promtool, *cmd], cwd=rules, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    listen = f"127.0.0.1:{free_port()}"
+    gate = make(tmp_path, keys, metrics={"listen": listen})
+    try:
+        text = get(f"http://{listen}/metrics")[1]
+    finally:
+        gate.close()
+    served = set(re.findall(r"^(\w+)[{ ]", text, re.M))
+    used = set(re.findall(r"\b((?:gate|process)_\w+)", (rules / "alerts.yml").read_text()))
+    assert used and used <= served, used - served

@@ -4,6 +4,7 @@ for exact-topic subscriptions). The gate delivers with protocol = "auto", fetche
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,7 +83,9 @@ def test_a_snapshot_retained_before_the_gate_started_is_fetched_by_exact_topics(
         g.close()
 
 
-def test_collect_without_shared_subscriptions_stores_signed_check_ins(rabbitmq, tmp_path, keys) -> None:
+def test_the_default_collect_stores_every_check_in_through_rabbitmq(rabbitmq, tmp_path, keys) -> None:
+    """RabbitMQ 3 would bind `$share/…` as a literal topic and deliver nothing: the default collect sees MQTT
+    3.1.1 (which cannot say the broker has shared subscriptions) and subscribes plainly."""
     bdir = tmp_path / "broker"
     assert central("provision", "lane-t", "--broker-dir", str(bdir)).returncode == 0
     db = tmp_path / "c.db"
@@ -97,13 +100,12 @@ def test_collect_without_shared_subscriptions_stores_signed_check_ins(rabbitmq, 
             f"{rabbitmq.host}:{rabbitmq.port}",
             "--prefix",
             "rmq3",
-            "--no-share",
             "--db",
             str(db),
             "--devices",
             str(bdir / "devices"),
             "--count",
-            "5",
+            "40",
             "--idle-timeout",
             "60",
         ],
@@ -112,11 +114,16 @@ def test_collect_without_shared_subscriptions_stores_signed_check_ins(rabbitmq, 
     )
     g = gate_on(rabbitmq, tmp_path, keys, "rmq3", gate={"device_key": str(bdir / "credentials/lane-t/device.key")})
     try:
-        assert "collect: subscribed" in collector.stderr.readline()
-        for i in range(5):
-            g.handle(issue(keys.private, f"tok-c{i:05d}", Status.RED, int(time.time()), 600).encode())
+        line = collector.stderr.readline()
+        assert "collect: subscribed to rmq3/+/checkin" in line and "a plain subscription" in line, line
+        sent = {
+            g.handle(issue(keys.private, f"tok-c{i:05d}", Status.RED, int(time.time()), 600).encode())[1].event_id
+            for i in range(40)
+        }
         assert collector.wait(60) == 0
-        assert "stored 5 new" in collector.stderr.read()
+        assert "stored 40 new" in collector.stderr.read()
+        with sqlite3.connect(db) as con:
+            assert {r[0] for r in con.execute("SELECT event_id FROM checkins")} == sent
         r = central("trace", "tok-c00003", "--db", str(db), "--json", "--operator", "t")
         assert json.loads(r.stdout.splitlines()[0])["gate_id"] == "lane-t"
     finally:

@@ -245,7 +245,19 @@ def installed(tmp_path_factory) -> Path:
     prefix = tmp_path_factory.mktemp("root")
     r = subprocess.run([str(ROOT / "install.sh"), "--prefix", str(prefix)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+    (prefix / "install.log").write_text(r.stdout)
     return prefix
+
+
+def test_the_service_gets_the_versions_ci_tests_and_says_which_decoder(installed: Path) -> None:
+    """install.sh installs with constraints.txt and the zxing extra where zxing-cpp has a wheel (here: x86-64
+    or aarch64), and says which decoder the gate got."""
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    names = ("paho-mqtt", "pydantic", "cryptography", "numpy", "pillow", "zxing-cpp", "prometheus_client")
+    code = f"import importlib.metadata as m; print(*(m.version(n) for n in {names!r}))"  # the venv's, first on the path
+    out = subprocess.run([str(installed / "opt/gate/venv/bin/python"), "-c", code], capture_output=True, text=True)
+    assert dict(zip(names, out.stdout.split(), strict=True)) == {n: pins[n] for n in names}, out.stderr
+    assert "decoder: zxing-cpp" in (installed / "install.log").read_text()
 
 
 def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
@@ -253,6 +265,8 @@ def test_install_lays_out_the_service_under_a_prefix(installed: Path) -> None:
         "opt/gate/venv/bin/gate",
         "etc/gate/gate.toml",
         "etc/gate/credentials/mqtt-password",
+        "etc/gate/credentials/device.key",
+        "etc/gate/credentials/mqtt-client.key",
         "etc/systemd/system/gate.service",
         "var/lib/gate",
         "opt/gate/docs/operations.md",

@@ -20,8 +20,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pv = sub.add_parser("provision", help="a least-privilege broker identity (mosquitto password file and ACL)")
     pv.add_argument("name", help="the gate id, or the name of a central program")
     pv.add_argument("--broker-dir", required=True, help="folder holding mosquitto.conf, passwd, acl and secrets")
-    pv.add_argument("--role", choices=["gate", "collector", "publisher"], default="gate")
+    pv.add_argument("--role", choices=["gate", "collector", "publisher", "homeassistant"], default="gate")
     pv.add_argument("--prefix", default="gate", help="topic prefix (mqtt.topic_prefix of the gates)")
+    pv.add_argument("--port", type=int, help="the broker's plain MQTT port, on 127.0.0.1 only (1883; kept)")
+    pv.add_argument("--tls-port", type=int, help="the broker's TLS port, on every interface (8883; kept)")
+    pv.add_argument(
+        "--server-name",
+        action="append",
+        help="a host name or address gates reach the broker by, for its certificate (repeat; kept; default: "
+        "this host's names and loopback)",
+    )
+    pv.add_argument(
+        "--require-client-certs",
+        action="store_true",
+        help="the TLS listener refuses clients without a certificate from the folder's CA (kept)",
+    )
+    pv.add_argument("--client-cert", action="store_true", help="also a client certificate (CN = the name)")
+    pv.add_argument("--gate-config", metavar="PATH", help="write a complete gate.toml for this gate there")
+    pv.add_argument("--venue", help="the gate's [venue] id in --gate-config (default: the gate id)")
     iss = sub.add_parser("issue", help="sign a pass code; print its text (and write a QR PNG)")
     iss.add_argument("--key", required=True, help="private key file")
     iss.add_argument("--token", required=True, help="pseudonymous token id (6-32 of A-Z a-z 0-9 _ -)")
@@ -89,10 +105,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="store unsigned check-ins too (a lab without device keys); forged gate ids still refused",
     )
-    co.add_argument(
+    sh = co.add_mutually_exclusive_group()
+    sh.add_argument(
+        "--share",
+        dest="share",
+        action="store_const",
+        const="on",
+        default="auto",
+        help="a shared subscription even where MQTT 3.1.1 cannot confirm the broker has them (default: shared "
+        "only where the MQTT 5 CONNACK offers them)",
+    )
+    sh.add_argument(
         "--no-share",
-        action="store_true",
-        help="a plain subscription, for brokers without shared subscriptions (run one collector)",
+        dest="share",
+        action="store_const",
+        const="off",
+        help="a plain subscription: this collector receives every check-in",
     )
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
@@ -146,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = " (the role's grants: docs/operations.md, PostgreSQL layout)" if "permission denied" in first else ""
+        raise GateError(f"{args.central_cmd}: PostgreSQL refused: {first}{hint}") from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.central_cmd
     if cmd == "console-user":
         from gate.central.console.serve import user_add
@@ -164,7 +203,7 @@ def main(argv: list[str]) -> int:
     if cmd == "provision":
         from gate.central import provision as prov
 
-        return prov.provision(Path(args.broker_dir), args.name, args.role, args.prefix)
+        return prov.provision(args)
     if cmd in ("keygen", "issue"):
         from gate.central import provision
 
@@ -185,7 +224,7 @@ def main(argv: list[str]) -> int:
             args.count,
             args.idle_timeout,
             checks,
-            share=not args.no_share,
+            share=args.share,
             client_id=args.client_id,
             retention_days=args.retention_days or None,
         )

@@ -19,8 +19,9 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gate.central.db import open_store
-from gate.central.mqtt import connect
+from gate.central.mqtt import connect_session
 from gate.central.store import Quarantined, Row, Store, row_of
+from gate.central.subscribe import plan, subscribe
 from gate.config.model import MqttSection
 from gate.decide.keys import load_public_key
 from gate.deliver.sealing import SealError, unseal
@@ -187,27 +188,39 @@ def collect(
     count: int | None,
     idle_timeout: float | None,
     checks: Checks,
-    share: bool = True,
+    share: str = "auto",
     client_id: str | None = None,
     retention_days: float | None = 28.0,
 ) -> int:
-    """Subscribe (shared by default) with a persistent session and manual acks; store genuine check-ins
-    (idempotent by event_id) and quarantine the rest with a reason: unsigned, unknown_gate, wrong_gate,
-    wrong_key, bad_signature, malformed. The fleet topics are subscribed by every collector (retained
-    messages are never sent on shared subscriptions)."""
+    """Subscribe (shared where the broker has shared subscriptions: `gate.central.subscribe.plan`) with a
+    persistent session and manual acks; store genuine check-ins (idempotent by event_id) and quarantine the
+    rest with a reason: unsigned, unknown_gate, wrong_gate, wrong_key, bad_signature, malformed. The fleet
+    topics are subscribed by every collector (retained messages are never sent on shared subscriptions).
+    A subscription the broker refuses or grants below QoS 1 ends it with GateError: it never runs receiving
+    nothing."""
     store = open_store(db)
     col = Collector(store, checks, retention_days)
     cid = client_id or f"gate-collect-{group}-{socket.gethostname()}"
-    client = connect(broker, client_id=cid, manual_ack=True, session_expiry=SESSION_EXPIRY, on_message=col.on_message)
+    try:
+        client, connack = connect_session(
+            broker, client_id=cid, manual_ack=True, session_expiry=SESSION_EXPIRY, on_message=col.on_message
+        )
+    except BaseException:
+        store.close()
+        raise
     col.client = client
-    topic = f"{prefix}/+/checkin"
-    if share:
-        topic = f"$share/{group}/{topic}"
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.subscribe([(topic, 1), *((f"{prefix}/+/{k}", 1) for k in FLEET_KINDS)])
-    if subscribed.wait(10):
-        print(f"collect: subscribed to {topic} into {store.url.split('@')[-1]}", file=sys.stderr, flush=True)
+    try:
+        how = plan(connack, share, group)
+        topic = f"{prefix}/+/checkin"
+        if how.shared:
+            topic = f"$share/{group}/{topic}"
+        subscribe(client, [(topic, 1), *((f"{prefix}/+/{k}", 1) for k in FLEET_KINDS)], {topic})
+    except BaseException:
+        client.disconnect()
+        client.loop_stop()
+        store.close()
+        raise
+    print(f"collect: subscribed to {topic} into {store.url.split('@')[-1]}: {how.note}", file=sys.stderr, flush=True)
 
     def progress(end: str) -> None:
         s = col.stats

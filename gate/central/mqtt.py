@@ -8,6 +8,7 @@ import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ from gate.deliver.mqtt_link import authenticate
 from gate.sync.envelope import sign
 
 Broker = MqttSection  # the central tools connect with the same options as a gate
+
+
+@dataclass
+class Connack:
+    """What the broker told a client that connected: the protocol, and under MQTT 5 whether it offers shared
+    subscriptions (absent from the CONNACK means yes) and the highest QoS it accepts."""
+
+    protocol: int
+    shared_subscriptions: bool = True
+    maximum_qos: int = 2
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.protocol == mqtt.MQTTv5
 
 
 def broker_from(args_broker: tuple[str, int] | None, config: str | None) -> MqttSection:
@@ -60,14 +75,26 @@ def connect(
     or closes the connection (RabbitMQ). `session_expiry` > 0 keeps the session (subscriptions and un-acked
     messages) at the broker for that long after a disconnect; `manual_ack`: messages are acked by `ack()`.
     `on_message` is in place before connecting: a resumed session's messages arrive right after CONNACK."""
+    return connect_session(broker, client_id, manual_ack, session_expiry, on_message)[0]
+
+
+def connect_session(
+    broker: MqttSection | tuple[str, int],
+    client_id: str = "",
+    manual_ack: bool = False,
+    session_expiry: int = 0,
+    on_message: Callable[..., None] | None = None,
+) -> tuple[mqtt.Client, Connack]:
+    """As `connect`, with what the broker said in its CONNACK (the protocol spoken and its MQTT 5 properties)."""
     if isinstance(broker, tuple):
         broker = MqttSection(host=broker[0], port=broker[1])
     protocols = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(broker.protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
     last = ""
     for protocol in protocols:
-        client, answer = _attempt(broker, client_id, protocol, manual_ack, session_expiry, on_message)
+        connack = Connack(mqtt.MQTTv311 if protocol == mqtt.MQTTv311 else mqtt.MQTTv5)
+        client, answer = _attempt(broker, client_id, protocol, manual_ack, session_expiry, on_message, connack)
         if answer == "Success":
-            return client
+            return client, connack
         last = answer
     raise GateError(f"broker {broker.host}:{broker.port} refused the connection: {last}")
 
@@ -79,6 +106,7 @@ def _attempt(
     manual_ack: bool = False,
     session_expiry: int = 0,
     on_message: Callable[..., None] | None = None,
+    connack: Connack | None = None,
 ) -> tuple[mqtt.Client, str]:
     persistent = session_expiry > 0 and bool(client_id)
     client = mqtt.Client(
@@ -97,6 +125,9 @@ def _attempt(
 
     def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
         answers.append("Success" if not rc.is_failure else str(rc))
+        if connack is not None and p is not None:
+            connack.shared_subscriptions = bool(getattr(p, "SharedSubscriptionAvailable", 1))
+            connack.maximum_qos = int(getattr(p, "MaximumQoS", 2))
         up.set()
 
     client.on_connect = on_connect

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from gate.config.model import MqttSection
+from gate.config.model import MqttSection, secret_path
 from gate.contracts import Topics
 from gate.core.threads import background
 
@@ -49,7 +49,7 @@ def authenticate(client: mqtt.Client, cfg: MqttSection) -> None:
         client.tls_set(
             ca_certs=str(tls.ca_file) if tls.ca_file else None,
             certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
+            keyfile=str(secret_path(tls.key_file)) if tls.key_file else None,  # relative: a credential
             cert_reqs=ssl.CERT_REQUIRED,
         )
         client.tls_insecure_set(tls.insecure)
@@ -79,6 +79,7 @@ class MqttLink:
         self._down_since: float | None = time.monotonic()  # offline from the start until the first CONNACK
         self._down_total = 0.0
         self._ever_connected = self._falling_back = self._stopping = False
+        self.connects = 0  # successful CONNACKs since start (more than one: reconnects); only paho's thread writes
         self._closed_before_connack = 0
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
         self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
@@ -139,6 +140,7 @@ class MqttLink:
                 self._maybe_fall_back('it refused MQTT 5 with "unsupported protocol version"')
             return
         self._ever_connected = True
+        self.connects += 1
         if not self.refusals_visible:
             log.warning(
                 "mqtt: MQTT 3.1.1 cannot report a refused publish (a denied one looks delivered); use MQTT 5 "

@@ -174,7 +174,10 @@ def build(
     )
     restore_lane(gate, mode_unknown)
     if link is not None:
-        link.up_listeners.append(Discovery(cfg, link).connected)
+        discovery = Discovery(cfg, link)
+        link.up_listeners.append(discovery.connected)
+        discovery.start()
+        gate.closers.append(discovery.stop)
     if cfg.metrics.listen:
         start_metrics(gate, cfg.metrics.listen, lambda: source_counters(code_source))
     if gps is not None:

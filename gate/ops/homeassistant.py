@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
 from gate import __version__
 from gate.config.model import Config
 from gate.contracts import ALARMS, Topics
+from gate.core.threads import background
 from gate.deliver.mqtt_link import MqttLink
 from gate.ops.reporting import write_json_atomic
 
@@ -36,9 +38,10 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
         "sensor/cache_age": {"name": "Pass cache age", "state_topic": state, "device_class": "duration",
                              "unit_of_measurement": "s", "state_class": "measurement",
                              "value_template": "{{ value_json.cache_age_s }}", "entity_category": "diagnostic"},
-        "sensor/last_decision": {"name": "Last decision", "state_topic": tel,
+        # From the retained state, so that a Home Assistant that restarts shows them at once
+        "sensor/last_decision": {"name": "Last decision", "state_topic": state,
                                  "value_template": "{{ value_json.last_decision }}", "icon": "mdi:account-check"},
-        "sensor/last_reason": {"name": "Last reason", "state_topic": tel,
+        "sensor/last_reason": {"name": "Last reason", "state_topic": state,
                                "value_template": "{{ value_json.last_reason }}", "icon": "mdi:information"},
         "sensor/passages_per_minute": {"name": "Passages per minute", "state_topic": tel,
                                        "state_class": "measurement", "unit_of_measurement": "passages/min",
@@ -73,7 +76,8 @@ def messages(cfg: Config) -> dict[str, bytes]:
         body = {
             **conf,
             "unique_id": f"{node}_{obj}",
-            "object_id": f"{node}_{obj}",
+            # the entity id Home Assistant gives it (`object_id` is deprecated since 2025.10, ignored from 2026.4)
+            "default_entity_id": f"{component}.{node}_{obj}".replace("-", "_"),
             "availability_topic": t.availability,  # payloads online/offline: Home Assistant's defaults
             "device": device,
             "origin": {"name": "gate", "sw_version": __version__},
@@ -83,11 +87,40 @@ def messages(cfg: Config) -> dict[str, bytes]:
 
 
 class Discovery:
-    """On every connection: announce (discovery on), or withdraw what was announced before (off)."""
+    """On every connection: announce (discovery on), or withdraw what was announced before (off). The work (a
+    file read and write, a publish per entity) runs on a thread of its own, "discovery": paho's up-listener
+    only wakes it, as every paho callback only queues."""
 
     def __init__(self, cfg: Config, link: MqttLink) -> None:
         self.cfg, self.link = cfg, link
         self.record = cfg.gate.state_dir / "homeassistant.json"
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def connected(self) -> None:
+        """On paho's thread, after each CONNACK: wake the discovery thread, nothing more."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        background()
+        while True:
+            self._wake.wait()
+            if self._stopping.is_set():
+                return
+            self._wake.clear()
+            try:
+                self.announce()
+            except Exception:  # never the end of the thread: the next connection tries again
+                log.exception("homeassistant: announcing failed")
 
     def announced(self) -> list[str]:
         try:
@@ -98,8 +131,8 @@ class Discovery:
             log.warning("homeassistant: %s unreadable (%s); announcing again", self.record, exc)
             return []
 
-    def connected(self) -> None:
-        """On paho's thread, after each CONNACK: retained, so a Home Assistant that starts later sees them."""
+    def announce(self) -> None:
+        """On the discovery thread: retained, so a Home Assistant that starts later sees them."""
         before = self.announced()
         now = messages(self.cfg) if self.cfg.homeassistant.discovery else {}
         for topic in before:

@@ -113,6 +113,7 @@ class Reporter:
             "clock_synced": now.usable,
             "time": now.wall,
             "sync": None if self.sync_status is None else self.sync_status(),
+            **self.stats.last_decision(),  # last_decision, last_reason, last_time: kept with the state
             "mode_set_by": lane.set_by,
             "mode_set_at": lane.set_at,
             "denied_while_full": self.denied,
