@@ -55,7 +55,7 @@ DecisionListener = Callable[[Scan | None, Decision, CheckIn], None]
 class Gate:
     """Owns the lane's state: its pass-cache reader, the outbox writer, the decider's memories and the
     actuator's mode. `handle`, `tick`, `pump` and `state` run on the lane thread (the one that calls
-    `run`); other threads reach the lane only through `control` (see gate/lane/control.py)."""
+    `run`); other threads reach the lane only through `control` (gate.contracts.LaneControl)."""
 
     cfg: Config
     scanner: Scanner
