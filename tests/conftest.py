@@ -361,3 +361,32 @@ def pg_url(pg_cluster: PgCluster) -> str:
     with psycopg.connect(pg_cluster.url, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
     return pg_cluster.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs for the state directory, so the disk can really fill (root only, as in CI)."""
+    if os.geteuid() != 0:
+        msg = "a real full disk needs a tmpfs mount, which needs root"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
+    yield state
+    subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system to the last byte."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, bytes(size))
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler

@@ -16,7 +16,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from test_daemon import EVENT
 
-from conftest import Broker, wait_until
+from conftest import Broker, fill, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
 from gate.config.model import load_config
 from gate.config.policy import Policy
@@ -245,35 +245,6 @@ def test_the_inbound_queue_is_bounded_and_counts_what_it_refuses() -> None:
 
 
 # -- against the real daemon ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MB tmpfs for the state directory, so the disk can really fill (root only, as in CI)."""
-    if os.geteuid() != 0:
-        msg = "a real full disk needs a tmpfs mount, which needs root"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
-    state = tmp_path / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
-    yield state
-    subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system to the last byte."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, bytes(size))
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_never_stops_the_daemon_and_everything_stored_is_delivered_after(

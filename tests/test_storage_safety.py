@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_faults import alarms, central_key, offline, publish, red
 
-from conftest import Broker, wait_until
+from conftest import Broker, fill, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
 from gate.contracts import Requested
 from gate.core.docstore import DocStore
@@ -170,56 +170,31 @@ def test_a_new_snapshot_proves_the_cache_again(tmp_path, keys) -> None:
 
 
 # -- a full disk is not corruption ---------------------------------------------------------------------------
-def test_a_start_on_a_full_disk_keeps_every_state_file(tmp_path, keys) -> None:
-    from test_faults import fill
-
-    small = _small_disk(tmp_path)
+def test_a_start_on_a_full_disk_keeps_every_state_file(tmp_path, keys, small_disk) -> None:
+    cfg = daemon_config(tmp_path, keys, Broker(tmp_path), "/dev/null")
+    g = offline(cfg)
+    g.cache.apply_delta([("tok-ss0005", 0, None, 1, None)], [], 1)  # revoked
+    for i in range(50):
+        g.handle(red(keys, i))
+    g.close()
+    filler = fill(small_disk)
     try:
-        cfg = daemon_config(tmp_path, keys, Broker(tmp_path), "/dev/null")
         g = offline(cfg)
-        g.cache.apply_delta([("tok-ss0005", 0, None, 1, None)], [], 1)  # revoked
-        for i in range(50):
-            g.handle(red(keys, i))
-        g.close()
-        filler = fill(small)
-        try:
-            g = offline(cfg)
-        except OSError as exc:  # may not start at all on a disk this full: it says which file, and moves nothing
-            assert "state" in str(exc)
-        else:
-            try:
-                assert g.handle(green(keys, "tok-ss0005"))[0].reason.value == "revoked"
-            finally:
-                g.close()
-        assert not list(small.glob("*.corrupt-*")), sorted(p.name for p in small.iterdir())
-        filler.unlink()
-        g = offline(cfg)
+    except OSError as exc:  # may not start at all on a disk this full: it says which file, and moves nothing
+        assert "state" in str(exc)
+    else:
         try:
             assert g.handle(green(keys, "tok-ss0005"))[0].reason.value == "revoked"
-            assert g.outbox.depth >= 50  # nothing lost
         finally:
             g.close()
+    assert not list(small_disk.glob("*.corrupt-*")), sorted(p.name for p in small_disk.iterdir())
+    filler.unlink()
+    g = offline(cfg)
+    try:
+        assert g.handle(green(keys, "tok-ss0005"))[0].reason.value == "revoked"
+        assert g.outbox.depth >= 50  # nothing lost
     finally:
-        _unmount(small)
-
-
-def _small_disk(tmp_path: Path) -> Path:
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        msg = "a real full disk needs a tmpfs mount, which needs root"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
-    state = tmp_path / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(state)], check=True)
-    return state
-
-
-def _unmount(state: Path) -> None:
-    import subprocess
-
-    subprocess.run(["umount", "-l", str(state)], check=False)
+        g.close()
 
 
 def test_a_directory_in_place_of_a_state_file_is_named_and_nothing_is_moved(tmp_path, keys) -> None:
