@@ -288,3 +288,34 @@ def test_an_outbox_gap_counts_only_what_the_broker_had_not_acknowledged(tmp_path
     box.close()
     assert [name for name, _ in recovery.alarms] == ["outbox_gap"]
     assert "13 undelivered events were lost" in recovery.alarms[0][1]
+
+
+def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_later(
+    tmp_path, keys, broker, subscriber_factory, small_disk
+) -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    from gate.config.model import load_config
+    from gate.contracts import Alarm
+    from gate.lane.wiring import build
+    from gate.scan.decoders import make_decoder
+    from gate.scan.scanner import DecodingSource
+    from gate.testing import ScriptedFrames
+
+    cfg = daemon_config(tmp_path, keys, broker, "/dev/null")
+    src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(load_config(cfg), source=src, pin_factory=MockFactory(), with_mqtt=True)
+    sub = subscriber_factory(broker, "gate/lane-k/alarm")
+    try:
+        assert wait_until(g.link.connected.is_set, 20)
+        filler = fill(small_disk)
+        g.control.post(Alarm("held_open", True, "passage blocked too long"))
+        g.pump()
+        assert g.recorder.kept == 1  # not in the outbox: no room
+        sent = wait_until(lambda: [json.loads(p) for p in sub.on("/alarm") if b"held_open" in p], 20)
+        assert sent and sent[0]["active"] is True  # published all the same
+        filler.unlink()
+        assert wait_until(lambda: (g.pump(), g.recorder.kept == 0)[1], 20)  # stored once there is room
+        assert wait_until(lambda: g.outbox.depth == 0, 20)  # and delivered
+    finally:
+        g.close()

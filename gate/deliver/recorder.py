@@ -35,11 +35,13 @@ class Recorder:
         position: Callable[[], dict[str, Any] | None] = lambda: None,
         stops: Callable[[str], Sequence[Stop]] = lambda route: (),
         venue: Venue | None = None,
+        send_now: Callable[[str, bytes], object] = lambda topic, payload: None,
     ) -> None:
         """`position`: the GPS receiver's last fix (a vehicle); `stops`: a route's stops in the policy in force;
-        `venue`: where check-ins say they are, when it is not the config's (a bus's trip set by central)."""
+        `venue`: where check-ins say they are, when it is not the config's (a bus's trip set by central);
+        `send_now`: publish an alarm at once, signed, when the outbox has no room to store it yet."""
         self.gate_id, self.venue = cfg.gate.id, venue or cfg.venue.venue()
-        self.position, self.stops = position, stops
+        self.position, self.stops, self.send_now = position, stops, send_now
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
         self.outbox, self.clock, self._wake = outbox, clock, wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
@@ -101,6 +103,8 @@ class Recorder:
                 return
             except OutboxFull as exc:
                 log.error("outbox full: passage and alarm events are kept in memory until there is room (%s)", exc)
+        if topic == self.topics.alarm:  # an alarm is news now: sent at once too (QoS 1, not durable till stored)
+            self.send_now(topic, payload)
         if len(self._kept) >= KEPT_LIMIT:
             self.kept_dropped += 1
             return

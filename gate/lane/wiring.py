@@ -121,6 +121,7 @@ def build(
         position=where(cfg, gps),
         stops=lambda route: decider.policy.stops.get(route, ()),  # the policy in force, central's
         venue=venue_now(cfg, lanestate),
+        send_now=send_now(link, sealer),
     )
     sync = None
     if link is not None and cfg.central.keys:
@@ -195,6 +196,13 @@ def build(
     if link is not None:
         link.start()
     return gate
+
+
+def send_now(link: MqttLink | None, sealer: Sealer | None) -> Callable[[str, bytes], object]:
+    """Publish outside the outbox (an alarm the full disk cannot store yet), signed as the drainer signs."""
+    if link is None:
+        return lambda topic, payload: None
+    return lambda topic, payload: link.publish(topic, sealer.seal(payload) if sealer else payload, qos=1)
 
 
 def prove_cache(cache: PassCache, recovery: Recovery, lost: bool) -> bool:
