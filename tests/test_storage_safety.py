@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from test_faults import alarms, central_key, offline, publish, red
 
 from conftest import Broker, fill, wait_until
@@ -319,3 +321,48 @@ def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_lat
         assert wait_until(lambda: g.outbox.depth == 0, 20)  # and delivered
     finally:
         g.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    modes=st.lists(st.sampled_from(list(Requested)), min_size=1, max_size=6),
+    stale_db=st.integers(min_value=-1, max_value=6),
+    stale_seal=st.integers(min_value=-1, max_value=6),
+)
+def test_whatever_earlier_copy_a_restart_finds_the_mode_is_the_last_requested_or_out_of_service(
+    modes: list[Requested], stale_db: int, stale_seal: int
+) -> None:
+    """The property behind the seals: lane.db or its seal, either one an older copy (a rollback, a torn log, a
+    stale file put back), never makes the lane start in a mode other than the last one central asked for,
+    unless it starts out of service with the alarm. (Both put back together, as one older backup, is
+    consistent, and is what that backup says.)"""
+    import tempfile
+
+    assume(not (0 <= stale_db < len(modes) and 0 <= stale_seal < len(modes)))
+
+    from gate.lane.statefiles import Recovery, open_lane_state
+
+    with tempfile.TemporaryDirectory() as d:
+        state = Path(d)
+        copies: list[tuple[bytes, bytes]] = []
+        lane = LaneState(state / "lane.db")
+        for i, mode in enumerate(modes):
+            lane.set_mode(ModeRecord(mode, "central", float(i)))
+            lane.close()  # a clean stop: the log is in the file, which can be copied whole
+            copies.append(((state / "lane.db").read_bytes(), seal_path(state / "lane.db").read_bytes()))
+            lane = LaneState(state / "lane.db")
+        lane.close()
+        if 0 <= stale_db < len(copies):
+            (state / "lane.db").write_bytes(copies[stale_db][0])
+        if 0 <= stale_seal < len(copies):
+            seal_path(state / "lane.db").write_bytes(copies[stale_seal][1])
+        recovery = Recovery()
+        lane, unknown = open_lane_state(state / "lane.db", recovery)
+        try:
+            if not unknown:
+                record = lane.mode()
+                assert record is not None and record.mode is modes[-1], (record, modes, stale_db, stale_seal)
+            else:
+                assert [name for name, _ in recovery.alarms] == ["state_unproven"]
+        finally:
+            lane.close()
