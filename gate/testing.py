@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import tty
 from collections.abc import Iterable, Iterator
@@ -37,26 +38,44 @@ class FixedClock:
 
 
 class ScriptedFrames:
-    """Frames handed in ahead of time (tests and the demo), each captured once, in order."""
+    """Frames handed in ahead of time, each captured once, in order: the one scripted camera of the tests and
+    the demo. With `fps`, captures are paced like a camera's; `done` is set once the script has run out."""
 
     name = "scripted"
 
-    def __init__(self, frames: Iterable[Frame | None]) -> None:
-        self._frames = iter(frames)
+    def __init__(self, frames: Iterable[Any] = (), fps: float | None = None) -> None:
+        self._frames: Iterator[Any] = iter(frames)
+        self._period = 1.0 / fps if fps else 0.0
+        self._next_at = time.monotonic()
         self.exhausted = False
+        self.done = threading.Event()
+
+    def feed(self, frames: Iterable[Any]) -> None:
+        """Hand in the script (the demo draws its own once the gate it shows exists)."""
+        self._frames = iter(frames)
+
+    def _take(self, item: Any) -> Frame | None:
+        """What one scripted item puts before the camera (subclasses keep what else it carries)."""
+        return item  # type: ignore[no-any-return]
 
     def capture(self, timeout: float) -> Frame | None:
         if self.exhausted:
             time.sleep(min(timeout, 0.05))
             return None
+        if self._period:
+            delay = self._next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, timeout))
+            self._next_at = max(self._next_at + self._period, time.monotonic())
         try:
-            return next(self._frames)
+            return self._take(next(self._frames))
         except StopIteration:
-            self.exhausted = True
+            self.close()
             return None
 
     def close(self) -> None:
         self.exhausted = True
+        self.done.set()
 
 
 _COMMON = {"ExposureTime": (26, 1_000_000, 20000), "ExposureValue": (-8.0, 8.0, 0.0), "AnalogueGain": (1.0, 16.0, None)}

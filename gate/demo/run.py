@@ -29,6 +29,7 @@ from gate.scan.decoders import Frame, make_decoder
 from gate.scan.framegen import code_frame
 from gate.scan.motion import SceneWatch
 from gate.scan.scanner import DecodingSource
+from gate.testing import ScriptedFrames
 
 FPS = 20.0
 
@@ -78,34 +79,18 @@ def samples(keydir: Path, gate: Gate) -> list[Sample]:
     ]
 
 
-class PacedFrames:
-    """A camera stand-in that replays frames at FPS."""
+class PacedFrames(ScriptedFrames):
+    """The scripted camera at FPS, remembering which sample is before it (for the demo's table)."""
 
     name = "demo-camera"
 
-    def __init__(self, frames: Iterator[tuple[Sample | None, Frame]]) -> None:
-        self.frames = frames
-        self._next_at = time.monotonic()
+    def __init__(self) -> None:
+        super().__init__(fps=FPS)
         self.current: Sample | None = None
-        self.exhausted = False
-        self.done = threading.Event()  # set when the script has run out: the demo's scan loop stops
 
-    def capture(self, timeout: float) -> Frame | None:
-        delay = self._next_at - time.monotonic()
-        if delay > 0:
-            time.sleep(min(delay, timeout))
-        self._next_at = max(self._next_at + 1 / FPS, time.monotonic())
-        try:
-            self.current, frame = next(self.frames)
-        except StopIteration:
-            self.exhausted = True
-            self.done.set()
-            return None
+    def _take(self, item: tuple[Sample | None, Frame]) -> Frame:
+        self.current, frame = item
         return frame
-
-    def close(self) -> None:
-        self.exhausted = True
-        self.done.set()
 
 
 def _frames(keydir: Path, gate: Gate, once: bool) -> Iterator[tuple[Sample | None, Frame]]:
@@ -207,10 +192,10 @@ def _run(
             generate_keypair(keydir / "untrusted")
         cfg = demo_config(state, broker, metrics, gps)
         trust = TrustStore.from_files(keydir.glob("*.pub"))
-        frames = PacedFrames(iter(()))
+        frames = PacedFrames()
         source = DecodingSource(frames, make_decoder("auto"), SceneWatch())
         gate = build(cfg, source=source, clock=SystemClock("assume_synced"), trust=trust, with_mqtt=broker is not None)
-        frames.frames = _frames(keydir, gate, once)
+        frames.feed(_frames(keydir, gate, once))
         gate.cache.apply_delta([], [], seq=0)  # the demo's cache counts as freshly synced
         walker = Walker(gate, frames)
         logging.getLogger("gate.lane.loop").setLevel(logging.WARNING)  # the table below says it better
