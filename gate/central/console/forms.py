@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,25 +94,26 @@ def command(form: dict[str, str], gate_ids: set[str]) -> tuple[str, str]:
 
 def policy_changes(form: dict[str, str], current: dict[str, Any]) -> dict[str, Any]:
     """The current policy document with the form's changes: a new version, status actions and staleness."""
-    doc = {k: v for k, v in current.items()}
+    doc = dict(current)
     version = int(_number("version", form.get("version", ""), 1, 2**53))
     if version <= int(current.get("version", 0)):
         raise FormError(f"version: higher than the one in force ({current.get('version', 0)})")
     doc["version"] = version
-    actions = {}
-    for status in STATUSES:
-        value = form.get(f"status_{status}", "")
-        if value not in ACTIONS:
-            raise FormError(f"{status}: one of {', '.join(ACTIONS)}")
-        actions[status] = value
-    doc["status_actions"] = actions
+    doc["status_actions"] = _choices(form, "status_", STATUSES, ACTIONS, "{}")
     hours = _number("stale after", form.get("stale_hours", ""), 1 / 60, 24 * 365)
     doc["cache_stale_after_seconds"] = round(hours * 3600)
-    stale = {}
-    for kind in KINDS:
-        value = form.get(f"stale_{kind}", "")
-        if value not in FALLBACKS:
-            raise FormError(f"when stale, {kind}: one of {', '.join(FALLBACKS)}")
-        stale[kind] = value
-    doc["on_cache_stale"] = stale
+    doc["on_cache_stale"] = _choices(form, "stale_", KINDS, FALLBACKS, "when stale, {}")
     return doc
+
+
+def _choices(
+    form: Mapping[str, str], prefix: str, names: Iterable[str], allowed: Sequence[str], label: str
+) -> dict[str, str]:
+    """One choice per name (form field `prefix + name`), each one of `allowed`."""
+    out = {}
+    for name in names:
+        value = form.get(prefix + name, "")
+        if value not in allowed:
+            raise FormError(f"{label.format(name)}: one of {', '.join(allowed)}")
+        out[name] = value
+    return out
