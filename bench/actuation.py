@@ -15,7 +15,7 @@ from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from _util import pct, table
-from gate.actuate.actuator import Actuator
+from gate.actuator import Actuator
 from gate.config.model import GpioSection, parse_config
 from gate.contracts import Release
 from gate.core.clock import SystemClock
@@ -23,7 +23,7 @@ from gate.decide.codes import Status, issue
 from gate.decide.keys import TrustStore
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 RELAY = 17

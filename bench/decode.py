@@ -20,7 +20,7 @@ from _util import median, pct, table, time_calls
 from gate.scan.decoders import DecodedCode, ZbarDecoder, ZxingDecoder, make_decoder
 from gate.scan.degrade import CLASSES
 from gate.scan.framegen import code_frame
-from gate.scan.scanner import load_grey
+from gate.scanner import load_grey
 
 CODE = "GT1:" + "6BFOXN*TS0BI$ZD.P9UOL97O4-2HH77HRM3HSZ3L+Q*UMV20/27NAK:L9%IQE4U:NJ 7ABE6P.5$MD-FFS2B3V9"
 

@@ -39,7 +39,7 @@ from gate.scan.camera import PiCamera
 from gate.scan.decoders import make_decoder
 from gate.scan.framegen import qr_image
 from gate.scan.motion import SceneWatch
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 
 W, H, FPS = 640, 480, 30.0
 CODE_FRAMES, GAP_FRAMES, LEAD_FRAMES = 4, 5, 15  # a code in view for 133 ms, then 167 ms of empty scene

@@ -18,8 +18,8 @@ from _util import paho_qos1_seconds, pct, start_broker, table, time_calls
 from gate.config.model import MqttSection
 from gate.deliver.delivery import Drainer
 from gate.deliver.events import uuid7
-from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.outbox import Outbox
+from gate.mqtt_link import MqttLink
 
 WINDOW = 200
 PAYLOAD = json.dumps(

@@ -26,7 +26,7 @@ from gate.decide.codes import Kind, Status, issue
 from gate.decide.keys import TrustStore, generate_keypair, load_private_key
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.sync.envelope import sign
 from gate.sync.passsync import rows_digest
 from gate.sync.worker import central_topics

@@ -62,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from gate.scan.decoders import make_decoder
-    from gate.scan.scanner import image_files, load_grey
+    from gate.scanner import image_files, load_grey
 
     decoder = make_decoder(args.decoder, tuple(args.format or ("qr",)))
     found_any = False

@@ -13,7 +13,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from conftest import wait_until
-from gate.actuate.actuator import Actuator
+from gate.actuator import Actuator
 from gate.config.model import GpioSection
 from gate.contracts import Alarm, PassageOutcome, Release, Requested
 

@@ -120,9 +120,16 @@ LAYERS: dict[str, set[str]] = {
 }
 
 
+# The design card's modules stand at the top of the package as the public face of their stage: each belongs to
+# that stage's layer.
+STAGE_FACES = {"scanner": "scan", "actuator": "actuate", "mqtt_link": "deliver"}
+
+
 def package_of(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "gate"
+    if len(parts) == 1:
+        return "gate"
+    return STAGE_FACES.get(parts[1], parts[1])
 
 
 def layer_breaches(graph: dict[str, set[str]]) -> dict[str, list[str]]:

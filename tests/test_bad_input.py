@@ -181,7 +181,7 @@ def test_the_images_source_decides_every_image_once(tmp_path, keys_dir) -> None:
 
     from gate.scan.decoders import make_decoder
     from gate.scan.framegen import code_frame
-    from gate.scan.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
+    from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
 
     for i in range(6):
         Image.fromarray(code_frame(f"GT1:IMAGE{i}", invert=i % 2 == 1)).save(tmp_path / f"{i}.png")

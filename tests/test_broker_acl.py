@@ -191,7 +191,7 @@ def test_a_provisioned_gate_delivers_through_its_own_identity(secured, tmp_path,
     from gate.decide.codes import Status, issue
     from gate.lane.wiring import build
     from gate.scan.decoders import make_decoder
-    from gate.scan.scanner import DecodingSource
+    from gate.scanner import DecodingSource
     from gate.testing import ScriptedFrames
 
     connect, d, broker = secured
@@ -229,7 +229,7 @@ def test_central_tools_work_through_least_privilege_identities(secured, tmp_path
     from gate.decide.keys import generate_keypair
     from gate.lane.wiring import build
     from gate.scan.decoders import make_decoder
-    from gate.scan.scanner import DecodingSource
+    from gate.scanner import DecodingSource
     from gate.testing import ScriptedFrames
 
     _, d, broker = secured

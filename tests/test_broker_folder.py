@@ -107,7 +107,7 @@ def test_a_gate_config_is_complete_and_reaches_the_broker_over_tls(broker_home, 
     from gate.decide.codes import Status, issue
     from gate.lane.wiring import build
     from gate.scan.decoders import make_decoder
-    from gate.scan.scanner import DecodingSource
+    from gate.scanner import DecodingSource
     from gate.testing import ScriptedFrames
 
     toml = tmp_path / "gate.toml"

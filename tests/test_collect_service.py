@@ -19,7 +19,7 @@ from conftest import ProvisionedBroker, free_port, make_config, require, wait_un
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 ROOT = Path(__file__).resolve().parent.parent

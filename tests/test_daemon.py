@@ -23,7 +23,7 @@ from gate.core.clock import SystemClock
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 EVENT = re.compile(r"event=([0-9a-f-]{36})")

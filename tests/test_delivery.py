@@ -19,7 +19,7 @@ from gate.decide.codes import Status, issue
 from gate.lane.loop import Gate
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "gate" / "schemas"

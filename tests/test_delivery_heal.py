@@ -18,7 +18,7 @@ from conftest import Broker, free_port, make_config, wait_until
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 PUBLISH = 3

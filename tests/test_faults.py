@@ -29,7 +29,7 @@ from gate.lane.daemon import Signals
 from gate.lane.state import ModeRecord
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.sync.envelope import sign
 from gate.sync.inbound import BoundedQueue, Job
 from gate.testing import ScriptedFrames, SerialModule

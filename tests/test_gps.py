@@ -26,7 +26,7 @@ from gate.core.errors import ConfigError
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import FixedClock, ScriptedFrames
 from gate.venue.gps import Gps, nearest_stop
 

@@ -18,14 +18,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import Broker, wait_until
 from fakes import daemon_config
-from gate.actuate.actuator import Actuator
 from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse
+from gate.actuator import Actuator
 from gate.config.model import GpioSection, load_config
 from gate.contracts import Alarm, Mode, PassageOutcome, Release, Requested
 from gate.decide.codes import Status, issue
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import FixedClock, ScriptedFrames
 
 PULSE, TIMEOUT = 0.2, 1.5

@@ -10,7 +10,7 @@ from gate.config.model import parse_config
 from gate.scan.decoders import DecodedCode, Frame, ZxingDecoder
 from gate.scan.framegen import code_frame
 from gate.scan.motion import RECHECK_FRAMES, SceneWatch
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 TEXT = "GT1:8C2*1Z.Q8T$HU2BT8 7HK5-9ZJPU:%0CS1K3B.:D4+T"

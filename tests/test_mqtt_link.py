@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 
 from conftest import wait_until
 from gate.config.model import MqttSection
-from gate.deliver.mqtt_link import MqttLink
+from gate.mqtt_link import MqttLink
 
 
 class OldBroker:

@@ -18,7 +18,7 @@ from gate.decide.codes import Kind, Status, issue
 from gate.decide.keys import generate_keypair
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from gate.scan.decoders import ZbarDecoder, ZxingDecoder, make_decoder
 from gate.scan.framegen import code_frame
-from gate.scan.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.scanner import DecodingSource, Deduplicator, ImageSource, Scanner
 from gate.testing import FixedClock, ScriptedFrames
 
 TEXT = "GT1:8C2*1Z.Q8T$HU2BT8 7HK5-9ZJPU:%0CS1K3B.:D4+T"

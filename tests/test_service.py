@@ -22,7 +22,7 @@ from fakes import Feeder, daemon_config, start, wait_log
 from gate.core.clock import SystemClock
 from gate.core.sdnotify import Notifier
 from gate.lane.wiring import build
-from gate.scan.scanner import Observation
+from gate.scanner import Observation
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -301,7 +301,7 @@ def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_lat
     from gate.contracts import Alarm
     from gate.lane.wiring import build
     from gate.scan.decoders import make_decoder
-    from gate.scan.scanner import DecodingSource
+    from gate.scanner import DecodingSource
     from gate.testing import ScriptedFrames
 
     cfg = daemon_config(tmp_path, keys, broker, "/dev/null")

@@ -32,7 +32,7 @@ from gate.deliver.sealing import Sealer
 from gate.lane.loop import Gate
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.sync.envelope import sign
 from gate.sync.passsync import rows_digest
 from gate.sync.worker import central_topics

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from gate.actuate.actuator import Actuator
 from gate.actuate.pins import make_pin_factory
+from gate.actuator import Actuator
 from gate.config.model import Config
 from gate.core.errors import DeviceError
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from gate.config.errors import describe
 from gate.config.model import MqttSection
 from gate.core.errors import ConfigError, GateError
-from gate.deliver.mqtt_link import authenticate
+from gate.mqtt_link import authenticate
 from gate.sync.envelope import sign
 
 Broker = MqttSection  # the central tools connect with the same options as a gate

@@ -1,3 +1,3 @@
 """Recording and delivery: events as stored and published, the recorder, the durable outbox (SQLite), its drainer to
-the broker, signed payloads (sealing) and the MQTT link.
+the broker and signed payloads (sealing). Its public face is `gate.mqtt_link`, the MQTT link.
 """

@@ -13,9 +13,9 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from gate.core.faults import Faults
 from gate.core.threads import LaneFirst, background
-from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.outbox import Outbox
 from gate.deliver.sealing import Sealer
+from gate.mqtt_link import MqttLink
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)

@@ -28,7 +28,7 @@ from gate.ops.metrics import scrape
 from gate.scan.decoders import Frame, make_decoder
 from gate.scan.framegen import code_frame
 from gate.scan.motion import SceneWatch
-from gate.scan.scanner import DecodingSource
+from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 FPS = 20.0

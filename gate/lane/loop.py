@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 
-from gate.actuate.actuator import Actuator
+from gate.actuator import Actuator
 from gate.config.model import Config
 from gate.config.policy import Action
 from gate.contracts import (
@@ -38,13 +38,13 @@ from gate.decide.keys import TrustStore
 from gate.decide.passcache import PassCache
 from gate.deliver.delivery import Drainer
 from gate.deliver.events import CheckIn, short
-from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
 from gate.lane.state import LaneState, ModeRecord
+from gate.mqtt_link import MqttLink
 from gate.ops.reporting import Reporter
 from gate.ops.telemetry import Stats
-from gate.scan.scanner import Scan, Scanner
+from gate.scanner import Scan, Scanner
 from gate.sync.worker import CentralSync
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from gate.actuate.actuator import Actuator
 from gate.actuate.pins import make_pin_factory
+from gate.actuator import Actuator
 from gate.config.model import Config, secret_path
 from gate.config.venue import MOBILE
 from gate.contracts import Alarm, LaneControl, Requested, Venue, make_inbox
@@ -21,19 +21,19 @@ from gate.decide.keys import TrustStore, load_private_key, load_public_key
 from gate.decide.passcache import PassCache
 from gate.decide.policy import PolicyStore
 from gate.deliver.delivery import Drainer
-from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.recorder import Recorder
 from gate.deliver.sealing import Sealer
 from gate.lane.loop import Gate
 from gate.lane.state import LaneState
 from gate.lane.statefiles import Recovery, check_device_doc, open_lane_state, open_outbox, open_pass_cache
+from gate.mqtt_link import MqttLink
 from gate.ops.homeassistant import Discovery
 from gate.ops.metrics import MetricsServer
 from gate.ops.reporting import Reporter
 from gate.ops.telemetry import Stats
 from gate.scan.decoders import make_decoder
 from gate.scan.motion import SceneWatch
-from gate.scan.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scanner
+from gate.scanner import CodeSource, DecodingSource, Deduplicator, ImageSource, Scanner
 from gate.sync.envelope import Verifier
 from gate.sync.worker import CentralSync, central_keys
 from gate.venue.gps import Gps

@@ -16,7 +16,7 @@ from gate import __version__
 from gate.config.model import Config
 from gate.contracts import ALARMS, Topics
 from gate.core.threads import background
-from gate.deliver.mqtt_link import MqttLink
+from gate.mqtt_link import MqttLink
 from gate.ops.reporting import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gate import __version__
-from gate.actuate.actuator import Actuator
+from gate.actuator import Actuator
 from gate.config.model import Config
 from gate.contracts import Alarm, Topics
 from gate.core.clock import Clock
@@ -21,9 +21,9 @@ from gate.core.faults import Faults
 from gate.core.mailbox import Mailbox
 from gate.decide.decision import Decider
 from gate.decide.passcache import PassCache
-from gate.deliver.mqtt_link import MqttLink
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
+from gate.mqtt_link import MqttLink
 from gate.ops.telemetry import Stats
 
 if TYPE_CHECKING:  # the lane builds the reporter and hands it lane.db

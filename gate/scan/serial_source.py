@@ -10,7 +10,7 @@ from typing import Any
 
 from gate.config.model import SerialSection
 from gate.contracts import CODE_PREFIX
-from gate.scan.scanner import Observation
+from gate.scanner import Observation
 
 log = logging.getLogger(__name__)
 CODE_START = CODE_PREFIX.encode()

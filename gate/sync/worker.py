@@ -25,7 +25,7 @@ from gate.decide.codes import check_token
 from gate.decide.keys import key_id_of, public_from_pem
 from gate.decide.passcache import PassCache
 from gate.decide.policy import PolicyStore
-from gate.deliver.mqtt_link import Handler, MqttLink
+from gate.mqtt_link import Handler, MqttLink
 from gate.sync.envelope import ControlMessage, Rejected, Verifier
 from gate.sync.inbound import BoundedQueue, Job
 from gate.sync.passsync import PassSync
