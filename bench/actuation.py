@@ -51,7 +51,7 @@ def wait_on(deadline: float = 1.0) -> float:
 def actuator_latency(runs: int) -> list[float]:
     act = Actuator(
         GpioSection.model_validate({"relay": {"pin": RELAY, "pulse_seconds": 0.001}}), MockFactory(pin_class=StampedPin)
-    )
+    ).start()
     out = []
     for i in range(runs):
         act.wait_idle(1)
@@ -101,7 +101,7 @@ def full_path_latency(runs: int, signed: bool = False) -> list[float]:
             clock=SystemClock("assume_synced"),
             trust=TrustStore.of([key.public_key()]),
             with_mqtt=False,
-        )
+        ).start()
         now = int(time.time())
         gate.cache.apply_delta([], [], 0)
         codes = [issue(key, f"tok-{i:08d}", Status.GREEN, now, 600).encode() for i in range(runs)]

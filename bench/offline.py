@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A bus's day offline: N check-ins made through the real gate (`build()`, signed codes verified, relay pulsed,
+"""A bus's day offline: N check-ins through the real gate (`build()` and `start()`, signed codes verified, relay pulsed,
 each check-in fsync'd) while the broker is unreachable, then the broker comes back. Measures the time from the
 broker being reachable to the last check-in received by a subscriber, and checks that every check-in arrived
 once and in the order it was made. Beside it, in the same run: the fair peer, a raw paho QoS 1 loop publishing
@@ -88,7 +88,7 @@ def gate_offline_day(tmp: Path, n: int) -> dict[str, float]:
             "gpio": {"pin_factory": "mock", "relay": {"pin": 17, "pulse_seconds": 0.001}},
         }
     )
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("auto")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("auto")), pin_factory=MockFactory()).start()
     now = int(time.time())
     t = time.perf_counter()
     for i in range(n):

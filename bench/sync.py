@@ -94,7 +94,7 @@ def main() -> None:
             pin_factory=MockFactory(),
             clock=SystemClock("assume_synced"),
             trust=TrustStore.from_files([ipub]),
-        )
+        ).start()
         try:
             gate.link.connected.wait(10) and gate.link.subscribed.wait(10)
             rows: list[list[Any]] = [[f"tok-{i:010d}", 0, None, 0, None] for i in range(args.entries)]

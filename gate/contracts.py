@@ -96,6 +96,7 @@ ALARMS = (
     "delivery_stalled",
     "fault",
     "gps_silent",
+    "thread_restarted",
 )
 
 

@@ -94,7 +94,7 @@ def test_two_collectors_from_the_unit_store_every_check_in_once(broker_home, tmp
             "password_file": str(creds / "mqtt-password"),
         },
     )
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     try:
         for p in procs:
             line = p.stderr.readline() if p.stderr else ""

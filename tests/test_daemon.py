@@ -157,7 +157,7 @@ def test_tls_with_password_auth_delivers_check_ins(tmp_path, keys, subscriber_fa
             source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
             pin_factory=MockFactory(),
             clock=SystemClock("assume_synced"),
-        )
+        ).start()
         try:
             now = int(time.time())
             eid = gate.handle(issue(keys.private, "tok-tls001", Status.RED, now, 60).encode())[1].event_id

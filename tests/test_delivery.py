@@ -38,7 +38,7 @@ def make_gate(tmp_path: Path, keys, broker: Broker, **sections: Any) -> Gate:
         **sections,
     )
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    return build(cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"))
+    return build(cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced")).start()
 
 
 def codes(keys, n: int, status: Status = Status.GREEN) -> list[bytes]:
@@ -177,7 +177,7 @@ def offline_gate(tmp_path: Path, keys, **outbox: Any) -> Gate:
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
         with_mqtt=False,
-    )
+    ).start()
 
 
 def test_full_outbox_takes_the_gate_out_of_service_and_alarms(tmp_path, keys, gates) -> None:

@@ -34,30 +34,41 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def make(tmp_path: Path, keys, broker=None, **sections):
+def make(tmp_path: Path, keys, broker=None, start: bool = True, **sections):
+    """A gate built and (`start`) started on this thread, which then owns the lane's connections."""
     mqtt = {"mqtt": {"host": broker.host, "port": broker.port}} if broker else {}
     cfg = make_config(tmp_path / "state", keys, policy={"passback_seconds": 0}, **mqtt, **sections)
     src = DecodingSource(ScriptedFrames([]), make_decoder("auto"))
-    return build(
+    gate = build(
         cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"), with_mqtt=broker is not None
     )
+    return gate.start() if start else gate
 
 
 def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys) -> None:
     listen = f"127.0.0.1:{free_port()}"
-    gate = make(tmp_path, keys, metrics={"listen": listen})
-    try:
+    gate = make(tmp_path, keys, start=False, metrics={"listen": listen})
+    started, go, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def lane_thread() -> None:  # the lane's connections belong to the thread that starts and runs it
+        gate.start()
         gate.cache.apply_delta([("tok-bad00001", 2, None, 0, None)], [], seq=1)
         now = int(time.time())
         gate.handle(issue(keys.private, "tok-good0001", Status.GREEN, now - 5, 3600).encode())
         gate.handle(issue(keys.private, "tok-bad00001", Status.GREEN, now - 5, 3600).encode())
         gate.handle(b"not a code")
         gate.stats.scanned(1.3)
+        started.set()
+        if go.wait(30):
+            gate.run(stop)
+
+    lane = threading.Thread(target=lane_thread, name="lane")
+    lane.start()
+    try:
+        assert started.wait(30)
         status, _ = get(f"http://{listen}/healthz")
         assert status == 503  # the scan loop is not running yet
-        stop = threading.Event()
-        lane = threading.Thread(target=gate.run, args=(stop,))
-        lane.start()
+        go.set()
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 200)
         status, text = get(f"http://{listen}/metrics")
         assert status == 200
@@ -67,6 +78,9 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
         lane.join(10)
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 503)
     finally:
+        go.set()
+        stop.set()
+        lane.join(10)
         gate.close()
     r = subprocess.run([require("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

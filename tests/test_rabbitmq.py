@@ -30,7 +30,9 @@ def gate_on(rabbitmq, tmp_path: Path, keys, prefix: str, **sections):
         policy={"passback_seconds": 0},
         **sections,
     )
-    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    return build(
+        cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()
+    ).start()
 
 
 def central(*args: str) -> subprocess.CompletedProcess[str]:

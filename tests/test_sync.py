@@ -89,7 +89,7 @@ def gate(tmp_path, keys, broker, central):
         source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
-    )
+    ).start()
     assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     yield g
     g.close()
@@ -496,7 +496,7 @@ def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, cen
         source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
-    )
+    ).start()
     try:
         assert again.link.connected.wait(10) and again.link.subscribed.wait(10)
         central.send(topic[2], sign(central.key, "chunk", {"version": 7, "index": 2, "rows": chunks[2]}), retain=True)
@@ -638,7 +638,9 @@ def test_central_changes_a_buss_route_and_run_without_a_restart_and_it_lasts(tmp
             mqtt={"host": broker.host, "port": broker.port},
             central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
         )
-        g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+        g = build(
+            cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()
+        ).start()
         assert g.link is not None and g.link.connected.wait(10) and g.link.subscribed.wait(10)
         return g
 

@@ -111,10 +111,14 @@ class Discovery:
         self._wake.set()
 
     def _run(self) -> None:
+        self.run(self._stopping)
+
+    def run(self, stop: threading.Event) -> None:
+        """The discovery thread (its own, or under the gate's supervisor, woken by `stop()`)."""
         background()
         while True:
             self._wake.wait()
-            if self._stopping.is_set():
+            if stop.is_set() or self._stopping.is_set():
                 return
             self._wake.clear()
             try:

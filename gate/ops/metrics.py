@@ -125,14 +125,16 @@ class MetricsServer:
 
         self.server: WSGIServer = make_server(host, port, app, handler_class=_Quiet)
         self.port = self.server.server_port
-        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        self.server.timeout = 0.5  # handle_request returns this often to look at the stop event
         log.info("metrics: /metrics and /healthz on %s:%d", self.server.server_address[0], self.port)
 
-    def stop(self) -> None:
-        self.server.shutdown()
+    def run(self, stop: threading.Event) -> None:
+        """Serve scrapes until `stop` (under the gate's supervisor)."""
+        while not stop.is_set():
+            self.server.handle_request()
+
+    def close(self) -> None:
+        """After `run` has ended: the listening socket."""
         self.server.server_close()
 
 

@@ -79,6 +79,10 @@ class Reporter:
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
+        self.denied = 0
+
+    def open(self) -> None:
+        """On the lane thread, at start: the lasting counter of entries denied while the outbox was full."""
         self.denied = self.lanestate.counter("denied_while_full") if self.lanestate else 0
 
     def denied_while_full(self) -> None:
