@@ -14,7 +14,7 @@ from pathlib import Path
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from _util import pct, table
+from _util import parse, pct, table
 from gate.actuator import Actuator
 from gate.config.model import GpioSection, parse_config
 from gate.contracts import Release
@@ -136,7 +136,7 @@ def seal_latency(runs: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=1000)
-    args = ap.parse_args()
+    args = parse(ap, runs=50)
     rows = []
     for label, fn in (
         ("gate Actuator.release (relay on in caller)", actuator_latency),

@@ -32,7 +32,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from central import DAYS, T_END, fill, free_port
 
-from _util import pct
+from _util import parse, pct
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from pgcluster import PgCluster
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2_000_000)
     ap.add_argument("--gates", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=200)
-    args = ap.parse_args()
+    args = parse(ap, rows=20_000, tokens=2000, gates=20, requests=20)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tmp.chmod(0o755)

@@ -16,7 +16,7 @@ import numpy as np
 import zxingcpp
 from pyzbar import pyzbar
 
-from _util import median, pct, table, time_calls
+from _util import median, parse, pct, table, time_calls
 from gate.scan.decoders import DecodedCode, ZbarDecoder, ZxingDecoder, make_decoder
 from gate.scan.degrade import CLASSES
 from gate.scan.framegen import code_frame
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--samples", default=str(Path(__file__).resolve().parents[2] / "shared" / "qr-samples"))
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--per-class", type=int, default=100, help="frames per degraded-image class")
-    args = ap.parse_args()
+    args = parse(ap, runs=20, per_class=10)
     rows = frame_costs(args.runs)
     print("Median decode time per greyscale frame, ms (streaming mode: both polarities on every frame)")
     print(table(["frame", "content", "gate zxing", "gate zbar", "naive pyzbar.decode", "zxing speed-up"], rows))

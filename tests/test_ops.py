@@ -98,8 +98,8 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
     assert re.search(r'^gate_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
     assert 'gate_decisions_total{reason="expired"} 0.0' in text  # every reason from the start, at 0
     assert 'gate_passages_total{outcome="passed"} 0.0' in text
-    # never synced: an age that an alert `gate_cache_age_seconds > 86400` catches, not NaN
-    assert "gate_cache_age_seconds +Inf" in text and "gate_cache_synced 0.0" in text
+    assert "gate_cache_synced 1.0" in text  # the delta applied above is central vouching for the cache
+    assert re.search(r"^gate_cache_age_seconds \d+\.\d+$", text, re.M)
 
 
 def test_a_metrics_port_in_use_is_logged_and_the_gate_runs_on(tmp_path, keys, caplog) -> None:
@@ -181,9 +181,12 @@ def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys)
     listen = f"127.0.0.1:{free_port()}"
     gate = make(tmp_path, keys, metrics={"listen": listen})
     try:
-        served = set(re.findall(r"^# TYPE (\w+) (\w+)", get(f"http://{listen}/metrics")[1], re.M))
+        text = get(f"http://{listen}/metrics")[1]
+        served = set(re.findall(r"^# TYPE (\w+) (\w+)", text, re.M))
     finally:
         gate.close()
+    # never synced: an age that an alert `gate_cache_age_seconds > 86400` catches, not NaN
+    assert "gate_cache_age_seconds +Inf" in text and "gate_cache_synced 0.0" in text
     names = set()
     for name, kind in served:
         names |= {name, f"{name}_total"} if kind == "counter" else {name}
