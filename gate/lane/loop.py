@@ -81,7 +81,6 @@ class Gate:
     heartbeat: Callable[[], None] = lambda: None
     metrics_listen: str | None = None  # [metrics] listen: the endpoint is bound by start(), not by build()
     source_counters: Callable[[], dict[str, int]] = lambda: {}
-    loop_at: float = 0.0  # monotonic time of the scan loop's last turn (0: not running); for /healthz
     lane_first: LaneFirst = field(default_factory=LaneFirst)
     lane_thread: threading.Thread | None = None  # the thread that called start(): it owns the lane's state
     closed: bool = False
@@ -292,13 +291,14 @@ class Gate:
         try:
             self._loop(stop)
         finally:
-            self.loop_at = 0.0
+            self.reporter.loop_at = 0.0
+            self.reporter.publish_snapshot()  # /healthz says at once that the loop stopped
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             scans = self.scanner.poll(0.2)
             self.heartbeat()  # the scan loop made progress (watchdog)
-            self.loop_at = time.monotonic()
+            self.reporter.loop_at = time.monotonic()
             self.pump()  # a mode or policy change queued before this scan applies to it
             if scans:
                 with self.lane_first.deciding():  # delivery and sync pause at their next step meanwhile
@@ -346,7 +346,7 @@ def bind_metrics(gate: Gate, listen: str | None, counters: Callable[[], dict[str
     if not listen:
         return None
     try:
-        return MetricsServer(listen, gate, counters)
+        return MetricsServer(listen, lambda: gate.reporter.snapshot, counters)
     except OSError as exc:
         log.error("metrics: cannot listen on %s: %s; the gate runs without /metrics", listen, exc.strerror)
         return None

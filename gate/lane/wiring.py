@@ -114,35 +114,12 @@ def build(
         wire_mqtt(cfg, core, files, sealer, threads)
     recorder = make_recorder(cfg, files, clock, decider, gps, threads, sealer)
     counters = partial(source_counters, code_source)
-    stats = Stats()
-    reporter = Reporter(
-        cfg,
-        files.cache,
-        files.outbox,
-        decider,
-        actuator,
-        clock,
-        recorder,
-        stats,
-        link=threads.link,
-        sync_status=threads.sync.status if threads.sync is not None else None,
-        lanestate=files.lanestate,
-        faults=core.faults,
-        source_counters=counters,
-        queues=(core.inbox, actuator.events),
-    )
+    reporter = make_reporter(cfg, core, files, decider, threads, recorder, clock, counters)
+    parts = (scanner, decider, files.cache, files.outbox, actuator, clock, recorder, reporter, core.inbox)
     return Gate(
         cfg,
-        scanner,
-        decider,
-        files.cache,
-        files.outbox,
-        actuator,
-        clock,
-        recorder,
-        reporter,
-        core.inbox,
-        stats,
+        *parts,
+        reporter.stats,
         files.lanestate,
         core.faults,
         threads,
@@ -247,6 +224,34 @@ def make_recorder(
         stops=lambda route: decider.policy.stops.get(route, ()),  # the policy in force, central's
         venue=cfg.venue.venue(),  # with the trip central set since: Gate.start() reads it on the lane thread
         send_now=send_now(threads.link, sealer),
+    )
+
+
+def make_reporter(
+    cfg: Config,
+    core: Core,
+    files: StateFiles,
+    decider: Decider,
+    threads: Threads,
+    recorder: Recorder,
+    clock: Clock,
+    counters: Callable[[], dict[str, int]],
+) -> Reporter:
+    return Reporter(
+        cfg,
+        files.cache,
+        files.outbox,
+        lambda: decider.policy,  # the policy in force, central's
+        threads.actuator,
+        clock,
+        recorder,
+        Stats(),
+        link=threads.link,
+        sync_status=threads.sync.status if threads.sync is not None else None,
+        lanestate=files.lanestate,
+        faults=core.faults,
+        source_counters=counters,
+        queues=(core.inbox, threads.actuator.events),
     )
 
 

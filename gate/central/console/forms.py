@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gate.contracts import ID_PATTERN
+from gate.config.venue import ID_PATTERN
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{6,32}$")  # a pseudonymous token id, as `gate central issue` takes it
 VENUE = re.compile(ID_PATTERN)
