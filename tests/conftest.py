@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -400,11 +401,24 @@ SLOW_FIXTURES = frozenset(
 )
 
 
+STARTS_A_PROCESS = re.compile(r"(?<![.\w])start\(|Popen\(")  # fakes.start (the daemon), or any child process
+
+
 def mark_slow(items: list[pytest.Item]) -> None:
-    """`script/test --fast` runs `-m "not slow"`: every test using a fixture that starts a service is marked
-    here, besides the modules that say `pytestmark = pytest.mark.slow` themselves."""
+    """`script/test --fast` runs `-m "not slow"`: every test using a fixture that starts a service (or a
+    PostgreSQL parameter), or whose body starts the daemon or another process, is marked here, besides the
+    modules that say `pytestmark = pytest.mark.slow` themselves."""
+    import inspect
+
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        fn = getattr(item, "function", None)
+        source = inspect.getsource(fn) if fn is not None else ""
+        if (
+            SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or "postgresql" in map(str, params.values())
+            or STARTS_A_PROCESS.search(source)
+        ):
             item.add_marker(pytest.mark.slow)
 
 

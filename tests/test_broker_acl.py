@@ -16,6 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import Broker, ProvisionedBroker, free_port, wait_until
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 
 def provision(d: Path, name: str, role: str = "gate", *extra: str) -> str:
     r = subprocess.run(

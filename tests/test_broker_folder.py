@@ -20,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import ProvisionedBroker, free_port, require, wait_until
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 
 def central(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

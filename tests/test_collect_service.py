@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import ProvisionedBroker, free_port, make_config, require, wait_until
@@ -21,6 +22,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd/gate-collect@.service"

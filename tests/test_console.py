@@ -31,6 +31,8 @@ from gate.central.store import Store, row_of
 from gate.decide.keys import TrustStore, key_id_of
 from gate.sync.worker import central_topics
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = os.environ.get("GATE_CONSOLE_SCREENSHOTS")  # e.g. docs/console: where the pages' pictures go

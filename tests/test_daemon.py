@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +26,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 EVENT = re.compile(r"event=([0-9a-f-]{36})")
 

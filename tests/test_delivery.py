@@ -22,6 +22,8 @@ from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 SCHEMAS = Path(__file__).resolve().parent.parent / "gate" / "schemas"
 
 

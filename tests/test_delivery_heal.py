@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, free_port, make_config, wait_until
@@ -20,6 +21,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 PUBLISH = 3
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
@@ -20,6 +21,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 
 def gate_on(rabbitmq, tmp_path: Path, keys, prefix: str, **sections):

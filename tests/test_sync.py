@@ -38,6 +38,8 @@ from gate.sync.passsync import rows_digest
 from gate.sync.worker import central_topics
 from gate.testing import ScriptedFrames
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 PREFIX = "gate"
 R = TypeVar("R")
 T = central_topics(PREFIX)

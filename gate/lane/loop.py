@@ -153,8 +153,9 @@ class Gate:
         full = self.outbox.full and self.cfg.outbox.on_full == "out_of_service"
         blocked = Reason.OUT_OF_SERVICE if self.actuator.mode is Mode.OUT_OF_SERVICE or full else None
         now = self.clock.read()
-        decision = self.decider.decide(payload, now, blocked)
-        event = self.recorder.checkin(decision, now, self.decider.policy.version, self.cache.info().version)
+        info = self.cache.info()  # once per decision: the decision and its check-in read the same
+        decision = self.decider.decide(payload, now, blocked, info)
+        event = self.recorder.checkin(decision, now, self.decider.policy.version, info.version)
         if full:  # denied without adding a row: counted instead, and reported when the outbox clears
             self.reporter.denied_while_full()
         else:
