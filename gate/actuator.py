@@ -42,7 +42,10 @@ class Actuator:
         """`clock` and `worker=False` are for tests that step the machine by hand (`process_events`)."""
         from gpiozero import DigitalOutputDevice
 
-        self.cfg, self._on_outcome, self._on_alarm, self._clock = cfg, on_outcome, on_alarm, clock
+        self.cfg = cfg
+        self._on_outcome = on_outcome
+        self._on_alarm = on_alarm
+        self._clock = clock
         timeout = cfg.passage.timeout_seconds if cfg.passage is not None else None
         self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout)
         self._lock = threading.Lock()

@@ -90,10 +90,19 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
     assert 'gate_decode_seconds_bucket{le="0.002"} 1.0' in text and "gate_decode_seconds_count 1.0" in text
     for name in ALARMS:
         assert f'gate_alarm_active{{alarm="{name}"}} 0.0' in text
-    for family in ("gate_outbox_depth", "gate_outbox_oldest_age_seconds", "gate_cache_age_seconds",
-                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total",
-                   "gate_clock_synced", "gate_dead_letters", "gate_broker_connects_total",
-                   "process_resident_memory_bytes", "process_cpu_seconds_total"):  # fmt: skip
+    for family in (
+        "gate_outbox_depth",
+        "gate_outbox_oldest_age_seconds",
+        "gate_cache_age_seconds",
+        "gate_broker_connected",
+        "gate_source_restarts_total",
+        "gate_passages_total",
+        "gate_clock_synced",
+        "gate_dead_letters",
+        "gate_broker_connects_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ):
         assert f"# TYPE {family.removesuffix('_total')}" in text, family
     assert re.search(r'^gate_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
     assert 'gate_decisions_total{reason="expired"} 0.0' in text  # every reason from the start, at 0

@@ -88,7 +88,9 @@ class Decider:
         max_payload: int = 512,
     ) -> None:
         self.trust, self.policy = trust, policy
-        self._lookup, self._cache_info, self._max_payload = lookup, cache_info, max_payload
+        self._lookup = lookup
+        self._cache_info = cache_info
+        self._max_payload = max_payload
         self._passed: OrderedDict[str, float] = OrderedDict()  # token -> monotonic time of its confirmed passage
         self._pending: dict[str, float] = {}  # token -> monotonic time of an admit still passing
         self._assist: tuple[str, int, float] | None = None  # token, companions, monotonic time

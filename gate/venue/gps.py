@@ -46,7 +46,9 @@ class Gps:
         opener: Callable[[SerialSection], Any] = open_port,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cfg, self._alarm, self._mono = cfg, alarm, mono
+        self.cfg = cfg
+        self._alarm = alarm
+        self._mono = mono
         serial = SerialSection(port=cfg.port, baud=cfg.baud, terminator="\n", max_line_bytes=128)
         self.port = SerialScanner(serial, opener, mono)
         self.fix: Fix | None = None
