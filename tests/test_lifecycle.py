@@ -178,3 +178,25 @@ def test_a_lane_thread_that_dies_raises_thread_restarted_on_the_gate(tmp_path, k
         assert "actuator" in alarm.detail and "OSError" in alarm.detail and "gpio chip went away" in alarm.detail
     finally:
         gate.close()
+
+
+def test_a_restarted_thread_that_lasts_is_reported_recovered(monkeypatch) -> None:
+    import gate.core.supervisor as sup_mod
+
+    monkeypatch.setattr(sup_mod, "FIRST_BACKOFF", 0.01)
+    monkeypatch.setattr(sup_mod, "HEALTHY_AFTER", 0.2)
+    events: list[str] = []
+    sup = Supervisor(lambda name, exc: events.append(f"died {name}"), lambda name: events.append(f"lasted {name}"))
+    runs: list[int] = []
+
+    def once_then_steady(stop: threading.Event) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first run fails")
+        stop.wait()
+
+    sup.spawn("worker", once_then_steady)
+    try:
+        assert wait_until(lambda: events == ["died worker", "lasted worker"], 10)
+    finally:
+        sup.stop(5)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 Target = Callable[[threading.Event], None]
 OnRestart = Callable[[str, BaseException], object]
+OnRecovered = Callable[[str], object]
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0  # seconds before a restart: doubling from the first up to the cap
 HEALTHY_AFTER = 60.0  # a target that ran this long before dying starts the backoff again from the first
 
@@ -23,16 +24,20 @@ class _Child:
     wake: Callable[[], object] | None = None  # after `stop` is set: interrupts a target blocked elsewhere
     thread: threading.Thread | None = None
     restarts: int = 0
+    healthy: threading.Timer | None = None  # after a restart: reports the recovery once the target has lasted
 
 
 class Supervisor:
     """`spawn(name, target)` runs `target(stop)` on a daemon thread named `name`. A target that returns is done;
     one that raises is logged once with its traceback, reported to `on_restart(name, exc)` (the gate raises its
     `thread_restarted` alarm; the callback must only queue) and started again after a backoff of 1 s doubling
-    to 30 s. `stop(timeout)` sets every stop event and joins the threads in reverse start order; safe twice."""
+    to 30 s. A restarted target that then runs HEALTHY_AFTER seconds is reported to `on_recovered(name)` (the
+    alarm is cleared). `stop(timeout)` sets every stop event and joins the threads in reverse start order; safe
+    to call twice."""
 
-    def __init__(self, on_restart: OnRestart = lambda name, exc: None) -> None:
+    def __init__(self, on_restart: OnRestart = lambda name, exc: None, on_recovered: OnRecovered | None = None) -> None:
         self._on_restart = on_restart
+        self._on_recovered = on_recovered
         self._children: list[_Child] = []
         self._stopping = threading.Event()
 
@@ -50,6 +55,8 @@ class Supervisor:
         backoff = FIRST_BACKOFF
         while not child.stop.is_set():
             began = time.monotonic()
+            if child.restarts and self._on_recovered is not None:
+                self._watch_recovery(child)
             try:
                 child.target(child.stop)
                 return
@@ -59,12 +66,28 @@ class Supervisor:
                     return
                 if time.monotonic() - began > HEALTHY_AFTER:
                     backoff = FIRST_BACKOFF
+                if child.healthy is not None:
+                    child.healthy.cancel()
                 child.restarts += 1
                 log.exception("thread %s died; restarting it in %.0f s", child.name, backoff)
                 self._report(child.name, exc)
             if child.stop.wait(backoff):
                 return
             backoff = min(MAX_BACKOFF, backoff * 2)
+
+    def _watch_recovery(self, child: _Child) -> None:
+        recovered = self._on_recovered
+        assert recovered is not None
+
+        def lasted() -> None:
+            if not child.stop.is_set():
+                log.warning("thread %s has run %.0f s since its restart", child.name, HEALTHY_AFTER)
+                recovered(child.name)
+
+        child.healthy = threading.Timer(HEALTHY_AFTER, lasted)
+        child.healthy.name = f"{child.name}-recovery"
+        child.healthy.daemon = True
+        child.healthy.start()
 
     def _report(self, name: str, exc: BaseException) -> None:
         try:
@@ -84,6 +107,9 @@ class Supervisor:
         self._stopping.set()
         for child in reversed(self._children):
             child.stop.set()
+            if child.healthy is not None:
+                child.healthy.cancel()
+                child.healthy.join(timeout)
             if child.wake is not None:
                 try:
                     child.wake()

@@ -29,6 +29,15 @@ def restart_alarm(control: LaneControl) -> Callable[[str, BaseException], None]:
     return report
 
 
+def recovery_alarm(control: LaneControl) -> Callable[[str], None]:
+    """A restarted thread that has lasted: the `thread_restarted` alarm is cleared."""
+
+    def report(name: str) -> None:
+        control.post(Alarm("thread_restarted", False, f"thread {name} has run a minute since its restart"))
+
+    return report
+
+
 @dataclass
 class Threads:
     """Everything that runs beside the lane, built and not started. `start` starts them in the order of the

@@ -26,7 +26,7 @@ from gate.deliver.delivery import Drainer
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
 from gate.deliver.sealing import Sealer
-from gate.lane.lifecycle import Threads, restart_alarm
+from gate.lane.lifecycle import Threads, recovery_alarm, restart_alarm
 from gate.lane.loop import Gate
 from gate.lane.state import LaneState
 from gate.lane.statefiles import Recovery, Startup, check_device_doc, check_lane_state, open_outbox, open_pass_cache
@@ -108,7 +108,8 @@ def build(
     scanner = Scanner(code_source, Deduplicator(cfg.scanner.rearm_seconds, cfg.scanner.absent_seconds))
     factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.gpio.pin_factory)
     actuator = Actuator(cfg.gpio, factory, core.control.post, core.control.post)
-    threads = Threads(actuator, Supervisor(restart_alarm(core.control)), gps=gps)
+    supervisor = Supervisor(restart_alarm(core.control), recovery_alarm(core.control))
+    threads = Threads(actuator, supervisor, gps=gps)
     sealer = Sealer(load_private_key(secret_path(cfg.gate.device_key))) if cfg.gate.device_key else None
     if with_mqtt:
         wire_mqtt(cfg, core, files, sealer, threads)
