@@ -1,0 +1,124 @@
+"""Views of a code's region that a binariser reads better: deblurred, equalised, denoised, deglared, de-gridded."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFilter
+
+Frame = npt.NDArray[np.uint8]  # 2-D greyscale, as gate.scan.decoders
+F32 = npt.NDArray[np.float32]
+
+
+def stretch(a: npt.NDArray[np.floating[Any]] | Frame, lo_pct: float = 1.0, hi_pct: float = 99.0) -> Frame:
+    """To the full grey range, the extreme 1 % on each side clipped."""
+    lo, hi = np.percentile(a[::2, ::2], (lo_pct, hi_pct))
+    out: Frame = np.clip((a - lo) * (255.0 / max(1e-3, float(hi - lo))), 0, 255).astype(np.uint8)
+    return out
+
+
+def smoothed(region: Frame, sigma: float = 1.0) -> Frame:
+    return np.asarray(Image.fromarray(region).filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def equalised(region: Frame, sigma: float = 6.0) -> Frame:
+    """Local contrast equalisation (CLAHE's aim, in two blurs): each pixel minus its neighbourhood's mean,
+    divided by the neighbourhood's mean absolute deviation. Lifts a code in a dim, flat or veiled area."""
+    a = region.astype(np.float32)
+    mean = np.asarray(Image.fromarray(region).filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32)
+    dev = np.abs(a - mean)
+    scale = 255.0 / max(1.0, float(dev.max()))
+    spread = np.asarray(
+        Image.fromarray((dev * scale).astype(np.uint8)).filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32
+    )
+    return stretch((a - mean) / (spread / scale + 2.0))
+
+
+def denoised_equalised(region: Frame) -> Frame:
+    """Sensor noise averaged over a module first (sigma 1 px on 3-px modules), then equalised."""
+    return equalised(smoothed(region, 1.0))
+
+
+def binarised(region: Frame) -> Frame:
+    """One global threshold (Otsu's) on a lightly smoothed picture: a dim or gridded screen that zxing's
+    local binariser breaks into fragments reads as clean black and white."""
+    s = smoothed(region, 1.0)
+    hist = np.bincount(s.ravel(), minlength=256).astype(np.float64)
+    p = hist / hist.sum()
+    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
+    between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega) + 1e-12)
+    out: Frame = np.where(s > int(np.argmax(between)), 255, 0).astype(np.uint8)
+    return out
+
+
+def degridded(region: Frame) -> Frame:
+    """A phone screen's dark pixel gaps closed (grey closing, 3 x 3): gaps a pixel wide vanish, modules of
+    three survive; then stretched."""
+    im = Image.fromarray(region)
+    return stretch(np.asarray(im.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))))
+
+
+def deglared(region: Frame) -> Frame | None:
+    """A saturated glare spot set to the code's middle grey (so it binarises as noise, not as one huge light
+    module that moves the threshold around it), then equalised; None when nothing is saturated."""
+    saturated = region >= 250
+    if saturated.mean() < 0.005:
+        return None
+    rest = region[~saturated]
+    filled = np.where(saturated, np.uint8(np.median(rest) if rest.size else 128), region).astype(np.uint8)
+    return equalised(filled, 4.0)
+
+
+def enlarged(region: Frame) -> Frame:
+    """2x with bicubic interpolation: modules of one or two pixels get edges the binariser can find."""
+    h, w = region.shape
+    return np.asarray(Image.fromarray(region).resize((w * 2, h * 2), Image.Resampling.BICUBIC))
+
+
+@lru_cache(maxsize=8)  # one per region shape: the busiest window's, and a seen code's
+def _gauss_otf(shape: tuple[int, int], sigma: float) -> F32:
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    return np.exp(-2 * np.pi**2 * sigma**2 * (fx**2 + fy**2)).astype(np.float32)
+
+
+@lru_cache(maxsize=8)  # one per region shape: the busiest window's, and a seen code's
+def _box_otf(shape: tuple[int, int], length: int) -> npt.NDArray[np.complex64]:
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    taps = np.arange(length) - (length - 1) / 2
+    otf = np.exp(-2j * np.pi * fx[..., None] * taps).mean(axis=-1)
+    return np.broadcast_to(otf, (shape[0], otf.shape[1])).astype(np.complex64)
+
+
+def _wiener(region: Frame, otf: F32 | npt.NDArray[np.complex64], k: float) -> Frame:
+    a = region.astype(np.float32)
+    pad = 8  # edges mirrored so the FFT's wrap-around does not ring across the crop
+    a = np.pad(a - a.mean(), pad, mode="reflect")
+    spectrum = np.fft.rfft2(a)
+    restored = np.fft.irfft2(spectrum * np.conj(otf) / (np.abs(otf) ** 2 + k), a.shape)
+    return stretch(restored[pad:-pad, pad:-pad])
+
+
+def refocused(region: Frame, sigma: float = 1.2) -> Frame:
+    """Defocus undone: Wiener deconvolution with a Gaussian of `sigma` px (k = 0.03 keeps noise down)."""
+    shape = (region.shape[0] + 16, region.shape[1] + 16)
+    return _wiener(region, _gauss_otf(shape, sigma), 0.03)
+
+
+def smear_length(region: Frame, shortest: int = 4, longest: int = 14) -> int:
+    """A horizontal smear's length: the derivative of a box-blurred row is a pair of opposite spikes `L`
+    apart, so its autocorrelation, summed over the rows, is most negative at lag L."""
+    d = np.diff(region[::2].astype(np.float32), axis=1)
+    d -= d.mean(axis=1, keepdims=True)
+    n = d.shape[1]
+    lags = range(shortest, min(longest, n - 1) + 1)
+    return min(lags, key=lambda lag: float(np.vdot(d[:, : n - lag], d[:, lag:])))
+
+
+def unsmeared(region: Frame) -> Frame:
+    """Horizontal motion blur undone: Wiener deconvolution with a box of the measured length."""
+    shape = (region.shape[0] + 16, region.shape[1] + 16)
+    return _wiener(region, _box_otf(shape, smear_length(region)), 0.004)
