@@ -1,4 +1,4 @@
-"""Views of a code's region that a binariser reads better: deblurred, equalised, denoised, deglared, de-gridded."""
+"""Views of a code's region that a binariser reads better: deblurred, equalised, denoised, thresholded, enlarged."""
 
 from __future__ import annotations
 
@@ -52,24 +52,6 @@ def binarised(region: Frame) -> Frame:
     between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega) + 1e-12)
     out: Frame = np.where(s > int(np.argmax(between)), 255, 0).astype(np.uint8)
     return out
-
-
-def degridded(region: Frame) -> Frame:
-    """A phone screen's dark pixel gaps closed (grey closing, 3 x 3): gaps a pixel wide vanish, modules of
-    three survive; then stretched."""
-    im = Image.fromarray(region)
-    return stretch(np.asarray(im.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))))
-
-
-def deglared(region: Frame) -> Frame | None:
-    """A saturated glare spot set to the code's middle grey (so it binarises as noise, not as one huge light
-    module that moves the threshold around it), then equalised; None when nothing is saturated."""
-    saturated = region >= 250
-    if saturated.mean() < 0.005:
-        return None
-    rest = region[~saturated]
-    filled = np.where(saturated, np.uint8(np.median(rest) if rest.size else 128), region).astype(np.uint8)
-    return equalised(filled, 4.0)
 
 
 def enlarged(region: Frame) -> Frame:
