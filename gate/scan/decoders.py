@@ -116,11 +116,9 @@ class ZxingDecoder:
 
     def recover(self, frame: Frame) -> list[DecodedCode]:
         """The recovery passes on the busiest window of the frame decode() just missed, until one reads or
-        recover_seconds from the start of decode() have passed (try-harder's time counts against it)."""
-        deadline = self._started + self.recover_seconds
-        if time.perf_counter() > deadline:
-            return []
-        return self.recovery.run([crop(frame)], deadline)
+        recover_seconds from the start of decode() have passed (try-harder's time counts against it; the
+        first pass always runs)."""
+        return self.recovery.run([crop(frame)], self._started + self.recover_seconds)
 
     def _try_harder(self, frame: Frame, seen: list[Any], still: bool, downscaled: bool) -> list[DecodedCode]:
         """Only for a frame where a code was seen but not read: the downscaled pass (unless done), then the
