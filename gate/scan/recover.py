@@ -74,25 +74,34 @@ def crop(frame: Frame, size: int = REGION) -> Frame:
 
 class Recovery:
     """Runs the passes on regions of a frame until one reads or the deadline passes; a pass that starts
-    is finished (each costs a few ms), none starts after the deadline except the first, so that a frame
-    whose first read was slow (a noisy one) still gets the pass that reads most."""
+    is finished (each costs a few ms), none starts after the deadline once one view has been read, so
+    that a frame whose first read was slow (a noisy one) still gets one chance."""
 
-    def __init__(self, read: Reader, passes: Sequence[Pass] = PASSES, fallback: Reader | None = None) -> None:
-        self._read, self.passes, self._fallback = read, tuple(passes), fallback
+    def __init__(
+        self,
+        read: Reader,
+        passes: Sequence[Pass] = PASSES,
+        fallback: Reader | None = None,
+        clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self._read, self.passes, self._fallback, self._clock = read, tuple(passes), fallback, clock
         self.last_pass = ""  # which pass read the last recovered frame (for the bench)
 
     def run(self, regions: Sequence[Frame], deadline: float | None) -> list[DecodedCode]:
+        """`deadline` on the clock given (the thread's CPU time by default); None: every pass."""
         steps = [(p.name, p.view, r) for r in regions for p in self.passes]
         if self._fallback is not None:
             steps += [("pyzbar", _same, r) for r in regions]
-        for i, (name, view, region) in enumerate(steps):
-            if i and deadline is not None and time.perf_counter() > deadline:
+        read_any = False
+        for name, view, region in steps:
+            if read_any and deadline is not None and self._clock() > deadline:
                 break
             picture = view(region)
-            if picture is None:
+            if picture is None:  # the pass found nothing to do here (no smear): it does not count as tried
                 continue
             reader = self._fallback if name == "pyzbar" and self._fallback is not None else self._read
             found = [c for c in reader(picture) if c.exact and gate_shaped(c.data)]
+            read_any = True
             if found:
                 self.last_pass = name
                 return found
