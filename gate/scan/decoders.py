@@ -144,8 +144,9 @@ MAX_REGIONS = 2  # codes seen but not read, tried harder per frame
 
 
 def regions(frame: Frame, seen: list[Any]) -> list[Frame]:
-    """The part of the frame around each code zxing located but could not read, with a margin of half its
-    size (its corners may be misplaced), largest first."""
+    """The part of the frame around each code zxing located but could not read, with a margin of a quarter
+    of its size (its corners may be misplaced; a region much larger than the code only slows the passes),
+    largest first."""
     out = []
     h, w = frame.shape
     for r in seen:
@@ -154,7 +155,7 @@ def regions(frame: Frame, seen: list[Any]) -> list[Frame]:
         p = r.position
         xs = [p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x]
         ys = [p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y]
-        m = max(max(xs) - min(xs), max(ys) - min(ys)) // 2 + 8
+        m = max(max(xs) - min(xs), max(ys) - min(ys)) // 4 + 8
         x0, x1, y0, y1 = max(0, min(xs) - m), min(w, max(xs) + m), max(0, min(ys) - m), min(h, max(ys) + m)
         if x1 - x0 >= 21 and y1 - y0 >= 21:
             out.append(frame[y0:y1, x0:x1])
