@@ -71,6 +71,8 @@ class DecodingSource:
             return Observation(())
         start = time.perf_counter()
         codes = self.decoder.decode_thoroughly(frame) if self.still else self.decoder.decode(frame)
+        if not codes and self.watch is not None and self.watch.in_view:  # recovery only for a presentation
+            codes = self.decoder.recover(frame)
         ms = (time.perf_counter() - start) * 1000
         if self.watch is not None:
             self.watch.decoded(frame, bool(codes) or self.decoder.saw_symbol)

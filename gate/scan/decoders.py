@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from gate.core.errors import ConfigError
+from gate.scan.recover import Recovery, crop
 
 log = logging.getLogger(__name__)
 Frame = npt.NDArray[np.uint8]  # 2-D greyscale
@@ -37,6 +37,11 @@ class Decoder(Protocol):
         """For a still image, seen once: every pass at once."""
         ...
 
+    def recover(self, frame: Frame) -> list[DecodedCode]:
+        """After decode() read nothing on a frame with a presentation in view: the recovery passes
+        (gate/scan/recover.py) on the code's likely region, within the frame's budget."""
+        ...
+
 
 _ZXING_FORMATS = {
     "qr": "QRCode",
@@ -51,8 +56,8 @@ _ZBAR_FORMATS = {"qr": "QRCODE", "pdf417": "PDF417"}
 class ZxingDecoder:
     """zxing-cpp: exact bytes. Every frame is read in both polarities (zxing inverts the binarised image,
     not the frame, so a dark-mode screen costs no extra frame), at full resolution first (a readable code
-    costs one pass), then downscaled when nothing was seen; the rotated pass, the flattened and enlarged
-    views of the code and pyzbar are tried only on frames where a code was seen but not read."""
+    costs one pass), then downscaled when nothing was seen. Only on a frame where a code was seen but not
+    read, or (recover()) one with a presentation in view, do the recovery passes run, within a budget."""
 
     name = "zxing"
 
@@ -64,6 +69,11 @@ class ZxingDecoder:
         self._fallback = fallback
         self.saw_symbol = False
         self.try_harder_seconds = TRY_HARDER_SECONDS
+        self.recover_seconds = RECOVER_SECONDS
+        self.recovery = Recovery(
+            self._read_view, fallback=fallback.decode if fallback is not None else None, clock=BUDGET_CLOCK
+        )
+        self._started = 0.0
 
     def _read(self, frame: Frame, invert: bool, downscale: bool = True, rotate: bool = False) -> list[Any]:
         try:
@@ -84,7 +94,11 @@ class ZxingDecoder:
     def _found(self, results: list[Any]) -> list[DecodedCode]:
         return [DecodedCode(bytes(r.bytes), str(r.format), True, str(r.text)) for r in results if r.valid]
 
+    def _read_view(self, view: Frame) -> list[DecodedCode]:
+        return self._found(self._read(view, True, downscale=False))
+
     def decode(self, frame: Frame) -> list[DecodedCode]:
+        self._started = BUDGET_CLOCK()
         results = self._read(frame, invert=True, downscale=False)
         downscaled = not results
         if downscaled:  # nothing at full resolution: zxing's downscaled views (noise and moire average out)
@@ -96,41 +110,43 @@ class ZxingDecoder:
         return self._try_harder(frame, results, still=False, downscaled=downscaled)
 
     def decode_thoroughly(self, frame: Frame) -> list[DecodedCode]:
-        """For still images: every pass at once."""
+        """For still images: every pass at once, on every code seen and on the busiest part of the picture."""
         results = self._read(frame, True)
-        return self._found(results) or self._try_harder(frame, results, still=True, downscaled=True)
+        found = self._found(results) or self._try_harder(frame, results, still=True, downscaled=True)
+        return found or self.recovery.run([crop(frame)], None)
+
+    def recover(self, frame: Frame) -> list[DecodedCode]:
+        """The recovery passes on the busiest window of the frame decode() just missed, until one reads or
+        recover_seconds from the start of decode() have passed (try-harder's time counts against it; one
+        view is always read)."""
+        return self.recovery.run([crop(frame)], self._started + self.recover_seconds)
 
     def _try_harder(self, frame: Frame, seen: list[Any], still: bool, downscaled: bool) -> list[DecodedCode]:
-        """Only for a frame where a code was seen but not read: the downscaled pass (unless done); then,
-        around each code seen, its picture flattened (a glare spot or a shadow subtracted) and enlarged 2x
-        with bicubic interpolation (modules of 1-2 pixels); then pyzbar, on those regions in a stream (on a
-        whole 640x480 frame it can take 30 ms, a frame's budget) and on the whole picture for a still image.
-        In a stream no step starts after TRY_HARDER_SECONDS: the next frame brings another chance."""
-        deadline = time.perf_counter() + self.try_harder_seconds
+        """Only for a frame where a code was seen but not read: the downscaled pass (unless done), then the
+        recovery passes around each code seen (pyzbar last: on a whole 640x480 frame it can take 30 ms, a
+        frame's budget), and pyzbar on the whole picture for a still image. In a stream no step starts
+        after try_harder_seconds: the next frame brings another chance."""
+        deadline = None if still else self._started + self.try_harder_seconds
         found = [] if downscaled else self._found(self._read(frame, True))
         near = regions(frame, seen)[:MAX_REGIONS]
-        steps: list[Callable[[], list[DecodedCode]]] = []
-        for region in near:
-            steps += [partial(self._read_view, flattened, region), partial(self._read_view, enlarged, region)]
-        if self._fallback is not None:
-            steps += [partial(self._fallback.decode, picture) for picture in ([frame] if still else near)]
-        for step in steps:
-            if found or (not still and time.perf_counter() > deadline):  # the next frame is due
-                break
-            found = step()
+        found = found or self.recovery.run(near, deadline)
+        if not found and still and self._fallback is not None:
+            found = self._fallback.decode(frame)
         return found
-
-    def _read_view(self, look: Callable[[Frame], Frame], region: Frame) -> list[DecodedCode]:
-        return self._found(self._read(look(region), True, downscale=False))
 
 
 TRY_HARDER_SECONDS = 0.015  # a stream's try-harder starts no new step after this: a frame comes every 33 ms
+RECOVER_SECONDS = 0.020  # the recovery passes, from the frame's first read: they run only during a presentation
+# The budgets are the decoding thread's CPU time: on a gate it is the wall time (the lane has a core and
+# the background threads yield to it), and a neighbour's load on a shared machine takes no reads away.
+BUDGET_CLOCK = time.thread_time
 MAX_REGIONS = 2  # codes seen but not read, tried harder per frame
 
 
 def regions(frame: Frame, seen: list[Any]) -> list[Frame]:
-    """The part of the frame around each code zxing located but could not read, with a margin of half its
-    size (its corners may be misplaced), largest first."""
+    """The part of the frame around each code zxing located but could not read, with a margin of a quarter
+    of its size (its corners may be misplaced; a region much larger than the code only slows the passes),
+    largest first."""
     out = []
     h, w = frame.shape
     for r in seen:
@@ -139,33 +155,11 @@ def regions(frame: Frame, seen: list[Any]) -> list[Frame]:
         p = r.position
         xs = [p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x]
         ys = [p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y]
-        m = max(max(xs) - min(xs), max(ys) - min(ys)) // 2 + 8
+        m = max(max(xs) - min(xs), max(ys) - min(ys)) // 4 + 8
         x0, x1, y0, y1 = max(0, min(xs) - m), min(w, max(xs) + m), max(0, min(ys) - m), min(h, max(ys) + m)
         if x1 - x0 >= 21 and y1 - y0 >= 21:
             out.append(frame[y0:y1, x0:x1])
     return sorted(out, key=lambda f: -f.size)
-
-
-def flattened(region: Frame) -> Frame:
-    """Uneven light taken out: the picture minus its blurred self, stretched to the full grey range."""
-    from PIL import Image, ImageFilter
-
-    a = region.astype(np.float32)
-    background = np.asarray(Image.fromarray(region).filter(ImageFilter.GaussianBlur(8)), dtype=np.float32)
-    d = a - background
-    lo, hi = np.percentile(d[::3, ::3], (1, 99))
-    out: Frame = np.clip((d - lo) * (255 / max(1.0, float(hi - lo))), 0, 255).astype(np.uint8)
-    return out
-
-
-def enlarged(region: Frame) -> Frame:
-    """2x with bicubic interpolation: modules of one or two pixels get edges the binariser can find."""
-    from PIL import Image
-
-    h, w = region.shape
-    if max(h, w) * 2 > 4096:
-        return region
-    return np.asarray(Image.fromarray(region).resize((w * 2, h * 2), Image.Resampling.BICUBIC))
 
 
 class ZbarDecoder:
@@ -195,6 +189,10 @@ class ZbarDecoder:
 
     def decode_thoroughly(self, frame: Frame) -> list[DecodedCode]:
         return self.decode(frame)
+
+    def recover(self, frame: Frame) -> list[DecodedCode]:
+        """zbar reports no positions to recover around, and its own decode takes a frame's budget."""
+        return []
 
 
 def available(name: str) -> bool:

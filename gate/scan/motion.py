@@ -26,28 +26,42 @@ class SceneWatch:
         self._ref: npt.NDArray[np.int16] | None = None
         self._skipped = 0
         self.skipped_total = 0
+        self._code_in_view = False
+        self.in_view = False  # the frame just let through shows a presentation: worth the recovery passes
 
     @staticmethod
     def _sample(frame: Frame) -> npt.NDArray[np.int16]:
         return frame[::ROW_STEP, ::COL_STEP].astype(np.int16)
 
     def worth_decoding(self, frame: Frame) -> bool:
+        """Whether to decode this frame; `in_view` then says whether it shows a presentation: the scene
+        changed from the empty reference, or the last frame decoded held something code-like. A first
+        frame or a periodic recheck of an unchanged scene is decoded without being in view."""
         ref = self._ref
-        if ref is None or self._skipped + 1 >= self.recheck or ref.shape != self._sample_shape(frame):
-            return self._decode()
+        if ref is None:
+            return self._decode(self._code_in_view)
+        if ref.shape != self._sample_shape(frame):
+            return self._decode(False)
+        if self._changed(frame, ref):
+            return self._decode(True)
+        if self._skipped + 1 >= self.recheck:
+            return self._decode(False)
+        self._skipped += 1
+        self.skipped_total += 1
+        self.in_view = False
+        return False
+
+    def _changed(self, frame: Frame, ref: npt.NDArray[np.int16]) -> bool:
         diff = np.abs(self._sample(frame) - ref)
         h, w = diff.shape[0] - diff.shape[0] % BLOCK_ROWS, diff.shape[1] - diff.shape[1] % BLOCK_COLS
         if h == 0 or w == 0:
-            return self._decode()
+            return True
         sums = diff[:h, :w].reshape(h // BLOCK_ROWS, BLOCK_ROWS, w // BLOCK_COLS, BLOCK_COLS).sum(axis=(1, 3))
-        if int(sums.max()) > self.threshold * BLOCK_ROWS * BLOCK_COLS:
-            return self._decode()
-        self._skipped += 1
-        self.skipped_total += 1
-        return False
+        return int(sums.max()) > self.threshold * BLOCK_ROWS * BLOCK_COLS
 
-    def _decode(self) -> bool:
+    def _decode(self, in_view: bool) -> bool:
         self._skipped = 0
+        self.in_view = in_view
         return True
 
     @staticmethod
@@ -57,3 +71,4 @@ class SceneWatch:
     def decoded(self, frame: Frame, saw_code: bool) -> None:
         """After a decode: an empty result makes this frame the reference; a code (read or not) clears it."""
         self._ref = None if saw_code else self._sample(frame)
+        self._code_in_view = saw_code
