@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from gate.central.store import ALL_COLS, DAY, USERS_SQL, Quarantined, Queries, Row, days, merge_seen
+from gate.central.accounts import SESSIONS_INDEX, SESSIONS_SQL, USERS_SQL
+from gate.central.store import ALL_COLS, DAY, Quarantined, Queries, Row, days, merge_seen
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkins (
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE TABLE IF NOT EXISTS fleet (gate_id text PRIMARY KEY, doc text NOT NULL);
 """
-SCHEMA += USERS_SQL + ";\n"
+SCHEMA += ";\n".join((USERS_SQL, SESSIONS_SQL, SESSIONS_INDEX)) + ";\n"
 LOCK = 7_242_817  # advisory lock id: schema and partition changes, one collector at a time
 
 

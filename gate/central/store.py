@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gate.central.accounts import Accounts
 from gate.core.sqlite import private
 
 COLS = (
@@ -81,11 +82,28 @@ class Store(Protocol):
 
     def fleet(self) -> list[dict[str, Any]]: ...
 
+    def has_gate(self, gate_id: str) -> bool: ...
+
     def user(self, name: str) -> dict[str, Any] | None:
-        """A console operator: name, role and password hash (never a password)."""
+        """A console operator: name, role, password hash (never a password) and disabled."""
         ...
 
+    def users(self) -> list[dict[str, Any]]: ...
+
     def put_user(self, name: str, role: str, password_hash: str) -> None: ...
+
+    def change_user(self, name: str, *, role: str | None = None, password_hash: str | None = None,
+                    disabled: bool | None = None, remove: bool = False) -> bool: ...  # fmt: skip
+
+    def console_schema(self) -> None: ...
+
+    def start_session(self, sid: str, name: str, csrf: str) -> None: ...
+
+    def session(self, sid: str, idle: float, longest: float) -> dict[str, Any] | None: ...
+
+    def end_session(self, sid: str) -> None: ...
+
+    def end_sessions(self, name: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -115,14 +133,7 @@ def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) 
     return doc
 
 
-# Console operators (`gate central console-user add`): a name, a role and an argon2 hash; no personal data.
-USERS_SQL = (
-    "CREATE TABLE IF NOT EXISTS console_users "
-    "(name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)"
-)
-
-
-class Queries:
+class Queries(Accounts):
     """What both stores ask in the same SQL: written with `?` placeholders, `PARAM` is the driver's own."""
 
     db: Any
@@ -150,20 +161,11 @@ class Queries:
         cur = self._run("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
         return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
 
+    def has_gate(self, gate_id: str) -> bool:
+        return self._run("SELECT 1 FROM fleet WHERE gate_id = ?", (gate_id,)).fetchone() is not None
+
     def fleet(self) -> list[dict[str, Any]]:
         return [{"gate_id": g, **json.loads(d)} for g, d in self._run("SELECT gate_id, doc FROM fleet ORDER BY 1")]
-
-    def user(self, name: str) -> dict[str, Any] | None:
-        row = self._run("SELECT name, role, hash FROM console_users WHERE name = ?", (name,)).fetchone()
-        return None if row is None else {"name": row[0], "role": row[1], "hash": row[2]}
-
-    def put_user(self, name: str, role: str, password_hash: str) -> None:
-        self._run(USERS_SQL)  # a collection made before the console has no such table yet
-        self._run(
-            "INSERT INTO console_users (name, role, hash, created) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET role = excluded.role, hash = excluded.hash",
-            (name, role, password_hash, time.time()),
-        )
 
 
 class SqliteStore(Queries):
@@ -195,7 +197,7 @@ class SqliteStore(Queries):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")  # several collectors on one file take turns
         self.db.executescript(self.SCHEMA)
-        self.db.execute(USERS_SQL)
+        self.console_schema()
 
     def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         db = self.db

@@ -131,10 +131,18 @@ def contact_counts(found: list[dict[str, Any]]) -> tuple[int, int]:
     return len(groups), sum(groups.values())
 
 
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula at a cell's start
+
+
+def cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula gets a leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA) else value
+
+
 def write_contacts_csv(found: list[dict[str, Any]], out: IO[str]) -> None:
     w = csv.DictWriter(out, fieldnames=CONTACT_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    w.writerows(found)
+    w.writerows({k: cell(r.get(k)) for k in CONTACT_FIELDS} for r in found)
 
 
 def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float, fmt: str) -> int:

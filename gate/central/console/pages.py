@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from typing import Any
 
@@ -13,21 +14,25 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from gate.central import tracing
+from gate.central.publish import BackwardsError
 from gate.core.errors import GateError
 
 from . import forms
 from .app import Console
 from .auth import Session
+from .clock import Clock
 from .measures import checked
 
 FLAGS = {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}
 
 
-def when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+def dom_id(text: Any) -> str:
+    """A stored id as an HTML id htmx can select (it builds `[id='…']` selectors): anything but A-Z a-z 0-9 _ -
+    becomes `_hex_`, so one odd gate id never breaks the live table for the whole fleet."""
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"_{ord(m[0]):x}_", str(text))
 
 
-def masked(params: dict[str, Any], show_tokens: bool) -> dict[str, Any]:
+def masked(params: dict[str, Any], show_tokens: bool, when: Clock) -> dict[str, Any]:
     """Audit parameters as a supervisor may see them: a token's first three characters only."""
     out = dict(params)
     for k in ("from", "to"):  # the period as times; an open end as "-"
@@ -64,7 +69,7 @@ def routes(c: Console) -> list[Route]:
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
         codes, people = tracing.contact_counts(rows) if q.mode == "contacts" else (0, 0)
-        ctx: dict[str, Any] = {"codes": codes, "people": people, "when": when}
+        ctx: dict[str, Any] = {"codes": codes, "people": people}
         return c.page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
 
     @c.needs("trace")
@@ -90,70 +95,66 @@ def routes(c: Console) -> list[Route]:
     @c.needs("fleet")
     async def fleet_page(request: Request, me: Session) -> Response:
         rows, counts, chosen = await fleet_rows(request)
-        ctx: dict[str, Any] = {"rows": rows, "counts": counts, "chosen": chosen, "total": len(rows), "when": when}
+        ctx: dict[str, Any] = {"rows": rows, "counts": counts, "chosen": chosen, "total": len(rows), "dom_id": dom_id}
         name = "fleet_rows.html" if request.headers.get("HX-Request") else "fleet.html"
-        return c.page(request, name, me, commands=forms.COMMANDS, reply=None, error=None, **ctx)
-
-    @c.needs("command")
-    async def fleet_command(request: Request, me: Session) -> Response:
-        form = await form_of(request)
-        rows, counts, chosen = await fleet_rows(request)
-        ctx: dict[str, Any] = {"rows": rows, "counts": counts, "chosen": chosen, "total": len(rows), "when": when}
-        try:
-            if c.link is None:
-                raise forms.FormError("commands: the console was started without --broker/--config and --key")
-            gate_id, name = forms.command(form, {r["gate_id"] for r in rows})
-        except forms.FormError as exc:
-            ctx |= {"reply": None, "error": str(exc)}
-            return c.page(request, "fleet.html", me, status=400, commands=forms.COMMANDS, **ctx)
-        link = c.link
-        reply = await c.db(link.command, gate_id, name)
-        await c.db(c.store.audit, me.name, "command", {"gate": gate_id, "name": name}, 1 if reply else 0)
-        shown = {"gate": gate_id, "command": name, "reply": json.dumps(reply) if reply else "no reply within 10 s"}
-        return c.page(request, "fleet.html", me, commands=forms.COMMANDS, reply=shown, error=None, **ctx)
+        return c.page(request, name, me, commands=forms.COMMANDS, error=None, **ctx)
 
     async def measures_ctx() -> dict[str, Any]:
         if c.link is None:
-            return {"policy": None, "signed_at": None}
-        policy, ts = await c.db(c.link.policy_in_force)
-        return {"policy": policy, "signed_at": when(ts) if ts else None}
+            return {"policy": None, "signed_at": None, "error": None}
+        try:
+            policy, ts = await c.io(c.link.policy_in_force)
+        except (GateError, OSError) as exc:
+            return {"policy": None, "signed_at": None, "error": f"The broker could not be reached: {exc}"}
+        return {"policy": policy, "signed_at": c.clock(ts) if ts else None, "error": None}
 
     @c.needs("measures")
     async def measures_page(request: Request, me: Session) -> Response:
         ctx = await measures_ctx()
-        return c.page(request, "measures.html", me, error=None, done=request.query_params.get("published"), **ctx)
+        return c.page(request, "measures.html", me, done=request.query_params.get("published"), **ctx)
 
     @c.needs("measures")
     async def measures_confirm(request: Request, me: Session) -> Response:
         form, ctx = await form_of(request), await measures_ctx()
+        if ctx["error"]:
+            return c.page(request, "measures.html", me, status=503, done=None, **ctx)
         try:
             if c.link is None or ctx["policy"] is None:
                 raise forms.FormError("publishing: the console was started without --broker/--config and --key")
             doc = checked(forms.policy_changes(form, ctx["policy"]))
         except forms.FormError as exc:
-            return c.page(request, "measures.html", me, status=400, error=str(exc), done=None, **ctx)
+            return c.page(request, "measures.html", me, status=400, done=None, **{**ctx, "error": str(exc)})
         changed = {k: (ctx["policy"].get(k), v) for k, v in doc.items() if ctx["policy"].get(k) != v}
-        return c.page(request, "confirm.html", me, doc=json.dumps(doc), changed=changed)
+        shown = ctx["policy"]["version"]
+        return c.page(request, "confirm.html", me, doc=json.dumps(doc), changed=changed, shown=shown)
 
     @c.needs("measures")
     async def measures_publish(request: Request, me: Session) -> Response:
-        form, ctx = await form_of(request), await measures_ctx()
+        form = await form_of(request)
         try:
             if c.link is None:
                 raise forms.FormError("publishing: the console was started without --broker/--config and --key")
             doc = checked(json.loads(form.get("doc", "")))
+            shown = int(form.get("shown", ""))
         except (ValueError, forms.FormError) as exc:
             msg = str(exc) if isinstance(exc, forms.FormError) else "the confirmed policy was not readable"
-            return c.page(request, "measures.html", me, status=400, error=msg, done=None, **ctx)
+            return c.page(request, "measures.html", me, status=400, done=None, **{**await measures_ctx(), "error": msg})
         link = c.link
-        version = await c.db(link.publish, doc)
+        try:
+            version = await c.io(link.publish, doc, shown)
+        except BackwardsError as exc:
+            ctx = {**await measures_ctx(), "error": f"Not published: {exc}"}
+            return c.page(request, "measures.html", me, status=409, done=None, **ctx)
+        except (GateError, OSError) as exc:
+            ctx = {"policy": None, "signed_at": None, "error": f"Not published: the broker could not be reached: {exc}"}
+            return c.page(request, "measures.html", me, status=503, done=None, **ctx)
         await c.db(c.store.audit, me.name, "publish-policy", {"version": version}, 0)
         return RedirectResponse(f"/measures?published={version}", status_code=303)
 
     @c.needs("audit")
     async def audit_page(request: Request, me: Session) -> Response:
         rows = (await c.db(c.store.audits))[-500:][::-1]
-        shown = [{**r, "params": masked(r["params"], me.may("trace")), "at": when(r["at"])} for r in rows]
+        shown = [{**r, "params": masked(r["params"], me.may("trace"), c.clock), "at": c.clock(r["at"])} for r in rows]
         return c.page(request, "audit.html", me, rows=shown)
 
     return [
@@ -161,7 +162,6 @@ def routes(c: Console) -> list[Route]:
         Route("/trace", trace_run, methods=["POST"]),
         Route("/trace.csv", trace_csv, methods=["POST"]),
         Route("/fleet", fleet_page, methods=["GET"]),
-        Route("/fleet/command", fleet_command, methods=["POST"]),
         Route("/measures", measures_page, methods=["GET"]),
         Route("/measures/confirm", measures_confirm, methods=["POST"]),
         Route("/measures/publish", measures_publish, methods=["POST"]),
