@@ -16,16 +16,16 @@ from .auth import Session
 OFF = "commands: the console was started without --broker/--config and --key"
 
 
-def reply_items(reply: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The gate's reply as label/value pairs for a table (nested values flattened one level, never raw JSON)."""
+def reply_items(reply: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, str]]:
+    """The gate's reply as label/value pairs for a table (nested objects as "result mode" rows, never raw JSON)."""
     out: list[tuple[str, str]] = []
     for k, v in (reply or {}).items():
         if k in ("correlation_id", "reply_to"):
             continue
-        if isinstance(v, dict):
-            out += [(f"{k} {kk}", _text(vv)) for kk, vv in v.items()]
+        if isinstance(v, dict) and v and not prefix:
+            out += reply_items(v, f"{k} ")
         else:
-            out.append((k, _text(v)))
+            out.append((prefix + str(k), _text(v)))
     return out
 
 
@@ -34,6 +34,8 @@ def _text(v: Any) -> str:
         return "yes" if v else "no"
     if isinstance(v, list):
         return ", ".join(_text(x) for x in v) or "-"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_text(x)}" for k, x in v.items()) or "-"
     return "-" if v is None else str(v)
 
 
