@@ -81,8 +81,22 @@ def test_trace_form_messages() -> None:
         forms.trace_query({"token": "tok-case", "window": "nan"})
     with pytest.raises(forms.FormError, match="to: the period ends before it starts"):
         forms.trace_query({"token": "tok-case", "from": "2026-05-02", "to": "2026-05-01"})
-    q = forms.trace_query({"token": "tok-case", "from": "2026-05-01T08:00", "window": "15"})
+    q = forms.trace_query({"token": "tok-case", "from": "2026-05-01T08:00", "window": "15"}, now=1777708800.0)
     assert (q.mode, q.token, q.window_min, q.t_from) == ("contacts", "tok-case", 15.0, 1777622400.0)
+
+
+def test_trace_periods_are_bounded_and_bus_venues_accepted() -> None:
+    from zoneinfo import ZoneInfo
+
+    now = 1777708800.0
+    q = forms.trace_query({"mode": "trace", "venue": "city-bus/bus-1042"}, now=now)
+    assert (q.venue, q.t_to, q.t_from) == ("city-bus/bus-1042", now, now - forms.DEFAULT_DAYS * 86400)
+    with pytest.raises(forms.FormError, match="at most 31 days"):
+        forms.trace_query({"mode": "trace", "venue": "rail-central", "from": "2026-01-01", "to": "2026-03-01"})
+    with pytest.raises(forms.FormError, match="venue: a venue id"):
+        forms.trace_query({"mode": "trace", "venue": "a/b/c/d"})
+    berlin = forms.trace_query({"token": "tok-case", "from": "2026-05-01T10:00"}, ZoneInfo("Europe/Berlin"), now)
+    assert berlin.t_from == 1777622400.0  # 10:00 in Berlin (summer time) is 08:00 UTC
 
 
 def test_sign_in_guards_cookies_csrf_and_roles(tmp_path: Path) -> None:

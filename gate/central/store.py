@@ -9,6 +9,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +57,27 @@ def row_of(ev: dict[str, Any], raw: bytes) -> Row:
     return (*(vals.get(c) for c in COLS), raw.decode())
 
 
+@dataclass(frozen=True)
+class AuditQuery:
+    """One page of the audit log: rows with id below `before`, newest first."""
+
+    before: int = 2**62
+    limit: int = 100
+    operator: str | None = None
+    action: str | None = None
+    t_from: float = 0.0
+    t_to: float = float("inf")
+
+
+# Indexes the console's bounded pages use; made with the schema and on opening a collection from before them.
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS checkins_gate ON checkins (gate_id, time)",
+    "CREATE INDEX IF NOT EXISTS audit_operator ON audit (operator, id)",
+    "CREATE INDEX IF NOT EXISTS audit_action ON audit (action, id)",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+)
+
+
 class Store(Protocol):
     url: str
 
@@ -75,6 +97,10 @@ class Store(Protocol):
     def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None: ...
 
     def audits(self) -> list[dict[str, Any]]: ...
+
+    def audit_page(self, q: AuditQuery) -> list[dict[str, Any]]:
+        """Newest first, at most q.limit rows with id below q.before, filtered by operator, action and period."""
+        ...
 
     def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
         """A gate's retained state or telemetry, for `gate central fleet`."""
@@ -157,6 +183,21 @@ class Queries(Accounts):
             (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
         )
 
+    def audit_page(self, q: AuditQuery) -> list[dict[str, Any]]:
+        where = ["id < ?", "at >= ?", "at <= ?"]
+        params: list[Any] = [q.before, q.t_from, min(q.t_to, 1e18)]
+        for col, value in (("operator", q.operator), ("action", q.action)):
+            if value:
+                where.append(f"{col} = ?")
+                params.append(value)
+        cur = self._run(
+            f"SELECT id, at, operator, action, params, rows FROM audit WHERE {' AND '.join(where)} "
+            f"ORDER BY id DESC LIMIT {int(q.limit)}",
+            params,
+        )
+        keys = ("id", "at", "operator", "action", "params", "rows")
+        return [{**dict(zip(keys, r, strict=True)), "params": json.loads(r[4])} for r in cur]
+
     def audits(self) -> list[dict[str, Any]]:
         cur = self._run("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
         return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
@@ -197,6 +238,8 @@ class SqliteStore(Queries):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")  # several collectors on one file take turns
         self.db.executescript(self.SCHEMA)
+        for sql in INDEXES:
+            self.db.execute(sql)
         self.console_schema()
 
     def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:

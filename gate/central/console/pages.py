@@ -8,6 +8,7 @@ import json
 import re
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -53,13 +54,13 @@ def routes(c: Console) -> list[Route]:
         return c.page(request, "trace.html", me, q=None, rows=None, error=None, form={})
 
     async def run_trace(me: Session, form: dict[str, str]) -> tuple[forms.TraceQuery, list[dict[str, Any]]]:
-        q = forms.trace_query(form)
+        q = forms.trace_query(form, c.clock.tz)
         if q.mode == "contacts":
             assert q.token is not None
             fn, args = tracing.audited_contacts, (c.store, me.name, q.token, q.t_from, q.t_to, q.window_min)
             return q, await c.db(fn, *args)
-        rows = await c.db(tracing.trace_rows, c.store, me.name, q.token, q.venue, q.t_from, q.t_to)
-        return q, rows
+        args2 = (c.store, me.name, q.token, q.venue, q.t_from, q.t_to, forms.PAGE + 1, q.after)
+        return q, await c.db(tracing.trace_rows, *args2)
 
     @c.needs("trace")
     async def trace_run(request: Request, me: Session) -> Response:
@@ -69,7 +70,10 @@ def routes(c: Console) -> list[Route]:
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
         codes, people = tracing.contact_counts(rows) if q.mode == "contacts" else (0, 0)
-        ctx: dict[str, Any] = {"codes": codes, "people": people}
+        more = q.mode == "trace" and len(rows) > forms.PAGE
+        rows = rows[: forms.PAGE] if q.mode == "trace" else rows
+        after = f"{rows[-1]['time']!r},{rows[-1]['event_id']}" if more else None
+        ctx: dict[str, Any] = {"codes": codes, "people": people, "after": after, "period": (q.t_from, q.t_to)}
         return c.page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
 
     @c.needs("trace")
@@ -153,9 +157,21 @@ def routes(c: Console) -> list[Route]:
 
     @c.needs("audit")
     async def audit_page(request: Request, me: Session) -> Response:
-        rows = (await c.db(c.store.audits))[-500:][::-1]
+        params = dict(request.query_params)
+        try:
+            q = forms.audit_query(params, c.clock.tz)
+        except forms.FormError as exc:
+            return c.page(request, "audit.html", me, status=400, rows=[], error=str(exc), form=params, older=None)
+        rows = await c.db(c.store.audit_page, q)
+        more = len(rows) > forms.AUDIT_PAGE
+        rows = rows[: forms.AUDIT_PAGE]
         shown = [{**r, "params": masked(r["params"], me.may("trace"), c.clock), "at": c.clock(r["at"])} for r in rows]
-        return c.page(request, "audit.html", me, rows=shown)
+        older = None
+        if more:
+            older = "/audit?" + urlencode(
+                {**{k: v for k, v in params.items() if k != "before"}, "before": rows[-1]["id"]}
+            )
+        return c.page(request, "audit.html", me, rows=shown, error=None, form=params, older=older)
 
     return [
         Route("/trace", trace_page, methods=["GET"]),
