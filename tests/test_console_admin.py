@@ -102,3 +102,71 @@ def test_favicon_is_served(tmp_path: Path) -> None:
     client = client_for(tmp_path)
     r = client.get("/favicon.ico")
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg")
+
+
+def _fleet(store, n: int) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    now = time.time() - n
+    for i in range(n):
+        gate_id = f"g-{i:03d}"
+        store.seen(gate_id, "availability", {"status": "offline" if i % 10 == 0 else "online"}, now + i)
+        venue = {"id": "city-bus", "vehicle_id": f"bus-{i}", "route": "R7"} if i % 25 == 0 else {"id": f"v-{i % 3}"}
+        store.seen(gate_id, "state", {"outbox_depth": i % 17, "venue": venue}, now + i)
+
+
+def test_the_fleet_is_searched_filtered_sorted_and_paged_on_the_server(tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    _fleet(open_store(tmp_path / "c.db"), 250)
+    assert sign_in(client, "otto").status_code == 303
+
+    def ids(text: str) -> list[str]:
+        return [line.split('id="gate-')[1].split('"')[0] for line in text.splitlines() if "<tr id=" in line]
+
+    first = client.get("/fleet")
+    assert ids(first.text) == [f"g-{i:03d}" for i in range(100)] and "250 gates shown (100 on this page)" in first.text
+    following = first.text.split('id="next" href="')[1].split('"')[0].replace("&amp;", "&")
+    assert ids(client.get(following).text)[0] == "g-100"
+    assert ids(client.get("/fleet?q=R7").text) == [f"g-{i:03d}" for i in range(0, 250, 25)]
+    assert ids(client.get("/fleet?show=offline&sort=seen").text)[:2] == ["g-240", "g-230"]
+    deepest = ids(client.get("/fleet?sort=outbox").text)[0]
+    assert int(deepest[2:]) % 17 == 16
+    assert ids(client.get("/fleet?sort=nonsense&show=%27%22").text)[0] == "g-000"  # unknown values: defaults
+
+
+def test_a_gates_page_shows_its_state_decisions_chart_and_commands(tmp_path: Path) -> None:
+    import json
+    import time
+    import uuid
+
+    from gate.central.store import row_of
+
+    client = client_for(tmp_path)
+    store = open_store(tmp_path / "c.db")
+    now = time.time()
+    store.seen("lane-1", "state", {"mode": "normal", "alarms_active": ["door_forced"]}, now)
+    evs = [{"event_id": uuid.uuid4().hex, "type": "decision", "gate_id": "lane-1", "venue": {"id": "v"},
+            "token": "tok-secret1", "decision": "admit", "reason": "admitted", "time": now - 60 * k}
+           for k in range(30)]  # fmt: skip
+    store.write([row_of(ev, json.dumps(ev).encode()) for ev in evs], [])
+    assert sign_in(client, "otto").status_code == 303
+    page = client.get("/gate", params={"id": "lane-1"}).text
+    assert "door_forced" in page and "Check-ins per hour, last 24 hours (30)" in page
+    assert page.count("<rect") == 24 and "admit (admitted)" in page and "tok-secret1" not in page
+    assert "/fleet/command?gate=lane-1&amp;name=out-of-service" in page
+    assert client.get("/gate", params={"id": "nope'\""}).status_code == 404
+
+
+def test_the_audit_is_filtered_and_paged_on_the_server(tmp_path: Path) -> None:
+    client = client_for(tmp_path)
+    store = open_store(tmp_path / "c.db")
+    for i in range(150):
+        store.audit("ann" if i % 2 else "bob", "trace" if i % 3 else "contacts", {"token": f"tok-{i:05d}"}, i)
+    assert sign_in(client, "sue").status_code == 303
+    page = client.get("/audit").text
+    assert page.count("<tr><td>") == 100 and 'id="older"' in page
+    older = page.split('id="older" href="')[1].split('"')[0].replace("&amp;", "&")
+    assert client.get(older).text.count("<tr><td>") == 50
+    only = client.get("/audit", params={"operator": "ann", "action": "contacts"}).text
+    assert only.count("<tr><td>") == 25 and "bob" not in only.split('id="audit"')[1]
+    assert client.get("/audit", params={"action": "drop table"}).status_code == 400

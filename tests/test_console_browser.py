@@ -108,3 +108,31 @@ def test_a_command_to_an_offline_gate_waits_alone_while_another_user_browses(
     assert [(a["operator"], a["params"], a["rows"]) for a in commands] == [
         ("otto-ops", {"gate": "bus-1042", "name": "out-of-service"}, 0)
     ]
+
+
+@pytest.mark.timeout(300)
+def test_every_page_fits_a_390_px_phone_with_sign_out_visible(console: Console, browser: Any) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+    pages = {"ann-tracer": ["/trace"], "otto-ops": ["/fleet", "/gate?id=bus-1042"]}
+    pages["sue-super"] = ["/measures", "/audit"]
+    for name, paths in pages.items():
+        ctx = browser.new_context(viewport={"width": 390, "height": 844})
+        page = ctx.new_page()
+        page.goto(console.url + "/login")
+        page.fill("input[name=name]", name)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button:has-text('Sign in')")
+        page.wait_for_selector("#who")
+        for path in paths:
+            page.goto(console.url + path)
+            if path == "/trace":  # with its results: the widest page a tracer sees
+                page.fill("input[name=token]", "tok-case")
+                page.click("button:has-text('Run')")
+                expect(page.locator("#summary")).to_contain_text("contact codes")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (name, page.url, width)
+            box = page.locator("button:has-text('Sign out')").bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 390, (name, page.url, box)
+        ctx.close()

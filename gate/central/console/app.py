@@ -20,10 +20,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gate.central.store import Store
+from gate.central.tracing import fleet_report
 
 from .auth import IDLE_SECONDS, MAX_SECONDS, PERMITS, RateLimit, Session, verify_password
 from .clock import UTC_CLOCK, Clock
 from .commands import Commands
+from .fleetview import FleetView
 from .limits import BodyLimit
 from .measures import Link
 
@@ -41,6 +43,7 @@ class Console:
     def __init__(
         self, store: Store, link: Link | None, *, refresh_s: float = 5.0, secure_cookies: bool = False,
         offline_min: float = 5.0, stale_hours: float = 24.0, clock: Clock = UTC_CLOCK,
+        tracing_store: Store | None = None,
     ) -> None:  # fmt: skip
         self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
         self.offline_min, self.stale_hours, self.clock = offline_min, stale_hours, clock
@@ -48,6 +51,12 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.htmx = HTMX.exists()
         self._lock = threading.Lock()
+        # Tracers' queries (the heaviest) on their own connection, so that sign-in, sessions and the fleet poll
+        # never queue behind them; with one store, one lock serves both.
+        self.tracing_store = tracing_store or store
+        self._tracing_lock = self._lock if tracing_store is None else threading.Lock()
+        report = lambda: self.locked(fleet_report, self.store, offline_min, stale_hours)  # noqa: E731
+        self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
         self.commands = None if link is None else Commands(self._send, self._audit_command)
 
     def locked(self, fn: Callable[..., T], *args: Any) -> T:
@@ -57,6 +66,15 @@ class Console:
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(self.locked, fn, *args)
+
+    async def trace_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """A tracer's query (the store is the first argument given to `fn`) on the tracing connection."""
+
+        def run() -> T:
+            with self._tracing_lock:
+                return fn(self.tracing_store, *args)
+
+        return await run_in_threadpool(run)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Broker I/O on a worker thread, outside the store's lock: a slow broker delays only this request."""
@@ -167,7 +185,7 @@ async def favicon(request: Request) -> Response:
 
 
 def build(console: Console) -> Starlette:
-    from . import lane, pages
+    from . import gatepage, lane, pages
 
     routes = [
         Route("/", console.home),
@@ -176,6 +194,7 @@ def build(console: Console) -> Starlette:
         Route("/logout", console.logout, methods=["POST"]),
         *pages.routes(console),
         *lane.routes(console),
+        *gatepage.routes(console),
         Route("/favicon.ico", favicon),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

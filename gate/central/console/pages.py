@@ -10,6 +10,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -22,9 +23,8 @@ from . import forms
 from .app import Console
 from .auth import Session
 from .clock import Clock
+from .fleetview import SORTS, FleetQuery
 from .measures import checked
-
-FLAGS = {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}
 
 
 def dom_id(text: Any) -> str:
@@ -57,10 +57,10 @@ def routes(c: Console) -> list[Route]:
         q = forms.trace_query(form, c.clock.tz)
         if q.mode == "contacts":
             assert q.token is not None
-            fn, args = tracing.audited_contacts, (c.store, me.name, q.token, q.t_from, q.t_to, q.window_min)
-            return q, await c.db(fn, *args)
-        args2 = (c.store, me.name, q.token, q.venue, q.t_from, q.t_to, forms.PAGE + 1, q.after)
-        return q, await c.db(tracing.trace_rows, *args2)
+            args = (me.name, q.token, q.t_from, q.t_to, q.window_min)
+            return q, await c.trace_db(tracing.audited_contacts, *args)
+        args2 = (me.name, q.token, q.venue, q.t_from, q.t_to, forms.PAGE + 1, q.after)
+        return q, await c.trace_db(tracing.trace_rows, *args2)
 
     @c.needs("trace")
     async def trace_run(request: Request, me: Session) -> Response:
@@ -89,17 +89,20 @@ def routes(c: Console) -> list[Route]:
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
         return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
 
-    async def fleet_rows(request: Request) -> tuple[list[dict[str, Any]], dict[str, int], str]:
-        report = await c.db(tracing.fleet_report, c.store, c.offline_min, c.stale_hours)
-        counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
-        chosen = request.query_params.get("show", "")
-        rows = [r for r in report if chosen not in FLAGS or FLAGS[chosen] in r["flags"]]
-        return rows, counts, chosen if chosen in FLAGS else ""
-
     @c.needs("fleet")
     async def fleet_page(request: Request, me: Session) -> Response:
-        rows, counts, chosen = await fleet_rows(request)
-        ctx: dict[str, Any] = {"rows": rows, "counts": counts, "chosen": chosen, "total": len(rows), "dom_id": dom_id}
+        q = FleetQuery.of(dict(request.query_params))
+        page = await run_in_threadpool(c.fleet.page, q)
+        here = {k: v for k, v in (("show", q.show), ("q", q.search), ("sort", q.sort), ("after", q.after)) if v}
+        ctx: dict[str, Any] = {
+            "page": page,
+            "rows": page.rows,
+            "counts": page.counts,
+            "chosen": q.show,
+            "dom_id": dom_id,
+        }
+        ctx |= {"q": q, "here": urlencode(here), "total": page.matching, "sorts": list(SORTS)}
+        ctx["next_url"] = "/fleet?" + urlencode({**here, "after": page.next_after}) if page.next_after else None
         name = "fleet_rows.html" if request.headers.get("HX-Request") else "fleet.html"
         return c.page(request, name, me, commands=forms.COMMANDS, error=None, **ctx)
 
