@@ -153,6 +153,7 @@ def console(args: argparse.Namespace) -> int:
         offline_min=args.offline_minutes,
         stale_hours=args.stale_cache_hours,
         clock=clock,
+        tracing_store=open_store(args.db),
     )
     if not c.htmx:
         log.warning("console: htmx is not installed (./install.sh --dev): the fleet page updates only on reload")
@@ -166,5 +167,7 @@ def console(args: argparse.Namespace) -> int:
     finally:
         if c.commands is not None:
             c.commands.close()
+        if c.tracing_store is not store:
+            c.tracing_store.close()
         store.close()
     return 0
