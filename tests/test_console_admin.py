@@ -90,6 +90,17 @@ def test_odd_gate_ids_keep_the_live_fleet_table_selectable(tmp_path: Path) -> No
     assert "<b>" not in r.text
 
 
+def test_the_contacts_csv_streams_in_chunks_with_one_header() -> None:
+    from gate.central.console.pages import csv_chunks
+
+    rows = [{"token": f"tok-{i:05d}", "group_size": 1} for i in range(1201)]
+    chunks = list(csv_chunks(rows))
+    lines = "".join(chunks).splitlines()
+    assert len(chunks) == 3 and lines[0].startswith("token,") and len(lines) == 1202
+    assert [line.split(",")[0] for line in lines[1:]] == [r["token"] for r in rows]
+    assert "".join(csv_chunks([])).splitlines() == [lines[0]]
+
+
 def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:
     out = io.StringIO()
     row = {"token": '=HYPERLINK("x")', "venue_id": "+1", "gate_id": "@a", "decision": "-2", "reason": "\tx"}
