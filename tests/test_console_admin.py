@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from starlette.testclient import TestClient
 from test_console_forms import PASSWORD, client_for, sign_in
@@ -181,3 +182,20 @@ def test_the_audit_is_filtered_and_paged_on_the_server(tmp_path: Path) -> None:
     only = client.get("/audit", params={"operator": "ann", "action": "contacts"}).text
     assert only.count("<tr><td>") == 25 and "bob" not in only.split('id="audit"')[1]
     assert client.get("/audit", params={"action": "drop table"}).status_code == 400
+
+
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(tmp_path: Path, monkeypatch: Any) -> None:
+    import uvicorn
+
+    from gate.central.cli import build_parser
+    from gate.central.console.serve import console
+
+    client_for(tmp_path)  # makes c.db with operators
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(kw))
+    for extra in ([], ["--secure-cookies"], ["--trusted-proxy", "10.0.0.5", "--trusted-proxy", "10.0.0.6"]):
+        args = build_parser().parse_args(["console", "--db", str(tmp_path / "c.db"), *extra])
+        args.broker_given = False
+        assert console(args) == 0
+    assert [kw["proxy_headers"] for kw in seen] == [False, False, True]
+    assert seen[2]["forwarded_allow_ips"] == ["10.0.0.5", "10.0.0.6"]
