@@ -199,3 +199,24 @@ def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(tmp_path: Path, m
         assert console(args) == 0
     assert [kw["proxy_headers"] for kw in seen] == [False, False, True]
     assert seen[2]["forwarded_allow_ips"] == ["10.0.0.5", "10.0.0.6"]
+
+
+def test_a_broker_outage_is_a_message_on_the_page_never_a_500(tmp_path: Path, keys: Any) -> None:
+    from conftest import free_port, wait_until
+    from gate.central.console.measures import Link
+
+    store = open_store(tmp_path / "c.db")
+    client_for(tmp_path)
+    store.seen("lane-1", "availability", {"status": "online"}, 1.0)
+    link = Link(("127.0.0.1", free_port()), "gate", keys.private)  # nothing listens there
+    client = TestClient(build(Console(store, link)), base_url="https://testserver")
+    assert sign_in(client, "sue").status_code == 303
+    r = client.get("/measures")
+    assert r.status_code == 200 and "The broker could not be reached" in r.text
+    client.post("/logout", data={"csrf": r.text.split('name="csrf" value="')[1].split('"')[0]})
+    assert sign_in(client, "otto").status_code == 303
+    page = client.get("/fleet/command", params={"gate": "lane-1", "name": "resync"}).text
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    r = client.post("/fleet/command", data={"csrf": csrf, "gate_id": "lane-1", "name": "resync"})
+    assert r.status_code == 200 and "/fleet/command/" in str(r.url)
+    assert wait_until(lambda: "the broker could not be reached" in client.get(str(r.url)).text)
