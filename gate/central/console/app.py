@@ -38,7 +38,7 @@ Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
 class Console:
-    """What every page shares: one store (used by one request at a time), the link to the gates, sessions."""
+    """What every page shares: the store (each connection one request at a time), the link to the gates."""
 
     def __init__(
         self, store: Store, link: Link | None, *, refresh_s: float = 5.0, secure_cookies: bool = False,
