@@ -6,18 +6,15 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gate.contracts import CODE_PREFIX
 from gate.scan import enhance
+from gate.scan.decoded import DecodedCode
 from gate.scan.enhance import Frame
 
-if TYPE_CHECKING:
-    from gate.scan.decoders import DecodedCode
-
-Reader = Callable[[Frame], "list[DecodedCode]"]
+Reader = Callable[[Frame], list[DecodedCode]]
 
 REGION = 224  # px: a code of 125-150 px (3-px modules) with a margin for a misplaced centre; FFT-friendly
 _GATE_CODE = re.compile(rb"\A" + re.escape(CODE_PREFIX.encode()) + rb"[0-9A-Z $%*+\-./:]{20,4000}\Z")
