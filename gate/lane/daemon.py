@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from gate.config.files import require_readable
 from gate.config.model import Config, load_config
 from gate.core.errors import ConfigError, GateError
 from gate.core.sdnotify import Notifier
@@ -64,11 +65,12 @@ def run_daemon(config_path: Path) -> int:
     while True:
         logging.getLogger().setLevel(cfg.gate.log_level.upper())
         try:
+            require_readable(cfg)  # a missing CA or key is named here, not blamed on the state directory
             gate = build(cfg, heartbeat=notifier.heartbeat)
         except GateError as exc:  # a key file or device that cannot be used: one line naming it
             log.critical("cannot start: %s", exc)
             notifier.stopping()
-            return 1
+            return 2 if isinstance(exc, ConfigError) else 1
         except (OSError, sqlite3.Error) as exc:  # a state file no repair can fix: say which, and what to do
             where = getattr(exc, "filename", None) or cfg.gate.state_dir
             log.critical(

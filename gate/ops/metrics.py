@@ -71,6 +71,7 @@ class GateCollector(Collector):
                     int(bool(state.get("clock_synced"))))  # fmt: skip
         yield gauge("gate_broker_connected", "1 while connected to the MQTT broker",
                     int(bool(g.link and g.link.connected.is_set())))  # fmt: skip
+        yield failure_info(state)
         yield CounterMetricFamily("gate_broker_connects", "Connections to the broker since start (over 1: reconnects)",
                                   value=g.link.connects if g.link else 0)  # fmt: skip
         yield gauge("gate_dead_letters", "Events the broker refused max_refusals times, set aside (alarm dead_letter)",
@@ -85,6 +86,14 @@ class GateCollector(Collector):
             value=self.source_counters().get("source_restarts", 0),
         )  # fmt: skip
         yield gauge("gate_scan_loop_alive", "1 while the scan loop turns", int(healthy(g)[0]))
+
+
+def failure_info(state: dict[str, Any]) -> GaugeMetricFamily:
+    """1 with the reason the broker link failed (gate.deliver.connfail.REASONS), or reason="none"."""
+    f = GaugeMetricFamily("gate_broker_failure_info", "Why the broker link failed, by reason (none: all well)",
+                          labels=["reason"])  # fmt: skip
+    f.add_metric([(state.get("broker_failure") or {}).get("reason") or "none"], 1)
+    return f
 
 
 def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
