@@ -213,8 +213,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "collect":
         from gate.central.collect import Checks, collect
 
-        if not args.devices and not args.accept_unsigned:
-            raise GateError("collect: give --devices DIR (the gates' device keys), or --accept-unsigned in a lab")
+        check_collect_args(args)
         checks = Checks.from_dir(Path(args.devices) if args.devices else None, args.accept_unsigned)
         return collect(
             args.broker,
@@ -250,3 +249,13 @@ def _query(cmd: str, args: argparse.Namespace) -> int:
         return tracing.fleet(store, args.offline_minutes, args.stale_cache_hours, args.json)
     finally:
         store.close()
+
+
+def check_collect_args(args: argparse.Namespace) -> None:
+    """One line for what would make collect run wrong: no device keys, a missing folder, a group that is no name."""
+    if not args.devices and not args.accept_unsigned:
+        raise GateError("collect: give --devices DIR (the gates' device keys), or --accept-unsigned in a lab")
+    if args.devices and not Path(args.devices).is_dir():
+        raise GateError(f"collect: --devices {args.devices}: no such folder (the broker folder's devices/)")
+    if not args.group or any(c in args.group for c in "/+#$"):
+        raise GateError(f"collect: --group {args.group!r}: give a name without / + # $ (it is `$share/GROUP/…`)")

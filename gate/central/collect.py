@@ -222,12 +222,14 @@ def collect(
         raise
     print(f"collect: subscribed to {topic} into {store.url.split('@')[-1]}: {how.note}", file=sys.stderr, flush=True)
 
+    tty = sys.stderr.isatty()  # one line rewritten in place on a terminal; a line each in a log or a pipe
+
     def progress(end: str) -> None:
         s = col.stats
         print(
-            f"\rreceived {s['received']}, stored {s['stored']} new, duplicates {s['duplicates']}, "
-            f"quarantined {s['quarantined']}",
-            end=end,
+            f"{chr(13) if tty else ''}received {s['received']}, stored {s['stored']} new, "
+            f"duplicates {s['duplicates']}, quarantined {s['quarantined']}",
+            end=end if tty else "\n",
             file=sys.stderr,
             flush=True,
         )
