@@ -11,6 +11,7 @@ from types import FrameType
 
 from gate.config.files import require_readable
 from gate.config.model import Config, load_config
+from gate.core.clock import unsynced_why
 from gate.core.errors import ConfigError, GateError
 from gate.core.sdnotify import Notifier
 from gate.lane.wiring import build
@@ -82,6 +83,12 @@ def run_daemon(config_path: Path) -> int:
             notifier.stopping()
             return 1
         notifier.ready(f"gate {cfg.gate.id} scanning ({cfg.scanner.source})")
+        if why := unsynced_why(cfg.clock.sync_source):  # one line, or an operator sees only clock_unsynced
+            log.warning(
+                "clock not synchronised: %s; until it is, every decision has reason clock_unsynced (then "
+                "policy.on_clock_unsynced). Check timedatectl, NTP reachability, or set clock.sync_source",
+                why,
+            )
         log.info("gate %s started at venue %s (source %s)", cfg.gate.id, cfg.venue.id, cfg.scanner.source)
         try:
             gate.run(signals.stop)
