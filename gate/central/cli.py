@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gate.central.console.serve import add_arguments as console_user
 from gate.central.console.serve import add_console_options as console_options
+from gate.central.sessions import add_arguments as sessions_arguments
 from gate.core.address import broker_address
 from gate.core.errors import GateError
 from gate.decide.codes import Kind, Status
@@ -101,6 +102,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     co.add_argument("--idle-timeout", type=float, help="stop after this many seconds with no message")
     co.add_argument("--devices", help="folder of the gates' device public keys, <gate_id>.pub (from provision)")
     co.add_argument(
+        "--broker-dir",
+        help="the broker folder (from provision): refuse to run unless this identity is a collector there "
+        "(without it, a probe the broker answers under MQTT 5 checks it)",
+    )
+    co.add_argument(
         "--accept-unsigned",
         action="store_true",
         help="store unsigned check-ins too (a lab without device keys); forged gate ids still refused",
@@ -122,6 +128,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const="off",
         help="a plain subscription: this collector receives every check-in",
     )
+    sessions_arguments(sub, mqtt_cmd)
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
     tr.add_argument("--venue")
@@ -210,6 +217,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return provision.main(args)
     if cmd in ("trace", "contacts", "purge", "fleet"):
         return _query(cmd, args)
+    if cmd == "sessions":
+        from gate.central.sessions import sessions
+
+        return sessions(args)
     if cmd == "collect":
         from gate.central.collect import Checks, collect
 
@@ -226,6 +237,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             share=args.share,
             client_id=args.client_id,
             retention_days=args.retention_days or None,
+            broker_dir=Path(args.broker_dir) if args.broker_dir else None,
         )
     from gate.central import publish
 
