@@ -48,10 +48,13 @@ def acl(name: str, role: str, prefix: str) -> list[str]:
                 f"topic write {p}/collectors/{name}/probe"]  # fmt: skip
     if role == "homeassistant":  # reads what its dashboards show; writes only its own birth message
         return [*(f"topic read {p}/+/{t}" for t in ("state", "availability", "telemetry")),
-                "topic read homeassistant/#", "topic write homeassistant/status"]  # fmt: skip
+                "topic read homeassistant/#", "topic write homeassistant/status",
+                "topic write homeassistant/gate/+/requested_mode/set"]  # its select, for `ha-bridge`  # fmt: skip
     return [f"topic write {p}/central/#", f"topic write {p}/+/command", f"topic read {p}/+/replies/#",
             f"topic read {p}/+/reply", f"topic read {p}/+/resync", f"topic read {p}/+/state",
-            f"topic read {p}/+/availability"]  # fmt: skip
+            f"topic read {p}/+/availability",  # and as `gate central ha-bridge`, Home Assistant's select:
+            "topic read homeassistant/gate/+/requested_mode/set",
+            "topic write homeassistant/gate/+/requested_mode/state"]  # fmt: skip
 
 
 @dataclass(frozen=True)

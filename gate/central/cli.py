@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gate.central.console.serve import add_arguments as console_user
 from gate.central.console.serve import add_console_options as console_options
+from gate.central.habridge import add_arguments as ha_bridge_arguments
 from gate.central.sessions import add_arguments as sessions_arguments
 from gate.core.address import broker_address
 from gate.core.errors import GateError
@@ -129,6 +130,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a plain subscription: this collector receives every check-in",
     )
     sessions_arguments(sub, mqtt_cmd)
+    ha_bridge_arguments(sub, mqtt_cmd)
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
     tr.add_argument("--venue")
@@ -217,6 +219,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return provision.main(args)
     if cmd in ("trace", "contacts", "purge", "fleet"):
         return _query(cmd, args)
+    if cmd == "ha-bridge":
+        from gate.central.habridge import ha_bridge
+
+        return ha_bridge(args)
     if cmd == "sessions":
         from gate.central.sessions import sessions
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from gate import __version__
 from gate.config.model import Config
-from gate.contracts import ALARMS, Topics
+from gate.contracts import ALARMS, Topics, ha_mode_topics
 from gate.core.threads import background
 from gate.mqtt_link import MqttLink
 from gate.ops.reporting import write_json_atomic
@@ -51,6 +51,11 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
                                        "value_template": "{{ value_json.passages_per_minute }}",
                                        "icon": "mdi:walk"},
     }  # fmt: skip
+    if cfg.homeassistant.control:  # the gate never subscribes to it: the bridge signs each choice (docs/operations.md)
+        command, current = ha_mode_topics(cfg.homeassistant.prefix, cfg.gate.id)
+        options = ["in_service", "out_of_service", *(["free_pass"] if cfg.homeassistant.free_pass_control else [])]
+        out["select/requested_mode"] = {"name": "Requested mode", "command_topic": command, "state_topic": current,
+                                        "options": options, "icon": "mdi:boom-gate"}  # fmt: skip
     for name in ALARMS:
         out[f"binary_sensor/alarm_{name}"] = {
             "name": f"Alarm {name.replace('_', ' ')}",
