@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,43 @@ def test_a_closed_connection_before_connack_is_named_and_warns_when_protocol_5_i
         finally:
             link.stop()
     assert any('set mqtt.protocol = "auto"' in w for w in warnings_of(caplog)), warnings_of(caplog)
+
+
+def test_a_tls_handshake_that_never_answers_is_named_timeout(tmp_path, caplog) -> None:
+    """A listener that takes the TCP connection and says nothing (a wrong port, a stuck proxy)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    ca = tmp_path / "ca.crt"
+    from gate.central.brokertls import make_ca
+
+    ca.write_bytes(make_ca()[1])
+    try:
+        with caplog.at_level(logging.WARNING):
+            link = named(
+                MqttSection.model_validate(
+                    {"host": "127.0.0.1", "port": silent.getsockname()[1], "tls": {"ca_file": str(ca)}}
+                ),
+                caplog,
+                retries=1,
+            )
+        assert link.failures.reason == "timeout", warnings_of(caplog)
+    finally:
+        stop.set()
+        t.join(5)
+        for s in held:
+            s.close()
+        silent.close()
