@@ -32,6 +32,11 @@ def add_arguments(sub: Any, mqtt_cmd: Any) -> None:
     se.add_argument("--clear", metavar="NAME", help="store what NAME's session holds (--db), then end the session")
     se.add_argument("--db", help="where the drained check-ins go (the collection collect writes), for --clear")
     se.add_argument("--devices", help="the gates' device keys (default: the broker folder's devices/)")
+    se.add_argument(
+        "--all",
+        action="store_true",
+        help="list every central identity, not only collectors (each is disconnected for a moment while looked at)",
+    )
 
 
 def as_identity(base: MqttSection, name: str, broker_dir: Path) -> MqttSection:
@@ -81,11 +86,12 @@ def sessions(args: argparse.Namespace) -> int:
     broker_dir = Path(args.broker_dir)
     base: MqttSection = args.broker if args.broker_given or args.config else _local(broker_dir)
     known = {n: r for n, r in roles(broker_dir).items() if r != "gate"}  # a gate's session is the gate's
+    shown = {n: r for n, r in known.items() if r == "collector" or args.all}  # not Home Assistant's, unasked
     if args.clear:
         if args.clear not in known:
             raise GateError(f"sessions: {args.clear!r} is not a central identity in {broker_dir / 'identities.json'}")
         return _clear(args, as_identity(base, args.clear, broker_dir), broker_dir)
-    for name, role in sorted(known.items()):
+    for name, role in sorted(shown.items()):
         client, present = open_session(as_identity(base, name, broker_dir), name)
         close(client, end=not present)  # looking must not leave a new empty session behind
         state = "SESSION KEPT (it holds its share while away)" if present else "no session"
@@ -104,7 +110,8 @@ def _clear(args: argparse.Namespace, broker: MqttSection, broker_dir: Path) -> i
         raise GateError("sessions: --clear needs --db (where the check-ins it holds are stored first)")
     devices = Path(args.devices) if args.devices else broker_dir / "devices"
     store = open_store(args.db)
-    col = Collector(store, Checks.from_dir(devices if devices.is_dir() else None, not devices.is_dir()), None)
+    # Without device keys every check-in is quarantined (kept with its payload), never dropped
+    col = Collector(store, Checks.from_dir(devices if devices.is_dir() else None, False), None)
     try:
         client, present = open_session(broker, args.clear, col.on_message)
         col.client = client
