@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def central(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+        [sys.executable, "-m", "gate", "central", *args], capture_output=True, text=True, timeout=300, cwd=cwd
     )
 
 
