@@ -54,6 +54,8 @@ def probe(client: mqtt.Client, connack: Connack, prefix: str, name: str) -> str:
     collector, and collect refuses to run. MQTT 3.1.1 cannot report a refusal: then the role is not verified."""
     if not connack.mqtt5:
         return "role not verified: MQTT 3.1.1 cannot report a refused publish (give --broker-dir to check it)"
+    if connack.maximum_qos < 1:  # a QoS 0 publish has no answer; the subscription's check refuses such a broker
+        return "role not verified: the broker takes QoS 0 only"
     answer: list[Any] = []
     done = threading.Event()
 
