@@ -48,7 +48,7 @@ if [ "$mode" = dev ]; then
   # chromium (and its driver): the console's browser tests drive Debian's headless chromium with Playwright.
   apt_install chromium chromium-driver
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
-  py=${PYTHON:-python3}
+  py=${PYTHON:-python3}; [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] && py=/usr/bin/python3  # Debian's
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"
   "$here/.venv/bin/python" -m pip install -q --upgrade pip
   "$here/.venv/bin/python" -m pip install -q -e "$here[dev]" -c "$here/constraints.txt"  # the versions CI tests

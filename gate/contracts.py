@@ -96,6 +96,17 @@ class Topics:
         self.telemetry = f"{base}/telemetry"
 
 
+# Home Assistant's select for a lane's requested mode: HA writes an option to `set`, and `gate central ha-bridge`
+# (never the gate) turns it into central's signed command and writes the gate's answer to `state`.
+HA_MODES = {"in_service": "normal", "out_of_service": "out_of_service", "free_pass": "free_pass"}  # option: mode
+
+
+def ha_mode_topics(ha_prefix: str, gate_id: str) -> tuple[str, str]:
+    """(command topic Home Assistant writes, state topic the bridge writes, retained) for one gate's select."""
+    base = f"{ha_prefix}/gate/{gate_id}/requested_mode"
+    return f"{base}/set", f"{base}/state"
+
+
 # -- requests to the lane from other threads ---------------------------------------------------------------
 Reply = Callable[[dict[str, Any]], None]
 

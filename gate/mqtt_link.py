@@ -6,7 +6,6 @@ import contextlib
 import functools
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +14,11 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from gate.config.model import MqttSection, secret_path
+from gate.config.model import MqttSection
 from gate.contracts import Topics
 from gate.core.threads import background
+from gate.deliver.connfail import FailureLog
+from gate.deliver.mqttauth import authenticate as authenticate  # the central tools' too
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
@@ -37,22 +38,6 @@ def guarded(fn: F) -> F:
             log.exception("mqtt: callback %s failed", fn.__name__)
 
     return wrapper  # type: ignore[return-value]
-
-
-def authenticate(client: mqtt.Client, cfg: MqttSection) -> None:
-    """Username, password and TLS from the config: the same for a gate and for the central tools."""
-    password = cfg.resolved_password()
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, password)
-    tls = cfg.tls
-    if tls is not None:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(secret_path(tls.key_file)) if tls.key_file else None,  # relative: a credential
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(tls.insecure)
 
 
 class MqttLink:
@@ -76,9 +61,10 @@ class MqttLink:
         self.ack_listeners: list[Callable[[int, str | None], None]] = [on_publish] if on_publish else []
         self._subs: dict[str, Handler] = {}
         self.connected = threading.Event()
+        self.failures = FailureLog(lambda: f"{self.cfg.host}:{self.cfg.port}")  # why it is not connected
         self._down_since: float | None = time.monotonic()  # offline from the start until the first CONNACK
         self._down_total = 0.0
-        self._ever_connected = self._falling_back = self._stopping = False
+        self._ever_connected = self._falling_back = self._stopping = self._refused = False
         self.connects = 0  # successful CONNACKs since start (more than one: reconnects); only paho's thread writes
         self._closed_before_connack = 0
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
@@ -109,6 +95,7 @@ class MqttLink:
         authenticate(client, self.cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self.failures.connect_failed  # names DNS, refused, TLS, timeout
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
@@ -135,12 +122,14 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         background()  # paho's network thread: delivery is background work beside the lane
         if reason.is_failure:
-            log.error("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            self.failures.connack(reason)
+            self._refused = True  # the broker answered: its closing the connection next is not a silent drop
             if reason.value in (1, 0x84):
                 self._maybe_fall_back('it refused MQTT 5 with "unsupported protocol version"')
             return
         self._ever_connected = True
         self.connects += 1
+        self.failures.clear()
         if not self.refusals_visible:
             log.warning(
                 "mqtt: MQTT 3.1.1 cannot report a refused publish (a denied one looks delivered); use MQTT 5 "
@@ -197,13 +186,15 @@ class MqttLink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected.is_set():  # cleared first by stop(), so a clean stop is not reported here
             log.warning("mqtt: disconnected (%s); reconnecting", reason)
-        elif not self._ever_connected and not self._stopping:
+        elif not self._ever_connected and not self._stopping and not self._refused:
             self._closed_before_connack += 1
+            self.failures.closed("5" if self.protocol == mqtt.MQTTv5 else "3.1.1", self.cfg.protocol != "auto")
             if self._closed_before_connack >= 2:  # RabbitMQ drops an MQTT 5 CONNECT without a word
                 self._maybe_fall_back("it closed the connection on an MQTT 5 CONNECT, twice, without a CONNACK")
             elif self.protocol == mqtt.MQTTv5:
                 # Confirm soon, not after the backoff an outage built up (up to 30 s): the broker is there now.
                 client.reconnect_delay_set(**BACKOFF)
+        self._refused = False
         self.connected.clear()
         self.subscribed.clear()
         if self._down_since is None:
@@ -234,6 +225,7 @@ class MqttLink:
 
     @guarded
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        self.failures.refused("a subscription", mid, reasons)
         with self._subs_lock:
             if mid in self._pending_subs:
                 self._pending_subs.discard(mid)
@@ -244,6 +236,7 @@ class MqttLink:
     @guarded
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         refused = str(reason) if reason.is_failure else None
+        self.failures.refused("a publish", mid, [reason])
         for listener in self.ack_listeners:
             listener(mid, refused)
 

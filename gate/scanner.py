@@ -26,7 +26,7 @@ class Observation:
     """What a source saw at one instant: the payloads of one frame or one serial line."""
 
     payloads: tuple[bytes, ...]
-    decode_ms: float = 0.0
+    decode_ms: float | None = None  # None: nothing decoded here (a serial module hands over text)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Scan:
     """One presentation of a code: its payload and what decoding the frame it came from cost."""
 
     payload: bytes
-    decode_ms: float
+    decode_ms: float | None
 
 
 class CodeSource(Protocol):

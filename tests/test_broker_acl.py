@@ -175,6 +175,22 @@ def test_home_assistant_reads_the_gates_state_and_writes_nothing_of_theirs(secur
     assert [t for t, _ in ha.messages] == ["gate/lane-a/state"]  # never a check-in
 
 
+def test_home_assistants_select_is_written_by_it_and_served_only_by_the_publisher(secured) -> None:
+    """Home Assistant writes its choice, `gate central ha-bridge` (a publisher identity) reads it and writes the
+    select's state; a gate can do neither (its commands come only signed, on its command topic)."""
+    connect, _, _ = secured
+    ha, ops, lane, collector = connect("ha"), connect("ops-1"), connect("lane-a"), connect("col-1")
+    choice, state = "homeassistant/gate/lane-a/requested_mode/set", "homeassistant/gate/lane-a/requested_mode/state"
+    ops.subscribe("homeassistant/gate/+/requested_mode/set")
+    assert ha.publish(choice, b"out_of_service") == "Success"
+    assert wait_until(lambda: ops.messages, 10) and ops.messages[0][0] == choice
+    assert ops.publish(state, b"out_of_service") == "Success"
+    for other in (lane, collector):
+        assert other.publish(choice, b"in_service") == "Not authorized"
+        assert other.publish(state, b"in_service") == "Not authorized"
+    assert ha.publish(state, b"in_service") == "Not authorized"
+
+
 def test_collectors_only_read_and_only_the_publisher_writes_central_topics(secured) -> None:
     connect, _, _ = secured
     collector, ops = connect("col-1"), connect("ops-1")

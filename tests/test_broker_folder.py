@@ -128,6 +128,13 @@ def test_a_gate_config_is_complete_and_reaches_the_broker_over_tls(broker_home, 
     r = subprocess.run(
         [sys.executable, "-m", "gate", "check-config", str(toml)], capture_output=True, text=True, env=env
     )
+    # Before the CA and the client certificate are copied to /etc/gate, each is named (not "OK")
+    assert r.returncode == 2 and "mqtt.tls.ca_file /etc/gate/broker-ca.crt: no such file" in r.stderr, r.stderr
+    copied = toml.read_text().replace("/etc/gate/broker-ca.crt", str(b.folder / "tls" / "ca.crt"))
+    toml.write_text(copied.replace("/etc/gate/mqtt-client.crt", str(given / "client.crt")))
+    r = subprocess.run(
+        [sys.executable, "-m", "gate", "check-config", str(toml)], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     data = tomllib.loads(toml.read_text())
     assert data["mqtt"]["port"] == b.tls_port and data["venue"]["id"] == "rail-central"

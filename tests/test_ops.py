@@ -127,7 +127,7 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
 ) -> None:
     sub = subscriber_factory(broker, "homeassistant/#")
     gate = make(tmp_path, keys, broker, homeassistant={"discovery": True})
-    expected = 7 + len(ALARMS)
+    expected = 8 + len(ALARMS)
     wait_until(lambda: len({t for t, p, _ in sub.messages if p}) >= expected)
     configs = {t: json.loads(p) for t, p, _ in sub.messages if p}
     assert len(configs) == expected
@@ -139,6 +139,8 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
     assert mode["availability_topic"] == "gate/lane-t/availability" and mode["device"]["name"] == "Gate lane-t"
     fire = configs["homeassistant/binary_sensor/gate_lane-t/alarm_fire/config"]
     assert fire["device_class"] == "problem" and "'fire' in" in fire["value_template"]
+    failure = configs["homeassistant/sensor/gate_lane-t/broker_failure/config"]  # the reason, named
+    assert "broker_failure" in failure["value_template"] and failure["entity_category"] == "diagnostic"
     assert "discovery" in {t.name for t in threading.enumerate()}
     gate.close()
     assert "discovery" not in {t.name for t in threading.enumerate()}  # stopped with the gate

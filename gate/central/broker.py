@@ -20,7 +20,7 @@ from gate.decide.keys import generate_keypair
 ROLES = ("gate", "collector", "publisher", "homeassistant")
 # Names that would collide with central's topics (<p>/central/...), Home Assistant's, or collectors' default
 # client ids: no identity may take them.
-RESERVED = ("central", "homeassistant", "replies", "command")
+RESERVED = ("central", "homeassistant", "replies", "command", "collectors")
 RESERVED_PREFIXES = ("$", "gate-collect-")
 GATE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # gate.toml's [gate] id
 
@@ -43,14 +43,18 @@ def acl(name: str, role: str, prefix: str) -> list[str]:
                 f"topic read {p}/central/policy", f"topic read {p}/central/keys", f"topic read {p}/central/passes/#",
                 f"topic read {p}/{name}/command",
                 f"topic write homeassistant/+/gate_{name}/#"]  # its own Home Assistant device only  # fmt: skip
-    if role == "collector":
-        return [f"topic read {p}/+/{t}" for t in ("checkin", "alarm", "state", "telemetry", "availability")]
+    if role == "collector":  # and its probe: `collect` proves it is a collector before it takes a share
+        return [*(f"topic read {p}/+/{t}" for t in ("checkin", "alarm", "state", "telemetry", "availability")),
+                f"topic write {p}/collectors/{name}/probe"]  # fmt: skip
     if role == "homeassistant":  # reads what its dashboards show; writes only its own birth message
         return [*(f"topic read {p}/+/{t}" for t in ("state", "availability", "telemetry")),
-                "topic read homeassistant/#", "topic write homeassistant/status"]  # fmt: skip
+                "topic read homeassistant/#", "topic write homeassistant/status",
+                "topic write homeassistant/gate/+/requested_mode/set"]  # its select, for `ha-bridge`  # fmt: skip
     return [f"topic write {p}/central/#", f"topic write {p}/+/command", f"topic read {p}/+/replies/#",
             f"topic read {p}/+/reply", f"topic read {p}/+/resync", f"topic read {p}/+/state",
-            f"topic read {p}/+/availability"]  # fmt: skip
+            f"topic read {p}/+/availability",  # and as `gate central ha-bridge`, Home Assistant's select:
+            "topic read homeassistant/gate/+/requested_mode/set",
+            "topic write homeassistant/gate/+/requested_mode/state"]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from gate.central.console.serve import add_arguments as console_user
 from gate.central.console.serve import add_console_options as console_options
+from gate.central.habridge import add_arguments as ha_bridge_arguments
+from gate.central.sessions import add_arguments as sessions_arguments
 from gate.core.address import broker_address
 from gate.core.errors import GateError
 from gate.decide.codes import Kind, Status
@@ -101,6 +103,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     co.add_argument("--idle-timeout", type=float, help="stop after this many seconds with no message")
     co.add_argument("--devices", help="folder of the gates' device public keys, <gate_id>.pub (from provision)")
     co.add_argument(
+        "--broker-dir",
+        help="the broker folder (from provision): refuse to run unless this identity is a collector there "
+        "(without it, a probe the broker answers under MQTT 5 checks it)",
+    )
+    co.add_argument(
         "--accept-unsigned",
         action="store_true",
         help="store unsigned check-ins too (a lab without device keys); forged gate ids still refused",
@@ -122,6 +129,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const="off",
         help="a plain subscription: this collector receives every check-in",
     )
+    sessions_arguments(sub, mqtt_cmd)
+    ha_bridge_arguments(sub, mqtt_cmd)
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
     tr.add_argument("--venue")
@@ -210,11 +219,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         return provision.main(args)
     if cmd in ("trace", "contacts", "purge", "fleet"):
         return _query(cmd, args)
+    if cmd == "ha-bridge":
+        from gate.central.habridge import ha_bridge
+
+        return ha_bridge(args)
+    if cmd == "sessions":
+        from gate.central.sessions import sessions
+
+        return sessions(args)
     if cmd == "collect":
         from gate.central.collect import Checks, collect
 
-        if not args.devices and not args.accept_unsigned:
-            raise GateError("collect: give --devices DIR (the gates' device keys), or --accept-unsigned in a lab")
+        check_collect_args(args)
         checks = Checks.from_dir(Path(args.devices) if args.devices else None, args.accept_unsigned)
         return collect(
             args.broker,
@@ -227,6 +243,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             share=args.share,
             client_id=args.client_id,
             retention_days=args.retention_days or None,
+            broker_dir=Path(args.broker_dir) if args.broker_dir else None,
         )
     from gate.central import publish
 
@@ -250,3 +267,13 @@ def _query(cmd: str, args: argparse.Namespace) -> int:
         return tracing.fleet(store, args.offline_minutes, args.stale_cache_hours, args.json)
     finally:
         store.close()
+
+
+def check_collect_args(args: argparse.Namespace) -> None:
+    """One line for what would make collect run wrong: no device keys, a missing folder, a group that is no name."""
+    if not args.devices and not args.accept_unsigned:
+        raise GateError("collect: give --devices DIR (the gates' device keys), or --accept-unsigned in a lab")
+    if args.devices and not Path(args.devices).is_dir():
+        raise GateError(f"collect: --devices {args.devices}: no such folder (the broker folder's devices/)")
+    if not args.group or any(c in args.group for c in "/+#$"):
+        raise GateError(f"collect: --group {args.group!r}: give a name without / + # $ (it is `$share/GROUP/…`)")

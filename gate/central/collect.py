@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gate.central.db import open_store
+from gate.central.identity import check_role, identity_of, probe
 from gate.central.mqtt import connect_session
 from gate.central.store import Quarantined, Row, Store, row_of
 from gate.central.subscribe import plan, subscribe
@@ -191,6 +192,7 @@ def collect(
     share: str = "auto",
     client_id: str | None = None,
     retention_days: float | None = 28.0,
+    broker_dir: Path | None = None,
 ) -> int:
     """Subscribe (shared where the broker has shared subscriptions: `gate.central.subscribe.plan`) with a
     persistent session and manual acks; store genuine check-ins (idempotent by event_id) and quarantine the
@@ -198,9 +200,11 @@ def collect(
     topics are subscribed by every collector (retained messages are never sent on shared subscriptions).
     A subscription the broker refuses or grants below QoS 1 ends it with GateError: it never runs receiving
     nothing."""
+    cid = client_id or f"gate-collect-{group}-{socket.gethostname()}"
+    name = identity_of(broker, cid)
+    checked = check_role(broker_dir, name) if broker_dir is not None else None
     store = open_store(db)
     col = Collector(store, checks, retention_days)
-    cid = client_id or f"gate-collect-{group}-{socket.gethostname()}"
     try:
         client, connack = connect_session(
             broker, client_id=cid, manual_ack=True, session_expiry=SESSION_EXPIRY, on_message=col.on_message
@@ -210,6 +214,7 @@ def collect(
         raise
     col.client = client
     try:
+        checked = checked or probe(client, connack, prefix, name)
         how = plan(connack, share, group)
         topic = f"{prefix}/+/checkin"
         if how.shared:
@@ -220,14 +225,21 @@ def collect(
         client.loop_stop()
         store.close()
         raise
-    print(f"collect: subscribed to {topic} into {store.url.split('@')[-1]}: {how.note}", file=sys.stderr, flush=True)
+    print(
+        f"collect: subscribed to {topic} into {store.url.split('@')[-1]}: {how.note}; as identity {name} "
+        f"({checked}) in group {group!r}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    tty = sys.stderr.isatty()  # one line rewritten in place on a terminal; a line each in a log or a pipe
 
     def progress(end: str) -> None:
         s = col.stats
         print(
-            f"\rreceived {s['received']}, stored {s['stored']} new, duplicates {s['duplicates']}, "
-            f"quarantined {s['quarantined']}",
-            end=end,
+            f"{chr(13) if tty else ''}received {s['received']}, stored {s['stored']} new, "
+            f"duplicates {s['duplicates']}, quarantined {s['quarantined']}",
+            end=end if tty else "\n",
             file=sys.stderr,
             flush=True,
         )

@@ -22,10 +22,12 @@ from pydantic import ValidationError
 from gate.config.errors import describe
 from gate.config.model import MqttSection
 from gate.core.errors import ConfigError, GateError
+from gate.deliver.connfail import from_exception
 from gate.mqtt_link import authenticate
 from gate.sync.envelope import sign
 
 Broker = MqttSection  # the central tools connect with the same options as a gate
+CONNACK_TIMEOUT = 10.0  # seconds for a broker that neither answers nor closes the connection
 
 
 @dataclass
@@ -130,7 +132,11 @@ def _attempt(
             connack.maximum_qos = int(getattr(p, "MaximumQoS", 2))
         up.set()
 
+    def on_disconnect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+        up.set()  # closed before a CONNACK (RabbitMQ 3 to MQTT 5): try the next protocol now, not after 10 s
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     options: dict[str, Any] = {}
     if protocol == mqtt.MQTTv5:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -141,9 +147,10 @@ def _attempt(
     try:
         client.connect(broker.host, broker.port, keepalive=30, **options)
     except OSError as exc:
-        raise GateError(f"cannot reach broker {broker.host}:{broker.port}: {exc}") from None
+        failure = from_exception(exc, f"{broker.host}:{broker.port}")
+        raise GateError(f"cannot reach broker: {failure.reason}: {failure.detail}") from None
     client.loop_start()
-    if up.wait(10) and answers == ["Success"]:
+    if up.wait(CONNACK_TIMEOUT) and answers == ["Success"]:
         return client, "Success"
     client.loop_stop()
     client.disconnect()

@@ -15,6 +15,10 @@ class HomeAssistantSection(Section):
     prefix: str = Field(
         "homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", description="Home Assistant's discovery prefix"
     )
+    control: bool = Field(
+        False, description="Also a select for the requested mode, served by `gate central ha-bridge` (signed commands)"
+    )
+    free_pass_control: bool = Field(False, description="The select also offers free_pass (the bridge must allow it)")
 
 
 class MetricsSection(Section):

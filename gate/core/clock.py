@@ -89,3 +89,25 @@ class SystemClock:
             self._checked_at = mono
         offset = (self.gps_offset() or 0.0) if self._source == "gps" else 0.0
         return ClockReading(wall=time.time() + offset, mono=mono, synced=self._synced)
+
+
+def unsynced_why(source: str, now: float | None = None) -> str | None:
+    """Why decisions will carry clock_unsynced, in one line naming what was asked (None: the clock is usable)."""
+    wall = time.time() if now is None else now
+    if wall < PLAUSIBLE_AFTER:
+        return f"the clock reads {time.strftime('%Y-%m-%d', time.gmtime(wall))}, before 2026: it was never set"
+    if source in ("assume_synced", "gps"):  # gps: the receiver's own message says when it has no fix
+        return None
+    asked = []
+    if source in ("auto", "timesyncd"):
+        if TIMESYNCD_FLAG.exists():
+            return None
+        asked.append(f"{TIMESYNCD_FLAG} is absent (systemd-timesyncd has not synchronised)")
+    if source in ("auto", "adjtimex"):
+        kernel = kernel_says_synced()
+        if kernel:
+            return None
+        asked.append(
+            "adjtimex cannot be asked" if kernel is None else "adjtimex says the kernel clock is unsynchronised"
+        )
+    return f'clock.sync_source = "{source}": ' + " and ".join(asked)

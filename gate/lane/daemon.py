@@ -9,7 +9,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from gate.config.files import require_readable
 from gate.config.model import Config, load_config
+from gate.core.clock import unsynced_why
 from gate.core.errors import ConfigError, GateError
 from gate.core.sdnotify import Notifier
 from gate.lane.wiring import build
@@ -64,12 +66,13 @@ def run_daemon(config_path: Path) -> int:
     while True:
         logging.getLogger().setLevel(cfg.gate.log_level.upper())
         try:
+            require_readable(cfg)  # a missing CA or key is named here, not blamed on the state directory
             gate = build(cfg, heartbeat=notifier.heartbeat)
             gate.start()  # this (main) thread is the lane thread: it proves the state files and owns them
         except GateError as exc:  # a key file or device that cannot be used: one line naming it
             log.critical("cannot start: %s", exc)
             notifier.stopping()
-            return 1
+            return 2 if isinstance(exc, ConfigError) else 1
         except (OSError, sqlite3.Error) as exc:  # a state file no repair can fix: say which, and what to do
             where = getattr(exc, "filename", None) or cfg.gate.state_dir
             log.critical(
@@ -81,6 +84,12 @@ def run_daemon(config_path: Path) -> int:
             notifier.stopping()
             return 1
         notifier.ready(f"gate {cfg.gate.id} scanning ({cfg.scanner.source})")
+        if why := unsynced_why(cfg.clock.sync_source):  # one line, or an operator sees only clock_unsynced
+            log.warning(
+                "clock not synchronised: %s; until it is, every decision has reason clock_unsynced (then "
+                "policy.on_clock_unsynced). Check timedatectl, NTP reachability, or set clock.sync_source",
+                why,
+            )
         log.info("gate %s started at venue %s (source %s)", cfg.gate.id, cfg.venue.id, cfg.scanner.source)
         try:
             gate.run(signals.stop)

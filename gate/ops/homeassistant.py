@@ -14,7 +14,7 @@ from typing import Any
 
 from gate import __version__
 from gate.config.model import Config
-from gate.contracts import ALARMS, Topics
+from gate.contracts import ALARMS, Topics, ha_mode_topics
 from gate.core.threads import background
 from gate.mqtt_link import MqttLink
 from gate.ops.reporting import write_json_atomic
@@ -22,63 +22,59 @@ from gate.ops.reporting import write_json_atomic
 log = logging.getLogger(__name__)
 
 
+def sensor(name: str, topic: str, field: str, **extra: str) -> dict[str, Any]:
+    """A sensor reading one field of a retained JSON document."""
+    return {"name": name, "state_topic": topic, "value_template": f"{{{{ value_json.{field} }}}}", **extra}
+
+
 def entities(cfg: Config) -> dict[str, dict[str, Any]]:
     """`<component>/<object>` → its discovery config, without the device and availability parts."""
     t = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
     state, tel = t.state, t.telemetry
+    measured = {"state_class": "measurement"}
+    diagnostic = {"entity_category": "diagnostic"}
     out: dict[str, dict[str, Any]] = {
-        "sensor/mode": {
-            "name": "Mode",
-            "state_topic": state,
-            "value_template": "{{ value_json.mode }}",
-            "icon": "mdi:turnstile",
-        },
+        "sensor/mode": sensor("Mode", state, "mode", icon="mdi:turnstile"),
         "binary_sensor/broker": {
             "name": "Broker link",
             "state_topic": state,
             "device_class": "connectivity",
             "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
-            "entity_category": "diagnostic",
+            **diagnostic,
         },
-        "sensor/outbox_depth": {
-            "name": "Outbox depth",
+        "sensor/broker_failure": {
+            "name": "Broker failure",
             "state_topic": state,
-            "state_class": "measurement",
-            "unit_of_measurement": "check-ins",
-            "value_template": "{{ value_json.outbox_depth }}",
-            "icon": "mdi:tray-full",
+            "value_template": "{{ (value_json.broker_failure or {}).reason or 'none' }}",
+            "icon": "mdi:lan-disconnect",
+            **diagnostic,
         },
-        "sensor/cache_age": {
-            "name": "Pass cache age",
-            "state_topic": state,
-            "device_class": "duration",
-            "unit_of_measurement": "s",
-            "state_class": "measurement",
-            "value_template": "{{ value_json.cache_age_s }}",
-            "entity_category": "diagnostic",
-        },
+        "sensor/outbox_depth": sensor(
+            "Outbox depth", state, "outbox_depth", unit_of_measurement="check-ins", icon="mdi:tray-full", **measured
+        ),
+        "sensor/cache_age": sensor(
+            "Pass cache age",
+            state,
+            "cache_age_s",
+            device_class="duration",
+            unit_of_measurement="s",
+            **measured,
+            **diagnostic,
+        ),
         # From the retained state, so that a Home Assistant that restarts shows them at once
-        "sensor/last_decision": {
-            "name": "Last decision",
-            "state_topic": state,
-            "value_template": "{{ value_json.last_decision }}",
-            "icon": "mdi:account-check",
-        },
-        "sensor/last_reason": {
-            "name": "Last reason",
-            "state_topic": state,
-            "value_template": "{{ value_json.last_reason }}",
-            "icon": "mdi:information",
-        },
-        "sensor/passages_per_minute": {
-            "name": "Passages per minute",
-            "state_topic": tel,
-            "state_class": "measurement",
-            "unit_of_measurement": "passages/min",
-            "value_template": "{{ value_json.passages_per_minute }}",
-            "icon": "mdi:walk",
-        },
+        "sensor/last_decision": sensor("Last decision", state, "last_decision", icon="mdi:account-check"),
+        "sensor/last_reason": sensor("Last reason", state, "last_reason", icon="mdi:information"),
+        "sensor/passages_per_minute": sensor(
+            "Passages per minute",
+            tel,
+            "passages_per_minute",
+            unit_of_measurement="passages/min",
+            icon="mdi:walk",
+            **measured,
+        ),
     }
+    if cfg.homeassistant.control:  # the gate never subscribes to it: the bridge signs each choice (docs/operations.md)
+        out["select/requested_mode"] = mode_select(cfg)
     for name in ALARMS:
         out[f"binary_sensor/alarm_{name}"] = {
             "name": f"Alarm {name.replace('_', ' ')}",
@@ -87,6 +83,19 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
             "value_template": f"{{{{ 'ON' if '{name}' in (value_json.alarms_active or []) else 'OFF' }}}}",
         }
     return out
+
+
+def mode_select(cfg: Config) -> dict[str, Any]:
+    """The lane's requested mode, as Home Assistant's select: never open; free-pass only when configured."""
+    command, current = ha_mode_topics(cfg.homeassistant.prefix, cfg.gate.id)
+    options = ["in_service", "out_of_service", *(["free_pass"] if cfg.homeassistant.free_pass_control else [])]
+    return {
+        "name": "Requested mode",
+        "command_topic": command,
+        "state_topic": current,
+        "options": options,
+        "icon": "mdi:boom-gate",
+    }
 
 
 def messages(cfg: Config) -> dict[str, bytes]:

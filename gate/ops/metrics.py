@@ -9,7 +9,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -47,6 +47,7 @@ class GateCollector(Collector):
         yield decode_histogram(snap)
         for name, doc, value in gauges(snap):
             yield GaugeMetricFamily(name, doc, value=value)
+        yield failure_info(snap.state)
         yield CounterMetricFamily(
             "gate_broker_connects",
             "Connections to the broker since start (over 1: reconnects)",
@@ -70,6 +71,15 @@ def counts(snap: LaneSnapshot) -> Iterator[Metric]:
     for outcome in sorted({*OUTCOMES, *snap.passages}):
         passages.add_metric([outcome], snap.passages.get(outcome, 0))
     yield passages
+
+
+def failure_info(state: Mapping[str, Any]) -> GaugeMetricFamily:
+    """1 with the reason the broker link failed (gate.deliver.connfail.REASONS), or reason="none"."""
+    info = GaugeMetricFamily(
+        "gate_broker_failure_info", "Why the broker link failed, by reason (none: all well)", labels=["reason"]
+    )
+    info.add_metric([(state.get("broker_failure") or {}).get("reason") or "none"], 1)
+    return info
 
 
 def decode_histogram(snap: LaneSnapshot) -> HistogramMetricFamily:

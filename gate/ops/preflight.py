@@ -62,11 +62,18 @@ def missing_libraries(cfg: Config) -> list[str]:
 
 
 def check_config(path: Path) -> int:
-    """`gate check-config`: the file, the keys it names, and the libraries it needs (warnings)."""
+    """`gate check-config`: the file, every file it names (readable by the service's user: exit 2 naming each
+    that is not), the keys, and the libraries it needs (warnings)."""
+    from gate.config.files import unreadable
     from gate.config.model import load_config, secret_path
     from gate.decide.keys import TrustStore, load_private_key
 
     cfg = load_config(path)
+    problems = unreadable(cfg)  # every file named, as the service's user will read it
+    if problems:
+        for line in problems:
+            print(f"{path}: error: {line}", file=sys.stderr)
+        return 2
     TrustStore.from_files(cfg.trust.keys)
     if cfg.gate.device_key is not None:
         load_private_key(secret_path(cfg.gate.device_key))

@@ -113,6 +113,7 @@ class Reporter:
             "requested_mode": lane.requested.value,
             "fire": lane.fire,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
+            "broker_failure": None if self.link is None else self.link.failures.as_json(),
             "cache_version": info.version,
             "cache_seq": info.seq,
             "cache_entries": info.count,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from gate.config.model import Config
 
@@ -41,11 +42,11 @@ def show_status(cfg: Config, as_json: bool) -> int:
     )
     rows = [
         ("mode", state["mode"]),
-        ("broker", "connected" if state["broker_connected"] else "DISCONNECTED"),
+        ("broker", _broker(state)),
         (
             "cache",
             f"version {state['cache_version']}.{state['cache_seq']}, {state['cache_entries']} entries, "
-            f"age {state['cache_age_s']}s",
+            + ("never synced" if state["cache_age_s"] is None else f"age {state['cache_age_s']}s"),
         ),
         ("policy", f"version {state['policy_version']}"),
         (
@@ -63,3 +64,10 @@ def show_status(cfg: Config, as_json: bool) -> int:
             f"{d['reason']} {d['token']}"
         )
     return 0 if age < 30 else 1
+
+
+def _broker(state: dict[str, Any]) -> str:
+    """connected, or DISCONNECTED with the failure named (TLS, DNS, refused …); a refusal while connected too."""
+    failure = state.get("broker_failure")
+    named = f": {failure['reason']}: {failure['detail']}" if failure else ""
+    return ("connected" if state["broker_connected"] else "DISCONNECTED") + named

@@ -23,8 +23,11 @@ class Stats:
         self.decode_buckets = [0] * (len(DECODE_BUCKETS_S) + 1)  # per bound, then +Inf (not cumulative)
         self.decode_seconds_sum = 0.0
 
-    def scanned(self, decode_ms: float) -> None:
+    def scanned(self, decode_ms: float | None) -> None:
+        """One scan; its decode time counts in the latency figures only if a frame was decoded (None: serial)."""
         self.scans += 1
+        if decode_ms is None:
+            return
         self._decode_ms.append(decode_ms)
         secs = decode_ms / 1000
         self.decode_seconds_sum += secs
