@@ -163,3 +163,12 @@ def test_no_texture_without_a_code_is_ever_read(decoder: ZxingDecoder, seed: int
     cells = rng.integers(0, 256, (480 // block + 1, 640 // block + 1))
     frame = np.kron(cells, np.ones((block, block)))[:480, :640] + rng.normal(0, sigma, (480, 640))
     assert lane_path(decoder, np.clip(frame, 0, 255).astype(np.uint8)) == []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 60), w=st.integers(1, 60), seed=st.integers(0, 2**32 - 1))
+def test_pictures_of_any_small_size_go_through_every_pass_without_error(
+    decoder: ZxingDecoder, h: int, w: int, seed: int
+) -> None:
+    frame = np.random.default_rng(seed).integers(0, 256, (h, w), np.uint8)
+    assert decoder.decode_thoroughly(frame) == [] and lane_path(decoder, frame) == []

@@ -55,6 +55,8 @@ def busiest_window(frame: Frame, size: int = REGION) -> tuple[int, int]:
     h, w = frame.shape
     size_y, size_x = min(size, h), min(size, w)
     b = 8  # blocks of 8 x 8 pixels, measured on every other pixel (4 x 4 samples)
+    if h < b or w < b:  # a picture smaller than one block is its own window
+        return 0, 0
     a = frame[: h // b * b : 2, : w // b * b : 2].astype(np.int16)
     energy = np.abs(np.diff(a, axis=1, append=a[:, -1:])) + np.abs(np.diff(a, axis=0, append=a[-1:, :]))
     blocks = energy.reshape(h // b, b // 2, w // b, b // 2).mean(axis=(1, 3), dtype=np.float32)
