@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import socket
 import statistics
@@ -91,3 +92,14 @@ def paho_qos1_seconds(port: int, payloads: Sequence[bytes], window: int, topic: 
     c.disconnect()
     c.loop_stop()
     return secs
+
+
+def parse(ap: argparse.ArgumentParser, **smoke: object) -> argparse.Namespace:
+    """Parse the bench's arguments; with `--smoke` (script/bench --smoke, in CI) the sizes given here instead:
+    seconds in all, with every check the bench makes of its own results still made."""
+    ap.add_argument("--smoke", action="store_true", help="small sizes (seconds), every check still made")
+    args = ap.parse_args()
+    if args.smoke:
+        for name, value in smoke.items():
+            setattr(args, name, value)
+    return args

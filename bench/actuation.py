@@ -14,7 +14,7 @@ from pathlib import Path
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from _util import pct, table
+from _util import parse, pct, table
 from gate.actuator import Actuator
 from gate.config.model import GpioSection, parse_config
 from gate.contracts import Release
@@ -51,7 +51,7 @@ def wait_on(deadline: float = 1.0) -> float:
 def actuator_latency(runs: int) -> list[float]:
     act = Actuator(
         GpioSection.model_validate({"relay": {"pin": RELAY, "pulse_seconds": 0.001}}), MockFactory(pin_class=StampedPin)
-    )
+    ).start()
     out = []
     for i in range(runs):
         act.wait_idle(1)
@@ -101,7 +101,7 @@ def full_path_latency(runs: int, signed: bool = False) -> list[float]:
             clock=SystemClock("assume_synced"),
             trust=TrustStore.of([key.public_key()]),
             with_mqtt=False,
-        )
+        ).start()
         now = int(time.time())
         gate.cache.apply_delta([], [], 0)
         codes = [issue(key, f"tok-{i:08d}", Status.GREEN, now, 600).encode() for i in range(runs)]
@@ -136,7 +136,7 @@ def seal_latency(runs: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=1000)
-    args = ap.parse_args()
+    args = parse(ap, runs=50)
     rows = []
     for label, fn in (
         ("gate Actuator.release (relay on in caller)", actuator_latency),

@@ -34,7 +34,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _util import pct, start_broker
+from _util import parse, pct, start_broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from pgcluster import PgCluster
@@ -373,7 +373,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2_000_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--only", choices=["ingest", "contacts"])
-    args = ap.parse_args()
+    args = parse(ap, n=2000, rows=20_000, tokens=2000, queries=20)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tmp.chmod(0o755)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _util import median, pct, table, time_calls
+from _util import median, parse, pct, table, time_calls
 from gate.config.policy import Policy
 from gate.decide.codes import Status, issue
 from gate.decide.decision import Decider
@@ -170,7 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--entries", type=int, default=10_000_000)
     ap.add_argument("--tinydb", type=int, default=100_000)
-    args = ap.parse_args()
+    args = parse(ap, entries=20_000, tinydb=2000)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         sq = sqlite_side(tmp, args.entries)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pyzbar import pyzbar
 
-from _util import median, table, time_calls
+from _util import median, parse, table, time_calls
 from gate.scan.decoders import DecodedCode, ZbarDecoder, ZxingDecoder, make_decoder
 from gate.scan.framegen import code_frame
 from gate.scanner import load_grey
@@ -85,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--samples", default=str(Path(__file__).resolve().parents[2] / "shared" / "qr-samples"))
     ap.add_argument("--runs", type=int, default=200)
-    args = ap.parse_args()
+    args = parse(ap, runs=20)
     rows = frame_costs(args.runs)
     print("Median decode time per greyscale frame, ms (streaming mode: both polarities on every frame)")
     print(table(["frame", "content", "gate zxing", "gate zbar", "naive pyzbar.decode", "zxing speed-up"], rows))

@@ -7,7 +7,7 @@ draining to mosquitto), snapshot (a 1M-pass snapshot arriving from central), the
 frames with no code. Beside gate: the fair peer (raw zxingcpp.read_barcodes on the same frames, both
 polarities) and the naive baseline (the decoder alternating polarity on successive frames, as gate did).
 
-usage: bench/e2e.py [--n 500] [--entries 1000000] [--backlog 100000] [--idle-seconds 20] [--only SCENARIO]
+usage: bench/e2e.py [--n 500] [--entries 1000000] [--backlog 100000] [--idle-seconds 20] [--only SCENARIO] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from typing import Any, ClassVar
 import numpy as np
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from _util import pct, start_broker
+from _util import parse, pct, start_broker
 from gate.config.model import Config, parse_config
+from gate.core.seal import seal_path
 from gate.decide.codes import Status, issue
 from gate.decide.keys import TrustStore, generate_keypair, load_private_key
 from gate.decide.passcache import PassCache
@@ -194,6 +195,7 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
     state = lab.tmp / f"state-{name}"
     state.mkdir()
     shutil.copy(lab.cache, state / "passes.db")
+    shutil.copy(seal_path(lab.cache), seal_path(state / "passes.db"))  # without its seal the cache is unproven
     if backlog:
         prefill_outbox(state, backlog)
     tokens, _, images = codes(lab, n, name == "dark", start=1000)
@@ -212,12 +214,21 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
         lambda scan, d, ev: lab.decisions.append((time.perf_counter(), d.token or "", d.reason.value))
     )
     assert gate.link is not None
+    stop, started, go = threading.Event(), threading.Event(), threading.Event()
+
+    def run_lane() -> None:  # built on this thread, started and run on the lane's: it owns the lane's state
+        gate.start()
+        started.set()
+        if go.wait(30):
+            gate.run(stop)
+
+    lane = threading.Thread(target=run_lane, name="lane")
+    lane.start()
+    started.wait(30)
     gate.link.connected.wait(10) and gate.link.subscribed.wait(10)
-    stop = threading.Event()
-    lane = threading.Thread(target=gate.run, args=(stop,), name="lane")
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
-    lane.start()
+    go.set()
     background: subprocess.Popen[bytes] | None = None
     reader = PassCache(state / "passes.db")
     done_at = None
@@ -249,6 +260,7 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
     finally:
+        go.set()
         stop.set()
         lane.join(10)
         if background is not None:
@@ -344,7 +356,7 @@ def main() -> None:
     ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--only", action="append", choices=["normal", "dark", "draining", "snapshot", "idle", "peers"])
-    args = ap.parse_args()
+    args = parse(ap, n=30, entries=20_000, backlog=2000, idle_seconds=3.0)
     only = set(args.only or ["normal", "dark", "draining", "snapshot", "idle", "peers"])
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _util import paho_qos1_seconds, pct, start_broker, table, time_calls
+from _util import paho_qos1_seconds, parse, pct, start_broker, table, time_calls
 from gate.config.model import MqttSection
 from gate.deliver.delivery import Drainer
 from gate.deliver.events import uuid7
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--big-drain", type=int, default=400_000, help="how much of the big backlog to drain")
     ap.add_argument("--appends", type=int, default=3000)
     ap.add_argument("--window", type=int, default=200, help="in-flight window for both sides")
-    args = ap.parse_args()
+    args = parse(ap, backlog=2000, big_backlog=10_000, big_drain=4000, appends=200)
     global WINDOW
     WINDOW = args.window
     with tempfile.TemporaryDirectory() as d:

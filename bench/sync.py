@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
-from _util import pct, start_broker, table
+from _util import parse, pct, start_broker, table
 from gate.central.mqtt import connect, publisher
 from gate.config.model import parse_config
 from gate.core.clock import SystemClock
@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--deltas", type=int, default=50)
-    args = ap.parse_args()
+    args = parse(ap, entries=20_000, deltas=5)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         broker, port = start_broker(tmp)
@@ -94,7 +94,7 @@ def main() -> None:
             pin_factory=MockFactory(),
             clock=SystemClock("assume_synced"),
             trust=TrustStore.from_files([ipub]),
-        )
+        ).start()
         try:
             gate.link.connected.wait(10) and gate.link.subscribed.wait(10)
             rows: list[list[Any]] = [[f"tok-{i:010d}", 0, None, 0, None] for i in range(args.entries)]

@@ -42,7 +42,10 @@ class Actuator:
         """`clock` and `worker=False` are for tests that step the machine by hand (`process_events`)."""
         from gpiozero import DigitalOutputDevice
 
-        self.cfg, self._on_outcome, self._on_alarm, self._clock = cfg, on_outcome, on_alarm, clock
+        self.cfg = cfg
+        self._on_outcome = on_outcome
+        self._on_alarm = on_alarm
+        self._clock = clock
         timeout = cfg.passage.timeout_seconds if cfg.passage is not None else None
         self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout)
         self._lock = threading.Lock()
@@ -84,9 +87,8 @@ class Actuator:
             raise DeviceError(f"gpio: cannot open devices: {exc.__class__.__name__}: {exc}") from exc
         if self.fire is not None and self.fire.is_active:
             self._step(lambda now: m.fire_input(True, "fire input active at start"))
-        self._worker = threading.Thread(target=self._work, name="actuator", daemon=True) if worker else None
-        if self._worker is not None:
-            self._worker.start()
+        self._has_worker = worker
+        self._worker: threading.Thread | None = None  # the thread running `work`, once one does
 
     @property
     def mode(self) -> Mode:
@@ -127,8 +129,19 @@ class Actuator:
         return not self.machine.busy
 
     # -- the worker ----------------------------------------------------------------------------------
-    def _work(self) -> None:
-        while not self._stop.is_set():
+    def start(self) -> Actuator:
+        """Standalone (tests, `gate selftest`): the worker on a thread of its own. Under `Gate.start()` the
+        supervisor runs `work` instead. Construction starts nothing."""
+        if self._has_worker and self._worker is None:
+            threading.Thread(target=self.work, args=(self._stop,), name="actuator", daemon=True).start()
+            while self._worker is None and not self._stop.is_set():
+                time.sleep(0.001)  # until the worker has said which thread it is: close() joins it
+        return self
+
+    def work(self, stop: threading.Event) -> None:
+        """The worker: sensor and timer events into the machine, until `stop` or `close()`."""
+        self._worker = threading.current_thread()
+        while not stop.is_set() and not self._stop.is_set():
             due = self.machine.deadline
             wait = 0.5 if due is None else min(0.5, max(0.0, due - self._clock()))
             try:
@@ -218,7 +231,7 @@ class Actuator:
         self._stop.set()
         built = hasattr(self, "_worker")
         worker = self._worker if built else None
-        if worker is not None:
+        if worker is not None and worker.is_alive():
             self.events.put(None, essential=True)
             if worker is not threading.current_thread():
                 worker.join(timeout=2.0)
@@ -243,7 +256,7 @@ class Actuator:
         self._devices.clear()
 
     def __enter__(self) -> Actuator:
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

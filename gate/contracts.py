@@ -1,37 +1,22 @@
-"""What the stages pass each other: the lane's requests and events, the mode's names, the venue, the MQTT topics
-and the alarm names. Plain values, importing nothing of the stages, so that any stage may use them."""
+"""What the stages pass each other: the lane's requests and events, the mode's names, the MQTT topics and the alarm
+names. Plain values, importing nothing of the stages (only core and config, below every stage), so that any stage
+may use them."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gate.config.policy import Policy
+from gate.config.venue import ID_PATTERN
 from gate.core.mailbox import Mailbox
 
-if TYPE_CHECKING:
-    from gate.config.policy import Policy
-
 CODE_PREFIX = "GT1:"  # every pass code starts so (docs/codes.md); a reader can tell a code's start by it
-ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a venue, vehicle, route, run or stop id
-
-
-@dataclass(frozen=True)
-class Venue:
-    id: str
-    name: str
-    category: str
-    vehicle_id: str | None = None  # bus and taxi
-    route: str | None = None  # bus: the route and the trip (run) it is on when the check-in is made
-    run: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """A fixed venue's JSON keeps its three fields; a vehicle adds those it has."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k in ("id", "name", "category")}
 
 
 # -- the lane's mode -----------------------------------------------------------------------------------
@@ -96,6 +81,7 @@ ALARMS = (
     "delivery_stalled",
     "fault",
     "gps_silent",
+    "thread_restarted",
 )
 
 

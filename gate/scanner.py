@@ -107,7 +107,9 @@ class Scanner:
     """A code source plus de-duplication: yields Scans."""
 
     def __init__(self, source: CodeSource, dedup: Deduplicator, mono: Callable[[], float] = time.monotonic) -> None:
-        self.source, self.dedup, self._mono = source, dedup, mono
+        self.source = source
+        self.dedup = dedup
+        self._mono = mono
 
     def poll(self, timeout: float) -> list[Scan] | None:
         """Scans from one observation; [] if it held nothing new, None if the source gave nothing."""

@@ -24,7 +24,9 @@ class FixedClock:
     scanner, the GPS receiver). `advance` moves both."""
 
     def __init__(self, wall: float = 0.0, synced: bool = True, mono: float = 1000.0) -> None:
-        self.wall, self.synced, self.mono = wall, synced, mono
+        self.wall = wall
+        self.synced = synced
+        self.mono = mono
 
     def advance(self, seconds: float) -> None:
         self.wall += seconds

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -147,6 +149,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mark_slow(items)
     if BROKER_KIND != "rabbitmq":
         return
     for item in items:
@@ -390,3 +393,68 @@ def fill(directory: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# -- the fast loop: a test that starts a service (broker, RabbitMQ, PostgreSQL, a daemon, a browser) is slow ------
+SLOW_FIXTURES = frozenset(
+    {"broker", "broker_home", "secured", "rabbitmq", "pg_cluster", "pg_url", "browser", "console", "demo_run"}
+)
+
+
+STARTS_A_PROCESS = re.compile(r"(?<![.\w])start\(|Popen\(")  # fakes.start (the daemon), or any child process
+
+
+def mark_slow(items: list[pytest.Item]) -> None:
+    """`script/test --fast` runs `-m "not slow"`: every test using a fixture that starts a service (or a
+    PostgreSQL parameter), or whose body starts the daemon or another process, is marked here, besides the
+    modules that say `pytestmark = pytest.mark.slow` themselves."""
+    import inspect
+
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        fn = getattr(item, "function", None)
+        source = inspect.getsource(fn) if fn is not None else ""
+        if (
+            SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or "postgresql" in map(str, params.values())
+            or STARTS_A_PROCESS.search(source)
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
+# -- a connection used by a thread that does not own it is a bug: any test where it happens fails -------------
+class _WrongThreadSeen(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if type(exc).__name__ == "WrongThread" or "WrongThread" in text or "this connection belongs to" in text:
+            self.seen.append(f"{record.threadName}: {text} {exc or ''}".strip())
+
+
+@pytest.fixture(autouse=True)
+def no_wrong_thread() -> Iterator[None]:
+    """Fails the test if any thread logged a WrongThread or died of one (gate.core.sqlite.Owned)."""
+
+    seen = _WrongThreadSeen()
+    root = logging.getLogger()
+    root.addHandler(seen)
+    before = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not None and args.exc_type.__name__ == "WrongThread":
+            name = args.thread.name if args.thread is not None else "?"
+            seen.seen.append(f"{name}: died of {args.exc_value}")
+        before(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = before
+        root.removeHandler(seen)
+    if seen.seen:
+        pytest.fail("WrongThread (a connection used off its owner thread): " + "; ".join(seen.seen[:3]))

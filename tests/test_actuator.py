@@ -32,7 +32,7 @@ class Rig:
         self.factory = MockFactory()
         self.outcomes: list[PassageOutcome] = []
         self.alarms: list[Alarm] = []
-        self.act = Actuator(gpio(**kw), self.factory, self.outcomes.append, self.alarms.append)
+        self.act = Actuator(gpio(**kw), self.factory, self.outcomes.append, self.alarms.append).start()
         self.relay = self.factory.pin(RELAY)
 
     def walk(self, delay: float = 0.05, dwell: float = 0.05) -> None:
@@ -164,7 +164,7 @@ def test_a_failing_outcome_handler_locks_the_relay_and_keeps_working() -> None:
     def bad(o: PassageOutcome) -> None:
         raise RuntimeError("handler bug")
 
-    act = Actuator(gpio(), factory, on_outcome=bad)
+    act = Actuator(gpio(), factory, on_outcome=bad).start()
     try:
         act.release(Release("d1"))
         assert act.wait_idle(3)

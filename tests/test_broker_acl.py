@@ -16,6 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import Broker, ProvisionedBroker, free_port, wait_until
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 
 def provision(d: Path, name: str, role: str = "gate", *extra: str) -> str:
     r = subprocess.run(
@@ -209,7 +211,7 @@ def test_a_provisioned_gate_delivers_through_its_own_identity(secured, tmp_path,
             "password_file": str(d / "credentials" / "lane-a" / "mqtt-password"),
         },
     )
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     try:
         code = issue(keys.private, "tok-acl001", Status.RED, int(time.time()), 600).encode()
         event = g.handle(code)[1].event_id
@@ -257,7 +259,7 @@ def test_central_tools_work_through_least_privilege_identities(secured, tmp_path
             "password_file": str(creds / "mqtt-password"),
         },
     )
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     db = tmp_path / "checkins.db"
     collector = subprocess.Popen(
         [

@@ -20,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import ProvisionedBroker, free_port, require, wait_until
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 
 def central(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -140,7 +142,7 @@ def test_a_gate_config_is_complete_and_reaches_the_broker_over_tls(broker_home, 
     cfg = parse_config(data, "test")
     assert cfg.venue.id == "rail-central"
     b.start()
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     try:
         assert wait_until(lambda: g.link.connected.is_set(), 20)
         g.handle(issue(keys.private, "tok-tls001", Status.RED, int(time.time()), 600).encode())

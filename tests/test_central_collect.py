@@ -20,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import Broker, wait_until
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 N = 3000
 NOW = time.time()
 GATES = ("lane-a", "lane-b", "lane-c")

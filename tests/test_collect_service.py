@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import ProvisionedBroker, free_port, make_config, require, wait_until
@@ -21,6 +22,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd/gate-collect@.service"
@@ -94,7 +97,7 @@ def test_two_collectors_from_the_unit_store_every_check_in_once(broker_home, tmp
             "password_file": str(creds / "mqtt-password"),
         },
     )
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     try:
         for p in procs:
             line = p.stderr.readline() if p.stderr else ""

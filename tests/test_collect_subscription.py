@@ -14,6 +14,8 @@ from gate.central.mqtt import Connack
 from gate.central.subscribe import check_suback, plan
 from gate.core.errors import GateError
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 V5, V311 = Connack(mqtt.MQTTv5), Connack(mqtt.MQTTv311)
 NO_SHARED = Connack(mqtt.MQTTv5, shared_subscriptions=False)
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +26,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 EVENT = re.compile(r"event=([0-9a-f-]{36})")
 
@@ -157,7 +160,7 @@ def test_tls_with_password_auth_delivers_check_ins(tmp_path, keys, subscriber_fa
             source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
             pin_factory=MockFactory(),
             clock=SystemClock("assume_synced"),
-        )
+        ).start()
         try:
             now = int(time.time())
             eid = gate.handle(issue(keys.private, "tok-tls001", Status.RED, now, 60).encode())[1].event_id

@@ -22,6 +22,8 @@ from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 SCHEMAS = Path(__file__).resolve().parent.parent / "gate" / "schemas"
 
 
@@ -38,7 +40,7 @@ def make_gate(tmp_path: Path, keys, broker: Broker, **sections: Any) -> Gate:
         **sections,
     )
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    return build(cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"))
+    return build(cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced")).start()
 
 
 def codes(keys, n: int, status: Status = Status.GREEN) -> list[bytes]:
@@ -177,7 +179,7 @@ def offline_gate(tmp_path: Path, keys, **outbox: Any) -> Gate:
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
         with_mqtt=False,
-    )
+    ).start()
 
 
 def test_full_outbox_takes_the_gate_out_of_service_and_alarms(tmp_path, keys, gates) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import Broker, free_port, make_config, wait_until
@@ -20,6 +21,8 @@ from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 PUBLISH = 3
 
@@ -99,7 +102,7 @@ def test_a_broker_that_eats_every_message_is_left_and_everything_arrives_after(
     proxy = EatingProxy(broker)
     cfg = make_config(tmp_path / "state", keys, mqtt={"host": "127.0.0.1", "port": proxy.port, "keepalive": 5})
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True).start()
     sub = subscriber_factory(broker, "gate/+/checkin")
     try:
         g.cache.apply_delta([], [], 0)
@@ -135,7 +138,7 @@ def test_rows_whose_delete_failed_on_a_full_disk_are_sent_again_and_removed_with
 
     cfg = make_config(tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port})
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True).start()
     sub = subscriber_factory(broker, "gate/+/checkin")
     full = threading.Event()
     full.set()

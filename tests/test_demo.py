@@ -1,4 +1,7 @@
-"""`gate demo --once --json` against a real broker: every decision shown is one check-in a subscriber receives."""
+"""`gate demo --once` against a real broker: every decision shown is one check-in a subscriber receives.
+
+The demo runs in real time (about 30 s), so each of its three runs (station with --json, station as a table, a bus)
+is made once per module, all three at once, by one module-scoped fixture; the tests read what they printed."""
 
 from __future__ import annotations
 
@@ -6,22 +9,66 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from conftest import free_port
+import pytest
+
+from conftest import BROKER_KIND, Subscriber, free_port, new_broker
+
+pytestmark = pytest.mark.slow
 
 
-def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, subscriber_factory) -> None:
-    sub = subscriber_factory(broker)
+@dataclass
+class DemoRun:
+    result: subprocess.CompletedProcess[str]
+    sub: Subscriber
+
+
+def finish(proc: subprocess.Popen[str], sub: Subscriber) -> DemoRun:
+    out, err = proc.communicate(timeout=300)
+    return DemoRun(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), sub)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, DemoRun]]:
+    """The three demo runs, made once for the module, at the same time, each against its own broker."""
     metrics = f"127.0.0.1:{free_port()}"
-    r = subprocess.run(
-        [
-            *(sys.executable, "-m", "gate", "demo", "--once", "--json"),
-            *("--broker", f"{broker.host}:{broker.port}", "--metrics", metrics),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    runs = {
+        "json": (["--json", "--metrics", metrics], "#"),
+        "table": ([], "#"),
+        "bus": (["--json", "--venue", "bus"], "gate/+/checkin"),
+    }
+    brokers, subs, procs, done = [], {}, {}, {}
+    try:
+        for name, (args, topic) in runs.items():
+            broker = new_broker(tmp_path_factory.mktemp(f"demo-{name}"))
+            broker.start()
+            brokers.append(broker)
+            subs[name] = Subscriber(broker, topic)
+            cmd = [sys.executable, "-m", "gate", "demo", "--once", "--broker", f"{broker.host}:{broker.port}", *args]
+            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if BROKER_KIND == "rabbitmq":  # one RabbitMQ node at a time: three at once outgrow a small machine
+                done[name] = finish(procs[name], subs[name])
+                broker.stop()
+        for name, proc in procs.items():
+            if name not in done:
+                done[name] = finish(proc, subs[name])
+        yield done
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for sub in subs.values():
+            sub.close()
+        for broker in brokers:
+            broker.stop()
+
+
+def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(demo_run: dict[str, Any]) -> None:
+    r, sub = demo_run["json"].result, demo_run["json"].sub
     assert r.returncode == 0, r.stdout + r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]  # every line is one whole JSON object
     events = [rec["event"] for rec in records]
@@ -59,13 +106,8 @@ def test_demo_once_exits_0_and_every_shown_decision_reached_the_broker(broker, s
     assert scraped['gate_decisions_total{reason="forged_signature"}'] == 1
 
 
-def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "gate", "demo", "--once", "--broker", f"{broker.host}:{broker.port}"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+def test_demo_table_has_one_whole_line_per_decision(demo_run: dict[str, Any]) -> None:
+    r = demo_run["table"].result
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     eid = r"[0-9a-f]{8}-[0-9a-f]{4}"
@@ -82,21 +124,12 @@ def test_demo_table_has_one_whole_line_per_decision(broker) -> None:
     assert seen.count("decision") == 14 and seen[0] == "start" and seen[-1] == "done"
 
 
-def test_demo_on_a_bus_records_vehicle_trip_position_and_stop(broker, subscriber_factory) -> None:
+def test_demo_on_a_bus_records_vehicle_trip_position_and_stop(demo_run: dict[str, Any]) -> None:
     """`gate demo --venue bus`: the GPS is a pty replaying a recorded NMEA track along route R7's stops."""
     from gate.demo.bus import STOPS
     from gate.venue.gps import metres
 
-    sub = subscriber_factory(broker, "gate/+/checkin")
-    r = subprocess.run(
-        [
-            *(sys.executable, "-m", "gate", "demo", "--once", "--json", "--venue", "bus"),
-            *("--broker", f"{broker.host}:{broker.port}"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r, sub = demo_run["bus"].result, demo_run["bus"].sub
     assert r.returncode == 0, r.stdout + r.stderr
     decisions = [rec for rec in map(json.loads, r.stdout.splitlines()) if rec["event"] == "decision"]
     assert len(decisions) == 14

@@ -38,7 +38,7 @@ from gate.testing import ScriptedFrames, SerialModule
 def offline(cfg_path: Path):
     """The gate of a daemon config, built in this process without a broker (mock pins)."""
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    return build(load_config(cfg_path), source=src, pin_factory=MockFactory(), with_mqtt=False)
+    return build(load_config(cfg_path), source=src, pin_factory=MockFactory(), with_mqtt=False).start()
 
 
 def red(keys, i: int) -> bytes:

@@ -114,7 +114,7 @@ def test_a_bus_check_in_carries_vehicle_route_run_and_the_fix(tmp_path: Path, ke
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
         with_mqtt=False,
-    )
+    ).start()
     try:
         gate.handle(issue(keys.private, "tok-rider001", Status.GREEN, int(time.time()) - 5, 3600).encode())
         assert wait_until(lambda: (os.write(master, RMC + GGA), gate.recorder.position()["fix"])[1], timeout=10)

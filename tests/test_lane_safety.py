@@ -338,7 +338,7 @@ def test_the_model_would_see_a_lock_during_a_fire() -> None:
     raise AssertionError("the invariant did not catch a locked relay during a fire")
 
 
-# -- the real gate: build() with mock pins, as a station would run it ---------------------------------------
+# -- the real gate: build() and start() with mock pins, as a station would run it -----------------------------------
 GATE_GPIO = f"""
 [gpio.passage]
 pin = {PASSAGE}
@@ -354,7 +354,7 @@ def lane(tmp_path: Path, keys: Any) -> Iterator[Any]:
     cfg = daemon_config(tmp_path, keys, Broker(tmp_path), "/dev/null", extra=GATE_GPIO, passback=60)
     factory = MockFactory(pin_class=WiredPin)
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(load_config(cfg), source=src, pin_factory=factory, with_mqtt=False)
+    g = build(load_config(cfg), source=src, pin_factory=factory, with_mqtt=False).start()
     g.cache.apply_delta([], [], 0)
     g.relay, g.fire = factory.pin(RELAY), factory.pin(FIRE)
     g.code = lambda i: issue(keys.private, f"tok-ls{i:06d}", Status.GREEN, int(time.time()) - 5, 3600).encode()

@@ -7,10 +7,13 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from conftest import wait_until
 from gate.config.model import MqttSection
 from gate.mqtt_link import MqttLink
+
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 
 class OldBroker:

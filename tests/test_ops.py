@@ -34,30 +34,41 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def make(tmp_path: Path, keys, broker=None, **sections):
+def make(tmp_path: Path, keys, broker=None, start: bool = True, **sections):
+    """A gate built and (`start`) started on this thread, which then owns the lane's connections."""
     mqtt = {"mqtt": {"host": broker.host, "port": broker.port}} if broker else {}
     cfg = make_config(tmp_path / "state", keys, policy={"passback_seconds": 0}, **mqtt, **sections)
     src = DecodingSource(ScriptedFrames([]), make_decoder("auto"))
-    return build(
+    gate = build(
         cfg, source=src, pin_factory=MockFactory(), clock=SystemClock("assume_synced"), with_mqtt=broker is not None
     )
+    return gate.start() if start else gate
 
 
 def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys) -> None:
     listen = f"127.0.0.1:{free_port()}"
-    gate = make(tmp_path, keys, metrics={"listen": listen})
-    try:
+    gate = make(tmp_path, keys, start=False, metrics={"listen": listen})
+    started, go, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def lane_thread() -> None:  # the lane's connections belong to the thread that starts and runs it
+        gate.start()
         gate.cache.apply_delta([("tok-bad00001", 2, None, 0, None)], [], seq=1)
         now = int(time.time())
         gate.handle(issue(keys.private, "tok-good0001", Status.GREEN, now - 5, 3600).encode())
         gate.handle(issue(keys.private, "tok-bad00001", Status.GREEN, now - 5, 3600).encode())
         gate.handle(b"not a code")
         gate.stats.scanned(1.3)
+        started.set()
+        if go.wait(30):
+            gate.run(stop)
+
+    lane = threading.Thread(target=lane_thread, name="lane")
+    lane.start()
+    try:
+        assert started.wait(30)
         status, _ = get(f"http://{listen}/healthz")
         assert status == 503  # the scan loop is not running yet
-        stop = threading.Event()
-        lane = threading.Thread(target=gate.run, args=(stop,))
-        lane.start()
+        go.set()
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 200)
         status, text = get(f"http://{listen}/metrics")
         assert status == 200
@@ -67,6 +78,9 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
         lane.join(10)
         assert wait_until(lambda: get(f"http://{listen}/healthz")[0] == 503)
     finally:
+        go.set()
+        stop.set()
+        lane.join(10)
         gate.close()
     r = subprocess.run([require("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -76,16 +90,25 @@ def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys)
     assert 'gate_decode_seconds_bucket{le="0.002"} 1.0' in text and "gate_decode_seconds_count 1.0" in text
     for name in ALARMS:
         assert f'gate_alarm_active{{alarm="{name}"}} 0.0' in text
-    for family in ("gate_outbox_depth", "gate_outbox_oldest_age_seconds", "gate_cache_age_seconds",
-                   "gate_broker_connected", "gate_source_restarts_total", "gate_passages_total",
-                   "gate_clock_synced", "gate_dead_letters", "gate_broker_connects_total",
-                   "process_resident_memory_bytes", "process_cpu_seconds_total"):  # fmt: skip
+    for family in (
+        "gate_outbox_depth",
+        "gate_outbox_oldest_age_seconds",
+        "gate_cache_age_seconds",
+        "gate_broker_connected",
+        "gate_source_restarts_total",
+        "gate_passages_total",
+        "gate_clock_synced",
+        "gate_dead_letters",
+        "gate_broker_connects_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ):
         assert f"# TYPE {family.removesuffix('_total')}" in text, family
     assert re.search(r'^gate_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0$', text, re.M)
     assert 'gate_decisions_total{reason="expired"} 0.0' in text  # every reason from the start, at 0
     assert 'gate_passages_total{outcome="passed"} 0.0' in text
-    # never synced: an age that an alert `gate_cache_age_seconds > 86400` catches, not NaN
-    assert "gate_cache_age_seconds +Inf" in text and "gate_cache_synced 0.0" in text
+    assert "gate_cache_synced 1.0" in text  # the delta applied above is central vouching for the cache
+    assert re.search(r"^gate_cache_age_seconds \d+\.\d+$", text, re.M)
 
 
 def test_a_metrics_port_in_use_is_logged_and_the_gate_runs_on(tmp_path, keys, caplog) -> None:
@@ -167,9 +190,12 @@ def test_the_grafana_dashboard_uses_only_metrics_the_gate_serves(tmp_path, keys)
     listen = f"127.0.0.1:{free_port()}"
     gate = make(tmp_path, keys, metrics={"listen": listen})
     try:
-        served = set(re.findall(r"^# TYPE (\w+) (\w+)", get(f"http://{listen}/metrics")[1], re.M))
+        text = get(f"http://{listen}/metrics")[1]
+        served = set(re.findall(r"^# TYPE (\w+) (\w+)", text, re.M))
     finally:
         gate.close()
+    # never synced: an age that an alert `gate_cache_age_seconds > 86400` catches, not NaN
+    assert "gate_cache_age_seconds +Inf" in text and "gate_cache_synced 0.0" in text
     names = set()
     for name, kind in served:
         names |= {name, f"{name}_total"} if kind == "counter" else {name}

@@ -43,15 +43,35 @@ def test_a_connection_used_by_a_second_thread_is_refused(tmp_path) -> None:
     cache.close()
 
 
-def test_ownership_passes_on_only_when_the_owner_thread_has_ended(tmp_path) -> None:
+def test_ownership_passes_on_only_by_an_explicit_hand_over(tmp_path) -> None:
     cache = PassCache(tmp_path / "passes.db")
     on_thread(cache.info)  # owned by a thread that has now ended
-    assert cache.info().version == 0  # so this thread may take it over
+    with pytest.raises(WrongThread, match="belongs to the lane thread"):
+        cache.info()  # its end hands nothing over by itself
+    cache.hand_over()
+    assert cache.info().version == 0  # now this thread owns it
+    with pytest.raises(WrongThread, match="only its owner"):
+        on_thread(lambda: Owned.release(cache._conn))  # and only it may hand it on while it runs
+    cache.close()
+
+
+def test_a_wrong_thread_is_raised_by_faults_never_counted_as_an_episode(tmp_path) -> None:
+    from gate.core.faults import Faults
+
+    episodes: list[str] = []
+    faults = Faults(on_episode=lambda what, on, detail: episodes.append(what))
+    cache = PassCache(tmp_path / "passes.db")
+    cache.info()
+    with pytest.raises(WrongThread):
+        on_thread(lambda: faults.run("reading", cache.info))
+    assert faults.snapshot() == {} and episodes == []
     cache.close()
 
 
 def test_a_failed_transaction_rolls_back_and_leaves_the_connection_usable(tmp_path) -> None:
-    conn = Owned(tmp_path / "t.db", lambda db: db.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY)"))
+    conn = Owned(
+        tmp_path / "t.db", lambda db: db.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY)"), "test"
+    )
     with pytest.raises(sqlite3.IntegrityError), conn.transaction() as db:
         db.execute("INSERT INTO t VALUES (1)")
         db.execute("INSERT INTO t VALUES (1)")

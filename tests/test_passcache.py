@@ -66,6 +66,7 @@ def test_snapshot_swap_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None
         t.join()
         assert None not in seen  # never an empty or half-built table
         assert set(seen) <= {Status.GREEN, Status.RED} and seen[-1] is Status.RED
+        reader.hand_over()  # the reading thread has ended: this one takes the connection over, explicitly
         assert reader.info().version == 2
         reader.close()
 

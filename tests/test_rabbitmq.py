@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from conftest import make_config, wait_until
@@ -21,6 +22,8 @@ from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 
 def gate_on(rabbitmq, tmp_path: Path, keys, prefix: str, **sections):
     cfg = make_config(
@@ -30,7 +33,9 @@ def gate_on(rabbitmq, tmp_path: Path, keys, prefix: str, **sections):
         policy={"passback_seconds": 0},
         **sections,
     )
-    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    return build(
+        cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()
+    ).start()
 
 
 def central(*args: str) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,8 @@ from gate.core.sdnotify import Notifier
 from gate.lane.wiring import build
 from gate.scanner import Observation
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -306,7 +306,7 @@ def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_lat
 
     cfg = daemon_config(tmp_path, keys, broker, "/dev/null")
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(load_config(cfg), source=src, pin_factory=MockFactory(), with_mqtt=True)
+    g = build(load_config(cfg), source=src, pin_factory=MockFactory(), with_mqtt=True).start()
     sub = subscriber_factory(broker, "gate/lane-k/alarm")
     try:
         assert wait_until(g.link.connected.is_set, 20)
@@ -340,7 +340,7 @@ def test_whatever_earlier_copy_a_restart_finds_the_mode_is_the_last_requested_or
 
     assume(not (0 <= stale_db < len(modes) and 0 <= stale_seal < len(modes)))
 
-    from gate.lane.statefiles import Recovery, open_lane_state
+    from gate.lane.statefiles import Recovery, check_lane_state, prove_lane_state
 
     with tempfile.TemporaryDirectory() as d:
         state = Path(d)
@@ -357,7 +357,9 @@ def test_whatever_earlier_copy_a_restart_finds_the_mode_is_the_last_requested_or
         if 0 <= stale_seal < len(copies):
             seal_path(state / "lane.db").write_bytes(copies[stale_seal][1])
         recovery = Recovery()
-        lane, unknown = open_lane_state(state / "lane.db", recovery)
+        lost = check_lane_state(state / "lane.db", recovery)
+        lane = LaneState(state / "lane.db")
+        unknown = lost or prove_lane_state(lane, recovery)
         try:
             if not unknown:
                 record = lane.mode()

@@ -38,6 +38,8 @@ from gate.sync.passsync import rows_digest
 from gate.sync.worker import central_topics
 from gate.testing import ScriptedFrames
 
+pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+
 PREFIX = "gate"
 R = TypeVar("R")
 T = central_topics(PREFIX)
@@ -89,7 +91,7 @@ def gate(tmp_path, keys, broker, central):
         source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
-    )
+    ).start()
     assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     yield g
     g.close()
@@ -496,7 +498,7 @@ def test_a_snapshot_download_resumes_after_a_restart(tmp_path, keys, broker, cen
         source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
-    )
+    ).start()
     try:
         assert again.link.connected.wait(10) and again.link.subscribed.wait(10)
         central.send(topic[2], sign(central.key, "chunk", {"version": 7, "index": 2, "rows": chunks[2]}), retain=True)
@@ -638,7 +640,9 @@ def test_central_changes_a_buss_route_and_run_without_a_restart_and_it_lasts(tmp
             mqtt={"host": broker.host, "port": broker.port},
             central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
         )
-        g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+        g = build(
+            cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()
+        ).start()
         assert g.link is not None and g.link.connected.wait(10) and g.link.subscribed.wait(10)
         return g
 

@@ -153,7 +153,7 @@ def _attempt(
 def retained(broker: MqttSection | tuple[str, int], topic: str, timeout: float = 2.0) -> bytes | None:
     """The retained message on `topic`, if the broker holds one (None after `timeout`)."""
     got: list[bytes] = []
-    done = threading.Event()
+    done, subscribed = threading.Event(), threading.Event()
     client = connect(broker)
 
     def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -162,9 +162,13 @@ def retained(broker: MqttSection | tuple[str, int], topic: str, timeout: float =
         done.set()
 
     client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
     client.subscribe(topic, qos=1)
     try:
-        done.wait(timeout)
+        # A broker sends the retained message right behind its SUBACK: after that, a short grace, not `timeout`
+        # (nothing retained used to cost the whole timeout, e.g. on every Measures view before a first policy).
+        if subscribed.wait(timeout):
+            done.wait(min(timeout, 0.5))
     finally:
         client.disconnect()
         client.loop_stop()

@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from gate.central.store import ALL_COLS, DAY, USERS_SQL, Quarantined, Queries, Row, days, merge_seen
+from gate.central.accounts import SESSIONS_INDEX, SESSIONS_SQL, USERS_SQL
+from gate.central.store import ALL_COLS, DAY, INDEXES, Quarantined, Queries, Row, days, merge_seen
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkins (
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE TABLE IF NOT EXISTS fleet (gate_id text PRIMARY KEY, doc text NOT NULL);
 """
-SCHEMA += USERS_SQL + ";\n"
+SCHEMA += ";\n".join((USERS_SQL, SESSIONS_SQL, SESSIONS_INDEX)) + ";\n"
 LOCK = 7_242_817  # advisory lock id: schema and partition changes, one collector at a time
 
 
@@ -58,6 +59,21 @@ class PgStore(Queries):
                 self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
                 self.db.execute(SCHEMA)
         self._days = set(self._partitions().values())
+        self._indexes()
+
+    def _indexes(self) -> None:
+        """The console's indexes, on a collection from before them; skipped for a role that may not create."""
+        have = {r[0] for r in self.db.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        missing = [sql for sql in INDEXES if sql.split()[5] not in have]
+        if not missing:
+            return
+        try:
+            with self.db.transaction():
+                self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+                for sql in missing:
+                    self.db.execute(sql)
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # a reader's role (tracing staff): the owner's next start makes them
 
     def _partitions(self) -> dict[str, int]:
         """Each day partition of checkins, by name, with its UTC day number."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gate.central.mqtt import publisher, request, retained
@@ -36,16 +39,67 @@ def _previous_manifest(broker: Any, topic: str) -> tuple[int, int] | None:
         return None  # not ours to read: nothing to clear
 
 
+class BackwardsError(GateError):
+    """A version at or below the one the broker holds: the gates (and any gate that joins later) would split."""
+
+
+_publishing = threading.Lock()  # one console's publishers take turns between the version check and the publish
+
+
+def signed_body(payload: bytes | None, key: Ed25519PrivateKey) -> dict[str, Any] | None:
+    """The body of an envelope central's key signed (as the gates check it); None for anything else."""
+    try:
+        env = json.loads(payload) if payload else None
+        if env is None:
+            return None
+        key.public_key().verify(base64.b64decode(env["sig"], validate=True), env["msg"].encode())
+        body = json.loads(env["msg"])
+        return body if isinstance(body, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidSignature):
+        return None
+
+
+def in_force(broker: Any, topic: str, key: Ed25519PrivateKey) -> int | None:
+    """The version of the message central's key signed that the broker retains on `topic` (None if none): what
+    a gate joining now would take. A message another key signed is no gate's version, so it does not count."""
+    body = signed_body(retained(broker, topic), key)
+    try:
+        return None if body is None else int(body["version"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def forward(what: str, version: int, current: int | None) -> None:
+    """Refuse `version` unless it is above `current`: versions only move forward."""
+    if current is not None and version <= current:
+        raise BackwardsError(
+            f"{what}: version {version} is not above the one in force ({current}); versions only move forward"
+        )
+
+
 def _rows(path: Path) -> list[list[Any]]:
     return [list(r) for r in read_file(path)]
 
 
-def publish_policy(broker: Any, prefix: str, key: Ed25519PrivateKey, doc: dict[str, Any]) -> int:
-    """Sign a policy document (with its `version`) and publish it retained; the CLI and the console both call it."""
+def publish_policy(
+    broker: Any, prefix: str, key: Ed25519PrivateKey, doc: dict[str, Any], shown: int | None = None
+) -> int:
+    """Sign a policy document (with its `version`) and publish it retained; the CLI and the console both call it.
+    Refused if its version is not above the one the broker holds, or (`shown`, the console's confirmation) if
+    the version in force is no longer the one the person was shown."""
     doc = dict(doc)
     version = int(doc.pop("version"))
-    with publisher(broker) as pub:
-        pub(central_topics(prefix)["policy"], sign(key, "policy", {"version": version, "policy": doc}), True)
+    topic = central_topics(prefix)["policy"]
+    with _publishing:
+        current = in_force(broker, topic, key)
+        if shown is not None and (current or 0) != shown:
+            raise BackwardsError(
+                f"publish-policy: the policy in force is now version {current or 0}, not {shown} as this page "
+                "showed: review the measures again"
+            )
+        forward("publish-policy", version, current)
+        with publisher(broker) as pub:
+            pub(topic, sign(key, "policy", {"version": version, "policy": doc}), True)
     return version
 
 
@@ -76,6 +130,7 @@ def main(args: argparse.Namespace) -> int:
         manifest = {"version": args.version, "count": len(rows), "chunks": len(chunks), "sha256": rows_digest(chunks)}
         msgs.append((topics["manifest"], sign(key, "manifest", manifest), True))
         old = _previous_manifest(args.broker, topics["manifest"])
+        forward("publish-snapshot", args.version, in_force(args.broker, topics["manifest"], key))
         if old is not None and old[0] != args.version:  # the last snapshot's chunks stop being retained
             msgs += [(f"{chunk_topic}/{old[0]}/{i}", b"", True) for i in range(old[1])]
         _publish(args, msgs)
@@ -83,6 +138,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if cmd == "publish-delta":
         upserts = _rows(Path(args.file)) if args.file else []
+        base = in_force(args.broker, topics["manifest"], key)
+        if base is not None and args.base_version != base:  # a delta on another snapshot: gates would resync
+            msg = f"publish-delta: base version {args.base_version} is not the snapshot in force ({base})"
+            raise BackwardsError(msg)
         delta = {"base_version": args.base_version, "seq": args.seq, "upserts": upserts, "deletes": args.delete}
         _publish(args, [(topics["delta"], sign(key, "delta", delta), False)])
         print(
@@ -107,6 +166,7 @@ def main(args: argparse.Namespace) -> int:
             start, _, end = window.partition(":")
             pem = Path(path).read_text()
             entries.append({"pem": pem, "not_before": float(start or 0), "not_after": float(end or 0)})
+        forward("publish-keys", args.version, in_force(args.broker, topics["keys"], key))
         _publish(args, [(topics["keys"], sign(key, "keys", {"version": args.version, "keys": entries}), True)])
         print(json.dumps({"keys_version": args.version, "keys": len(entries)}))
         return 0

@@ -9,9 +9,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gate.central.accounts import Accounts
 from gate.core.sqlite import private
 
 COLS = (
@@ -55,6 +57,27 @@ def row_of(ev: dict[str, Any], raw: bytes) -> Row:
     return (*(vals.get(c) for c in COLS), raw.decode())
 
 
+@dataclass(frozen=True)
+class AuditQuery:
+    """One page of the audit log: rows with id below `before`, newest first."""
+
+    before: int = 2**62
+    limit: int = 100
+    operator: str | None = None
+    action: str | None = None
+    t_from: float = 0.0
+    t_to: float = float("inf")
+
+
+# Indexes the console's bounded pages use; made with the schema and on opening a collection from before them.
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS checkins_gate ON checkins (gate_id, time)",
+    "CREATE INDEX IF NOT EXISTS audit_operator ON audit (operator, id)",
+    "CREATE INDEX IF NOT EXISTS audit_action ON audit (action, id)",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+)
+
+
 class Store(Protocol):
     url: str
 
@@ -75,17 +98,38 @@ class Store(Protocol):
 
     def audits(self) -> list[dict[str, Any]]: ...
 
+    def audit_page(self, q: AuditQuery) -> list[dict[str, Any]]:
+        """Newest first, at most q.limit rows with id below q.before, filtered by operator, action and period."""
+        ...
+
     def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
         """A gate's retained state or telemetry, for `gate central fleet`."""
         ...
 
     def fleet(self) -> list[dict[str, Any]]: ...
 
+    def has_gate(self, gate_id: str) -> bool: ...
+
     def user(self, name: str) -> dict[str, Any] | None:
-        """A console operator: name, role and password hash (never a password)."""
+        """A console operator: name, role, password hash (never a password) and disabled."""
         ...
 
+    def users(self) -> list[dict[str, Any]]: ...
+
     def put_user(self, name: str, role: str, password_hash: str) -> None: ...
+
+    def change_user(self, name: str, *, role: str | None = None, password_hash: str | None = None,
+                    disabled: bool | None = None, remove: bool = False) -> bool: ...  # fmt: skip
+
+    def console_schema(self) -> None: ...
+
+    def start_session(self, sid: str, name: str, csrf: str) -> None: ...
+
+    def session(self, sid: str, idle: float, longest: float) -> dict[str, Any] | None: ...
+
+    def end_session(self, sid: str) -> None: ...
+
+    def end_sessions(self, name: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -115,14 +159,7 @@ def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) 
     return doc
 
 
-# Console operators (`gate central console-user add`): a name, a role and an argon2 hash; no personal data.
-USERS_SQL = (
-    "CREATE TABLE IF NOT EXISTS console_users "
-    "(name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)"
-)
-
-
-class Queries:
+class Queries(Accounts):
     """What both stores ask in the same SQL: written with `?` placeholders, `PARAM` is the driver's own."""
 
     db: Any
@@ -146,24 +183,30 @@ class Queries:
             (time.time(), operator, action, json.dumps(params, sort_keys=True), rows),
         )
 
+    def audit_page(self, q: AuditQuery) -> list[dict[str, Any]]:
+        where = ["id < ?", "at >= ?", "at <= ?"]
+        params: list[Any] = [q.before, q.t_from, min(q.t_to, 1e18)]
+        for col, value in (("operator", q.operator), ("action", q.action)):
+            if value:
+                where.append(f"{col} = ?")
+                params.append(value)
+        cur = self._run(
+            f"SELECT id, at, operator, action, params, rows FROM audit WHERE {' AND '.join(where)} "
+            f"ORDER BY id DESC LIMIT {int(q.limit)}",
+            params,
+        )
+        keys = ("id", "at", "operator", "action", "params", "rows")
+        return [{**dict(zip(keys, r, strict=True)), "params": json.loads(r[4])} for r in cur]
+
     def audits(self) -> list[dict[str, Any]]:
         cur = self._run("SELECT at, operator, action, params, rows FROM audit ORDER BY id")
         return [{"at": a, "operator": o, "action": c, "params": json.loads(p), "rows": n} for a, o, c, p, n in cur]
 
+    def has_gate(self, gate_id: str) -> bool:
+        return self._run("SELECT 1 FROM fleet WHERE gate_id = ?", (gate_id,)).fetchone() is not None
+
     def fleet(self) -> list[dict[str, Any]]:
         return [{"gate_id": g, **json.loads(d)} for g, d in self._run("SELECT gate_id, doc FROM fleet ORDER BY 1")]
-
-    def user(self, name: str) -> dict[str, Any] | None:
-        row = self._run("SELECT name, role, hash FROM console_users WHERE name = ?", (name,)).fetchone()
-        return None if row is None else {"name": row[0], "role": row[1], "hash": row[2]}
-
-    def put_user(self, name: str, role: str, password_hash: str) -> None:
-        self._run(USERS_SQL)  # a collection made before the console has no such table yet
-        self._run(
-            "INSERT INTO console_users (name, role, hash, created) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET role = excluded.role, hash = excluded.hash",
-            (name, role, password_hash, time.time()),
-        )
 
 
 class SqliteStore(Queries):
@@ -195,7 +238,9 @@ class SqliteStore(Queries):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")  # several collectors on one file take turns
         self.db.executescript(self.SCHEMA)
-        self.db.execute(USERS_SQL)
+        for sql in INDEXES:
+            self.db.execute(sql)
+        self.console_schema()
 
     def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         db = self.db

@@ -26,10 +26,18 @@ def _when(t: float) -> str:
 
 
 def trace_rows(
-    store: Store, operator: str, token: str | None, venue: str | None, t_from: float, t_to: float
+    store: Store,
+    operator: str,
+    token: str | None,
+    venue: str | None,
+    t_from: float,
+    t_to: float,
+    limit: int | None = None,
+    after: tuple[float, str] | None = None,
 ) -> list[dict[str, Any]]:
     """A token's check-ins (decisions and passages) in time order, or a venue's within a window; audited.
-    The one trace query: the CLI and the console both run it."""
+    The one trace query: the CLI and the console both run it. A venue also matches the vehicles and runs under
+    it (`city-bus` finds `city-bus/bus-1042/R7-0815`). `limit` rows at most, from after (time, event_id)."""
     operator = _operator(operator)
     if not token and not venue:
         raise GateError("trace: give a TOKEN or --venue")
@@ -38,11 +46,18 @@ def trace_rows(
     if token:
         where.append("token = ?")
         params.append(token)
-    if venue:
-        where.append("venue_id = ?")
-        params.append(venue)
-    rows = store.select(" AND ".join(where), params)
-    store.audit(operator, "trace", {"token": token, "venue": venue, "from": t_from, "to": min(t_to, 1e18)}, len(rows))
+    if venue:  # the venue itself, or anything under it: a range the (venue_id, time) index serves
+        where.append("(venue_id = ? OR (venue_id > ? AND venue_id < ?))")
+        params += [venue, venue + "/", venue + "0"]  # "0" sorts right after "/"
+    if after is not None:
+        where.append("(time > ? OR (time = ? AND event_id > ?))")
+        params += [after[0], after[0], after[1]]
+    order = "time, event_id" + ("" if limit is None else f" LIMIT {int(limit)}")
+    rows = store.select(" AND ".join(where), params, order)
+    audited = {"token": token, "venue": venue, "from": t_from, "to": min(t_to, 1e18)}
+    if after is not None:
+        audited["after"] = after[0]
+    store.audit(operator, "trace", audited, len(rows))
     return rows
 
 
@@ -131,10 +146,18 @@ def contact_counts(found: list[dict[str, Any]]) -> tuple[int, int]:
     return len(groups), sum(groups.values())
 
 
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula at a cell's start
+
+
+def cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula gets a leading apostrophe."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA) else value
+
+
 def write_contacts_csv(found: list[dict[str, Any]], out: IO[str]) -> None:
     w = csv.DictWriter(out, fieldnames=CONTACT_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    w.writerows(found)
+    w.writerows({k: cell(r.get(k)) for k in CONTACT_FIELDS} for r in found)
 
 
 def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float, fmt: str) -> int:

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gate.contracts import ID_PATTERN
+from gate.config.venue import ID_PATTERN
 
 
 class Action(StrEnum):

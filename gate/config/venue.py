@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from gate.config.camera import Section
-from gate.contracts import ID_PATTERN, Venue
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a venue, vehicle, route, run or stop id
+
+
+@dataclass(frozen=True)
+class Venue:
+    id: str
+    name: str
+    category: str
+    vehicle_id: str | None = None  # bus and taxi
+    route: str | None = None  # bus: the route and the trip (run) it is on when the check-in is made
+    run: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """A fixed venue's JSON keeps its three fields; a vehicle adds those it has."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("id", "name", "category")}
 
 
 class VenueCategory(StrEnum):

@@ -7,17 +7,20 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from gate.core.sqlite import WrongThread
+
 log = logging.getLogger(__name__)
 Episode = Callable[[str, bool, str], object]  # (what, started, detail)
 
 
 class Faults:
     """`run(what, fn)` runs `fn`; a failure is logged when an episode starts and when it ends (never once
-    per attempt), counted by `what`, and swallowed, so the caller simply tries again next time.
+        per attempt), counted by `what`, and swallowed, so the caller simply tries again next time. A `WrongThread`
+    is not a failure of the work but a bug in the program: it is raised, never swallowed or counted.
 
-    `on_episode` hears each episode start (`started` True, detail naming what failed and why) and, once no
-    episode is left, the end (`started` False): the gate raises and clears its `fault` alarm with it. It must
-    only queue (it may run on any thread that calls `run`). One `Faults` may serve several threads."""
+        `on_episode` hears each episode start (`started` True, detail naming what failed and why) and, once no
+        episode is left, the end (`started` False): the gate raises and clears its `fault` alarm with it. It must
+        only queue (it may run on any thread that calls `run`). One `Faults` may serve several threads."""
 
     def __init__(self, on_episode: Episode | None = None) -> None:
         self.counts: Counter[str] = Counter()
@@ -28,6 +31,8 @@ class Faults:
     def run(self, what: str, fn: Callable[[], object]) -> bool:
         try:
             fn()
+        except WrongThread:  # a design bug, never a fault episode: it fails loudly where it happened
+            raise
         except Exception as exc:
             with self._lock:
                 self.counts[what] += 1
@@ -56,11 +61,6 @@ class Faults:
             self._on_episode(what, started, detail)
         except Exception:  # the alarm is a report; the work it reports on goes on
             log.exception("faults: reporting the episode of %s failed", what)
-
-    @property
-    def failing(self) -> list[str]:
-        with self._lock:
-            return sorted(self._failing)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

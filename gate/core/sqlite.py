@@ -34,42 +34,66 @@ class WrongThread(RuntimeError):
 
 
 class Owned:
-    """One SQLite connection, opened by the first thread that uses it and usable only by that thread
-    (or, once that thread has ended, by the next one). Other threads ask the owner through a queue or
-    read a snapshot it publishes; `close()` may come from any thread once the owner is done with it."""
+    """One SQLite connection that belongs to one thread. It names its owner (`owner`: the role of the thread
+    meant to use it, "lane", "outbox-drain", "central-sync") when it is made, and opens on that thread's first
+    use, which binds it there. Any other thread gets `WrongThread`, even after the owner has ended: ownership
+    moves only through `release()` (the owner gives it up; the next first use binds again). Other threads ask
+    the owner through a queue or read a snapshot it publishes; `close()` may come from any thread once the
+    owner is done with it."""
 
-    def __init__(self, path: Path, setup: Setup, timeout: float = 10.0, name: str | None = None) -> None:
-        self.path, self._setup, self._timeout = path, setup, timeout
+    def __init__(self, path: Path, setup: Setup, owner: str, timeout: float = 10.0, name: str | None = None) -> None:
+        self.path = path
+        self._setup = setup
+        self._timeout = timeout
+        self.owner = owner
         self.name = name or path.name
         self._db: sqlite3.Connection | None = None
-        self._owner: threading.Thread | None = None
-        self._lock = threading.Lock()  # guards opening and closing only, never a query
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards opening, releasing and closing only, never a query
 
     @property
     def db(self) -> sqlite3.Connection:
         me = threading.current_thread()
-        if self._owner is not me:
+        if self._thread is not me:
             self._claim(me)
         assert self._db is not None
         return self._db
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread this connection is bound to (None until its first use, or after `release()`)."""
+        return self._thread
+
     def _claim(self, me: threading.Thread) -> None:
-        """Open on first use; ownership passes on only when the owner thread has ended."""
+        """Open and bind on first use; a connection bound to another thread is refused."""
         with self._lock:
-            if self._owner is not None and self._owner is not me and self._owner.is_alive():
+            if self._thread is not None and self._thread is not me:
                 raise WrongThread(
-                    f"{self.name}: this connection belongs to thread {self._owner.name!r}, not {me.name!r}"
+                    f"{self.name}: this connection belongs to the {self.owner} thread "
+                    f"({self._thread.name!r}), not {me.name!r}"
                 )
             if self._db is None:
-                private(self.path)
-                db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
-                try:
-                    self._setup(db)
-                except BaseException:
-                    db.close()
-                    raise
-                self._db = db
-            self._owner = me
+                self._db = self._open()
+            self._thread = me
+
+    def _open(self) -> sqlite3.Connection:
+        private(self.path)
+        db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self._setup(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def release(self) -> None:
+        """The explicit hand-over: the owner (or anyone, once the owner has ended) closes the connection and
+        unbinds it; the next thread to use it opens it again and owns it."""
+        me = threading.current_thread()
+        owner = self._thread
+        if owner is not None and owner is not me and owner.is_alive():
+            raise WrongThread(f"{self.name}: only its owner {owner.name!r} may hand it over, not {me.name!r}")
+        self.close()
 
     @property
     def is_open(self) -> bool:
@@ -94,7 +118,8 @@ class Owned:
         with self._lock:
             if self._db is not None:
                 self._db.close()
-            self._db, self._owner = None, None
+            self._db = None
+            self._thread = None
 
 
 def header_size(path: Path) -> int | None:

@@ -88,12 +88,18 @@ class Decider:
         max_payload: int = 512,
     ) -> None:
         self.trust, self.policy = trust, policy
-        self._lookup, self._cache_info, self._max_payload = lookup, cache_info, max_payload
+        self._lookup = lookup
+        self._cache_info = cache_info
+        self._max_payload = max_payload
         self._passed: OrderedDict[str, float] = OrderedDict()  # token -> monotonic time of its confirmed passage
         self._pending: dict[str, float] = {}  # token -> monotonic time of an admit still passing
         self._assist: tuple[str, int, float] | None = None  # token, companions, monotonic time
 
-    def decide(self, payload: bytes, clock: ClockReading, blocked: Reason | None = None) -> Decision:
+    def decide(
+        self, payload: bytes, clock: ClockReading, blocked: Reason | None = None, info: CacheInfo | None = None
+    ) -> Decision:
+        """`info`: the pass cache's metadata, if the caller has read it for this decision already (the lane
+        reads it once per decision: the check-in records its version too)."""
         if len(payload) > self._max_payload:
             return _deny(Reason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {self._max_payload}")
         try:
@@ -103,10 +109,10 @@ class Decider:
             return _deny(Reason(exc.reason), str(exc))
         if blocked is not None:
             return _deny(blocked, f"gate is {blocked.value.replace('_', ' ')}", code)
-        decision = self._evaluate(code, clock)
+        decision = self._evaluate(code, clock, info)
         return self._remember(decision, code, clock.mono)
 
-    def _evaluate(self, code: PassCode, clock: ClockReading) -> Decision:
+    def _evaluate(self, code: PassCode, clock: ClockReading, info: CacheInfo | None) -> Decision:
         p = self.policy
         kind = code.kind.value
         if not clock.usable:
@@ -127,7 +133,7 @@ class Decider:
         if entry is not None and entry.revoked:
             return _deny(Reason.REVOKED, "revoked in the pass cache", code)
         status = code.status
-        info = self._cache_info()
+        info = info if info is not None else self._cache_info()
         synced_at = info.synced_at
         stale = not clock.usable or synced_at is None or clock.wall - synced_at > p.cache_stale_after_seconds
         doubt = not info.proven  # damaged storage may have lost a revocation: no code alone admits

@@ -75,13 +75,14 @@ class PassCache:
     """One connection, owned by the thread that first uses it (the lane reads, the sync worker writes):
     each thread that needs the cache opens its own PassCache on the same file."""
 
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout: float = 5.0, owner: str = "lane") -> None:
+        """`owner`: the thread that uses this connection, "lane" (reads) or "central-sync" (writes)."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = Owned(path, setup, timeout)
+        self._conn = Owned(path, setup, owner, timeout)
         self._reader: tuple[sqlite3.Connection, sqlite3.Cursor] | None = None  # lookup's cursor, kept
         self._flushed_at = 0  # the connection's total_changes at the last flush_wal
-        self.staging = Staging(path.with_name(path.name + ".staging"), timeout)
+        self.staging = Staging(path.with_name(path.name + ".staging"), timeout, owner)
         self._distrusted: int | None = None  # the version found unproven at start, until another replaces it
         self._seal_failing = False
 
@@ -125,6 +126,11 @@ class PassCache:
     @property
     def _db(self) -> sqlite3.Connection:
         return self._conn.db
+
+    def hand_over(self) -> None:
+        """The explicit hand-over (its owner has ended): the next thread to use this cache owns it."""
+        self._reader = None
+        self._conn.release()
 
     def close(self) -> None:
         self._reader = None

@@ -28,9 +28,9 @@ def setup_staging(db: sqlite3.Connection) -> None:
 class Staging:
     """`passes.db.staging`, owned by the thread that first uses it (the sync worker, or the snapshot child)."""
 
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout: float = 5.0, owner: str = "central-sync") -> None:
         self.path = path
-        self._conn = Owned(path, setup_staging, timeout)
+        self._conn = Owned(path, setup_staging, owner, timeout)
 
     def close(self) -> None:
         self._conn.close()

@@ -26,7 +26,9 @@ def verify_once(code: str, config: Path | None, trust_files: list[Path]) -> dict
         db = cfg.gate.state_dir / "passes.db"
         cache: PassCache | None = PassCache(db) if db.exists() else None
     else:
-        trust, policy, clock = TrustStore.from_files(trust_files), Policy(), SystemClock()
+        trust = TrustStore.from_files(trust_files)
+        policy = Policy()
+        clock = SystemClock()
         max_payload, cache = 512, None
     if cache is None:  # an empty cache: never synced, so the policy's stale-cache rules apply
         decider = Decider(trust, policy, lambda t: None, lambda: CacheInfo(0, None, 0, 0), max_payload)

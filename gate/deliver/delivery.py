@@ -88,8 +88,12 @@ class Drainer:
         return len(self._inflight)
 
     def _run(self) -> None:
+        self.run(self._stop)
+
+    def run(self, stop: threading.Event) -> None:
+        """The drainer's loop, on its own thread (`start`) or the gate's supervisor's: until `stop` or `stop()`."""
         background()
-        while not self._stop.is_set():
+        while not stop.is_set() and not self._stop.is_set():
             if not self.faults.run("delivering the outbox", self._step):
                 self._stop.wait(1.0)
             self._wake.wait(0.2)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gate.contracts import Venue
+from gate.config.venue import Venue
 
 SCHEMA = "gate.checkin/1"
 _last_ms = 0

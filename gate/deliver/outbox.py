@@ -74,8 +74,8 @@ class Outbox:
     def __init__(self, path: Path, cfg: OutboxSection | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.cfg = path, cfg or OutboxSection()
-        self._writer = Owned(path, setup_writer, name=f"{path.name} (writer)")
-        self._reader = Owned(path, setup_reader, name=f"{path.name} (reader)")
+        self._writer = Owned(path, setup_writer, "lane", name=f"{path.name} (writer)")
+        self._reader = Owned(path, setup_reader, "outbox-drain", name=f"{path.name} (reader)")
         private(path)
         probe = sqlite3.connect(path, timeout=10)
         try:
@@ -204,6 +204,10 @@ class Outbox:
     @property
     def dead_letters(self) -> int:
         return self.dead_letters_at_start + self.dead_lettered
+
+    def hand_over_writer(self) -> None:
+        """The explicit hand-over of the writer (its owner has ended): the next thread to append owns it."""
+        self._writer.release()
 
     def close(self) -> None:
         self._writer.close()

@@ -10,7 +10,8 @@ from typing import Any
 
 from gate.config.model import Config
 from gate.config.policy import Stop
-from gate.contracts import Alarm, PassageOutcome, Topics, Venue
+from gate.config.venue import Venue
+from gate.contracts import Alarm, PassageOutcome, Topics
 from gate.core.clock import Clock, ClockReading
 from gate.core.errors import OutboxFull
 from gate.decide.decision import Decision

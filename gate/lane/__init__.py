@@ -1,3 +1,4 @@
-"""The lane itself: the `Gate` loop (scan, decide, record, actuate), the requests other threads send it (`control`),
-its safety state on disk (`state`), state files at start-up, construction (`wiring`) and the daemon's life.
+"""The lane itself: the `Gate` loop (scan, decide, record, actuate) with its start and close (`loop`), the threads
+beside it (`lifecycle`), its safety state on disk (`state`), state files at start-up (`statefiles`), construction
+(`wiring`) and the daemon's life (`daemon`). Other threads reach the lane through `gate.contracts.LaneControl`.
 """

@@ -65,6 +65,7 @@ def run_daemon(config_path: Path) -> int:
         logging.getLogger().setLevel(cfg.gate.log_level.upper())
         try:
             gate = build(cfg, heartbeat=notifier.heartbeat)
+            gate.start()  # this (main) thread is the lane thread: it proves the state files and owns them
         except GateError as exc:  # a key file or device that cannot be used: one line naming it
             log.critical("cannot start: %s", exc)
             notifier.stopping()

@@ -32,6 +32,7 @@ from gate.contracts import (
 from gate.core.clock import Clock
 from gate.core.errors import GateError, OutboxFull
 from gate.core.faults import Faults
+from gate.core.sqlite import WrongThread
 from gate.core.threads import LaneFirst, freeze_heap
 from gate.decide.decision import Decider, Decision, Reason
 from gate.decide.keys import TrustStore
@@ -40,8 +41,11 @@ from gate.deliver.delivery import Drainer
 from gate.deliver.events import CheckIn, short
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
+from gate.lane.lifecycle import Threads
 from gate.lane.state import LaneState, ModeRecord
+from gate.lane.statefiles import Startup, prove_cache, prove_lane_state
 from gate.mqtt_link import MqttLink
+from gate.ops.metrics import MetricsServer
 from gate.ops.reporting import Reporter
 from gate.ops.telemetry import Stats
 from gate.scanner import Scan, Scanner
@@ -70,15 +74,75 @@ class Gate:
     stats: Stats
     lanestate: LaneState
     faults: Faults
-    link: MqttLink | None = None
-    drainer: Drainer | None = None
-    sync: CentralSync | None = None
+    threads: Threads
+    startup: Startup
     listeners: list[DecisionListener] = field(default_factory=list)
     outcome_listeners: list[Callable[[PassageOutcome], None]] = field(default_factory=list)
     heartbeat: Callable[[], None] = lambda: None
-    closers: list[Callable[[], None]] = field(default_factory=list)  # extras stopped last (metrics endpoint)
-    loop_at: float = 0.0  # monotonic time of the scan loop's last turn (0: not running); for /healthz
+    metrics_listen: str | None = None  # [metrics] listen: the endpoint is bound by start(), not by build()
+    source_counters: Callable[[], dict[str, int]] = lambda: {}
     lane_first: LaneFirst = field(default_factory=LaneFirst)
+    lane_thread: threading.Thread | None = None  # the thread that called start(): it owns the lane's state
+    closed: bool = False
+
+    @property
+    def link(self) -> MqttLink | None:
+        return self.threads.link
+
+    @property
+    def drainer(self) -> Drainer | None:
+        return self.threads.drainer
+
+    @property
+    def sync(self) -> CentralSync | None:
+        return self.threads.sync
+
+    # -- the lifecycle: build() -> start() -> run() -> close() -----------------------------------------
+    def start(self) -> Gate:
+        """On the thread that will run the lane (it owns the lane's connections from here on): prove the state
+        files against their seals, restore the mode and the anti-passback memory, raise what start-up found;
+        then start the other threads (gate.lane.lifecycle.Threads, in its stated order). Idempotent."""
+        if self.lane_thread is not None:
+            return self
+        self.lane_thread = threading.current_thread()
+        self._open_state()
+        self.threads.metrics = bind_metrics(self, self.metrics_listen, self.source_counters)
+        self.threads.start()
+        return self
+
+    def _open_state(self) -> None:
+        found = self.startup
+        cache_unproven = prove_cache(self.cache, found.recovery, found.cache_lost)
+        mode_unknown = found.lane_lost or prove_lane_state(self.lanestate, found.recovery)
+        self.reporter.open()
+        trip = self.lanestate.trip() if self.cfg.venue.category == "bus" else None
+        if trip is not None:  # the trip central set since stands over the config's
+            self.recorder.set_trip(*trip)
+        self._restore(mode_unknown)
+        for name, detail in found.recovery.alarms:
+            self.control.post(Alarm(name, True, detail))
+        if self.sync is not None and found.cache_lost:
+            self.sync.resync_soon("the pass cache was unreadable and started empty")
+        elif self.sync is not None and cache_unproven:
+            self.sync.resync_soon("the pass cache holds less than its seal")
+
+    def _restore(self, mode_unknown: bool) -> None:
+        """Before the first scan: the remote mode and the anti-passback memory from before the restart."""
+        now = self.clock.read()
+        record = None
+        try:
+            record = None if mode_unknown else self.lanestate.mode()
+        except ValueError as exc:  # a value that is no mode: as unknown as an unreadable file
+            log.error("lane.db: %s", exc)
+            mode_unknown = True
+        if mode_unknown:
+            self.set_mode(Requested.OUT_OF_SERVICE, "start-up: lane.db was unreadable")
+        elif record is not None:
+            log.warning("lane mode %s restored (set by %s at %.0f)", record.mode, record.set_by, record.set_at)
+            self.actuator.request(record.mode, record.set_by, record.set_at)
+        window = self.decider.policy.passback_seconds
+        passed = self.lanestate.recent_passages(now.wall, window) if window > 0 else {}
+        self.decider.restore({t: now.mono - (now.wall - at) for t, at in passed.items()})
 
     @cached_property
     def control(self) -> LaneControl:
@@ -89,8 +153,9 @@ class Gate:
         full = self.outbox.full and self.cfg.outbox.on_full == "out_of_service"
         blocked = Reason.OUT_OF_SERVICE if self.actuator.mode is Mode.OUT_OF_SERVICE or full else None
         now = self.clock.read()
-        decision = self.decider.decide(payload, now, blocked)
-        event = self.recorder.checkin(decision, now, self.decider.policy.version, self.cache.info().version)
+        info = self.cache.info()  # once per decision: the decision and its check-in read the same
+        decision = self.decider.decide(payload, now, blocked, info)
+        event = self.recorder.checkin(decision, now, self.decider.policy.version, info.version)
         if full:  # denied without adding a row: counted instead, and reported when the outbox clears
             self.reporter.denied_while_full()
         else:
@@ -219,17 +284,22 @@ class Gate:
     def run(self, stop: threading.Event) -> None:
         """The scan loop. Nothing in it stops the daemon: a failure is logged once, counted, and the lane
         stays safe (a decision that fails is a denial; the relay is only ever released after a record)."""
+        self.start()
+        lane = self.lane_thread
+        if lane is not None and lane is not threading.current_thread():
+            raise WrongThread(f"the gate was started on {lane.name!r}: run() belongs on that thread")
         freeze_heap()
         try:
             self._loop(stop)
         finally:
-            self.loop_at = 0.0
+            self.reporter.loop_at = 0.0
+            self.reporter.publish_snapshot()  # /healthz says at once that the loop stopped
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             scans = self.scanner.poll(0.2)
             self.heartbeat()  # the scan loop made progress (watchdog)
-            self.loop_at = time.monotonic()
+            self.reporter.loop_at = time.monotonic()
             self.pump()  # a mode or policy change queued before this scan applies to it
             if scans:
                 with self.lane_first.deciding():  # delivery and sync pause at their next step meanwhile
@@ -240,20 +310,44 @@ class Gate:
             self.reporter.tick()
 
     def close(self, reason: str = "stop") -> None:
-        """Relay safe first; then record what the actuator reported while stopping; then say why the gate
-        stops (`stop`, `reload`, `error`) in the retained state; then the rest."""
+        """Relay safe first; then record what the actuator reported while stopping and say why the gate stops
+        (`stop`, `reload`, `error`) in the retained state; then the other threads in reverse start order; then
+        the files. Safe to call twice, from the lane thread or (once the lane thread has ended) any other."""
+        if self.closed:
+            return
+        self.closed = True
         self.actuator.close()
         self.scanner.close()
-        self.pump()
-        self.faults.run("publishing the stopped state", lambda: self.reporter.stopping(reason))
-        if self.sync is not None:
-            self.sync.stop()
-        if self.drainer is not None:
-            self.drainer.stop()
-        if self.link is not None:
-            self.link.stop()
+        if self._own_lane():
+            self.pump()
+            self.faults.run("publishing the stopped state", lambda: self.reporter.stopping(reason))
+        self.threads.stop()
         self.outbox.close()
         self.cache.close()
         self.lanestate.close()
-        for closer in self.closers:
-            self.faults.run("stopping", closer)
+
+    def _own_lane(self) -> bool:
+        """Whether this thread may do the lane's work: it is the lane thread, or that thread has ended and its
+        connections are handed over here explicitly. A lane thread still running is not to be overtaken."""
+        lane, me = self.lane_thread, threading.current_thread()
+        if lane is None or lane is me:
+            return True
+        if lane.is_alive():
+            log.error("close(): the lane thread %r is still running; its last requests are not recorded", lane.name)
+            return False
+        self.outbox.hand_over_writer()
+        self.cache.hand_over()
+        self.lanestate.hand_over()
+        self.lane_thread = me
+        return True
+
+
+def bind_metrics(gate: Gate, listen: str | None, counters: Callable[[], dict[str, int]]) -> MetricsServer | None:
+    """Monitoring is not the lane: an address that cannot be bound is logged, and the gate runs on."""
+    if not listen:
+        return None
+    try:
+        return MetricsServer(listen, lambda: gate.reporter.snapshot, counters)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s: %s; the gate runs without /metrics", listen, exc.strerror)
+        return None

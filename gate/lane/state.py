@@ -49,7 +49,7 @@ class LaneState:
         retried with the next change): the change itself is stored, and a lane.db ahead of its seal still
         proves itself. Without `faults` it raises."""
         self.path = path
-        self._conn = Owned(path, setup, name=path.name)
+        self._conn = Owned(path, setup, "lane", name=path.name)
         self._faults = faults
 
     def unproven(self) -> str | None:
@@ -129,8 +129,9 @@ class LaneState:
         )
         return self.counter(name)
 
-    def reset(self, name: str) -> None:
-        self._conn.db.execute("DELETE FROM counters WHERE name = ?", (name,))
+    def hand_over(self) -> None:
+        """The explicit hand-over (its owner has ended): the next thread to use lane.db owns it."""
+        self._conn.release()
 
     def close(self) -> None:
         self._conn.close()

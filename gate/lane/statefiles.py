@@ -14,9 +14,9 @@ from pathlib import Path
 from gate.config.model import OutboxSection
 from gate.core.docstore import AtomicJSONStorage
 from gate.core.errors import StateUnusable
-from gate.core.faults import Faults
 from gate.core.sqlite import header_size
 from gate.decide import passcache
+from gate.decide.passcache import PassCache
 from gate.deliver import outbox
 from gate.deliver.outbox import Outbox, read_hwm, salvage
 from gate.lane import state as lanestate
@@ -132,6 +132,7 @@ def open_outbox(path: Path, cfg: OutboxSection, recovery: Recovery) -> Outbox:
         aside = move_aside(path)
         box = Outbox(path, cfg)
         saved, bad = salvage(aside, box, read_hwm(aside.with_name(aside.name + ".hwm")))
+        box.hand_over_writer()  # salvaged on the building thread; the lane thread's first append owns it
         lost = "an unknown number of rows could not be read" if bad is None else f"{bad} could not be read"
         recovery.note(
             "state_file_corrupt",
@@ -150,25 +151,51 @@ def open_outbox(path: Path, cfg: OutboxSection, recovery: Recovery) -> Outbox:
     return box
 
 
-def open_lane_state(path: Path, recovery: Recovery, faults: Faults | None = None) -> tuple[LaneState, bool]:
-    """lane.db; if it was corrupt, or holds less than its seal, the remote mode is unknown (and the passages
-    unproven), and the caller starts out of service."""
+def check_lane_state(path: Path, recovery: Recovery) -> bool:
+    """lane.db before any connection is made: True if it was corrupt and moved aside (the remote mode is
+    unknown, and the lane starts out of service)."""
     problem = sqlite_problem(path, lanestate.setup)
     if problem is None:
-        state = LaneState(path, faults)
-        unproven = state.unproven()
-        if unproven is None:
-            return state, False
-        recovery.note(
-            "state_unproven",
-            f"{unproven}; the remote mode and anti-passback cannot be proven, so the lane starts out of "
-            "service until an in-service command",
-        )
-        return state, True
+        return False
     aside = move_aside(path)
     recovery.note(
         "state_file_corrupt",
         f"{path.name} unreadable ({problem[:80]}); moved to {aside.name}; the "
         "remote mode is unknown, so the lane starts out of service until an in-service command",
     )
-    return LaneState(path, faults), True
+    return True
+
+
+def prove_lane_state(state: LaneState, recovery: Recovery) -> bool:
+    """On the lane thread, before the first scan: True if lane.db holds less than its seal (then neither the
+    remote mode nor the passages can be trusted, and the lane starts out of service)."""
+    unproven = state.unproven()
+    if unproven is None:
+        return False
+    recovery.note(
+        "state_unproven",
+        f"{unproven}; the remote mode and anti-passback cannot be proven, so the lane starts out of "
+        "service until an in-service command",
+    )
+    return True
+
+
+def prove_cache(cache: PassCache, recovery: Recovery, lost: bool) -> bool:
+    """On the lane thread: a cache that holds less than its seal (or was lost) may have lost a revocation:
+    until central's next snapshot it is treated as stale, and a code alone admits no one."""
+    problem = cache.unproven()
+    if problem is None:
+        return False
+    cache.distrust()
+    if not lost:  # a lost cache has its own alarm already
+        recovery.note("state_unproven", f"{problem}; treated as stale until central's next snapshot")
+    return True
+
+
+@dataclass
+class Startup:
+    """What `build()` found in the state files (before any connection), for `Gate.start()` to act on."""
+
+    recovery: Recovery
+    cache_lost: bool = False  # passes.db was moved aside: the gate starts empty and asks for a snapshot
+    lane_lost: bool = False  # lane.db was moved aside: the lane starts out of service

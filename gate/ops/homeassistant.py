@@ -27,27 +27,58 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
     t = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
     state, tel = t.state, t.telemetry
     out: dict[str, dict[str, Any]] = {
-        "sensor/mode": {"name": "Mode", "state_topic": state, "value_template": "{{ value_json.mode }}",
-                        "icon": "mdi:turnstile"},
-        "binary_sensor/broker": {"name": "Broker link", "state_topic": state, "device_class": "connectivity",
-                                 "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
-                                 "entity_category": "diagnostic"},
-        "sensor/outbox_depth": {"name": "Outbox depth", "state_topic": state, "state_class": "measurement",
-                                "unit_of_measurement": "check-ins", "value_template": "{{ value_json.outbox_depth }}",
-                                "icon": "mdi:tray-full"},
-        "sensor/cache_age": {"name": "Pass cache age", "state_topic": state, "device_class": "duration",
-                             "unit_of_measurement": "s", "state_class": "measurement",
-                             "value_template": "{{ value_json.cache_age_s }}", "entity_category": "diagnostic"},
+        "sensor/mode": {
+            "name": "Mode",
+            "state_topic": state,
+            "value_template": "{{ value_json.mode }}",
+            "icon": "mdi:turnstile",
+        },
+        "binary_sensor/broker": {
+            "name": "Broker link",
+            "state_topic": state,
+            "device_class": "connectivity",
+            "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
+            "entity_category": "diagnostic",
+        },
+        "sensor/outbox_depth": {
+            "name": "Outbox depth",
+            "state_topic": state,
+            "state_class": "measurement",
+            "unit_of_measurement": "check-ins",
+            "value_template": "{{ value_json.outbox_depth }}",
+            "icon": "mdi:tray-full",
+        },
+        "sensor/cache_age": {
+            "name": "Pass cache age",
+            "state_topic": state,
+            "device_class": "duration",
+            "unit_of_measurement": "s",
+            "state_class": "measurement",
+            "value_template": "{{ value_json.cache_age_s }}",
+            "entity_category": "diagnostic",
+        },
         # From the retained state, so that a Home Assistant that restarts shows them at once
-        "sensor/last_decision": {"name": "Last decision", "state_topic": state,
-                                 "value_template": "{{ value_json.last_decision }}", "icon": "mdi:account-check"},
-        "sensor/last_reason": {"name": "Last reason", "state_topic": state,
-                               "value_template": "{{ value_json.last_reason }}", "icon": "mdi:information"},
-        "sensor/passages_per_minute": {"name": "Passages per minute", "state_topic": tel,
-                                       "state_class": "measurement", "unit_of_measurement": "passages/min",
-                                       "value_template": "{{ value_json.passages_per_minute }}",
-                                       "icon": "mdi:walk"},
-    }  # fmt: skip
+        "sensor/last_decision": {
+            "name": "Last decision",
+            "state_topic": state,
+            "value_template": "{{ value_json.last_decision }}",
+            "icon": "mdi:account-check",
+        },
+        "sensor/last_reason": {
+            "name": "Last reason",
+            "state_topic": state,
+            "value_template": "{{ value_json.last_reason }}",
+            "icon": "mdi:information",
+        },
+        "sensor/passages_per_minute": {
+            "name": "Passages per minute",
+            "state_topic": tel,
+            "state_class": "measurement",
+            "unit_of_measurement": "passages/min",
+            "value_template": "{{ value_json.passages_per_minute }}",
+            "icon": "mdi:walk",
+        },
+    }
     for name in ALARMS:
         out[f"binary_sensor/alarm_{name}"] = {
             "name": f"Alarm {name.replace('_', ' ')}",
@@ -60,7 +91,9 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def messages(cfg: Config) -> dict[str, bytes]:
     """Discovery topic → retained payload, for every entity of this gate."""
-    gid, prefix, t = cfg.gate.id, cfg.homeassistant.prefix, Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
+    gid = cfg.gate.id
+    prefix = cfg.homeassistant.prefix
+    t = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
     node = f"gate_{gid}"
     device = {
         "identifiers": [node],
@@ -111,10 +144,14 @@ class Discovery:
         self._wake.set()
 
     def _run(self) -> None:
+        self.run(self._stopping)
+
+    def run(self, stop: threading.Event) -> None:
+        """The discovery thread (its own, or under the gate's supervisor, woken by `stop()`)."""
         background()
         while True:
             self._wake.wait()
-            if self._stopping.is_set():
+            if stop.is_set() or self._stopping.is_set():
                 return
             self._wake.clear()
             try:

@@ -10,24 +10,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gate import __version__
 from gate.actuator import Actuator
 from gate.config.model import Config
+from gate.config.policy import Policy
 from gate.contracts import Alarm, Topics
 from gate.core.clock import Clock
 from gate.core.faults import Faults
 from gate.core.mailbox import Mailbox
-from gate.decide.decision import Decider
 from gate.decide.passcache import PassCache
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
 from gate.mqtt_link import MqttLink
+from gate.ops.snapshot import LaneSnapshot
 from gate.ops.telemetry import Stats
 
-if TYPE_CHECKING:  # the lane builds the reporter and hands it lane.db
-    from gate.lane.state import LaneState
+
+class Counters(Protocol):
+    """Lasting counters (the lane's lane.db): read at start, added to on the lane thread."""
+
+    def counter(self, name: str) -> int: ...
+
+    def add(self, name: str, n: int = 1) -> int: ...
+
 
 log = logging.getLogger(__name__)
 OFFLINE_AFTER = 30.0  # seconds without the broker before the idle indicator shows offline
@@ -55,14 +62,14 @@ class Reporter:
     cfg: Config
     cache: PassCache
     outbox: Outbox
-    decider: Decider
+    policy: Callable[[], Policy]  # the policy in force (the decider's)
     actuator: Actuator
     clock: Clock
     recorder: Recorder
     stats: Stats
     link: MqttLink | None = None
     sync_status: Callable[[], dict[str, Any]] | None = None
-    lanestate: LaneState | None = None
+    lanestate: Counters | None = None
     faults: Faults = field(default_factory=Faults)
     source_counters: Callable[[], dict[str, int]] = lambda: {"source_restarts": 0, "dropped_lines": 0}
     queues: tuple[Mailbox[Any], ...] = ()  # the bounded queues whose refusals the state shows
@@ -75,10 +82,15 @@ class Reporter:
     _last_space: float = float("-inf")
     _denied_at_full: int = 0
     stopped: dict[str, Any] | None = None
-    last_state: dict[str, Any] = field(default_factory=dict)
+    loop_at: float = 0.0  # monotonic time of the scan loop's last turn (0: not running); set by the lane
+    snapshot: LaneSnapshot = field(default_factory=LaneSnapshot)  # read by the metrics thread, replaced whole
 
     def __post_init__(self) -> None:
         self.topics = Topics(self.cfg.mqtt.topic_prefix, self.cfg.gate.id)
+        self.denied = 0
+
+    def open(self) -> None:
+        """On the lane thread, at start: the lasting counter of entries denied while the outbox was full."""
         self.denied = self.lanestate.counter("denied_while_full") if self.lanestate else 0
 
     def denied_while_full(self) -> None:
@@ -105,7 +117,7 @@ class Reporter:
             "cache_seq": info.seq,
             "cache_entries": info.count,
             "cache_age_s": None if info.synced_at is None else round(now.wall - info.synced_at, 1),
-            "policy_version": self.decider.policy.version,
+            "policy_version": self.policy().version,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
             "outbox_oldest_age_s": self.outbox.oldest_age(now.wall),
@@ -173,9 +185,27 @@ class Reporter:
 
     def _write_status(self) -> None:
         state = self.state()
-        self.last_state = state  # read by the metrics endpoint's thread (one reference, replaced whole)
+        self.publish_snapshot(state)
         doc = {**state, "stats": self.stats.snapshot(), "last": list(self.stats.last)}
         write_json_atomic(self.cfg.gate.state_dir / "status.json", doc)
+
+    def publish_snapshot(self, state: dict[str, Any] | None = None) -> None:
+        """On the lane thread: a new LaneSnapshot for the metrics endpoint, replacing the last one whole."""
+        stats = self.stats
+        self.snapshot = LaneSnapshot(
+            state=dict(state if state is not None else self.snapshot.state),
+            decisions=dict(stats.decisions),
+            passages=dict(stats.passages),
+            decode_buckets=tuple(stats.decode_buckets),
+            decode_seconds_sum=stats.decode_seconds_sum,
+            outbox_depth=self.outbox.depth,
+            dead_letters=self.outbox.dead_letters,
+            alarms_active=frozenset(self.recorder.active_alarms),
+            broker_connected=bool(self.link and self.link.connected.is_set()),
+            broker_connects=self.link.connects if self.link else 0,
+            loop_at=self.loop_at,
+            relay_known=self.actuator.relay_known(),
+        )
 
     def _publish_telemetry(self) -> None:
         assert self.link is not None
@@ -196,7 +226,7 @@ class Reporter:
     def _check_stale(self) -> None:
         """A stale cache is raised as an alarm, not hidden."""
         info, now = self.cache.info(), self.clock.read()
-        stale = info.synced_at is None or now.wall - info.synced_at > self.decider.policy.cache_stale_after_seconds
+        stale = info.synced_at is None or now.wall - info.synced_at > self.policy().cache_stale_after_seconds
         if stale != self._stale_alarm:
             self._stale_alarm = stale
             age = "never synced" if info.synced_at is None else f"{now.wall - info.synced_at:.0f}s old"

@@ -6,25 +6,17 @@ import importlib.util
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from gate.core.errors import ConfigError
+from gate.scan.decoded import DecodedCode
 from gate.scan.recover import Recovery, crop
 
 log = logging.getLogger(__name__)
 Frame = npt.NDArray[np.uint8]  # 2-D greyscale
-
-
-@dataclass(frozen=True)
-class DecodedCode:
-    data: bytes
-    format: str
-    exact: bool  # False when the backend may have re-encoded the payload's bytes
-    text: str  # the backend's reading as text (character set applied); gate decides on `data`
 
 
 class Decoder(Protocol):

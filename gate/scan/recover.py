@@ -6,18 +6,15 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gate.contracts import CODE_PREFIX
 from gate.scan import enhance
+from gate.scan.decoded import DecodedCode
 from gate.scan.enhance import Frame
 
-if TYPE_CHECKING:
-    from gate.scan.decoders import DecodedCode
-
-Reader = Callable[[Frame], "list[DecodedCode]"]
+Reader = Callable[[Frame], list[DecodedCode]]
 
 MAX_SIDE = 400  # px: larger regions are shrunk before the passes
 REGION = 224  # px: a code of 125-150 px (3-px modules) with a margin for a misplaced centre; FFT-friendly

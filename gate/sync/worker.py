@@ -78,7 +78,8 @@ class CentralSync:
         self.gate_id, self.prefix, self.category = cfg.gate.id, cfg.mqtt.topic_prefix, cfg.venue.category.value
         self.topics = Topics(self.prefix, self.gate_id)
         self.state_dir = state_dir = cfg.gate.state_dir
-        cache, pause = PassCache(state_dir / "passes.db"), (lane_first or LaneFirst()).yield_to_lane
+        cache = PassCache(state_dir / "passes.db", owner="central-sync")
+        pause = (lane_first or LaneFirst()).yield_to_lane
         self.passes = PassSync(cache, verifier, self.request_resync, control.report, self._fetch_chunks, pause)
         self._chunk_topics: set[str] = set()  # exact chunk topics subscribed for the snapshot being gathered
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
@@ -88,9 +89,9 @@ class CentralSync:
         self.faults = faults or Faults()
         self._jobs = BoundedQueue(verifier.max_bytes, QUEUE_BYTES_FACTOR * verifier.max_bytes)
         self._status: dict[str, Any] = self._snapshot(None)
-        self._thread = threading.Thread(target=self._work, name="central-sync", daemon=True)
 
     def start(self) -> None:
+        """Subscribe; the worker (`run`) runs under the gate's supervisor, on the thread named central-sync."""
         t = central_topics(self.prefix)
         routes = {"policy": self._policy, "keys": self._keys, "manifest": self.passes.manifest}
         routes["delta"] = self.passes.delta
@@ -99,7 +100,6 @@ class CentralSync:
         for kind, fn in routes.items():
             self.link.subscribe(t[kind], self._enqueue(fn, kind))
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
-        self._thread.start()
 
     def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Handler:
         """paho's thread: size-check, then queue within the bound; what is refused is counted and acked."""
@@ -125,10 +125,11 @@ class CentralSync:
         """Any thread: the worker asks central for a snapshot."""
         self._jobs.put_local(Job(lambda _msg: self.request_resync(why), "local", "", b"", lambda: None))
 
-    def _work(self) -> None:
+    def run(self, stop: threading.Event) -> None:
+        """The worker: queued control messages, one at a time, until `stop` (woken by `interrupt()`)."""
         background()
         next_refresh = 0.0
-        while True:
+        while not stop.is_set():
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + TRUST_REFRESH_SECONDS
                 self.faults.run("refreshing the trust keys", self.refresh_trust)
@@ -184,10 +185,12 @@ class CentralSync:
         """Block until every received control message has been handled (tests and benchmarks)."""
         self._jobs.join()
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._jobs.put_local(None)
-            self._thread.join(timeout=5)
+    def interrupt(self) -> None:
+        """Any thread: wake the worker so that it sees its stop event."""
+        self._jobs.put_local(None)
+
+    def close(self) -> None:
+        """Once the worker has ended: its pass-cache connection."""
         self.passes.cache.close()
 
     def request_resync(self, why: str) -> None:

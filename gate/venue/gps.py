@@ -46,11 +46,12 @@ class Gps:
         opener: Callable[[SerialSection], Any] = open_port,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cfg, self._alarm, self._mono = cfg, alarm, mono
+        self.cfg = cfg
+        self._alarm = alarm
+        self._mono = mono
         serial = SerialSection(port=cfg.port, baud=cfg.baud, terminator="\n", max_line_bytes=128)
         self.port = SerialScanner(serial, opener, mono)
         self.fix: Fix | None = None
-        self.last_time: float | None = None  # the receiver's last valid UTC time (for clock sync)
         self._date: datetime | None = None  # from RMC: GGA carries a time of day only
         self._offset: tuple[float, float] | None = None  # (receiver UTC - system clock, when measured)
         self.bad_sentences = 0
@@ -64,11 +65,16 @@ class Gps:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2.0)
+        if self._thread.is_alive():
+            self._thread.join(2.0)
         self.port.close()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        self.run(self._stop)
+
+    def run(self, stop: threading.Event) -> None:
+        """The receiver's loop (its own thread, or under the gate's supervisor): until `stop` or `stop()`."""
+        while not stop.is_set() and not self._stop.is_set():
             try:
                 obs = self.port.read(0.5)
                 if obs is not None:
@@ -103,7 +109,7 @@ class Gps:
         if msg.status != "A" or msg.datestamp is None or msg.timestamp is None:
             return  # V: the receiver says it has no valid fix
         when = datetime.combine(msg.datestamp, msg.timestamp.replace(tzinfo=None), UTC)
-        self._date, self.last_time = when, when.timestamp()
+        self._date = when
         self._offset = (when.timestamp() - time.time(), self._mono())
 
     def _gga(self, msg: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gate.central.store import Store
+from gate.central.tracing import fleet_report
 
-from .auth import PERMITS, RateLimit, Session, Sessions, verify_password
+from .auth import IDLE_SECONDS, MAX_SECONDS, PERMITS, RateLimit, Session, verify_password
+from .clock import UTC_CLOCK, Clock
+from .commands import Commands
+from .fleetview import FleetView
+from .limits import BodyLimit
 from .measures import Link
 
 HERE = Path(__file__).parent
@@ -32,28 +38,62 @@ Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
 class Console:
-    """What every page shares: one store (used by one request at a time), the link to the gates, sessions."""
+    """What every page shares: the store (each connection one request at a time), the link to the gates."""
 
     def __init__(
         self, store: Store, link: Link | None, *, refresh_s: float = 5.0, secure_cookies: bool = False,
-        offline_min: float = 5.0, stale_hours: float = 24.0,
+        offline_min: float = 5.0, stale_hours: float = 24.0, clock: Clock = UTC_CLOCK,
+        tracing_store: Store | None = None,
     ) -> None:  # fmt: skip
         self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
-        self.offline_min, self.stale_hours = offline_min, stale_hours
-        self.sessions, self.limit = Sessions(), RateLimit()
+        self.offline_min, self.stale_hours, self.clock = offline_min, stale_hours, clock
+        self.limit = RateLimit()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.htmx = HTMX.exists()
         self._lock = threading.Lock()
+        # Tracers' queries (the heaviest) on their own connection, so that sign-in, sessions and the fleet poll
+        # never queue behind them; with one store, one lock serves both.
+        self.tracing_store = tracing_store or store
+        self._tracing_lock = self._lock if tracing_store is None else threading.Lock()
+        report = lambda: self.locked(fleet_report, self.store, offline_min, stale_hours)  # noqa: E731
+        self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
+        self.commands = None if link is None else Commands(self._send, self._audit_command)
+
+    def locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """The store's one connection, one caller at a time (never held during broker I/O)."""
+        with self._lock:
+            return fn(*args)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in_threadpool(self.locked, fn, *args)
+
+    async def trace_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """A tracer's query (the store is the first argument given to `fn`) on the tracing connection."""
+
         def run() -> T:
-            with self._lock:
-                return fn(*args)
+            with self._tracing_lock:
+                return fn(self.tracing_store, *args)
 
         return await run_in_threadpool(run)
 
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Broker I/O on a worker thread, outside the store's lock: a slow broker delays only this request."""
+        return await run_in_threadpool(fn, *args)
+
+    def _send(self, gate_id: str, name: str) -> dict[str, Any] | None:
+        assert self.link is not None
+        return self.link.command(gate_id, name)
+
+    def _audit_command(self, by: str, gate_id: str, name: str, answered: bool) -> None:
+        self.locked(self.store.audit, by, "command", {"gate": gate_id, "name": name}, 1 if answered else 0)
+
+    async def session(self, request: Request) -> Session | None:
+        sid = request.cookies.get(COOKIE)
+        found = await self.db(self.store.session, sid, IDLE_SECONDS, MAX_SECONDS) if sid else None
+        return None if found is None else Session(found["name"], found["role"], found["csrf"])
+
     def page(self, request: Request, name: str, me: Session | None, *, status: int = 200, **ctx: Any) -> Response:
-        ctx |= {"me": me, "permits": PERMITS, "htmx": self.htmx, "refresh_s": self.refresh_s}
+        ctx |= {"me": me, "permits": PERMITS, "htmx": self.htmx, "refresh_s": self.refresh_s, "when": self.clock}
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
 
     def needs(self, permit: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
@@ -61,7 +101,7 @@ class Console:
 
         def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
-                session = self.sessions.get(request.cookies.get(COOKIE))
+                session = await self.session(request)
                 if session is None:  # htmx's poll after the session ended: the whole page goes to sign-in
                     if request.headers.get("HX-Request"):
                         return Response(status_code=204, headers={"HX-Redirect": "/login"})
@@ -93,31 +133,31 @@ class Console:
         pre = request.cookies.get(PRE, "")
         if not pre or not secrets.compare_digest(str(form.get("pre", "")), pre):
             return self.page(request, "login.html", None, status=403, pre=pre, error="Reload the page and try again.")
+        # the client's address as uvicorn gives it: a proxy's X-Forwarded-For only from --trusted-proxy
         keys = (f"ip:{request.client.host if request.client else '-'}", f"name:{name}")
-        if self.limit.blocked(*keys):
-            msg = "Too many failed sign-ins: wait 15 minutes."
-            return self.page(request, "login.html", None, status=429, pre=pre, error=msg)
+        await asyncio.sleep(self.limit.delay(*keys))  # progressive, never a lock-out
         user = await self.db(self.store.user, name)
         ok = await run_in_threadpool(verify_password, user["hash"] if user else None, password)
-        if not ok or user is None:
+        if not ok or user is None or user["disabled"]:
             self.limit.failed(*keys)
             return self.page(request, "login.html", None, status=401, pre=pre, error="Wrong name or password.")
-        sid, session = self.sessions.start(user["name"], user["role"])
+        sid, session = secrets.token_urlsafe(32), Session(user["name"], user["role"], secrets.token_urlsafe(24))
+        await self.db(self.store.start_session, sid, session.name, session.csrf)
         response = RedirectResponse(self.home_of(session), status_code=303)
         self.cookie(response, COOKIE, sid)
         return response
 
     async def logout(self, request: Request) -> Response:
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = await self.session(request)
         form = await request.form()
         if session is not None and secrets.compare_digest(str(form.get("csrf", "")), session.csrf):
-            self.sessions.end(request.cookies.get(COOKIE))
+            await self.db(self.store.end_session, request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
 
     async def home(self, request: Request) -> Response:
-        session = self.sessions.get(request.cookies.get(COOKIE))
+        session = await self.session(request)
         return RedirectResponse("/login" if session is None else self.home_of(session), status_code=303)
 
     @staticmethod
@@ -140,8 +180,12 @@ class Headers(BaseHTTPMiddleware):
         return response
 
 
+async def favicon(request: Request) -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
 def build(console: Console) -> Starlette:
-    from . import pages
+    from . import gatepage, lane, pages
 
     routes = [
         Route("/", console.home),
@@ -149,6 +193,9 @@ def build(console: Console) -> Starlette:
         Route("/login", console.login, methods=["POST"]),
         Route("/logout", console.logout, methods=["POST"]),
         *pages.routes(console),
+        *lane.routes(console),
+        *gatepage.routes(console),
+        Route("/favicon.ico", favicon),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Headers)])
+    return Starlette(routes=routes, middleware=[Middleware(BodyLimit), Middleware(Headers)])

@@ -1,5 +1,5 @@
 """Operators, roles and sessions: argon2 password hashes in the store, server-side sessions behind an
-HttpOnly SameSite=Strict cookie, a CSRF token per session, and a login rate limit per address and name."""
+HttpOnly SameSite=Strict cookie, a CSRF token per session, and sign-in delays per address and name."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -53,71 +53,52 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
 _DUMMY = hasher.hash(secrets.token_hex(16))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
+    """A signed-in operator, as the central database holds the session (docs/console.md, Sessions)."""
+
     name: str
     role: str
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    started: float = field(default_factory=time.monotonic)
-    touched: float = field(default_factory=time.monotonic)
+    csrf: str
 
     def may(self, permit: str) -> bool:
         return self.role in PERMITS[permit]
 
 
-class Sessions:
-    """In memory: a restart signs everyone out. Ids are 256-bit random; idle and absolute expiry."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, Session] = {}
-        self._lock = threading.Lock()
-
-    def start(self, name: str, role: str) -> tuple[str, Session]:
-        sid = secrets.token_urlsafe(32)
-        with self._lock:
-            self._by_id[sid] = s = Session(name, role)
-        return sid, s
-
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            s = self._by_id.get(sid)
-            if s is None:
-                return None
-            if now - s.touched > IDLE_SECONDS or now - s.started > MAX_SECONDS:
-                del self._by_id[sid]
-                return None
-            s.touched = now
-            return s
-
-    def end(self, sid: str | None) -> None:
-        with self._lock:
-            self._by_id.pop(sid or "", None)
+FREE_FAILS = 3  # wrong passwords before any delay
+MAX_DELAY = 30.0  # seconds: the longest wait a sign-in is made to take
+MAX_KEYS = 50_000  # addresses and names remembered; past it the oldest are forgotten (memory stays bounded)
 
 
 class RateLimit:
-    """At most `limit` failed sign-ins per `per` seconds for one client address, and for one name."""
+    """Failed sign-ins per client address and per name within `per` seconds: past FREE_FAILS, each sign-in of
+    that address or name waits 1, 2, 4 … up to MAX_DELAY seconds before its password is checked. A delay, never
+    a lock: the right password still signs its owner in, however many wrong ones others tried."""
 
-    def __init__(self, limit: int = 5, per: float = 900.0) -> None:
-        self.limit, self.per = limit, per
-        self._fails: defaultdict[str, deque[float]] = defaultdict(deque)
+    def __init__(self, per: float = 900.0) -> None:
+        self.per = per
+        self._fails: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._fails[key]
+        q = self._fails.get(key) or deque()
         while q and now - q[0] > self.per:
             q.popleft()
         return q
 
-    def blocked(self, *keys: str) -> bool:
+    def delay(self, *keys: str) -> float:
         now = time.monotonic()
         with self._lock:
-            return any(len(self._recent(k, now)) >= self.limit for k in keys)
+            fails = max(len(self._recent(k, now)) for k in keys)
+        return 0.0 if fails < FREE_FAILS else min(MAX_DELAY, 2.0 ** (fails - FREE_FAILS))
 
     def failed(self, *keys: str) -> None:
         now = time.monotonic()
         with self._lock:
             for k in keys:
-                self._recent(k, now).append(now)
+                q = self._recent(k, now)
+                q.append(now)
+                self._fails[k] = q
+                self._fails.move_to_end(k)
+            while len(self._fails) > MAX_KEYS:
+                self._fails.popitem(last=False)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from gate.contracts import ID_PATTERN
+from gate.central.store import AuditQuery
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{6,32}$")  # a pseudonymous token id, as `gate central issue` takes it
-VENUE = re.compile(ID_PATTERN)
+# a venue id, or a bus's `venue/vehicle/run` as the collector keys it (a route's or vehicle's riders by prefix)
+VENUE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,2}$")
+DEFAULT_DAYS = 14  # a trace without a period covers the last two weeks ...
+MAX_DAYS = 31  # ... and none covers more than a month: every page stays bounded
+PAGE = 200  # trace rows per page (keyset: the next page starts after the last row shown)
 COMMANDS = ("out-of-service", "in-service", "resync")  # never `open`: that needs a person at the lane
 ACTIONS = ("admit", "assist", "deny")
 FALLBACKS = ("use_code", "assist", "deny")
@@ -32,9 +37,10 @@ class TraceQuery:
     window_min: float
     t_from: float
     t_to: float
+    after: tuple[float, str] | None = None
 
 
-def _time(field: str, text: str, default: float) -> float:
+def _time(field: str, text: str, default: float, tz: tzinfo = UTC) -> float:
     text = text.strip()
     if not text:
         return default
@@ -44,8 +50,8 @@ def _time(field: str, text: str, default: float) -> float:
         try:
             t = datetime.fromisoformat(text)
         except ValueError:
-            raise FormError(f"{field}: give a time such as 2026-05-01T08:00 (UTC) or epoch seconds") from None
-        value = (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+            raise FormError(f"{field}: give a time such as 2026-05-01T08:00 (local) or epoch seconds") from None
+        value = (t if t.tzinfo else t.replace(tzinfo=tz)).timestamp()
     if not math.isfinite(value) or value < 0:
         raise FormError(f"{field}: give a time after 1970")
     return value
@@ -61,7 +67,7 @@ def _number(field: str, text: str, low: float, high: float) -> float:
     return value
 
 
-def trace_query(form: dict[str, str]) -> TraceQuery:
+def trace_query(form: dict[str, str], tz: tzinfo = UTC, now: float | None = None) -> TraceQuery:
     mode = form.get("mode", "contacts")
     if mode not in ("contacts", "trace"):
         raise FormError("mode: contacts or trace")
@@ -70,17 +76,35 @@ def trace_query(form: dict[str, str]) -> TraceQuery:
     if token is not None and not TOKEN.match(token):
         raise FormError("token: 6 to 32 of A-Z a-z 0-9 _ - (the pseudonymous id, not a pass code)")
     if venue is not None and not VENUE.match(venue):
-        raise FormError("venue: a venue id (A-Z a-z 0-9 _ . -)")
+        raise FormError("venue: a venue id (A-Z a-z 0-9 _ . -), or a bus's venue/vehicle/run")
     if mode == "contacts" and token is None:
         raise FormError("token: contacts are found for a token")
     if mode == "trace" and token is None and venue is None:
         raise FormError("token or venue: give one")
     window = _number("window", form.get("window", "30") or "30", 0, 1440)
-    t_from = _time("from", form.get("from", ""), 0.0)
-    t_to = _time("to", form.get("to", ""), float("inf"))
+    now = time.time() if now is None else now
+    t_to = _time("to", form.get("to", ""), now, tz)
+    t_from = _time("from", form.get("from", ""), t_to - DEFAULT_DAYS * 86400, tz)
     if t_to < t_from:
         raise FormError("to: the period ends before it starts")
-    return TraceQuery(mode, token, venue if mode == "trace" else None, window, t_from, t_to)
+    if t_to - t_from > MAX_DAYS * 86400:
+        raise FormError(f"from: a period of at most {MAX_DAYS} days (narrow it, or page through months)")
+    return TraceQuery(mode, token, venue if mode == "trace" else None, window, t_from, t_to, _after(form))
+
+
+def _after(form: dict[str, str]) -> tuple[float, str] | None:
+    """The next page's start: `time,event_id` of the last row shown."""
+    text = form.get("after", "").strip()
+    if not text:
+        return None
+    t, _, event_id = text.partition(",")
+    try:
+        value = float(t)
+    except ValueError:
+        raise FormError("after: not a page of this trace") from None
+    if not math.isfinite(value) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", event_id):
+        raise FormError("after: not a page of this trace")
+    return value, event_id
 
 
 def command(form: dict[str, str], gate_ids: set[str]) -> tuple[str, str]:
@@ -117,3 +141,26 @@ def _choices(
             raise FormError(f"{label.format(name)}: one of {', '.join(allowed)}")
         out[name] = value
     return out
+
+
+AUDIT_PAGE = 100
+AUDIT_ACTIONS = ("trace", "contacts", "command", "publish-policy")
+
+
+def audit_query(form: dict[str, str], tz: tzinfo = UTC) -> AuditQuery:
+    """The audit page's filters: operator, action, period; `before` is the keyset of the next (older) page."""
+    operator = form.get("operator", "").strip() or None
+    if operator is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", operator):
+        raise FormError("operator: letters, digits, _ . @ - (up to 64)")
+    action = form.get("action", "").strip() or None
+    if action is not None and action not in AUDIT_ACTIONS:
+        raise FormError(f"action: one of {', '.join(AUDIT_ACTIONS)}")
+    before = form.get("before", "").strip()
+    if before and not before.isdigit():
+        raise FormError("before: not a page of this log")
+    t_from = _time("from", form.get("from", ""), 0.0, tz)
+    t_to = _time("to", form.get("to", ""), float("inf"), tz)
+    if t_to < t_from:
+        raise FormError("to: the period ends before it starts")
+    before_id = min(int(before), 2**62) if before else 2**62
+    return AuditQuery(before_id, AUDIT_PAGE + 1, operator, action, t_from, t_to)

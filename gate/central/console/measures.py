@@ -3,18 +3,16 @@ publishing a new one signed by central's key, as `gate central publish-policy` d
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from gate.central.mqtt import retained
-from gate.central.publish import publish_policy, send_command
+from gate.central.publish import publish_policy, send_command, signed_body
 from gate.config.model import MqttSection
 from gate.config.policy import Policy
 from gate.decide.keys import load_private_key
@@ -37,22 +35,19 @@ class Link:
 
     def policy_in_force(self) -> tuple[dict[str, Any], float | None]:
         """The retained policy (its document with `version`) and when central signed it; the defaults if none."""
-        payload = retained(self.broker, central_topics(self.prefix)["policy"])
+        # shown only if central's key signed it: what the gates check too
+        msg = signed_body(retained(self.broker, central_topics(self.prefix)["policy"]), self.key)
         try:
-            env = json.loads(payload) if payload else None
-            msg = None
-            if env is not None:  # shown only if central's key signed it: what the gates check too
-                self.key.public_key().verify(base64.b64decode(env["sig"], validate=True), env["msg"].encode())
-                msg = json.loads(env["msg"])
             if msg is not None:
                 doc = {**msg["policy"], "version": int(msg["version"])}
                 return Policy.model_validate(doc).model_dump(mode="json"), float(msg["ts"])
-        except (ValueError, KeyError, TypeError, AttributeError, ValidationError, InvalidSignature):
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError):
             pass  # not a policy this console can read: show the defaults, and say so (no signature time)
         return Policy().model_dump(mode="json"), None
 
-    def publish(self, doc: dict[str, Any]) -> int:
-        return publish_policy(self.broker, self.prefix, self.key, checked(doc))
+    def publish(self, doc: dict[str, Any], shown: int | None = None) -> int:
+        """Refused (BackwardsError) unless the version in force is still `shown`, and `doc`'s is above it."""
+        return publish_policy(self.broker, self.prefix, self.key, checked(doc), shown)
 
     def command(self, gate_id: str, name: str, timeout: float = 10.0) -> dict[str, Any] | None:
         return send_command(self.broker, self.prefix, self.key, gate_id, name, {}, timeout)

@@ -5,29 +5,45 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gate.central import tracing
+from gate.central.publish import BackwardsError
 from gate.core.errors import GateError
 
 from . import forms
 from .app import Console
 from .auth import Session
+from .clock import Clock
+from .fleetview import SORTS, FleetQuery
 from .measures import checked
 
-FLAGS = {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}
+
+def csv_chunks(rows: list[dict[str, Any]], per: int = 500) -> Iterator[str]:
+    """The contacts CSV (the CLI's columns, UTC times, cells neutralised) sent in chunks as it is written."""
+    for i in range(0, max(len(rows), 1), per):
+        out = io.StringIO()
+        tracing.write_contacts_csv(rows[i : i + per], out)
+        text = out.getvalue()
+        yield text if i == 0 else text.split("\n", 1)[1]  # the header once
 
 
-def when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+def dom_id(text: Any) -> str:
+    """A stored id as an HTML id htmx can select (it builds `[id='…']` selectors): anything but A-Z a-z 0-9 _ -
+    becomes `_hex_`, so one odd gate id never breaks the live table for the whole fleet."""
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"_{ord(m[0]):x}_", str(text))
 
 
-def masked(params: dict[str, Any], show_tokens: bool) -> dict[str, Any]:
+def masked(params: dict[str, Any], show_tokens: bool, when: Clock) -> dict[str, Any]:
     """Audit parameters as a supervisor may see them: a token's first three characters only."""
     out = dict(params)
     for k in ("from", "to"):  # the period as times; an open end as "-"
@@ -48,13 +64,13 @@ def routes(c: Console) -> list[Route]:
         return c.page(request, "trace.html", me, q=None, rows=None, error=None, form={})
 
     async def run_trace(me: Session, form: dict[str, str]) -> tuple[forms.TraceQuery, list[dict[str, Any]]]:
-        q = forms.trace_query(form)
+        q = forms.trace_query(form, c.clock.tz)
         if q.mode == "contacts":
             assert q.token is not None
-            fn, args = tracing.audited_contacts, (c.store, me.name, q.token, q.t_from, q.t_to, q.window_min)
-            return q, await c.db(fn, *args)
-        rows = await c.db(tracing.trace_rows, c.store, me.name, q.token, q.venue, q.t_from, q.t_to)
-        return q, rows
+            args = (me.name, q.token, q.t_from, q.t_to, q.window_min)
+            return q, await c.trace_db(tracing.audited_contacts, *args)
+        args2 = (me.name, q.token, q.venue, q.t_from, q.t_to, forms.PAGE + 1, q.after)
+        return q, await c.trace_db(tracing.trace_rows, *args2)
 
     @c.needs("trace")
     async def trace_run(request: Request, me: Session) -> Response:
@@ -64,7 +80,10 @@ def routes(c: Console) -> list[Route]:
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
         codes, people = tracing.contact_counts(rows) if q.mode == "contacts" else (0, 0)
-        ctx: dict[str, Any] = {"codes": codes, "people": people, "when": when}
+        more = q.mode == "trace" and len(rows) > forms.PAGE
+        rows = rows[: forms.PAGE] if q.mode == "trace" else rows
+        after = f"{rows[-1]['time']!r},{rows[-1]['event_id']}" if more else None
+        ctx: dict[str, Any] = {"codes": codes, "people": people, "after": after, "period": (q.t_from, q.t_to)}
         return c.page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
 
     @c.needs("trace")
@@ -74,94 +93,102 @@ def routes(c: Console) -> list[Route]:
             q, rows = await run_trace(me, form)
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
-        out = io.StringIO()
-        tracing.write_contacts_csv(rows, out)
         name = f"contacts-{q.token}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv"
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
-
-    async def fleet_rows(request: Request) -> tuple[list[dict[str, Any]], dict[str, int], str]:
-        report = await c.db(tracing.fleet_report, c.store, c.offline_min, c.stale_hours)
-        counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
-        chosen = request.query_params.get("show", "")
-        rows = [r for r in report if chosen not in FLAGS or FLAGS[chosen] in r["flags"]]
-        return rows, counts, chosen if chosen in FLAGS else ""
+        return StreamingResponse(csv_chunks(rows), media_type="text/csv; charset=utf-8", headers=headers)
 
     @c.needs("fleet")
     async def fleet_page(request: Request, me: Session) -> Response:
-        rows, counts, chosen = await fleet_rows(request)
-        ctx: dict[str, Any] = {"rows": rows, "counts": counts, "chosen": chosen, "total": len(rows), "when": when}
+        q = FleetQuery.of(dict(request.query_params))
+        page = await run_in_threadpool(c.fleet.page, q)
+        here = {k: v for k, v in (("show", q.show), ("q", q.search), ("sort", q.sort), ("after", q.after)) if v}
+        ctx: dict[str, Any] = {
+            "page": page,
+            "rows": page.rows,
+            "counts": page.counts,
+            "chosen": q.show,
+            "dom_id": dom_id,
+        }
+        ctx |= {"q": q, "here": urlencode(here), "total": page.matching, "sorts": list(SORTS)}
+        ctx["next_url"] = "/fleet?" + urlencode({**here, "after": page.next_after}) if page.next_after else None
         name = "fleet_rows.html" if request.headers.get("HX-Request") else "fleet.html"
-        return c.page(request, name, me, commands=forms.COMMANDS, reply=None, error=None, **ctx)
-
-    @c.needs("command")
-    async def fleet_command(request: Request, me: Session) -> Response:
-        form = await form_of(request)
-        rows, counts, chosen = await fleet_rows(request)
-        ctx: dict[str, Any] = {"rows": rows, "counts": counts, "chosen": chosen, "total": len(rows), "when": when}
-        try:
-            if c.link is None:
-                raise forms.FormError("commands: the console was started without --broker/--config and --key")
-            gate_id, name = forms.command(form, {r["gate_id"] for r in rows})
-        except forms.FormError as exc:
-            ctx |= {"reply": None, "error": str(exc)}
-            return c.page(request, "fleet.html", me, status=400, commands=forms.COMMANDS, **ctx)
-        link = c.link
-        reply = await c.db(link.command, gate_id, name)
-        await c.db(c.store.audit, me.name, "command", {"gate": gate_id, "name": name}, 1 if reply else 0)
-        shown = {"gate": gate_id, "command": name, "reply": json.dumps(reply) if reply else "no reply within 10 s"}
-        return c.page(request, "fleet.html", me, commands=forms.COMMANDS, reply=shown, error=None, **ctx)
+        return c.page(request, name, me, commands=forms.COMMANDS, error=None, **ctx)
 
     async def measures_ctx() -> dict[str, Any]:
         if c.link is None:
-            return {"policy": None, "signed_at": None}
-        policy, ts = await c.db(c.link.policy_in_force)
-        return {"policy": policy, "signed_at": when(ts) if ts else None}
+            return {"policy": None, "signed_at": None, "error": None}
+        try:
+            policy, ts = await c.io(c.link.policy_in_force)
+        except (GateError, OSError) as exc:
+            return {"policy": None, "signed_at": None, "error": f"The broker could not be reached: {exc}"}
+        return {"policy": policy, "signed_at": c.clock(ts) if ts else None, "error": None}
 
     @c.needs("measures")
     async def measures_page(request: Request, me: Session) -> Response:
         ctx = await measures_ctx()
-        return c.page(request, "measures.html", me, error=None, done=request.query_params.get("published"), **ctx)
+        return c.page(request, "measures.html", me, done=request.query_params.get("published"), **ctx)
 
     @c.needs("measures")
     async def measures_confirm(request: Request, me: Session) -> Response:
         form, ctx = await form_of(request), await measures_ctx()
+        if ctx["error"]:
+            return c.page(request, "measures.html", me, status=503, done=None, **ctx)
         try:
             if c.link is None or ctx["policy"] is None:
                 raise forms.FormError("publishing: the console was started without --broker/--config and --key")
             doc = checked(forms.policy_changes(form, ctx["policy"]))
         except forms.FormError as exc:
-            return c.page(request, "measures.html", me, status=400, error=str(exc), done=None, **ctx)
+            return c.page(request, "measures.html", me, status=400, done=None, **{**ctx, "error": str(exc)})
         changed = {k: (ctx["policy"].get(k), v) for k, v in doc.items() if ctx["policy"].get(k) != v}
-        return c.page(request, "confirm.html", me, doc=json.dumps(doc), changed=changed)
+        shown = ctx["policy"]["version"]
+        return c.page(request, "confirm.html", me, doc=json.dumps(doc), changed=changed, shown=shown)
 
     @c.needs("measures")
     async def measures_publish(request: Request, me: Session) -> Response:
-        form, ctx = await form_of(request), await measures_ctx()
+        form = await form_of(request)
         try:
             if c.link is None:
                 raise forms.FormError("publishing: the console was started without --broker/--config and --key")
             doc = checked(json.loads(form.get("doc", "")))
+            shown = int(form.get("shown", ""))
         except (ValueError, forms.FormError) as exc:
             msg = str(exc) if isinstance(exc, forms.FormError) else "the confirmed policy was not readable"
-            return c.page(request, "measures.html", me, status=400, error=msg, done=None, **ctx)
+            return c.page(request, "measures.html", me, status=400, done=None, **{**await measures_ctx(), "error": msg})
         link = c.link
-        version = await c.db(link.publish, doc)
+        try:
+            version = await c.io(link.publish, doc, shown)
+        except BackwardsError as exc:
+            ctx = {**await measures_ctx(), "error": f"Not published: {exc}"}
+            return c.page(request, "measures.html", me, status=409, done=None, **ctx)
+        except (GateError, OSError) as exc:
+            ctx = {"policy": None, "signed_at": None, "error": f"Not published: the broker could not be reached: {exc}"}
+            return c.page(request, "measures.html", me, status=503, done=None, **ctx)
         await c.db(c.store.audit, me.name, "publish-policy", {"version": version}, 0)
         return RedirectResponse(f"/measures?published={version}", status_code=303)
 
     @c.needs("audit")
     async def audit_page(request: Request, me: Session) -> Response:
-        rows = (await c.db(c.store.audits))[-500:][::-1]
-        shown = [{**r, "params": masked(r["params"], me.may("trace")), "at": when(r["at"])} for r in rows]
-        return c.page(request, "audit.html", me, rows=shown)
+        params = dict(request.query_params)
+        try:
+            q = forms.audit_query(params, c.clock.tz)
+        except forms.FormError as exc:
+            return c.page(request, "audit.html", me, status=400, rows=[], error=str(exc), form=params, older=None)
+        rows = await c.db(c.store.audit_page, q)
+        more = len(rows) > forms.AUDIT_PAGE
+        rows = rows[: forms.AUDIT_PAGE]
+        shown = [{**r, "params": masked(r["params"], me.may("trace"), c.clock), "at": c.clock(r["at"])} for r in rows]
+        older = None
+        if more:
+            older = "/audit?" + urlencode(
+                {**{k: v for k, v in params.items() if k != "before"}, "before": rows[-1]["id"]}
+            )
+        return c.page(request, "audit.html", me, rows=shown, error=None, form=params, older=older)
 
     return [
         Route("/trace", trace_page, methods=["GET"]),
         Route("/trace", trace_run, methods=["POST"]),
         Route("/trace.csv", trace_csv, methods=["POST"]),
         Route("/fleet", fleet_page, methods=["GET"]),
-        Route("/fleet/command", fleet_command, methods=["POST"]),
         Route("/measures", measures_page, methods=["GET"]),
         Route("/measures/confirm", measures_confirm, methods=["POST"]),
         Route("/measures/publish", measures_publish, methods=["POST"]),

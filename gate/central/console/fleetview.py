@@ -1,0 +1,90 @@
+"""The fleet table as pages: one report of every gate shared by all viewers for a moment (so a thousand open
+fleet pages cost one query per interval), then searched, filtered, sorted and cut into keyset pages in memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+FLAGS = {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}
+SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "gate": lambda r: "",
+    "venue": lambda r: str(r["venue_id"] or ""),
+    "seen": lambda r: -(r["last_seen"] or 0),  # the most recently seen first
+    "outbox": lambda r: -(r["outbox_depth"] or 0),  # the deepest first
+    "cache-age": lambda r: -(r["cache_age_s"] if r["cache_age_s"] is not None else float("inf")),
+}
+PAGE = 100
+SEARCHED = ("gate_id", "venue_id", "vehicle_id", "route")
+
+
+@dataclass(frozen=True)
+class FleetQuery:
+    show: str = ""  # a FLAGS key, or every gate
+    search: str = ""  # a part of the gate, venue, vehicle or route id
+    sort: str = "gate"
+    after: str = ""  # the gate id of the last row of the previous page
+
+    @classmethod
+    def of(cls, params: dict[str, str]) -> FleetQuery:
+        show = params.get("show", "")
+        sort = params.get("sort", "gate")
+        return cls(
+            show if show in FLAGS else "",
+            params.get("q", "").strip()[:64],
+            sort if sort in SORTS else "gate",
+            params.get("after", "")[:200],
+        )
+
+
+@dataclass(frozen=True)
+class FleetPage:
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    matching: int  # rows that pass the filter and search, on every page
+    total: int  # gates known
+    next_after: str | None
+
+
+class FleetView:
+    """`report()` runs at most once per `ttl` seconds, whoever asks; everyone in between gets its copy."""
+
+    def __init__(self, report: Callable[[], list[dict[str, Any]]], ttl: float) -> None:
+        self._report, self.ttl = report, ttl
+        self._cached: tuple[float, list[dict[str, Any]]] | None = None
+        self._lock = threading.Lock()
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:  # one caller recomputes; the others wait for it rather than run the same query
+            if self._cached is None or time.monotonic() - self._cached[0] > self.ttl:
+                self._cached = (time.monotonic(), self._report())
+            return self._cached[1]
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cached = None
+
+    def page(self, q: FleetQuery) -> FleetPage:
+        report = self.rows()
+        counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
+        needle = q.search.lower()
+        chosen = [
+            r
+            for r in report
+            if (not q.show or FLAGS[q.show] in r["flags"])
+            and (
+                not needle
+                or any(needle in str(r[k] or "").lower() for k in ("gate_id", "venue_id", "vehicle_id", "route"))
+            )
+        ]
+        key = SORTS[q.sort]
+        chosen.sort(key=lambda r: (key(r), r["gate_id"]))
+        start = 0
+        if q.after:
+            start = next((i + 1 for i, r in enumerate(chosen) if r["gate_id"] == q.after), 0)
+        rows = chosen[start : start + PAGE]
+        more = start + PAGE < len(chosen)
+        return FleetPage(rows, counts, len(chosen), len(report), rows[-1]["gate_id"] if more and rows else None)
