@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gate.decide.codes import Status, issue
-from gate.scan.decoders import DecodedCode, Frame, ZxingDecoder, make_decoder
+from gate.scan.decoded import DecodedCode
+from gate.scan.decoders import Frame, ZxingDecoder, make_decoder
 from gate.scan.degrade import LEVELS, defocus
 from gate.scan.framegen import code_frame
 from gate.scan.motion import RECHECK_FRAMES, SceneWatch
