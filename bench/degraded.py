@@ -6,7 +6,7 @@ empty frame. The frames are generated (seeded, deterministic): 640x480 greyscale
 segno at ~3-px modules. A read counts only when its bytes equal the code drawn; gate must never read
 anything else, nor anything on frames without a code (exit 1 if it does).
 
-usage: bench/degraded.py [--per-level N] [--budget-ms MS] [--smoke] [--json FILE]
+usage: bench/degraded.py [--per-level N] [--runs N] [--budget-ms MS] [--smoke] [--json FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyzbar import pyzbar
 
-from _util import median, pct, table
+from _util import median, parse, pct, table
 from gate.decide.codes import Status, issue
 from gate.scan.decoders import ZxingDecoder, make_decoder
 from gate.scan.degrade import LEVELS, H, W
@@ -144,27 +144,13 @@ def _empty(rng: np.random.Generator, k: int) -> np.ndarray:
     return np.clip(rng.poisson(60, (H, W)) / 4, 0, 255).astype(np.uint8)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--per-level", type=int, default=20, help="frames per class and level (2 levels a class)")
-    ap.add_argument("--budget-ms", type=float, default=None, help="recovery budget per frame (default: gate's)")
-    ap.add_argument("--smoke", action="store_true", help="2 frames per level, 10 clean/empty runs")
-    ap.add_argument("--json", default=None, help="also write the JSON here")
-    args = ap.parse_args()
-    per_level, runs = (2, 10) if args.smoke else (args.per_level, 100)
-    dec = make_decoder("zxing")
-    assert isinstance(dec, ZxingDecoder)
-    if args.budget_ms is not None:
-        dec.recover_seconds = dec.try_harder_seconds = args.budget_ms / 1000
-    rows, errors = measure(dec, per_level)
-    cost, more = costs(dec, runs)
-    errors += more
+def print_tables(
+    rows: list[dict[str, object]], cost: dict[str, float], per_level: int, budget_ms: float
+) -> dict[str, int]:
+    """The per-class table and the cost line; returns the totals."""
     total = {k: sum(int(r[k]) for r in rows) for k in ("frames", "gate", "zxing", "zbar", "union")}  # type: ignore[call-overload]
     n = total["frames"]
-    print(
-        f"Read rate per class ({per_level} frames a level, 640x480, ~3-px modules; "
-        f"recovery budget {dec.recover_seconds * 1000:g} ms)"
-    )
+    print(f"Read rate per class ({per_level} frames a level, 640x480, ~3-px modules; recovery budget {budget_ms:g} ms)")
     heads = [
         "class (levels)",
         "gate",
@@ -209,6 +195,26 @@ def main() -> int:
         f"lane path with recovery: {cost['empty_lane_path_ms_p50']:.2f} / {cost['empty_lane_path_ms_p99']:.2f} "
         f"({cost['empty_lane_path_cpu_ms_p50']:.2f} / {cost['empty_lane_path_cpu_ms_p99']:.2f})"
     )
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--per-level", type=int, default=20, help="frames per class and level (2 levels a class)")
+    ap.add_argument("--budget-ms", type=float, default=None, help="recovery budget per frame (default: gate's)")
+    ap.add_argument("--runs", type=int, default=100, help="clean-code and empty-frame timings")
+    ap.add_argument("--json", default=None, help="also write the JSON here")
+    args = parse(ap, per_level=2, runs=10)
+    per_level, runs = args.per_level, args.runs
+    dec = make_decoder("zxing")
+    assert isinstance(dec, ZxingDecoder)
+    if args.budget_ms is not None:
+        dec.recover_seconds = dec.try_harder_seconds = args.budget_ms / 1000
+    rows, errors = measure(dec, per_level)
+    cost, more = costs(dec, runs)
+    errors += more
+    total = print_tables(rows, cost, per_level, dec.recover_seconds * 1000)
+    n = total["frames"]
     met = total["gate"] >= 0.9 * n and total["gate"] > total["union"]
     print("target (gate >= 90 % and above the union of raw zxing-cpp and pyzbar):", "met" if met else "NOT met")
     report = {

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gate.decide.codes import Status, issue
-from gate.scan.decoders import DecodedCode, Frame, ZxingDecoder, make_decoder
+from gate.scan.decoded import DecodedCode
+from gate.scan.decoders import Frame, ZxingDecoder, make_decoder
 from gate.scan.degrade import LEVELS, defocus
 from gate.scan.framegen import code_frame
 from gate.scan.motion import RECHECK_FRAMES, SceneWatch
@@ -150,3 +153,23 @@ def scene(rng: np.random.Generator) -> Frame:
     """The same empty hall every frame, with fresh sensor noise."""
     base = np.kron(np.random.default_rng(0).integers(60, 200, (31, 41)), np.ones((16, 16)))[:480, :640]
     return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), sigma=st.floats(0, 80), block=st.sampled_from([1, 2, 3, 4, 8, 16]))
+def test_no_texture_without_a_code_is_ever_read(decoder: ZxingDecoder, seed: int, sigma: float, block: int) -> None:
+    """Blocky textures at module-like scales, with noise: the recovery passes' sharpened, thresholded and
+    enlarged views of them must never yield a read."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, (480 // block + 1, 640 // block + 1))
+    frame = np.kron(cells, np.ones((block, block)))[:480, :640] + rng.normal(0, sigma, (480, 640))
+    assert lane_path(decoder, np.clip(frame, 0, 255).astype(np.uint8)) == []
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 60), w=st.integers(1, 60), seed=st.integers(0, 2**32 - 1))
+def test_pictures_of_any_small_size_go_through_every_pass_without_error(
+    decoder: ZxingDecoder, h: int, w: int, seed: int
+) -> None:
+    frame = np.random.default_rng(seed).integers(0, 256, (h, w), np.uint8)
+    assert decoder.decode_thoroughly(frame) == [] and lane_path(decoder, frame) == []

@@ -16,6 +16,7 @@ from gate.scan.enhance import Frame
 
 Reader = Callable[[Frame], list[DecodedCode]]
 
+MAX_SIDE = 400  # px: larger regions are shrunk before the passes
 REGION = 224  # px: a code of 125-150 px (3-px modules) with a margin for a misplaced centre; FFT-friendly
 _GATE_CODE = re.compile(rb"\A" + re.escape(CODE_PREFIX.encode()) + rb"[0-9A-Z $%*+\-./:]{20,4000}\Z")
 
@@ -52,6 +53,8 @@ def busiest_window(frame: Frame, size: int = REGION) -> tuple[int, int]:
     h, w = frame.shape
     size_y, size_x = min(size, h), min(size, w)
     b = 8  # blocks of 8 x 8 pixels, measured on every other pixel (4 x 4 samples)
+    if h < b or w < b:  # a picture smaller than one block is its own window
+        return 0, 0
     a = frame[: h // b * b : 2, : w // b * b : 2].astype(np.int16)
     energy = np.abs(np.diff(a, axis=1, append=a[:, -1:])) + np.abs(np.diff(a, axis=0, append=a[-1:, :]))
     blocks = energy.reshape(h // b, b // 2, w // b, b // 2).mean(axis=(1, 3), dtype=np.float32)
@@ -62,6 +65,17 @@ def busiest_window(frame: Frame, size: int = REGION) -> tuple[int, int]:
     y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
     cy, cx = (y + k / 2) * b, (x + k / 2) * b
     return int(np.clip(cy - size_y / 2, 0, h - size_y)), int(np.clip(cx - size_x / 2, 0, w - size_x))
+
+
+def fitted(region: Frame, largest: int = MAX_SIDE) -> Frame:
+    """A region over `largest` px shrunk by a whole factor (block means): a code that large has modules of
+    many pixels, and a pass's cost (an FFT, a 2x enlargement) grows with the area."""
+    f = -(-max(region.shape) // largest)
+    if f <= 1:
+        return region
+    h, w = region.shape[0] // f * f, region.shape[1] // f * f
+    small: Frame = region[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)).astype(np.uint8)
+    return small
 
 
 def crop(frame: Frame, size: int = REGION) -> Frame:
@@ -86,6 +100,7 @@ class Recovery:
 
     def run(self, regions: Sequence[Frame], deadline: float | None) -> list[DecodedCode]:
         """`deadline` on the clock given (the thread's CPU time by default); None: every pass."""
+        regions = [fitted(r) for r in regions]
         steps = [(p.name, p.view, r) for r in regions for p in self.passes]
         if self._fallback is not None:
             steps += [("pyzbar", _same, r) for r in regions]
