@@ -161,9 +161,10 @@ def test_status_state_and_metrics_show_the_reason(tmp_path, keys) -> None:
     from gate.testing import ScriptedFrames
 
     listen = f"127.0.0.1:{free_port()}"
-    cfg = make_config(tmp_path / "state", keys, mqtt={"host": "127.0.0.1", "port": free_port()},
-                      metrics={"listen": listen})  # fmt: skip
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    mqtt = {"host": "127.0.0.1", "port": free_port()}
+    cfg = make_config(tmp_path / "state", keys, mqtt=mqtt, metrics={"listen": listen})
+    source = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(cfg, source=source, pin_factory=MockFactory()).start()
     toml = tmp_path / "gate.toml"
     toml.write_text(
         f'[gate]\nid = "lane-t"\nstate_dir = "{tmp_path / "state"}"\n[venue]\nid = "v"\n'

@@ -41,17 +41,20 @@ def test_a_lane_is_put_out_of_service_from_home_assistant_through_a_signed_comma
     broker, tmp_path, keys, subscriber_factory
 ) -> None:
     _, central_key, central_pub = generate_keypair(tmp_path / "central")
-    cfg = make_config(
-        tmp_path / "state", keys, mqtt={"host": broker.host, "port": broker.port},
-        central={"keys": [str(central_pub)]}, homeassistant={"discovery": True, "control": True},
-    )  # fmt: skip
+    mqtt_section = {"host": broker.host, "port": broker.port}
+    central = {"keys": [str(central_pub)]}
+    homeassistant = {"discovery": True, "control": True}
+    cfg = make_config(tmp_path / "state", keys, mqtt=mqtt_section, central=central, homeassistant=homeassistant)
     ha = subscriber_factory(broker, "homeassistant/#")
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    source = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(cfg, source=source, pin_factory=MockFactory()).start()
+    address = f"{broker.host}:{broker.port}"
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "gate", "central", "ha-bridge", "--broker", f"{broker.host}:{broker.port}",
-         "--key", str(central_key)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "gate", "central", "ha-bridge", "--broker", address, "--key", str(central_key)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert bridge.stdout is not None and "ha-bridge: serving" in bridge.stdout.readline()
         select = json.loads(wait_until(lambda: ha.on("homeassistant/select/gate_lane-t/requested_mode/config"), 20)[-1])

@@ -34,7 +34,7 @@ def started(tmp_path: Path, keys: Any, broker: Any, central: Any) -> Any:  # noq
         source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
-    )
+    ).start()
     assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     return g
 
