@@ -199,6 +199,8 @@ class RabbitCluster:
             f"mqtt.listeners.tcp.default = {node.mqtt_port}\n"
             f"mqtt.allow_anonymous = {'true' if self.anonymous else 'false'}\n"
             "loopback_users = none\n"
+            # A gate's MQTT session queue replicated, so that it resumes on another node when its own dies
+            "mqtt.durable_queue_type = quorum\n"
         )
 
     def _spawn(self, node: RabbitNode) -> None:
