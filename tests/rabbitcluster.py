@@ -119,8 +119,12 @@ class RabbitCluster:
         )
 
     def shell_env(self, index: int = 0) -> dict[str, str]:
-        """Environment under which a plain `rabbitmqctl ...` (as docs write it) talks to node `index`."""
-        return self.env(self.nodes[index])
+        """Environment under which a plain `rabbitmqctl ...` (as docs write it) talks to node `index`: this
+        cluster's cookie and epmd, and RabbitMQ's own scripts first on PATH (Debian's /usr/sbin wrappers would
+        switch to the rabbitmq user and its cookie)."""
+        env = self.env(self.nodes[index])
+        env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+        return env
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> RabbitCluster:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 
@@ -48,14 +49,21 @@ def topic_of(routing_key: str) -> str:
 def parameters(urls: list[str], password_file: str | None) -> list[Any]:
     import pika
 
-    params = [pika.URLParameters(u) for u in urls]
+    secret = None
     if password_file:
         try:
             secret = Path(password_file).read_text().strip()
         except OSError as exc:
             raise GateError(f"collect-amqp: cannot read --password-file: {exc}") from None
-        for p in params:
-            p.credentials = pika.PlainCredentials(p.credentials.username, secret)
+    params = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise GateError(f"collect-amqp: --amqp {url!r} is not amqp://USER@HOST:PORT/VHOST")
+        if secret is not None and "@" in parts.netloc:  # the password from the file, never on the command line
+            user, host = parts.netloc.rsplit("@", 1)
+            url = urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:{quote(secret, safe='')}@{host}"))
+        params.append(pika.URLParameters(url))
     for p in params:
         p.heartbeat = 30
         p.blocked_connection_timeout = 60
@@ -124,6 +132,8 @@ def collect_amqp(args: argparse.Namespace) -> int:
     if args.devices and not Path(args.devices).is_dir():
         raise GateError(f"collect-amqp: --devices {args.devices} is not a folder")
     checks = Checks.from_dir(Path(args.devices) if args.devices else None, args.accept_unsigned)
+    if not getattr(args, "verbose", False):  # pika narrates every connection at INFO; ours say what matters
+        logging.getLogger("pika").setLevel(logging.WARNING)
     params = parameters(args.amqp, args.password_file)
     store = open_store(args.db)
     col = Collector(store, checks, args.retention_days or None)

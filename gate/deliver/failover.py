@@ -38,6 +38,7 @@ class BrokerRotation:
         self._lock = threading.Lock()  # paho's thread writes; status readers read
         self._index = 0
         self._failures = 0  # consecutive, since the last successful connect
+        self._attempted = True  # an attempt at the current host was made since it was aimed at
         self.failovers = 0  # moves to another host since start
 
     @property
@@ -70,9 +71,17 @@ class BrokerRotation:
         base = min(MAX_DELAY, MIN_DELAY * 2**rounds)
         return Attempt(host, port, round(base * self._rng.uniform(0.5, 1.0), 3))
 
+    def attempting(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho's on_pre_connect: an attempt at the current host begins."""
+        self._attempted = True
+
     def aim_next(self, client: mqtt.Client, keepalive: int, connect_kwargs: dict[str, Any]) -> None:
         """Point paho's own reconnect (on its thread, from a callback) at the next host, after the jittered
-        wait. It only sets where and when: paho's loop connects, re-sends what it held in flight."""
+        wait. It only sets where and when: paho's loop connects, re-sends what it held in flight. paho may
+        report one loss twice (disconnect, then connect failure): only the first moves on."""
+        if not self._attempted:
+            return
+        self._attempted = False
         lost = self.label
         nxt = self.failed()
         client.connect_async(nxt.host, nxt.port, keepalive=keepalive, **connect_kwargs)
