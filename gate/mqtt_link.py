@@ -82,6 +82,7 @@ class MqttLink:
         self._down_total = 0.0
         self._ever_connected = self._falling_back = self._stopping = False
         self.connects = 0  # successful CONNACKs since start (more than one: reconnects); only paho's thread writes
+        self.session_present = False  # the last CONNACK found this client's session at the broker
         self._closed_before_connack = 0
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
         self._subacks = SubAcks()
@@ -162,6 +163,7 @@ class MqttLink:
                 self._maybe_fall_back('it refused MQTT 5 with "unsupported protocol version"')
             return
         self._ever_connected = True
+        self.session_present = bool(getattr(flags, "session_present", False))  # read by up listeners
         self.connects += 1
         self.brokers.connected()
         if not self.refusals_visible:

@@ -3,6 +3,7 @@ backoff; what was in flight is re-sent there, subscriptions are renewed, and the
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -16,6 +17,7 @@ from conftest import Broker, make_config, wait_until
 from gate.config.model import MqttSection, parse_config
 from gate.core.errors import ConfigError
 from gate.decide.codes import Status, issue
+from gate.decide.keys import generate_keypair
 from gate.deliver.failover import MAX_DELAY, BrokerRotation
 from gate.lane.wiring import build
 from gate.ops.status import on_broker
@@ -69,9 +71,11 @@ def test_a_gate_fails_over_to_the_next_broker_resends_and_resubscribes(tmp_path,
     for x in (a, b):
         x.workdir.mkdir()
         x.start()
-    subs = [subscriber_factory(x, "fo/+/checkin") for x in (a, b)]
+    subs = [subscriber_factory(x, "fo/#") for x in (a, b)]
     hosts = [f"{a.host}:{a.port}", f"{b.host}:{b.port}"]
-    cfg = make_config(tmp_path / "state", keys, mqtt={"hosts": hosts, "topic_prefix": "fo"})
+    _, _, cpub = generate_keypair(tmp_path / "central")
+    mqtt_cfg = {"hosts": hosts, "topic_prefix": "fo"}
+    cfg = make_config(tmp_path / "state", keys, mqtt=mqtt_cfg, central={"keys": [str(cpub)]})
     g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
     heard: list[bytes] = []
     got = threading.Event()
@@ -94,6 +98,10 @@ def test_a_gate_fails_over_to_the_next_broker_resends_and_resubscribes(tmp_path,
         assert g.state()["broker"] == hosts[1] and g.link.brokers.failovers >= 1
         subs[1].client.publish("fo/probe", b"hello", qos=1)  # the subscription was renewed on b
         assert got.wait(20) and heard == [b"hello"]
+        # b had no session for it: deltas sent meanwhile may be missing, so it sends its sequence for a resync
+        resync = json.loads(subs[1].wait_for("/resync", 1)[0])
+        assert "without a session" in resync["reason"] and resync["have_seq"] == 0
+        assert subs[0].on("/resync") == []  # not at the first connect
     finally:
         g.close()
         b.stop()

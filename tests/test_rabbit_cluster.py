@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,47 @@ def test_a_gate_with_three_hosts_keeps_delivering_while_nodes_stop_one_at_a_time
         g.close()
         if col.poll() is None:
             finish(col)
+
+
+def doc_blocks(heading: str) -> list[str]:
+    """The ```sh blocks of docs/broker.md under `heading`, up to the next heading of its level."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "broker.md").read_text()
+    part = text.split(heading + "\n", 1)[1].split("\n### ", 1)[0]
+    return [b.split("\n", 1)[1] for b in part.split("```sh")[1:] for b in [b.split("```", 1)[0]]]
+
+
+def test_the_single_node_steps_of_the_broker_doc_store_every_check_in(rabbit_cluster, tmp_path, keys) -> None:
+    """docs/broker.md's RabbitMQ steps as written (only the addresses differ; no TLS on the test nodes), run last
+    in this module: they delete the guest user and give collector-1 a new password."""
+    setup, consume = doc_blocks("### One node")
+    env = {
+        **rabbit_cluster.shell_env(0),
+        "PATH": f"{Path(sys.executable).parent}:{rabbit_cluster.shell_env(0)['PATH']}",
+    }
+    r = subprocess.run(["bash", "-euc", setup], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    users = lambda: rabbit_cluster.ctl(0, "list_users", "-q").stdout  # noqa: E731
+    assert wait_until(lambda: "lane-01" in users() and "guest" not in users(), 60), users()
+    cfg = tomllib.loads((tmp_path / "lane-01.toml").read_text())
+    assert cfg["mqtt"]["hosts"] == ["mq1.example.org:8883"] and cfg["mqtt"]["protocol"] == "3.1.1"
+    creds = tmp_path / "gate-broker" / "credentials" / "lane-01"
+    mqtt_cfg = {**cfg["mqtt"], "hosts": [rabbit_cluster.mqtt_hosts[0]], "password_file": str(creds / "mqtt-password")}
+    del mqtt_cfg["tls"]
+    gcfg = make_config(tmp_path / "state", keys, mqtt=mqtt_cfg, policy={"passback_seconds": 0},
+                       gate={"id": "lane-01", "device_key": str(creds / "device.key")})  # fmt: skip
+    amqp = f"127.0.0.1:{rabbit_cluster.nodes[0].amqp_port}"
+    cmd = consume.replace("mq1.example.org:5672", amqp).strip() + " --count 20 --idle-timeout 120"
+    col = subprocess.Popen(["bash", "-euc", cmd], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    g = build(gcfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    try:
+        now = int(time.time())
+        sent = {g.handle(issue(keys.private, f"tok-d{i:04d}", Status.RED, now, 600).encode())[1].event_id
+                for i in range(20)}  # fmt: skip
+        _, err = col.communicate(timeout=180)
+        assert col.returncode == 0 and "stored 20 new" in err, err
+        with sqlite3.connect(tmp_path / "checkins.db") as con:
+            assert {row[0] for row in con.execute("SELECT event_id FROM checkins")} == sent  # 100 %
+    finally:
+        g.close()
+        if col.poll() is None:
+            col.kill()

@@ -35,8 +35,8 @@ def queue_permissions(name: str, role: str) -> tuple[str, str, str]:
     session queues; a collector also reads the check-in queue."""
     if role == "gate":
         own = f"{SESSION}gate-{re.escape(name)}qos[01]"
-    elif role == "collector":
-        own = f"{SESSION}gate-collect-.*"
+    elif role == "collector":  # collect's default client id, or its --client-id NAME
+        own = f"{SESSION}(gate-collect-.*|{re.escape(name)}qos[01])"
     else:
         own = OTHERS
     read = f"^(amq\\.topic|{own}|{CHECKIN_QUEUE})$" if role == "collector" else f"^(amq\\.topic|{own})$"
