@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import threading
 import time
 
@@ -20,6 +21,7 @@ from gate.decide.codes import Status, issue
 from gate.decide.keys import generate_keypair
 from gate.deliver.failover import MAX_DELAY, BrokerRotation
 from gate.lane.wiring import build
+from gate.ops.metrics import GateCollector
 from gate.ops.status import on_broker
 from gate.scan.decoders import make_decoder
 from gate.scanner import DecodingSource
@@ -90,12 +92,19 @@ def test_a_gate_fails_over_to_the_next_broker_resends_and_resubscribes(tmp_path,
         assert wait_until(lambda: g.link.connected.is_set() and g.link.subscribed.is_set(), 30)
         assert g.state()["broker"] == hosts[0]
         sent = send(20, "a")
-        a.stop()  # what a had not acknowledged is re-sent to b
-        sent |= send(20, "b")
+        assert subs[0].wait_for_ids("/checkin", sent, 30) >= sent
+        a.proc.send_signal(signal.SIGSTOP)  # a hangs: what the gate sends now waits unacknowledged ...
+        held = send(20, "b")
+        assert wait_until(lambda: g.link.client._inflight_messages >= 20, 30)
+        a.stop()  # ... until a dies: then it is re-sent to b
+        sent |= held | send(20, "c")
+        assert subs[1].wait_for_ids("/checkin", held, 60) >= held
         seen = lambda: subs[0].event_ids("/checkin") | subs[1].event_ids("/checkin")  # noqa: E731
-        assert wait_until(lambda: seen() >= sent, 60), sent - seen()
+        assert wait_until(lambda: seen() >= sent, 60), len(sent - seen())
         assert g.drainer.wait_empty(30)
         assert g.state()["broker"] == hosts[1] and g.link.brokers.failovers >= 1
+        metrics = {m.name: m for m in GateCollector(g, dict).collect()}
+        assert metrics["gate_broker"].samples[0].labels == {"broker": hosts[1]}  # gate_broker_info{broker=…}
         subs[1].client.publish("fo/probe", b"hello", qos=1)  # the subscription was renewed on b
         assert got.wait(20) and heard == [b"hello"]
         # b had no session for it: deltas sent meanwhile may be missing, so it sends its sequence for a resync
