@@ -23,6 +23,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from pgcluster import PgCluster, pg_bin
+from rabbitcluster import RabbitCluster
+from rabbitcluster import installed as rabbit_installed
 
 from gate.config.model import Config, parse_config
 from gate.decide.keys import TrustStore, generate_keypair, load_private_key
@@ -397,7 +399,18 @@ def fill(directory: Path) -> Path:
 
 # -- the fast loop: a test that starts a service (broker, RabbitMQ, PostgreSQL, a daemon, a browser) is slow ------
 SLOW_FIXTURES = frozenset(
-    {"broker", "broker_home", "secured", "rabbitmq", "pg_cluster", "pg_url", "browser", "console", "demo_run"}
+    {
+        "broker",
+        "broker_home",
+        "secured",
+        "rabbitmq",
+        "pg_cluster",
+        "pg_url",
+        "browser",
+        "console",
+        "demo_run",
+        "rabbit_cluster",
+    }
 )
 
 
@@ -458,3 +471,17 @@ def no_wrong_thread() -> Iterator[None]:
         root.removeHandler(seen)
     if seen.seen:
         pytest.fail("WrongThread (a connection used off its owner thread): " + "; ".join(seen.seen[:3]))
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Three clustered RabbitMQ nodes with the MQTT plugin (tests/rabbitcluster.py), one per test module:
+    a cluster takes ~20-60 s to form, so tests share it and use their own topic prefixes and queues."""
+    if not rabbit_installed():
+        require("rabbitmq-server")  # fails under CI, skips elsewhere
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbitcluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -42,6 +42,7 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
             "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
             **diagnostic,
         },
+        "sensor/broker": sensor("Broker", state, "broker", icon="mdi:server-network", **diagnostic),
         "sensor/broker_failure": {
             "name": "Broker failure",
             "state_topic": state,

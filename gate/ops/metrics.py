@@ -14,7 +14,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gate import __version__
@@ -48,6 +54,10 @@ class GateCollector(Collector):
         for name, doc, value in gauges(snap):
             yield GaugeMetricFamily(name, doc, value=value)
         yield failure_info(snap.state)
+        if snap.state.get("broker"):  # which of [mqtt] hosts the gate is on (or trying next)
+            yield InfoMetricFamily(
+                "gate_broker", "The MQTT broker the gate is on", value={"broker": snap.state["broker"]}
+            )
         yield CounterMetricFamily(
             "gate_broker_connects",
             "Connections to the broker since start (over 1: reconnects)",

@@ -114,6 +114,7 @@ class Reporter:
             "fire": lane.fire,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
             "broker_failure": None if self.link is None else self.link.failures.as_json(),
+            "broker": None if self.link is None else self.link.broker,  # of [mqtt] hosts: the one it is on
             "cache_version": info.version,
             "cache_seq": info.seq,
             "cache_entries": info.count,

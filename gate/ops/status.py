@@ -67,7 +67,15 @@ def show_status(cfg: Config, as_json: bool) -> int:
 
 
 def _broker(state: dict[str, Any]) -> str:
-    """connected, or DISCONNECTED with the failure named (TLS, DNS, refused …); a refusal while connected too."""
+    """connected (to which node), or DISCONNECTED with the failure named (TLS, DNS, refused …)."""
     failure = state.get("broker_failure")
     named = f": {failure['reason']}: {failure['detail']}" if failure else ""
-    return ("connected" if state["broker_connected"] else "DISCONNECTED") + named
+    return ("connected" if state["broker_connected"] else "DISCONNECTED") + on_broker(state) + named
+
+
+def on_broker(state: dict[str, Any]) -> str:
+    """ " to host:port" (" trying host:port" while disconnected) when the state names the broker."""
+    name = state.get("broker")
+    if not name:
+        return ""
+    return f" to {name}" if state["broker_connected"] else f", trying {name}"
