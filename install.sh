@@ -47,6 +47,8 @@ if [ "$mode" = dev ]; then
   apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql prometheus
   # chromium (and its driver): the console's browser tests drive Debian's headless chromium with Playwright.
   apt_install chromium chromium-driver
+  # patroni + etcd: PostgreSQL failover tests and bench/fleet.py --pg patroni (tests/patroni.py starts its own).
+  apt_install patroni etcd-server etcd-client
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"
