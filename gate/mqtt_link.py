@@ -18,6 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from gate.config.model import MqttSection, secret_path
 from gate.contracts import Topics
 from gate.core.threads import background
+from gate.deliver.failover import BrokerRotation
+from gate.deliver.subacks import SubAcks
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., None])
@@ -80,13 +82,15 @@ class MqttLink:
         self._down_total = 0.0
         self._ever_connected = self._falling_back = self._stopping = False
         self.connects = 0  # successful CONNACKs since start (more than one: reconnects); only paho's thread writes
+        self.session_present = False  # the last CONNACK found this client's session at the broker
         self._closed_before_connack = 0
         self.generation = 0  # a new paho client (the 3.1.1 fallback) starts a new generation
-        self.subscribed = threading.Event()  # every subscription of this connection has its SUBACK
-        self._pending_subs: set[int] = set()
-        self._early_subacks: set[int] = set()  # SUBACKs that overtook the subscribe call's return
-        self._subs_lock = threading.Lock()
+        self._subacks = SubAcks()
+        self.subscribed = self._subacks.ready  # every subscription of this connection has its SUBACK
         self.protocol = mqtt.MQTTv311 if cfg.protocol == "3.1.1" else mqtt.MQTTv5
+        self.brokers = BrokerRotation(cfg.endpoints())
+        self._connect_kwargs: dict[str, Any] = {}
+        self._replacing = False  # the 3.1.1 fallback swaps the client: the old one's goodbye is not a failover
         self.client = self._build()
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -109,6 +113,8 @@ class MqttLink:
         authenticate(client, self.cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_pre_connect = self.brokers.attempting
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
@@ -128,38 +134,49 @@ class MqttLink:
             props.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs["properties"] = props
             kwargs["clean_start"] = False
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **kwargs)
+        self._connect_kwargs = kwargs
+        host, port = self.brokers.current
+        self.client.connect_async(host, port, keepalive=self.cfg.keepalive, **kwargs)
         self.client.loop_start()
+
+    @property
+    def broker(self) -> str:
+        """The broker this gate is on (or trying next), "host:port"."""
+        return self.brokers.label
+
+    def _fail_over(self, client: mqtt.Client) -> None:
+        """paho's thread, after a lost connection or a failed attempt: with several hosts, aim paho's own
+        reconnect at the next one (it re-sends what it held in flight; `_on_connect` resubscribes)."""
+        if self.brokers.several and not self._stopping and client is self.client and not self._replacing:
+            self.brokers.aim_next(client, self.cfg.keepalive, self._connect_kwargs)
+
+    @guarded
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._fail_over(client)
 
     @guarded
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         background()  # paho's network thread: delivery is background work beside the lane
         if reason.is_failure:
-            log.error("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            log.error("mqtt: broker %s refused the connection: %s", self.broker, reason)
             if reason.value in (1, 0x84):
                 self._maybe_fall_back('it refused MQTT 5 with "unsupported protocol version"')
             return
         self._ever_connected = True
+        self.session_present = bool(getattr(flags, "session_present", False))  # read by up listeners
         self.connects += 1
+        self.brokers.connected()
         if not self.refusals_visible:
             log.warning(
                 "mqtt: MQTT 3.1.1 cannot report a refused publish (a denied one looks delivered); use MQTT 5 "
                 "with ACLs so that refusals become dead letters instead of silent losses"
             )
-        log.info(
-            "mqtt: connected to %s:%s (MQTT %s)",
-            self.cfg.host,
-            self.cfg.port,
-            "5" if self.protocol == mqtt.MQTTv5 else "3.1.1",
-        )
+        log.info("mqtt: connected to %s (MQTT %s)", self.broker, "5" if self.protocol == mqtt.MQTTv5 else "3.1.1")
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        self.subscribed.clear()
-        with self._subs_lock:  # the last connection's SUBACKs will never come
-            self._pending_subs.clear()
-            self._early_subacks.clear()
+        self._subacks.reset()
         for topic in list(self._subs):
             self._subscribe(topic)
-        self._check_subscribed()
+        self._subacks.check()
         self.connected.set()
         if self._down_since is not None:
             self._down_total += time.monotonic() - self._down_since
@@ -178,18 +195,19 @@ class MqttLink:
             return
         self._falling_back = True
         log.warning(
-            "mqtt: broker %s:%s does not take MQTT 5 (%s); falling back to MQTT 3.1.1",
-            self.cfg.host,
-            self.cfg.port,
+            "mqtt: broker %s does not take MQTT 5 (%s); falling back to MQTT 3.1.1",
+            self.broker,
             why,
         )
         threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
 
     def _fall_back(self) -> None:
+        self._replacing = True
         self.client.loop_stop()
         self.client.disconnect()
         self.protocol = mqtt.MQTTv311
         self.client = self._build()
+        self._replacing = False
         self.generation += 1  # what the old client held in flight is gone with it
         self.start()
 
@@ -204,6 +222,7 @@ class MqttLink:
             elif self.protocol == mqtt.MQTTv5:
                 # Confirm soon, not after the backoff an outage built up (up to 30 s): the broker is there now.
                 client.reconnect_delay_set(**BACKOFF)
+        self._fail_over(client)
         self.connected.clear()
         self.subscribed.clear()
         if self._down_since is None:
@@ -216,30 +235,13 @@ class MqttLink:
         return round(self._down_total + current, 1), round(current, 1)
 
     def _subscribe(self, topic: str) -> None:
-        """No lock is held while paho sends: a SUBACK that comes back before the mid is noted here is kept as
-        acknowledged early, and the two meet under the lock."""
         rc, mid = self.client.subscribe(topic, qos=1)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            return
-        with self._subs_lock:
-            if mid in self._early_subacks:
-                self._early_subacks.discard(mid)
-            else:
-                self._pending_subs.add(mid)
-
-    def _check_subscribed(self) -> None:
-        with self._subs_lock:
-            if not self._pending_subs:
-                self.subscribed.set()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._subacks.sent(mid)
 
     @guarded
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        with self._subs_lock:
-            if mid in self._pending_subs:
-                self._pending_subs.discard(mid)
-            else:
-                self._early_subacks.add(mid)
-        self._check_subscribed()
+        self._subacks.acked(mid)
 
     @guarded
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:

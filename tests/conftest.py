@@ -21,6 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from pgcluster import PgCluster, pg_bin
+from rabbitcluster import RabbitCluster
+from rabbitcluster import installed as rabbit_installed
 
 from gate.config.model import Config, parse_config
 from gate.decide.keys import TrustStore, generate_keypair, load_private_key
@@ -390,3 +392,17 @@ def fill(directory: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Three clustered RabbitMQ nodes with the MQTT plugin (tests/rabbitcluster.py), one per test module:
+    a cluster takes ~20-60 s to form, so tests share it and use their own topic prefixes and queues."""
+    if not rabbit_installed():
+        require("rabbitmq-server")  # fails under CI, skips elsewhere
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbitcluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -104,7 +104,7 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
 ) -> None:
     sub = subscriber_factory(broker, "homeassistant/#")
     gate = make(tmp_path, keys, broker, homeassistant={"discovery": True})
-    expected = 7 + len(ALARMS)
+    expected = 8 + len(ALARMS)
     wait_until(lambda: len({t for t, p, _ in sub.messages if p}) >= expected)
     configs = {t: json.loads(p) for t, p, _ in sub.messages if p}
     assert len(configs) == expected

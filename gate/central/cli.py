@@ -6,6 +6,7 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gate.central import amqpcollect
 from gate.central.console.serve import add_arguments as console_user
 from gate.central.console.serve import add_console_options as console_options
 from gate.core.address import broker_address
@@ -38,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pv.add_argument("--client-cert", action="store_true", help="also a client certificate (CN = the name)")
     pv.add_argument("--gate-config", metavar="PATH", help="write a complete gate.toml for this gate there")
     pv.add_argument("--venue", help="the gate's [venue] id in --gate-config (default: the gate id)")
+    pv.add_argument(
+        "--broker",
+        choices=["mosquitto", "rabbitmq"],
+        default="mosquitto",
+        help="rabbitmq: also write rabbitmq/definitions.json for `rabbitmqctl import_definitions` (docs/broker.md)",
+    )
     iss = sub.add_parser("issue", help="sign a pass code; print its text (and write a QR PNG)")
     iss.add_argument("--key", required=True, help="private key file")
     iss.add_argument("--token", required=True, help="pseudonymous token id (6-32 of A-Z a-z 0-9 _ -)")
@@ -122,6 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         const="off",
         help="a plain subscription: this collector receives every check-in",
     )
+    amqpcollect.add_parser(sub)
     tr = sub.add_parser("trace", help="a token's check-ins across gates and time, or a venue's in a window")
     tr.add_argument("token", nargs="?")
     tr.add_argument("--venue")
@@ -210,6 +218,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return provision.main(args)
     if cmd in ("trace", "contacts", "purge", "fleet"):
         return _query(cmd, args)
+    if cmd == "collect-amqp":
+        return amqpcollect.collect_amqp(args)
     if cmd == "collect":
         from gate.central.collect import Checks, collect
 

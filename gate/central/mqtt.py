@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,14 @@ def connect_session(
     """As `connect`, with what the broker said in its CONNACK (the protocol spoken and its MQTT 5 properties)."""
     if isinstance(broker, tuple):
         broker = MqttSection(host=broker[0], port=broker[1])
+    if len(broker.endpoints()) > 1:  # [mqtt] hosts: the first node that answers
+        failures: list[str] = []
+        for node in nodes(broker):
+            try:
+                return connect_session(node, client_id, manual_ack, session_expiry, on_message)
+            except GateError as exc:
+                failures.append(str(exc))
+        raise GateError("; ".join(failures))
     protocols = {"5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}.get(broker.protocol, [mqtt.MQTTv5, mqtt.MQTTv311])
     last = ""
     for protocol in protocols:
@@ -171,9 +180,20 @@ def retained(broker: MqttSection | tuple[str, int], topic: str, timeout: float =
     return got[0] if got and got[0] else None
 
 
+def nodes(broker: MqttSection) -> list[MqttSection]:
+    """One section per broker of `[mqtt] hosts` (or the one host), with the same credentials and TLS."""
+    return [broker.model_copy(update={"host": h, "port": p, "hosts": ()}) for h, p in broker.endpoints()]
+
+
 @contextmanager
 def publisher(broker: MqttSection | tuple[str, int]) -> Iterator[Callable[[str, bytes, bool], None]]:
-    """QoS 1 publishes, each waited for (PUBACK) before the context exits."""
+    """QoS 1 publishes, each waited for (PUBACK) before the context exits. With several `[mqtt] hosts` (a
+    RabbitMQ cluster, whose nodes each keep their own retained messages) a retained message goes to every node
+    that answers, so that a gate gets it on whichever node it connects to; the others go to the first."""
+    if isinstance(broker, MqttSection) and len(broker.endpoints()) > 1:
+        with retained_everywhere(broker) as pub:
+            yield pub
+        return
     client = connect(broker)
     infos: list[mqtt.MQTTMessageInfo] = []
     try:
@@ -223,3 +243,24 @@ def request(
         client.disconnect()
         client.loop_stop()
     return got[0] if got else None
+
+
+@contextmanager
+def retained_everywhere(broker: MqttSection) -> Iterator[Callable[[str, bytes, bool], None]]:
+    """`publisher` for a cluster: a node that cannot be reached is named and skipped (publish again once it is
+    back: until then it serves what it retained before); none reachable is an error."""
+    stack, pubs = ExitStack(), []
+    with stack:
+        for node in nodes(broker):
+            try:
+                pubs.append(stack.enter_context(publisher(node)))
+            except GateError as exc:
+                print(f"publish: skipping {node.host}:{node.port}: {exc}", file=sys.stderr)
+        if not pubs:
+            raise GateError(f"no broker of {', '.join(h for h, _ in broker.endpoints())} answered")
+
+        def pub(topic: str, payload: bytes, retain: bool) -> None:
+            for p in pubs if retain else pubs[:1]:
+                p(topic, payload, retain)
+
+        yield pub

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from gate.central.broker import BrokerDir
+from gate.central.rabbitdefs import rabbit_toml, write_definitions
 from gate.core.errors import GateError
 from gate.decide.codes import Kind, Status, issue
 from gate.decide.keys import generate_keypair, load_private_key
@@ -51,13 +52,20 @@ def provision(args: argparse.Namespace) -> int:
         raise GateError("provision: --gate-config is for --role gate")
     p = bdir.provision(name, role, client_cert=args.client_cert or bdir.settings().require_client_certs)
     s = bdir.settings()
-    print(f"# {role} {name}: broker identity written to {d}; reload the broker: systemctl reload mosquitto")
+    rabbit = getattr(args, "broker", "mosquitto") == "rabbitmq"
+    if rabbit:
+        defs = write_definitions(d, {n: v["role"] for n, v in bdir.identities().items()}, args.prefix)
+        print(f"# {role} {name}: broker identity written to {d}; load it: rabbitmqctl import_definitions {defs}")
+    else:
+        print(f"# {role} {name}: broker identity written to {d}; reload the broker: systemctl reload mosquitto")
     if role == "gate":
         print(f"# copy {p.password_file} to /etc/gate/credentials/mqtt-password (mode 0600, owner root),")
         print(f"# {p.device_key} to /etc/gate/credentials/device.key and {d / 'tls' / 'ca.crt'} to {GATE_CA}")
         if p.client_cert is not None:
             print(f"# and {p.client_cert} to {GATE_CERT}, {p.client_cert.with_name('client.key')} to {GATE_KEY}")
         text = gate_toml(name, args.prefix, s.server_names[0], s.tls_port, args.venue, p.client_cert is not None)
+        if rabbit:  # every node of the cluster; RabbitMQ 3 speaks MQTT 3.1.1 only
+            text = rabbit_toml(text, s.server_names, s.tls_port)
         if args.gate_config:
             Path(args.gate_config).write_text(text)
             print(f"# a complete gate.toml for it: {args.gate_config} (edit [venue] and [gpio] for the lane)")
@@ -67,7 +75,7 @@ def provision(args: argparse.Namespace) -> int:
         print(f"# the password is in {p.password_file} (mode 0600)")
         print(
             f'[mqtt]\nhost = "127.0.0.1"\nport = {s.plain_port}\nusername = "{name}"\n'
-            f'password_file = "{p.password_file}"\nprotocol = "5"'
+            f'password_file = "{p.password_file}"\nprotocol = "{"3.1.1" if rabbit else "5"}"'
         )
     return 0
 

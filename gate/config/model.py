@@ -15,6 +15,7 @@ from gate.config.errors import describe
 from gate.config.ops import HomeAssistantSection, MetricsSection
 from gate.config.policy import Policy
 from gate.config.venue import GpsSection, VenueCategory, VenueSection
+from gate.core.address import broker_endpoint
 from gate.core.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/gate/gate.toml")
@@ -152,6 +153,9 @@ class TlsSection(_Model):
 class MqttSection(_Model):
     host: str = Field("localhost", min_length=1)
     port: int = Field(1883, ge=1, le=65535)
+    hosts: tuple[str, ...] = Field(
+        (), max_length=16, description='Brokers of one cluster, "host:port" each, tried in turn on a lost connection'
+    )
     topic_prefix: str = Field("gate", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     keepalive: int = Field(30, ge=5, le=3600)
@@ -174,7 +178,16 @@ class MqttSection(_Model):
             raise ValueError("a password needs a username")
         if self.username is not None and not has_pw:
             raise ValueError("username is set but neither password nor password_file is")
+        if self.hosts and self.model_fields_set & {"host", "port"}:
+            raise ValueError("give host/port (one broker) or hosts (a cluster), not both")
+        endpoints = [broker_endpoint(h) for h in self.hosts]
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError("hosts names one broker twice")
         return self
+
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The brokers to try, in order: `hosts`, or the one `host`:`port`."""
+        return tuple(broker_endpoint(h) for h in self.hosts) or ((self.host, self.port),)
 
     def resolved_password(self) -> str | None:
         if self.password is not None:

@@ -11,3 +11,12 @@ def broker_address(text: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def broker_endpoint(text: str) -> tuple[str, int]:
+    """ "host:port" (or "[v6]:port") from [mqtt] hosts; a short message naming what is wrong otherwise."""
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise ValueError(f'hosts: expected "host:port", got {text!r}')
+    return host, int(port)

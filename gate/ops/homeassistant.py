@@ -32,6 +32,8 @@ def entities(cfg: Config) -> dict[str, dict[str, Any]]:
         "binary_sensor/broker": {"name": "Broker link", "state_topic": state, "device_class": "connectivity",
                                  "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
                                  "entity_category": "diagnostic"},
+        "sensor/broker": {"name": "Broker", "state_topic": state, "value_template": "{{ value_json.broker }}",
+                          "icon": "mdi:server-network", "entity_category": "diagnostic"},
         "sensor/outbox_depth": {"name": "Outbox depth", "state_topic": state, "state_class": "measurement",
                                 "unit_of_measurement": "check-ins", "value_template": "{{ value_json.outbox_depth }}",
                                 "icon": "mdi:tray-full"},

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gate import __version__
@@ -71,6 +77,8 @@ class GateCollector(Collector):
                     int(bool(state.get("clock_synced"))))  # fmt: skip
         yield gauge("gate_broker_connected", "1 while connected to the MQTT broker",
                     int(bool(g.link and g.link.connected.is_set())))  # fmt: skip
+        if g.link is not None:  # which of [mqtt] hosts the gate is on (or trying next)
+            yield InfoMetricFamily("gate_broker", "The MQTT broker the gate is on", value={"broker": g.link.broker})
         yield CounterMetricFamily("gate_broker_connects", "Connections to the broker since start (over 1: reconnects)",
                                   value=g.link.connects if g.link else 0)  # fmt: skip
         yield gauge("gate_dead_letters", "Events the broker refused max_refusals times, set aside (alarm dead_letter)",

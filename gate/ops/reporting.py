@@ -101,6 +101,7 @@ class Reporter:
             "requested_mode": lane.requested.value,
             "fire": lane.fire,
             "broker_connected": bool(self.link and self.link.connected.is_set()),
+            "broker": None if self.link is None else self.link.broker,  # of [mqtt] hosts: the one it is on
             "cache_version": info.version,
             "cache_seq": info.seq,
             "cache_entries": info.count,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from gate.config.model import Config
 
@@ -41,7 +42,7 @@ def show_status(cfg: Config, as_json: bool) -> int:
     )
     rows = [
         ("mode", state["mode"]),
-        ("broker", "connected" if state["broker_connected"] else "DISCONNECTED"),
+        ("broker", ("connected" if state["broker_connected"] else "DISCONNECTED") + on_broker(state)),
         (
             "cache",
             f"version {state['cache_version']}.{state['cache_seq']}, {state['cache_entries']} entries, "
@@ -63,3 +64,11 @@ def show_status(cfg: Config, as_json: bool) -> int:
             f"{d['reason']} {d['token']}"
         )
     return 0 if age < 30 else 1
+
+
+def on_broker(state: dict[str, Any]) -> str:
+    """ " to host:port" (" trying host:port" while disconnected) when the state names the broker."""
+    name = state.get("broker")
+    if not name:
+        return ""
+    return f" to {name}" if state["broker_connected"] else f", trying {name}"

@@ -29,6 +29,7 @@ from gate.mqtt_link import Handler, MqttLink
 from gate.sync.envelope import ControlMessage, Rejected, Verifier
 from gate.sync.inbound import BoundedQueue, Job
 from gate.sync.passsync import PassSync
+from gate.sync.sessions import watch_sessions
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class CentralSync:
         for kind, fn in routes.items():
             self.link.subscribe(t[kind], self._enqueue(fn, kind))
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
+        watch_sessions(self.link, self.resync_soon)
         self._thread.start()
 
     def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Handler:
