@@ -3,7 +3,8 @@
 a broker, 2 collectors into PostgreSQL; revocation fan-out beside raw paho subscribers, sustained ingest, and a
 collector / the PostgreSQL primary killed under load. One JSON line per figure; exit 1 if its own checks fail.
 
-usage: bench/fleet.py [--gates 1000] [--procs 4] [--pg single|patroni] [--rate 2000] [--seconds 20] [--smoke]
+usage: bench/fleet.py [--gates 1000] [--procs 4] [--broker mosquitto|cluster] [--pg single|patroni] [--rate 2000]
+                      [--seconds 20] [--smoke]
 """
 
 from __future__ import annotations
@@ -112,22 +113,30 @@ class Fleet:
 
 
 class Collectors:
-    """`gate central collect` processes in one shared-subscription group, each with its own session."""
+    """`gate central collect` processes in one shared-subscription group, each with its own session; or, on a
+    RabbitMQ cluster, `collect-amqp` competing consumers of the quorum queue (each starting at another node)."""
 
-    def __init__(self, broker: str, db: str, devices: Path, n: int, logs: Path) -> None:
+    def __init__(self, broker: str | list[str], db: str, devices: Path, n: int, logs: Path) -> None:
         self.broker, self.db, self.devices, self.logs = broker, db, devices, logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for i in range(n):
             self.start(f"fleet-col-{i}")
 
     def start(self, name: str) -> None:
-        cmd = [
-            *(sys.executable, "-m", "gate", "central", "collect", "--broker", self.broker, "--db", self.db),
-            *("--devices", str(self.devices), "--group", "fleet", "--client-id", name),
-        ]
+        common = ("--db", self.db, "--devices", str(self.devices))
+        if isinstance(self.broker, list):  # AMQP URLs of the cluster's nodes
+            turn = int(name.rsplit("-", 1)[1]) % len(self.broker)
+            urls = [*self.broker[turn:], *self.broker[:turn]]
+            cmd = [sys.executable, "-m", "gate", "central", "collect-amqp", *common]
+            cmd += [a for u in urls for a in ("--amqp", u)]
+            ready = b"collect-amqp: consuming"
+        else:
+            cmd = [sys.executable, "-m", "gate", "central", "collect", "--broker", self.broker, *common]
+            cmd += ["--group", "fleet", "--client-id", name]
+            ready = b"collect: subscribed"
         log = (self.logs / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL)
-        wait(lambda: b"collect: subscribed" in (self.logs / f"{name}.log").read_bytes(), 60)
+        wait(lambda: ready in (self.logs / f"{name}.log").read_bytes(), 90)
 
     def kill(self, name: str) -> None:
         self.procs[name].kill()
@@ -161,7 +170,7 @@ class Db:
             return [r[0] for r in db.execute("SELECT event_id FROM checkins")]
 
 
-def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeout: float) -> None:
+def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeout: float, raw: bool = True) -> None:
     """A signed delta revoking one pass, published once: when is it in force at every gate? Then the same
     fan-out to plain paho subscribers."""
     since = time.time()
@@ -171,10 +180,12 @@ def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeo
     central.publish(central_topics("gate")["delta"], delta, qos=1)
     done = wait(lambda: all(t is not None for t in fleet.flat("applied", since, round_)), timeout, 0.1)
     applied = [t - since for t in fleet.flat("applied", since, round_) if t is not None]
-    since = time.time()
-    central.publish(RAW_TOPIC, b"x" * len(delta), qos=1)
-    wait(lambda: all(t is not None for t in fleet.flat("raw_times", since)), timeout, 0.1)
-    raw = [t - since for t in fleet.flat("raw_times", since) if t is not None]
+    raws: list[float] = []
+    if raw:
+        since = time.time()
+        central.publish(RAW_TOPIC, b"x" * len(delta), qos=1)
+        wait(lambda: all(t is not None for t in fleet.flat("raw_times", since)), timeout, 0.1)
+        raws = [t - since for t in fleet.flat("raw_times", since) if t is not None]
     check(bool(done) and len(applied) == n, f"revocation {round_}: applied at {len(applied)} of {n} gates")
     figure(
         "revocation_fanout",
@@ -184,9 +195,9 @@ def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeo
         p50_s=round(pct(applied, 50), 3) if applied else None,
         p99_s=round(pct(applied, 99), 3) if applied else None,
         max_s=round(max(applied), 3) if applied else None,
-        raw_paho_p50_s=round(pct(raw, 50), 3) if raw else None,
-        raw_paho_p99_s=round(pct(raw, 99), 3) if raw else None,
-        raw_paho_max_s=round(max(raw), 3) if raw else None,
+        raw_paho_p50_s=round(pct(raws, 50), 3) if raws else None,
+        raw_paho_p99_s=round(pct(raws, 99), 3) if raws else None,
+        raw_paho_max_s=round(max(raws), 3) if raws else None,
         target_p99_s=5,
     )
 
@@ -223,6 +234,7 @@ def main() -> int:
     ap.add_argument("--gates", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=4, help="gate processes")
     ap.add_argument("--pg", choices=["single", "patroni"], default="single")
+    ap.add_argument("--broker", choices=["mosquitto", "cluster"], default="mosquitto", help="cluster: 3 RabbitMQ nodes")
     ap.add_argument("--rate", type=float, default=2000.0, help="check-ins a second offered, across the fleet")
     ap.add_argument("--seconds", type=float, default=20.0, help="each load phase")
     ap.add_argument("--rounds", type=int, default=3, help="revocations published")
@@ -250,10 +262,16 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     ckey = load_private_key(cpriv)
     _, ipriv, _ = generate_keypair(work / "issuer")
     device_keys(work / "devices", gates)
-    user = "user root\n" if os.geteuid() == 0 else ""
-    broker, port = start_broker(work, f"{user}max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n")
-    stack.append(broker.kill)
-    hosts = (f"127.0.0.1:{port}",)
+    rabbit = None
+    if args.broker == "cluster":
+        rabbit = start_rabbit(work, stack)
+        hosts = tuple(rabbit.mqtt_hosts)
+        port = int(hosts[-1].rsplit(":", 1)[1])  # central publishes on the last node; the first is killed
+    else:
+        user = "user root\n" if os.geteuid() == 0 else ""
+        broker, port = start_broker(work, f"{user}max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n")
+        stack.append(broker.kill)
+        hosts = (f"127.0.0.1:{port}",)
     if args.pg == "patroni":
         from patroni import PatroniCluster
 
@@ -267,7 +285,7 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
         single.start()
         url = single.url
     db = Db(url)
-    collectors = Collectors(hosts[0], url, work / "devices", 2, work)
+    collectors = Collectors(rabbit.amqp_urls if rabbit else hosts[0], url, work / "devices", 2, work)
     stack.append(collectors.stop)
     t0 = time.monotonic()
     fleet = Fleet(gates, args.procs, Spec(hosts, work, cpub, ipriv, work / "devices"))
@@ -292,7 +310,13 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
         figure("pg_primary_killed", **fig, target_resume_s=30)
     else:
         figure("pg_primary_killed", skipped="needs --pg patroni")
-    figure("broker_node_killed", skipped="needs --broker cluster (branch i38)")
+    if rabbit is not None:
+        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_node(rabbit, fleet))
+        decided += ids
+        figure("broker_node_killed", **fig, target_reconnect_s=30)
+        revocation(fleet, central, ckey, args.rounds, len(gates), 60, raw=False)
+    else:
+        figure("broker_node_killed", skipped="needs --broker cluster")
     stored = db.ids()
     lost, dupes = len(set(decided) - set(stored)), len(stored) - len(set(stored))
     check(lost == 0 and dupes == 0 and len(stored) == len(decided), f"{lost} lost, {dupes} duplicated")
@@ -321,6 +345,37 @@ def kill_primary(cluster: Any, db: Db) -> dict[str, Any]:
     took = time.monotonic() - t
     check(bool(resumed) and took <= 60, f"ingest did not resume within 60 s of the primary's death ({took:.0f} s)")
     return {"old_primary": old, "new_primary": new, "elected_s": round(elected, 1), "resumed_s": round(took, 1)}
+
+
+def start_rabbit(work: Path, stack: list[Callable[[], object]]) -> Any:
+    """Three RabbitMQ nodes (tests/rabbitcluster.py) with the check-ins' quorum queue bound as provision does."""
+    import pika
+    from rabbitcluster import RabbitCluster
+
+    from gate.central.rabbitdefs import CHECKIN_QUEUE
+
+    rabbit = RabbitCluster(work / "rabbit")
+    stack.append(rabbit.stop)
+    rabbit.start()
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.amqp_urls[0]))
+    ch = conn.channel()
+    ch.queue_declare(CHECKIN_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_bind(CHECKIN_QUEUE, "amq.topic", "gate.*.checkin")  # as provision --broker rabbitmq binds it
+    conn.close()
+    return rabbit
+
+
+def kill_node(rabbit: Any, fleet: Fleet) -> dict[str, Any]:
+    """SIGKILL the first node (a third of the gates and a collector are on it): when is every gate connected to
+    a node still alive?"""
+    dead = rabbit.mqtt_hosts[0]
+    on_it = sum(broker == dead for _, broker in fleet.flat("links"))
+    t = time.monotonic()
+    rabbit.kill_node(0)
+    back = wait(lambda: all(up and broker != dead for up, broker in fleet.flat("links")), 120, 0.5)
+    took = time.monotonic() - t
+    check(bool(back), f"gates not all reconnected {took:.0f} s after a node died")
+    return {"gates_on_killed_node": on_it, "every_gate_connected_s": round(took, 1)}
 
 
 def free_port() -> int:

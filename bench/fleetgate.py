@@ -81,8 +81,9 @@ class SimGate:
         state = spec.work / "gates" / gate_id
         host, port = spec.hosts[0].rsplit(":", 1)
         mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port), "keepalive": 20}
-        if len(spec.hosts) > 1:
-            mqtt_cfg["hosts"] = list(spec.hosts)  # gate failover across broker nodes ([mqtt] hosts, branch i38)
+        if len(spec.hosts) > 1:  # a cluster: each gate lists every node, starting at its own, so the fleet spreads
+            turn = int(gate_id.lstrip("g")) % len(spec.hosts)
+            mqtt_cfg = {"hosts": [*spec.hosts[turn:], *spec.hosts[:turn]], "keepalive": 20}
         self.cfg = parse_config(
             {
                 "gate": {"id": gate_id, "state_dir": str(state), "device_key": str(spec.devices / f"{gate_id}.key")},
@@ -200,7 +201,7 @@ def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
         "ingest": ingest.start,
         "ingest_stop": ingest.stop,
         "depth": lambda: on_lane(lambda: sum(g.outbox.depth for g in gates)),
-        "links": lambda: [(g.link.connected.is_set(), g.link.connects) for g in gates],
+        "links": lambda: [(g.link.connected.is_set(), g.link.broker) for g in gates],
     }
     try:
         while True:
