@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pgcluster import PgCluster
 
 from _util import pct, start_broker
 from gate.central.mqtt import connect
+from gate.config.model import MqttSection
 from gate.decide.keys import generate_keypair, load_private_key
 from gate.sync.envelope import sign
 from gate.sync.worker import central_topics
@@ -242,6 +244,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.gates, args.procs, args.rate, args.seconds, args.rounds = 6, 2, 100.0, 3.0, 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # `timeout` or kill: tear the clusters down too
     work = Path(tempfile.mkdtemp(prefix="gate-fleet-"))
     work.chmod(0o755)  # the postgres user reaches its data dir below
     gates = [f"g{i:04d}" for i in range(args.gates)]
@@ -249,10 +252,11 @@ def main() -> int:
     try:
         return run_bench(args, work, gates, stack)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C must not leave clusters behind
         for undo in reversed(stack):
             try:
                 undo()
-            except Exception as exc:  # tear down the rest
+            except BaseException as exc:  # tear down the rest
                 print(f"teardown: {exc!r}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -293,7 +297,7 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     ready = wait(lambda: sum(fleet.ask("ready")) == 2 * len(gates), 120 + len(gates) / 5, 0.5)
     check(bool(ready), "not every gate connected and subscribed")
     figure("fleet_connected", gates=len(gates), procs=args.procs, seconds=round(time.monotonic() - t0, 1), pg=args.pg)
-    central = connect(("127.0.0.1", port))
+    central = connect(MqttSection(host="127.0.0.1", port=port, protocol="3.1.1" if rabbit else "auto"))
     stack.append(central.disconnect)
     for r in range(args.rounds):
         revocation(fleet, central, ckey, r, len(gates), 60)

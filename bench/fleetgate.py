@@ -83,7 +83,8 @@ class SimGate:
         mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port), "keepalive": 20}
         if len(spec.hosts) > 1:  # a cluster: each gate lists every node, starting at its own, so the fleet spreads
             turn = int(gate_id.lstrip("g")) % len(spec.hosts)
-            mqtt_cfg = {"hosts": [*spec.hosts[turn:], *spec.hosts[:turn]], "keepalive": 20}
+            hosts = [*spec.hosts[turn:], *spec.hosts[:turn]]
+            mqtt_cfg = {"hosts": hosts, "keepalive": 20, "protocol": "3.1.1"}  # RabbitMQ 3 speaks MQTT 3.1.1
         self.cfg = parse_config(
             {
                 "gate": {"id": gate_id, "state_dir": str(state), "device_key": str(spec.devices / f"{gate_id}.key")},

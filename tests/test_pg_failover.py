@@ -256,3 +256,17 @@ def test_the_multi_host_url_reaches_the_primary_for_writes_and_any_node_for_read
     with psycopg.connect(standby) as db:
         row = db.execute("SELECT pg_is_in_recovery()").fetchone()
         assert row is not None and row[0] is True
+
+
+def test_the_console_store_answers_its_next_read_from_the_new_primary_after_a_switchover(
+    patroni: PatroniCluster, ha_url: str
+) -> None:
+    store = PgStore(ha_url)
+    try:
+        store.put_user("ops", "operations", "hash")
+        before = store.db.info.port
+        patroni.switchover()
+        assert store.user("ops") == {"name": "ops", "role": "operations", "hash": "hash"}  # no error page
+        assert store.db.info.port != before
+    finally:
+        store.close()

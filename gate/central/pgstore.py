@@ -68,8 +68,16 @@ class PgStore(Queries):
         return db
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """A query from the console or a CLI; a read that finds its connection broken (the primary changed since
+        the last call) is asked once more of the new primary rather than failing the page."""
         self._use()
-        return super()._run(sql, params)
+        try:
+            return super()._run(sql, params)
+        except psycopg.OperationalError:
+            if not (self.db.broken and sql.lstrip().upper().startswith("SELECT")):
+                raise
+            self._use()
+            return super()._run(sql, params)
 
     def _partitions(self) -> dict[str, int]:
         """Each day partition of checkins, by name, with its UTC day number."""
