@@ -240,6 +240,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=2000.0, help="check-ins a second offered, across the fleet")
     ap.add_argument("--seconds", type=float, default=20.0, help="each load phase")
     ap.add_argument("--rounds", type=int, default=3, help="revocations published")
+    ap.add_argument("--gate-state", type=Path, help="the gates' state dirs (/dev/shm: no shared fsyncs)")
     ap.add_argument("--smoke", action="store_true", help="a handful of gates, seconds")
     args = ap.parse_args()
     if args.smoke:
@@ -292,7 +293,10 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     collectors = Collectors(rabbit.amqp_urls if rabbit else hosts[0], url, work / "devices", 2, work)
     stack.append(collectors.stop)
     t0 = time.monotonic()
-    fleet = Fleet(gates, args.procs, Spec(hosts, work, cpub, ipriv, work / "devices"))
+    state = Path(tempfile.mkdtemp(prefix="gate-fleet-", dir=args.gate_state)) if args.gate_state else None
+    if state is not None:
+        stack.append(lambda: shutil.rmtree(state, ignore_errors=True))
+    fleet = Fleet(gates, args.procs, Spec(hosts, work, cpub, ipriv, work / "devices", gate_state=state))
     stack.append(fleet.stop)
     ready = wait(lambda: sum(fleet.ask("ready")) == 2 * len(gates), 120 + len(gates) / 5, 0.5)
     check(bool(ready), "not every gate connected and subscribed")

@@ -47,6 +47,7 @@ class Spec:
     issuer_key: Path
     devices: Path  # <gate>.key files (the collectors read <gate>.pub beside them)
     raw: bool = True  # also a plain paho subscriber per gate, for the side-by-side fan-out
+    gate_state: Path | None = None  # where the gates' state dirs go (default: under work)
 
 
 class NotingVerifier(Verifier):
@@ -78,7 +79,7 @@ class SimGate:
     """One gate's central-facing half. Built on the process's lane thread, which owns its SQLite writers."""
 
     def __init__(self, gate_id: str, spec: Spec) -> None:
-        state = spec.work / "gates" / gate_id
+        state = (spec.gate_state or spec.work / "gates") / gate_id
         host, port = spec.hosts[0].rsplit(":", 1)
         mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port), "keepalive": 20}
         if len(spec.hosts) > 1:  # a cluster: each gate lists every node, starting at its own, so the fleet spreads
