@@ -13,7 +13,7 @@ from pgcluster import pg_bin
 
 from conftest import require
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a cluster to start, a failover to wait for
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "fleet.py"
 
 

@@ -28,7 +28,7 @@ from gate.central.pgstore import PgStore
 from gate.decide.keys import generate_keypair, load_private_key
 from gate.deliver.sealing import Sealer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a cluster to start, a failover to wait for
 GATES = ("lane-a", "lane-b")
 COLLECTOR_BROKER = "max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"
 
