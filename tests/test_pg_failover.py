@@ -252,21 +252,14 @@ def test_the_multi_host_url_reaches_the_primary_for_writes_and_any_node_for_read
     with psycopg.connect(ha_url) as db:
         row = db.execute("SELECT pg_is_in_recovery()").fetchone()
         assert row is not None and row[0] is False
-    standby = ha_url.replace("target_session_attrs=read-write", "target_session_attrs=prefer-standby")
-    with psycopg.connect(standby) as db:
-        row = db.execute("SELECT pg_is_in_recovery()").fetchone()
-        assert row is not None and row[0] is True
+    standby = ha_url.replace("target_session_attrs=read-write", "target_session_attrs=standby")
 
+    def reads_from_a_standby() -> bool:
+        try:  # a node rejoining after the previous test may still be starting up
+            with psycopg.connect(standby) as db:
+                row = db.execute("SELECT pg_is_in_recovery()").fetchone()
+                return row is not None and row[0] is True
+        except psycopg.OperationalError:
+            return False
 
-def test_the_console_store_answers_its_next_read_from_the_new_primary_after_a_switchover(
-    patroni: PatroniCluster, ha_url: str
-) -> None:
-    store = PgStore(ha_url)
-    try:
-        store.put_user("ops", "operations", "hash")
-        before = store.db.info.port
-        patroni.switchover()
-        assert store.user("ops") == {"name": "ops", "role": "operations", "hash": "hash"}  # no error page
-        assert store.db.info.port != before
-    finally:
-        store.close()
+    assert wait_until(reads_from_a_standby, 60, 1.0)
