@@ -263,3 +263,17 @@ def test_the_multi_host_url_reaches_the_primary_for_writes_and_any_node_for_read
             return False
 
     assert wait_until(reads_from_a_standby, 60, 1.0)
+
+
+def test_the_console_store_answers_its_next_read_from_the_new_primary_after_a_switchover(
+    patroni: PatroniCluster, ha_url: str
+) -> None:
+    store = PgStore(ha_url)
+    try:
+        store.put_user("ops", "operations", "hash")
+        before = store.db.info.port
+        patroni.switchover()
+        assert store.user("ops") == {"name": "ops", "role": "operations", "hash": "hash"}  # no error page
+        assert store.db.info.port != before
+    finally:
+        store.close()
