@@ -10,7 +10,7 @@ for arg in "$@"; do
     -h|--help)
       cat <<USAGE
 usage: ./install.sh --dev                 workstation or CI: apt packages (zbar, mosquitto, RabbitMQ, PostgreSQL,
-                                         Patroni+etcd, prometheus for promtool, chromium for the console's browser tests, nodejs),
+                                         Patroni+etcd, prometheus for promtool, chromium (console tests), nodejs),
                                          ./.venv, pip install -e .[dev] -c constraints.txt, htmx for the console (npm)
        sudo ./install.sh [SERVICE OPTION] the service on a Raspberry Pi (docs/operations.md)
 
