@@ -10,7 +10,7 @@ for arg in "$@"; do
     -h|--help)
       cat <<USAGE
 usage: ./install.sh --dev                 workstation or CI: apt packages (zbar, mosquitto, RabbitMQ, PostgreSQL,
-                                         prometheus for promtool, chromium for the console's browser tests, nodejs),
+                                         Patroni+etcd, prometheus for promtool, chromium (console tests), nodejs),
                                          ./.venv, pip install -e .[dev] -c constraints.txt, htmx for the console (npm)
        sudo ./install.sh [SERVICE OPTION] the service on a Raspberry Pi (docs/operations.md)
 
@@ -47,6 +47,8 @@ if [ "$mode" = dev ]; then
   apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql prometheus
   # chromium (and its driver): the console's browser tests drive Debian's headless chromium with Playwright.
   apt_install chromium chromium-driver
+  # patroni + etcd: PostgreSQL failover tests and bench/fleet.py --pg patroni (tests/patroni.py starts its own).
+  apt_install patroni etcd-server etcd-client
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}; [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] && py=/usr/bin/python3  # Debian's
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"

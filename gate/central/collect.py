@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import socket
 import sys
 import threading
@@ -32,6 +33,9 @@ BATCH_ROWS = 2000  # a batch is committed at this many messages ...
 BATCH_SECONDS = 0.1  # ... or this long after its first, whichever comes first
 SESSION_EXPIRY = 7 * 86400  # un-acked check-ins wait at the broker this long for a collector that died
 PURGE_EVERY = 86400.0
+# A database that fails (a PostgreSQL failover takes ~10-30 s) is tried again after a backoff that doubles up to
+# RETRY_MAX, with jitter so that several collectors do not reconnect in step; meanwhile nothing is acknowledged.
+RETRY_FIRST, RETRY_MAX = 0.2, 2.0
 FLEET_KINDS = ("state", "telemetry", "availability")
 # Messages waiting for the database. Acknowledged ones (QoS 1) are bounded by the broker's in-flight window;
 # past this many waiting, QoS 0 fleet reports (nothing to acknowledge, the next one supersedes) are refused.
@@ -87,6 +91,7 @@ class Collector:
         self._inbox: deque[Item] = deque()
         self._wake = threading.Event()
         self._last_purge = -PURGE_EVERY  # the first step purges: monotonic time starts near 0 at boot
+        self._retry = 0.0  # the current backoff while the store fails; 0 while it works
         self.last_message = time.monotonic()
 
     def on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -167,7 +172,11 @@ class Collector:
             return
         self._last_purge = time.monotonic()
         cutoff = time.time() - self.retention_days * 86400
-        gone = self.store.purge(cutoff)
+        try:
+            gone = self.store.purge(cutoff)
+        except Exception as exc:  # the database is away: purge on a later day, keep collecting
+            log.error("collect: retention purge failed (%s: %s); tried again tomorrow", type(exc).__name__, exc)
+            return
         self.stats["purged"] += gone
         log.info("collect: retention %g days: %d check-ins older than %.0f deleted", self.retention_days, gone, cutoff)
 
@@ -176,8 +185,12 @@ class Collector:
         if len(self._inbox) < BATCH_ROWS:
             self._wake.wait(BATCH_SECONDS)
         self._wake.clear()
-        if not self.flush():
-            time.sleep(1.0)
+        if self.flush():
+            self._retry = 0.0
+        else:
+            self._retry = min(RETRY_MAX, self._retry * 2 or RETRY_FIRST)
+            time.sleep(self._retry * random.uniform(0.5, 1.0))
+            return
         self.maybe_purge()
 
 

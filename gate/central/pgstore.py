@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from gate.central.accounts import SESSIONS_INDEX, SESSIONS_SQL, USERS_SQL
+from gate.central.pgconn import Link
 from gate.central.store import ALL_COLS, DAY, INDEXES, Quarantined, Queries, Row, days, merge_seen
 
 SCHEMA = """
@@ -48,10 +49,8 @@ class PgStore(Queries):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.db = psycopg.connect(url, autocommit=True)
-        # The contact query's plan is a few index probes, but its row estimate passes jit_above_cost: compiling
-        # it took ~0.5 s of a 0.5 s query at 10M rows. Nothing central runs is long enough to repay JIT.
-        self.db.execute("SET jit = off")
+        self.link = Link(url)  # a multi-host URL: after a failover, the next call reconnects to the new primary
+        self.db = self.link.db
         self._days: set[int] = set()
         present = self.db.execute("SELECT to_regclass('fleet') IS NOT NULL").fetchone()
         if not (present and present[0]):  # a reader's role (tracing staff) need not be able to create tables
@@ -74,6 +73,27 @@ class PgStore(Queries):
                     self.db.execute(sql)
         except psycopg.errors.InsufficientPrivilege:
             pass  # a reader's role (tracing staff): the owner's next start makes them
+
+    def _use(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The connection, a new one if the old broke; on a new one (maybe a new primary) the partitions it has
+        are read again rather than trusted from the old."""
+        db = self.link.get()
+        if db is not self.db:
+            self.db = db
+            self._days = set(self._partitions().values())
+        return db
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """A query from the console or a CLI; a read that finds its connection broken (the primary changed since
+        the last call) is asked once more of the new primary rather than failing the page."""
+        self._use()
+        try:
+            return super()._run(sql, params)
+        except psycopg.OperationalError:
+            if not (self.db.broken and sql.lstrip().upper().startswith("SELECT")):
+                raise
+            self._use()
+            return super()._run(sql, params)
 
     def _partitions(self) -> dict[str, int]:
         """Each day partition of checkins, by name, with its UTC day number."""
@@ -101,6 +121,14 @@ class PgStore(Queries):
         self._days |= missing
 
     def write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
+        self._use()
+        try:
+            return self._write(rows, quarantined)
+        except psycopg.errors.ReadOnlySqlTransaction:
+            self.link.drop()  # a primary demoted under us: find the new one next time
+            raise
+
+    def _write(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         self._ensure_days(days(rows))
         new = 0
         with self.db.transaction(), self.db.cursor() as cur:
@@ -124,6 +152,7 @@ class PgStore(Queries):
     def purge(self, before: float) -> int:
         """Whole days before `before`'s day are dropped as partitions (no row-by-row delete, no bloat)."""
         cutoff = int(before // DAY)
+        self._use()
         gone = 0
         with self.db.transaction():
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
@@ -136,6 +165,7 @@ class PgStore(Queries):
         return gone
 
     def seen(self, gate_id: str, kind: str, body: dict[str, Any], at: float) -> None:
+        self._use()
         with self.db.transaction():
             old = self.db.execute("SELECT doc FROM fleet WHERE gate_id = %s FOR UPDATE", (gate_id,)).fetchone()
             doc = merge_seen(json.loads(old[0]) if old else {}, kind, body, at)
@@ -145,4 +175,4 @@ class PgStore(Queries):
             )
 
     def close(self) -> None:
-        self.db.close()
+        self.link.close()

@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""A fleet simulation: N gates (real sync worker, signature checks, pass cache, outbox drainer) in a few processes,
+a broker, 2 collectors into PostgreSQL; revocation fan-out beside raw paho subscribers, sustained ingest, and a
+collector / the PostgreSQL primary killed under load. One JSON line per figure; exit 1 if its own checks fail.
+
+usage: bench/fleet.py [--gates 1000] [--procs 4] [--broker mosquitto|cluster] [--pg single|patroni] [--rate 2000]
+                      [--seconds 20] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway PostgreSQL clusters
+from fleetgate import RAW_TOPIC, Spec, run
+from pgcluster import PgCluster
+
+from _util import pct, start_broker
+from gate.central.mqtt import connect
+from gate.config.model import MqttSection
+from gate.decide.keys import generate_keypair, load_private_key
+from gate.sync.envelope import sign
+from gate.sync.worker import central_topics
+
+FAILED: list[str] = []
+
+
+def figure(name: str, **values: Any) -> None:
+    print(json.dumps({"figure": name, **values}), flush=True)
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        FAILED.append(what)
+        print(f"CHECK FAILED: {what}", file=sys.stderr, flush=True)
+
+
+def wait(cond: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def device_keys(d: Path, gates: list[str]) -> None:
+    """<gate>.key for the gate, <gate>.pub for the collectors' --devices."""
+    d.mkdir(parents=True)
+    for g in gates:
+        k = Ed25519PrivateKey.generate()
+        pem = k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(d / f"{g}.key", os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        pub = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        (d / f"{g}.pub").write_bytes(pub)
+
+
+class Fleet:
+    """The gate processes, driven over pipes."""
+
+    def __init__(self, gates: list[str], procs: int, spec: Spec) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for i in range(procs):
+            mine = gates[i::procs]
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=run, args=(i, mine, spec, child), daemon=True)
+            p.start()
+            self.pipes.append(parent)
+            self.procs.append(p)
+
+    def ask(self, name: str, *args: Any) -> list[Any]:
+        for pipe in self.pipes:
+            pipe.send((name, args))
+        out = []
+        for pipe in self.pipes:
+            ok, value = pipe.recv()
+            if not ok:
+                raise RuntimeError(f"gate process: {name}: {value!r}")
+            out.append(value)
+        return out
+
+    def flat(self, name: str, *args: Any) -> list[Any]:
+        return [x for part in self.ask(name, *args) for x in part]
+
+    def stop(self) -> None:
+        for pipe, p in zip(self.pipes, self.procs, strict=True):
+            if p.is_alive():
+                pipe.send(("stop", ()))
+        for pipe, p in zip(self.pipes, self.procs, strict=True):
+            if pipe.poll(60):
+                pipe.recv()
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+class Collectors:
+    """`gate central collect` processes in one shared-subscription group, each with its own session; or, on a
+    RabbitMQ cluster, `collect-amqp` competing consumers of the quorum queue (each starting at another node)."""
+
+    def __init__(self, broker: str | list[str], db: str, devices: Path, n: int, logs: Path) -> None:
+        self.broker, self.db, self.devices, self.logs = broker, db, devices, logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for i in range(n):
+            self.start(f"fleet-col-{i}")
+
+    def start(self, name: str) -> None:
+        common = ("--db", self.db, "--devices", str(self.devices))
+        if isinstance(self.broker, list):  # AMQP URLs of the cluster's nodes
+            turn = int(name.rsplit("-", 1)[1]) % len(self.broker)
+            urls = [*self.broker[turn:], *self.broker[:turn]]
+            cmd = [sys.executable, "-m", "gate", "central", "collect-amqp", *common]
+            cmd += [a for u in urls for a in ("--amqp", u)]
+            ready = b"collect-amqp: consuming"
+        else:
+            cmd = [sys.executable, "-m", "gate", "central", "collect", "--broker", self.broker, *common]
+            cmd += ["--group", "fleet", "--client-id", name]
+            ready = b"collect: subscribed"
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL)
+        wait(lambda: ready in (self.logs / f"{name}.log").read_bytes(), 90)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+        self.procs[name].wait(10)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            p.wait(30)
+
+
+class Db:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def count(self) -> int | None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=3) as db:
+                row = db.execute("SELECT count(*) FROM checkins").fetchone()
+                return int(row[0]) if row else 0
+        except psycopg.Error:
+            return None  # between primaries, or the table not made yet
+
+    def ids(self) -> list[str]:
+        import psycopg
+
+        with psycopg.connect(self.url, connect_timeout=5) as db:
+            return [r[0] for r in db.execute("SELECT event_id FROM checkins")]
+
+
+def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeout: float, raw: bool = True) -> None:
+    """A signed delta revoking one pass, published once: when is it in force at every gate? Then the same
+    fan-out to plain paho subscribers."""
+    since = time.time()
+    delta = sign(
+        ckey, "delta", {"base_version": 1, "seq": round_ + 1, "upserts": [[f"tok-{round_:04d}", 0, None, 1, None]]}
+    )
+    central.publish(central_topics("gate")["delta"], delta, qos=1)
+    done = wait(lambda: all(t is not None for t in fleet.flat("applied", since, round_)), timeout, 0.1)
+    applied = [t - since for t in fleet.flat("applied", since, round_) if t is not None]
+    raws: list[float] = []
+    if raw:
+        since = time.time()
+        central.publish(RAW_TOPIC, b"x" * len(delta), qos=1)
+        wait(lambda: all(t is not None for t in fleet.flat("raw_times", since)), timeout, 0.1)
+        raws = [t - since for t in fleet.flat("raw_times", since) if t is not None]
+    check(bool(done) and len(applied) == n, f"revocation {round_}: applied at {len(applied)} of {n} gates")
+    figure(
+        "revocation_fanout",
+        round=round_,
+        gates=n,
+        applied=len(applied),
+        p50_s=round(pct(applied, 50), 3) if applied else None,
+        p99_s=round(pct(applied, 99), 3) if applied else None,
+        max_s=round(max(applied), 3) if applied else None,
+        raw_paho_p50_s=round(pct(raws, 50), 3) if raws else None,
+        raw_paho_p99_s=round(pct(raws, 99), 3) if raws else None,
+        raw_paho_max_s=round(max(raws), 3) if raws else None,
+        target_p99_s=5,
+    )
+
+
+def ingest(
+    fleet: Fleet, db: Db, rate: float, seconds: float, during: Callable[[], dict[str, Any]] | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Check-ins at `rate` a second across the fleet for `seconds` (with `during` run meanwhile)."""
+    before, t0 = db.count() or 0, time.monotonic()
+    fleet.ask("ingest", rate / len(fleet.pipes))
+    extra = {}
+    if during is not None:
+        time.sleep(seconds / 4)
+        extra = during()
+    time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+    ids = fleet.flat("ingest_stop")
+    window = time.monotonic() - t0
+    during_count = (db.count() or before) - before
+    drained = wait(lambda: sum(fleet.ask("depth")) == 0, 300, 0.5)
+    stored = wait(lambda: (c := db.count()) is not None and c - before >= len(ids), 300, 0.5)
+    total = time.monotonic() - t0
+    check(bool(drained and stored), f"ingest: {len(ids)} decided, {(db.count() or 0) - before} stored")
+    return ids, {
+        "decided": len(ids),
+        "offered_per_s": round(len(ids) / window),
+        "stored_in_window_per_s": round(during_count / window),
+        "end_to_end_per_s": round(len(ids) / total),
+        **extra,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--gates", type=int, default=1000)
+    ap.add_argument("--procs", type=int, default=4, help="gate processes")
+    ap.add_argument("--pg", choices=["single", "patroni"], default="single")
+    ap.add_argument("--broker", choices=["mosquitto", "cluster"], default="mosquitto", help="cluster: 3 RabbitMQ nodes")
+    ap.add_argument("--rate", type=float, default=2000.0, help="check-ins a second offered, across the fleet")
+    ap.add_argument("--seconds", type=float, default=20.0, help="each load phase")
+    ap.add_argument("--rounds", type=int, default=3, help="revocations published")
+    ap.add_argument("--gate-state", type=Path, help="the gates' state dirs (/dev/shm: no shared fsyncs)")
+    ap.add_argument("--smoke", action="store_true", help="a handful of gates, seconds")
+    args = ap.parse_args()
+    if args.smoke:
+        args.gates, args.procs, args.rate, args.seconds, args.rounds = 6, 2, 100.0, 3.0, 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # `timeout` or kill: tear the clusters down too
+    work = Path(tempfile.mkdtemp(prefix="gate-fleet-"))
+    work.chmod(0o755)  # the postgres user reaches its data dir below
+    gates = [f"g{i:04d}" for i in range(args.gates)]
+    stack: list[Callable[[], object]] = []
+    try:
+        return run_bench(args, work, gates, stack)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C must not leave clusters behind
+        for undo in reversed(stack):
+            try:
+                undo()
+            except BaseException as exc:  # tear down the rest
+                print(f"teardown: {exc!r}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: list[Callable[[], object]]) -> int:
+    _, cpriv, cpub = generate_keypair(work / "central")
+    ckey = load_private_key(cpriv)
+    _, ipriv, _ = generate_keypair(work / "issuer")
+    device_keys(work / "devices", gates)
+    rabbit = None
+    if args.broker == "cluster":
+        rabbit = start_rabbit(work, stack)
+        hosts = tuple(rabbit.mqtt_hosts)
+        port = int(hosts[-1].rsplit(":", 1)[1])  # central publishes on the last node; the first is killed
+    else:
+        user = "user root\n" if os.geteuid() == 0 else ""
+        broker, port = start_broker(work, f"{user}max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n")
+        stack.append(broker.kill)
+        hosts = (f"127.0.0.1:{port}",)
+    if args.pg == "patroni":
+        from patroni import PatroniCluster
+
+        cluster = PatroniCluster(work / "patroni")
+        stack.append(cluster.stop)
+        cluster.start()
+        url = cluster.url()
+    else:
+        single = PgCluster(work / "pg", free_port())
+        stack.append(single.stop)
+        single.start()
+        url = single.url
+    db = Db(url)
+    collectors = Collectors(rabbit.amqp_urls if rabbit else hosts[0], url, work / "devices", 2, work)
+    stack.append(collectors.stop)
+    t0 = time.monotonic()
+    state = Path(tempfile.mkdtemp(prefix="gate-fleet-", dir=args.gate_state)) if args.gate_state else None
+    if state is not None:
+        stack.append(lambda: shutil.rmtree(state, ignore_errors=True))
+    fleet = Fleet(gates, args.procs, Spec(hosts, work, cpub, ipriv, work / "devices", gate_state=state))
+    stack.append(fleet.stop)
+    ready = wait(lambda: sum(fleet.ask("ready")) == 2 * len(gates), 120 + len(gates) / 5, 0.5)
+    check(bool(ready), "not every gate connected and subscribed")
+    figure("fleet_connected", gates=len(gates), procs=args.procs, seconds=round(time.monotonic() - t0, 1), pg=args.pg)
+    central = connect(MqttSection(host="127.0.0.1", port=port, protocol="3.1.1" if rabbit else "auto"))
+    stack.append(central.disconnect)
+    for r in range(args.rounds):
+        revocation(fleet, central, ckey, r, len(gates), 60)
+    decided: list[str] = []
+    ids, fig = ingest(fleet, db, args.rate, args.seconds)
+    decided += ids
+    figure("ingest", gates=len(gates), **fig)
+    ids, fig = ingest(fleet, db, args.rate, args.seconds, lambda: kill_collector(collectors, db))
+    decided += ids
+    figure("collector_killed", **fig)
+    if args.pg == "patroni":
+        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_primary(cluster, db))
+        decided += ids
+        figure("pg_primary_killed", **fig, target_resume_s=30)
+    else:
+        figure("pg_primary_killed", skipped="needs --pg patroni")
+    if rabbit is not None:
+        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_node(rabbit, fleet))
+        decided += ids
+        figure("broker_node_killed", **fig, target_reconnect_s=30)
+        revocation(fleet, central, ckey, args.rounds, len(gates), 60, raw=False)
+    else:
+        figure("broker_node_killed", skipped="needs --broker cluster")
+    stored = db.ids()
+    lost, dupes = len(set(decided) - set(stored)), len(stored) - len(set(stored))
+    check(lost == 0 and dupes == 0 and len(stored) == len(decided), f"{lost} lost, {dupes} duplicated")
+    figure("exactly_once", decided=len(decided), stored=len(stored), lost=lost, duplicates=dupes, ok=not FAILED)
+    return 1 if FAILED else 0
+
+
+def kill_collector(collectors: Collectors, db: Db) -> dict[str, Any]:
+    """SIGKILL one collector mid-stream; the other keeps storing; it comes back with its id (its session's
+    in-flight share waits at the broker for it) a few seconds later."""
+    collectors.kill("fleet-col-0")
+    before, t = db.count() or 0, time.monotonic()
+    grew = wait(lambda: (db.count() or 0) > before, 30)
+    took = time.monotonic() - t
+    collectors.start("fleet-col-0")
+    check(bool(grew), "the surviving collector stored nothing while the other was dead")
+    return {"survivor_stored_after_s": round(took, 2)}
+
+
+def kill_primary(cluster: Any, db: Db) -> dict[str, Any]:
+    t = time.monotonic()
+    old, new = cluster.kill_primary()
+    elected = time.monotonic() - t
+    before = db.count() or 0
+    resumed = wait(lambda: (db.count() or 0) > before, 60)
+    took = time.monotonic() - t
+    check(bool(resumed) and took <= 60, f"ingest did not resume within 60 s of the primary's death ({took:.0f} s)")
+    return {"old_primary": old, "new_primary": new, "elected_s": round(elected, 1), "resumed_s": round(took, 1)}
+
+
+def start_rabbit(work: Path, stack: list[Callable[[], object]]) -> Any:
+    """Three RabbitMQ nodes (tests/rabbitcluster.py) with the check-ins' quorum queue bound as provision does."""
+    import pika
+    from rabbitcluster import RabbitCluster
+
+    from gate.central.rabbitdefs import CHECKIN_QUEUE
+
+    rabbit = RabbitCluster(work / "rabbit")
+    stack.append(rabbit.stop)
+    rabbit.start()
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.amqp_urls[0]))
+    ch = conn.channel()
+    ch.queue_declare(CHECKIN_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_bind(CHECKIN_QUEUE, "amq.topic", "gate.*.checkin")  # as provision --broker rabbitmq binds it
+    conn.close()
+    return rabbit
+
+
+def kill_node(rabbit: Any, fleet: Fleet) -> dict[str, Any]:
+    """SIGKILL the first node (a third of the gates and a collector are on it): when is every gate connected to
+    a node still alive?"""
+    dead = rabbit.mqtt_hosts[0]
+    on_it = sum(broker == dead for _, broker in fleet.flat("links"))
+    t = time.monotonic()
+    rabbit.kill_node(0)
+    back = wait(lambda: all(up and broker != dead for up, broker in fleet.flat("links")), 120, 0.5)
+    took = time.monotonic() - t
+    check(bool(back), f"gates not all reconnected {took:.0f} s after a node died")
+    return {"gates_on_killed_node": on_it, "every_gate_connected_s": round(took, 1)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
