@@ -226,11 +226,14 @@ def test_a_captured_command_is_not_carried_out_again_after_the_clocks_come_back(
     v = verifier()
     v.fresh(v.open(ahead, "command"), now + 400)  # both clocks 400 s ahead: accepted, carried out
     for later in (verifier(), v):  # the clocks come back (and the gate restarts, or not)
-        with pytest.raises(Rejected, match=r"nonce already used|older"):
+        with pytest.raises(Rejected, match=r"nonce already used|ahead of the gate's clock"):
             later.fresh(later.open(ahead, "command"), now + 200)
+        with pytest.raises(Rejected, match=r"nonce already used"):
+            later.fresh(later.open(ahead, "command"), now + 390)
     older = sign(key, "command", {"name": "in-service"}, gate="lane-k", ts=now)
-    with pytest.raises(Rejected, match="older than the last"):
+    with pytest.raises(Rejected, match="before the last command carried out") as refused:
         v.fresh(v.open(older, "command"), now)
+    assert refused.value.reason == "out_of_order" and refused.value.facts["last_carried_out"] == now + 400
     newer = sign(key, "command", {"name": "in-service"}, gate="lane-k", ts=now + 401)
     v.fresh(v.open(newer, "command"), now + 401)
 
@@ -292,8 +295,9 @@ def test_an_outbox_gap_counts_only_what_the_broker_had_not_acknowledged(tmp_path
     assert "13 undelivered events were lost" in recovery.alarms[0][1]
 
 
-def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_later(
-    tmp_path, keys, broker, subscriber_factory, small_disk
+@pytest.mark.parametrize("reserve_mb", [0.0, 4.0])
+def test_an_alarm_on_a_full_disk_is_stored_on_the_reserve_or_published_at_once_and_stored_later(
+    tmp_path, keys, broker, subscriber_factory, small_disk, reserve_mb
 ) -> None:
     from gpiozero.pins.mock import MockFactory
 
@@ -304,21 +308,27 @@ def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_lat
     from gate.scanner import DecodingSource
     from gate.testing import ScriptedFrames
 
-    cfg = daemon_config(tmp_path, keys, broker, "/dev/null")
+    cfg = load_config(daemon_config(tmp_path, keys, broker, "/dev/null"))
+    cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"reserve_mb": reserve_mb})})
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(load_config(cfg), source=src, pin_factory=MockFactory(), with_mqtt=True)
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
     sub = subscriber_factory(broker, "gate/lane-k/alarm")
     try:
         assert wait_until(g.link.connected.is_set, 20)
         filler = fill(small_disk)
         g.control.post(Alarm("held_open", True, "passage blocked too long"))
         g.pump()
-        assert g.recorder.kept == 1  # not in the outbox: no room
+        if reserve_mb:  # stored at once on the reserve, which the full disk made the gate give back
+            assert g.recorder.kept == 0 and not (small_disk / ".reserve").exists()
+        else:
+            assert g.recorder.kept == 1  # not in the outbox: no room
         sent = wait_until(lambda: [json.loads(p) for p in sub.on("/alarm") if b"held_open" in p], 20)
         assert sent and sent[0]["active"] is True  # published all the same
         filler.unlink()
         assert wait_until(lambda: (g.pump(), g.recorder.kept == 0)[1], 20)  # stored once there is room
         assert wait_until(lambda: g.outbox.depth == 0, 20)  # and delivered
+        if reserve_mb:  # and the reserve is taken back once there is room
+            assert wait_until(lambda: (g.pump(), (small_disk / ".reserve").exists())[1], 20)
     finally:
         g.close()
 

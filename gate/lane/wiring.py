@@ -12,6 +12,7 @@ from gate.actuator import Actuator
 from gate.config.model import Config, secret_path
 from gate.config.venue import MOBILE
 from gate.contracts import Alarm, LaneControl, Requested, Venue, make_inbox
+from gate.core import reserve
 from gate.core.clock import Clock, SystemClock
 from gate.core.docstore import DocStore
 from gate.core.faults import Faults
@@ -76,6 +77,7 @@ def build(
     each turn of the scan loop (systemd's watchdog under `gate run`)."""
     state = cfg.gate.state_dir
     state.mkdir(parents=True, exist_ok=True)
+    reserve.install(state, int(cfg.gate.reserve_mb * (1 << 20)))  # before any state file: room for safety
     recovery = Recovery()
     inbox = make_inbox()
     lane_first = LaneFirst()  # the lane's decisions come before delivery and sync
@@ -131,6 +133,7 @@ def build(
             cfg.central.max_message_bytes,
             cfg.central.command_max_age_seconds,
             DocStore(state / "device.json", "command_nonces"),
+            cfg.central.command_ahead_seconds,
         )
         sync = CentralSync(control, link, verifier, base_keys, cfg, lane_first, faults)
     elif link is not None:
