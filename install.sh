@@ -47,6 +47,8 @@ if [ "$mode" = dev ]; then
   apt_install libzbar0 mosquitto mosquitto-clients python3-venv systemd rabbitmq-server postgresql prometheus
   # chromium (and its driver): the console's browser tests drive Debian's headless chromium with Playwright.
   apt_install chromium chromium-driver
+  # faketime: central's tools run with a skewed clock in the command-ordering tests (tests/test_edges.py).
+  apt_install faketime
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"

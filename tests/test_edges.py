@@ -1,0 +1,169 @@
+"""Central's control at the edges, against a real mosquitto: a full disk during sync, central's clock ahead."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from gpiozero.pins.mock import MockFactory
+from test_delivery import schema
+from test_sync import PREFIX, Central, card, pumping, rows, settle
+
+from conftest import fill, make_config, require
+from gate.core.clock import SystemClock
+from gate.core.docstore import DocStore
+from gate.decide.keys import TrustStore
+from gate.lane.loop import Gate
+from gate.lane.wiring import build
+from gate.scan.decoders import make_decoder
+from gate.scanner import DecodingSource
+from gate.sync.envelope import Verifier, sign
+from gate.testing import ScriptedFrames
+
+pytestmark = pytest.mark.slow
+GATE = "lane-t"
+
+
+@pytest.fixture
+def central(tmp_path, broker) -> Central:
+    return Central(tmp_path, broker)
+
+
+def make_gate(state: Path, keys, broker, central: Central, reserve_mb: float = 4.0) -> Gate:
+    cfg = make_config(
+        state,
+        keys,
+        mqtt={"host": broker.host, "port": broker.port},
+        central={"keys": [str(central.pub)], "command_max_age_seconds": 600, "command_ahead_seconds": 30},
+        gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}},
+    )
+    cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"reserve_mb": reserve_mb})})
+    g = build(
+        cfg,
+        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
+        pin_factory=MockFactory(),
+        clock=SystemClock("assume_synced"),
+    )
+    assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
+    return g
+
+
+def command(g: Gate, broker, central: Central, *args: str, faketime: str = "") -> subprocess.CompletedProcess[str]:
+    """`gate central command` (under libfaketime's offset when given), while this thread serves as the lane."""
+    key = str(central.pub.with_suffix(".key"))
+    argv = [sys.executable, "-m", "gate", "central", "command", "--broker", f"{broker.host}:{broker.port}"]
+    argv += ["--key", key, "--timeout", "20", GATE, *args]
+    if faketime:
+        argv = [require("faketime"), "-f", faketime, *argv]
+    return pumping(g, lambda: subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False))
+
+
+def revoked(g: Gate, keys, token: str) -> bool:
+    return g.handle(card(keys, token))[0].reason.value == "revoked"
+
+
+# -- central's clock ------------------------------------------------------------------------------------------
+def test_a_command_signed_ahead_of_the_gates_clock_is_refused_with_both_times_and_moves_nothing(
+    tmp_path, keys, broker, central
+) -> None:
+    g = make_gate(tmp_path / "state", keys, broker, central)
+    try:
+        r = command(g, broker, central, "out-of-service", faketime="+90s")
+        assert r.returncode == 1, r.stdout + r.stderr
+        reply = json.loads(r.stdout)
+        jsonschema.validate(reply, schema("reply"))
+        assert reply["reason"] == "clock_ahead" and "clock_ahead" in r.stderr
+        assert 80 < reply["signed_at"] - reply["gate_time"] < 200
+        assert g.actuator.mode == "normal"
+        assert g.sync.status()["rejected"] == {"clock_ahead": 1}  # not "replayed"
+        r = command(g, broker, central, "out-of-service")  # central's clock right again: no lock-out at all
+        assert r.returncode == 0, r.stderr
+        assert g.actuator.mode == "out_of_service"
+    finally:
+        g.close()
+
+
+def test_after_both_clocks_were_a_day_ahead_a_new_epoch_restores_control_without_a_restart(
+    tmp_path, keys, broker, central
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    day = time.time() + 86_400  # once, both clocks a day ahead: the gate carried out a command signed then
+    v = Verifier(
+        TrustStore.from_files([central.pub]), GATE, 1 << 20, 600, DocStore(state / "device.json", "command_nonces")
+    )
+    v.fresh(v.open(sign(central.key, "command", {"name": "status"}, gate=GATE, ts=day), "command"), day)
+    g = make_gate(state, keys, broker, central)
+    try:
+        r = command(g, broker, central, "out-of-service")
+        assert r.returncode == 1
+        reply = json.loads(r.stdout)
+        assert reply["reason"] == "out_of_order" and reply["last_carried_out"] == pytest.approx(day)
+        assert "--new-epoch" not in r.stderr and "new epoch" in reply["error"] and g.actuator.mode == "normal"
+        r = command(g, broker, central, "out-of-service", "--new-epoch")
+        assert r.returncode == 0, r.stderr
+        assert "sending again in epoch 1" in r.stderr and g.actuator.mode == "out_of_service"
+        for name in ("in-service", "status"):  # later commands, with no epoch named, are in order again
+            r = command(g, broker, central, name)
+            assert r.returncode == 0, r.stderr
+        assert g.actuator.mode == "normal"
+        old = sign(central.key, "command", {"name": "open", "epoch": 0, "args": {"operator": "staff-1"}}, gate=GATE)
+        central.send(f"{PREFIX}/{GATE}/command", old)  # the old epoch is closed for good
+        assert settle(g, lambda: g.sync.status()["rejected"].get("old_epoch") == 1)
+    finally:
+        g.close()
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+def test_on_a_full_disk_commands_revocations_and_snapshots_are_stored_on_the_reserve(
+    keys, broker, central, small_disk
+) -> None:
+    g = make_gate(small_disk, keys, broker, central)
+    try:
+        central.snapshot(1, rows(50))
+        assert settle(g, lambda: g.cache.info().version == 1)
+        filler = fill(small_disk)
+        central.send(f"{PREFIX}/central/passes/delta", central.delta(1, 1, [["tok-00000007", 0, None, 1, None]]))
+        assert settle(g, lambda: g.cache.info().seq == 1)
+        assert revoked(g, keys, "tok-00000007")
+        r = command(g, broker, central, "out-of-service")
+        assert r.returncode == 0, r.stderr
+        assert g.actuator.mode == "out_of_service" and not (small_disk / ".reserve").exists()
+        fill(small_disk)  # what the reserve gave back is used up too
+        central.snapshot(2, rows(3000))  # no room for it: held, never killing the sync worker
+        assert settle(g, lambda: g.sync.status()["held"] > 0, 30)
+        assert g.sync._thread.is_alive()
+        filler.unlink()  # the disk heals: what was held is stored, and central has control without a restart
+        assert settle(g, lambda: g.cache.info().version == 2, 60)
+        assert command(g, broker, central, "in-service").returncode == 0
+        assert g.actuator.mode == "normal" and g.sync.status()["held"] == 0
+    finally:
+        g.close()
+
+
+def test_without_a_reserve_a_full_disk_refuses_a_command_with_a_reason_and_holds_a_revocation(
+    keys, broker, central, small_disk
+) -> None:
+    g = make_gate(small_disk, keys, broker, central, reserve_mb=0)
+    try:
+        central.snapshot(1, rows(50))
+        assert settle(g, lambda: g.cache.info().version == 1)
+        filler = fill(small_disk)
+        r = command(g, broker, central, "free-pass")
+        assert r.returncode == 1
+        reply = json.loads(r.stdout)
+        assert reply["reason"] == "not_stored" and "not_stored" in r.stderr and g.actuator.mode == "normal"
+        central.send(f"{PREFIX}/central/passes/delta", central.delta(1, 1, [["tok-00000007", 0, None, 1, None]]))
+        assert settle(g, lambda: g.sync.status()["held"] == 1)  # not acknowledged: not stored
+        filler.unlink()
+        assert settle(g, lambda: g.cache.info().seq == 1 and g.sync.status()["held"] == 0, 30)
+        assert revoked(g, keys, "tok-00000007")
+        assert command(g, broker, central, "free-pass").returncode == 0
+        assert g.actuator.mode == "free_pass"
+    finally:
+        g.close()
