@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,9 +17,11 @@ from gpiozero.pins.mock import MockFactory
 from test_delivery import schema
 from test_sync import PREFIX, Central, card, pumping, rows, settle
 
-from conftest import fill, make_config, require
+from conftest import Broker, fill, make_config, require, wait_until
+from fakes import Feeder, daemon_config, start, wait_log
 from gate.core.clock import SystemClock
 from gate.core.docstore import DocStore
+from gate.decide.codes import Status, issue
 from gate.decide.keys import TrustStore
 from gate.lane.loop import Gate
 from gate.lane.wiring import build
@@ -27,6 +32,7 @@ from gate.testing import ScriptedFrames
 
 pytestmark = pytest.mark.slow
 GATE = "lane-t"
+EVENT = re.compile(r"event=([0-9a-f-]{36})")
 
 
 @pytest.fixture
@@ -167,3 +173,50 @@ def test_without_a_reserve_a_full_disk_refuses_a_command_with_a_reason_and_holds
         assert g.actuator.mode == "free_pass"
     finally:
         g.close()
+
+
+def passages(state: Path) -> set[str]:
+    """The decisions whose passage events the outbox holds (read beside the daemon, read-only)."""
+    db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute("SELECT payload FROM outbox").fetchall()
+    finally:
+        db.close()
+    return {json.loads(p)["decision_id"] for (p,) in rows if b'"passage"' in p}
+
+
+# -- the real daemon on a full disk, killed -------------------------------------------------------------------
+def test_passages_and_every_denial_on_a_full_disk_survive_a_sigkill(tmp_path, keys, small_disk) -> None:
+    feeder = Feeder(keys)
+    now = int(time.time())
+    feeder._codes = (issue(keys.private, f"tok-g{i:06d}", Status.GREEN, now, 3600) for i in range(10**6))
+    cfg = daemon_config(tmp_path, keys, Broker(tmp_path), feeder.port, extra="[outbox]\nmin_free_mb = 1\n")
+    log = tmp_path / "gate.log"
+    proc = start(cfg, log)  # no broker: everything stays in the outbox
+    try:
+        assert wait_log(log, "started at venue"), log.read_text()
+        feeder.on.set()
+        assert wait_until(lambda: log.read_text().count("decision admit") >= 20, 60)
+        filler = fill(small_disk)
+        assert wait_until(lambda: log.read_text().count("not recorded: outbox full") >= 30, 60)
+        feeder.on.clear()
+        text = log.read_text()
+        admitted = {m for line in text.splitlines() if "decision admit" in line for m in EVENT.findall(line)}
+        # Releases run one at a time (a pulse and 0.2 s each): wait for the queued ones to end, on the full disk
+        assert wait_until(lambda: admitted <= passages(small_disk), 60), (len(admitted), len(passages(small_disk)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        text = log.read_text()
+        denied = text.count("not recorded: outbox full") + text.count("CHECK-IN NOT RECORDED")
+        filler.unlink()
+        assert admitted <= passages(small_disk)  # stored on the reserve, durably: the kill lost none
+        mark, restarted = len(log.read_text()), time.time()
+        proc = start(cfg, log)
+        assert wait_log(log, "started at venue", mark)
+        status = small_disk / "status.json"
+        assert wait_until(lambda: json.loads(status.read_text())["time"] > restarted, 30)
+        assert json.loads(status.read_text())["denied_while_full"] == denied
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        feeder.close()

@@ -97,6 +97,7 @@ class Gate:
             try:
                 self.recorder.decision(event, released=decision.admits)
             except OutboxFull:  # cannot record, so cannot admit: fail closed
+                self.reporter.denied_while_full()  # every denial on a full disk is counted, this one too
                 if decision.token is not None:
                     self.decider.cancel(decision.token)
                 self.actuator.signal("deny")
