@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,10 +17,12 @@ import jsonschema
 import pytest
 from gpiozero.pins.mock import MockFactory
 from test_delivery import schema
+from test_faults import offline, red
 from test_sync import PREFIX, Central, card, pumping, rows, settle
 
 from conftest import Broker, fill, make_config, require, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
+from gate.contracts import ApplyPolicy
 from gate.core.clock import SystemClock
 from gate.core.docstore import DocStore
 from gate.decide.codes import Status, issue
@@ -26,7 +30,7 @@ from gate.decide.keys import TrustStore
 from gate.lane.loop import Gate
 from gate.lane.wiring import build
 from gate.scan.decoders import make_decoder
-from gate.scanner import DecodingSource
+from gate.scanner import DecodingSource, Deduplicator, Observation, Scanner
 from gate.sync.envelope import Verifier, sign
 from gate.testing import ScriptedFrames
 
@@ -220,3 +224,55 @@ def test_passages_and_every_denial_on_a_full_disk_survive_a_sigkill(tmp_path, ke
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         feeder.close()
+
+
+# -- floods ---------------------------------------------------------------------------------------------------
+class Presenter:
+    """A code source a test presents payloads to, one at a time."""
+
+    name = "presenter"
+
+    def __init__(self) -> None:
+        self.waiting: queue.Queue[bytes] = queue.Queue()
+
+    def read(self, timeout: float) -> Observation | None:
+        try:
+            return Observation((self.waiting.get(timeout=timeout),))
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_steady_flood_of_lane_requests_never_starves_a_decision(tmp_path, keys) -> None:
+    g = offline(daemon_config(tmp_path, keys, Broker(tmp_path), "/dev/null"))
+    source, stop, flooding = Presenter(), threading.Event(), threading.Event()
+    g.scanner = Scanner(source, Deduplicator(1.0, 1.0))
+    waiting_then: list[int] = []
+    g.listeners.append(lambda scan, d, event: waiting_then.append(len(g.inbox)))
+
+    def flood() -> None:  # never lets the inbox run dry
+        while not flooding.is_set():
+            while len(g.inbox) < 900 and not flooding.is_set():
+                g.control.post(ApplyPolicy(g.decider.policy))
+            time.sleep(0.001)
+
+    def stopper() -> None:  # the lane runs on this thread (it owns the connections); this one ends it
+        wait_until(lambda: waiting_then, 30)
+        stop.set()
+
+    flooder, ender = threading.Thread(target=flood), threading.Thread(target=stopper)
+    flooder.start()
+    try:
+        assert wait_until(lambda: len(g.inbox) >= 500, 20)
+        source.waiting.put(red(keys, 1))
+        ender.start()
+        g.run(stop)
+        assert waiting_then, "no decision while the inbox was flooded"
+        assert waiting_then[0] > 0  # decided between batches, with requests still waiting
+    finally:
+        flooding.set()
+        stop.set()
+        flooder.join(10)
+        g.close()

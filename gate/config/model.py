@@ -102,6 +102,10 @@ class InputSection(PinSection):
 class PassageSection(InputSection):
     timeout_seconds: float = Field(8.0, gt=0, le=120, description="Release with no passage locks again")
     held_open_seconds: float = Field(20.0, gt=0, le=600, description="Sensor blocked this long: alarm")
+    debounce_seconds: float = Field(0.01, ge=0, le=1, description="An edge this soon after the last is bounce")
+    flap_edges: int = Field(
+        40, ge=4, le=100_000, description="More edges than this in a second: sensor_flapping, edges ignored"
+    )
 
 
 class GpioSection(_Model):

@@ -49,6 +49,8 @@ from gate.sync.worker import CentralSync
 
 log = logging.getLogger(__name__)
 DecisionListener = Callable[[Scan | None, Decision, CheckIn], None]
+PUMP_BATCH = 64  # requests carried out between two looks at the scanner
+PUMP_AT_CLOSE = 100_000  # what the actuator reported while stopping: all of it
 
 
 @dataclass
@@ -126,19 +128,20 @@ class Gate:
             listener(scan, decision, event)
         return decision, event
 
-    def pump(self) -> None:
-        """Carry out every request queued by other threads, in order; then store events kept while the outbox
-        was full, if there is room now."""
-        while True:
+    def pump(self, limit: int = PUMP_BATCH) -> None:
+        """Carry out up to `limit` requests queued by other threads, in order (a flood of requests waits for the
+        next turn: a presentation waits at most one batch); then store events kept while the outbox was full,
+        if there is room now."""
+        for _ in range(limit):
             try:
                 request = self.inbox.get_nowait()
             except queue.Empty:
-                self.recorder.retry_kept(time.monotonic())
-                return
+                break
             try:
                 self._carry_out(request)
             except Exception:
                 log.exception("lane: request %s failed", type(request).__name__)
+        self.recorder.retry_kept(time.monotonic())
 
     def _carry_out(self, r: Request) -> None:
         match r:
@@ -245,7 +248,7 @@ class Gate:
         stops (`stop`, `reload`, `error`) in the retained state; then the rest."""
         self.actuator.close()
         self.scanner.close()
-        self.pump()
+        self.pump(limit=PUMP_AT_CLOSE)
         self.faults.run("publishing the stopped state", lambda: self.reporter.stopping(reason))
         if self.sync is not None:
             self.sync.stop()
