@@ -87,6 +87,7 @@ ALARMS = (
     "free_pass",
     "held_open",
     "forced_passage",
+    "sensor_flapping",
     "outbox_full",
     "cache_stale",
     "state_file_corrupt",
