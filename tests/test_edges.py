@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -275,4 +276,36 @@ def test_a_steady_flood_of_lane_requests_never_starves_a_decision(tmp_path, keys
         flooding.set()
         stop.set()
         flooder.join(10)
+        g.close()
+
+
+# -- a state directory restored with its seals ---------------------------------------------------------------
+def test_a_state_directory_restored_with_its_seals_is_caught_on_connection_by_the_retained_state(
+    tmp_path, keys, broker, central
+) -> None:
+    state, older = tmp_path / "state", tmp_path / "older"
+    g = make_gate(state, keys, broker, central)
+    try:
+        central.snapshot(1, rows(20))
+        assert settle(g, lambda: g.cache.info().version == 1)
+    finally:
+        g.close()
+    shutil.copytree(state, older)  # a copy of the whole directory, seals and all, taken now
+    g = make_gate(state, keys, broker, central)
+    try:
+        central.send(f"{PREFIX}/central/passes/delta", central.delta(1, 1, [["tok-00000003", 0, None, 1, None]]))
+        assert settle(g, lambda: g.cache.info().seq == 1)
+        assert command(g, broker, central, "out-of-service").returncode == 0
+    finally:
+        g.close()  # its last retained state says what it held
+    shutil.rmtree(state)
+    shutil.copytree(older, state)  # the older copy restored: it proves itself against its own seals
+    g = make_gate(state, keys, broker, central)
+    try:
+        assert settle(g, lambda: "state_unproven" in g.recorder.active_alarms, 30)
+        assert g.actuator.mode == "out_of_service"  # the mode it lost cannot be proven
+        assert not g.cache.info().proven and g.sync.passes.awaiting_resync  # the lost revocation: stale, resync
+        assert command(g, broker, central, "in-service").returncode == 0  # central proves it again
+        assert g.actuator.mode == "normal"
+    finally:
         g.close()

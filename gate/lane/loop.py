@@ -16,6 +16,7 @@ from gate.config.policy import Action
 from gate.contracts import (
     Alarm,
     ApplyPolicy,
+    DistrustCache,
     Inbox,
     LaneControl,
     Mode,
@@ -174,6 +175,8 @@ class Gate:
                 event_id = self.remote_open(r.operator)
                 if r.reply is not None:
                     r.reply({"event_id": event_id})
+            case DistrustCache():
+                self.cache.distrust()
             case Report():
                 state = self.reporter.publish_state()
                 if r.reply is not None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gate.config.model import Config
-from gate.contracts import LaneControl, Topics
+from gate.contracts import Alarm, DistrustCache, LaneControl, Requested, SetMode, Topics
 from gate.core.faults import Faults
 from gate.core.threads import LaneFirst, background
 from gate.decide.passcache import PassCache
@@ -22,6 +22,7 @@ from gate.sync.commands import Commands
 from gate.sync.envelope import ControlMessage, Rejected, Verifier
 from gate.sync.inbound import BoundedQueue, Job
 from gate.sync.passsync import PassSync
+from gate.sync.reconcile import behind, safety_seq, witness_of
 from gate.sync.trust import PolicyAndKeys
 from gate.sync.trust import central_keys as central_keys  # where the wiring has always found it
 
@@ -74,6 +75,7 @@ class CentralSync:
         self._retry_at = self._next_refresh = 0.0
         self._stopped = False
         self._stop = threading.Event()
+        self._reconciled = -1  # the link's connection count whose retained state was compared
         self.commands = Commands(control, link, verifier, self.topics, self.gate_id, self.category, self._resync_now)
         self._status: dict[str, Any] = self._snapshot(None)
         self._thread = threading.Thread(target=self._supervised, name="central-sync", daemon=True)
@@ -87,6 +89,7 @@ class CentralSync:
         for kind, fn in routes.items():
             self.link.subscribe(t[kind], self._enqueue(fn, kind))
         self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self.commands.handle, "command"))
+        self.link.subscribe(self.topics.state, self._state_seen)  # before any state is published on a connection
         self._thread.start()
 
     def _supervised(self) -> None:
@@ -94,6 +97,31 @@ class CentralSync:
         while not self._stop.is_set() and not self._stopped:
             if not self.faults.run("the central-sync worker", lambda: self.run(self._stop)):
                 self._stop.wait(1.0)
+
+    def _state_seen(self, topic: str, payload: bytes, ack: Callable[[], object] = lambda: None) -> None:
+        """paho's thread: the first state message after each connection is the one the broker retained from
+        before; the worker compares it with the state files. Later ones are this gate's own, echoed."""
+        ack()
+        if self._reconciled == self.link.connects or len(payload) > self.verifier.max_bytes:
+            return
+        self._reconciled = self.link.connects
+        self._jobs.put_local(Job(lambda _msg: self._reconcile(payload), "local", topic, b"", lambda: None))
+
+    def _reconcile(self, payload: bytes) -> None:
+        seen = witness_of(payload)
+        if seen is None:
+            return
+        info = self.passes.cache.info()
+        lane, passes = behind(seen, safety_seq(self.state_dir / "lane.db"), (info.version, info.seq))
+        if lane is not None:
+            log.critical("state_unproven: %s", lane)
+            self.control.post(SetMode(Requested.OUT_OF_SERVICE, "start-up: lane.db older than reported before"))
+            self.control.post(Alarm("state_unproven", True, lane))
+        if passes is not None:
+            log.critical("state_unproven: %s", passes)
+            self.control.post(DistrustCache())
+            self.control.post(Alarm("state_unproven", True, passes))
+            self.request_resync("the pass cache is older than this gate reported before")
 
     def _resync_now(self) -> None:
         self.passes.cache.staging.drop()
@@ -185,7 +213,7 @@ class CentralSync:
                 job.fn(msg)
                 self.verifier.accepted += 1
         except Rejected as exc:
-            log.warning("central: refused %s on %s: %s (%s)", job.kind, job.topic, exc.reason, exc)
+            log.warning("central: rejected %s on %s: %s (%s)", job.kind, job.topic, exc.reason, exc)
         except (OSError, sqlite3.OperationalError) as exc:
             if job.kind == "command":  # answered already: a command is never held for later
                 return True
