@@ -180,6 +180,13 @@ def test_without_a_reserve_a_full_disk_refuses_a_command_with_a_reason_and_holds
         g.close()
 
 
+def settled(log: Path, quiet: float = 1.5) -> bool:
+    """No decision logged for `quiet` seconds."""
+    before = log.read_text().count("decision ")
+    time.sleep(quiet)
+    return log.read_text().count("decision ") == before
+
+
 def passages(state: Path) -> set[str]:
     """The decisions whose passage events the outbox holds (read beside the daemon, read-only)."""
     db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True, timeout=10)
@@ -205,6 +212,7 @@ def test_passages_and_every_denial_on_a_full_disk_survive_a_sigkill(tmp_path, ke
         filler = fill(small_disk)
         assert wait_until(lambda: log.read_text().count("not recorded: outbox full") >= 30, 60)
         feeder.on.clear()
+        assert wait_until(lambda: settled(log), 30)  # what the module had already sent is decided too
         text = log.read_text()
         admitted = {m for line in text.splitlines() if "decision admit" in line for m in EVENT.findall(line)}
         # Releases run one at a time (a pulse and 0.2 s each): wait for the queued ones to end, on the full disk
@@ -281,7 +289,7 @@ def test_a_steady_flood_of_lane_requests_never_starves_a_decision(tmp_path, keys
 
 # -- a state directory restored with its seals ---------------------------------------------------------------
 def test_a_state_directory_restored_with_its_seals_is_caught_on_connection_by_the_retained_state(
-    tmp_path, keys, broker, central
+    tmp_path, keys, broker, central, caplog
 ) -> None:
     state, older = tmp_path / "state", tmp_path / "older"
     g = make_gate(state, keys, broker, central)
@@ -304,8 +312,11 @@ def test_a_state_directory_restored_with_its_seals_is_caught_on_connection_by_th
     try:
         assert settle(g, lambda: "state_unproven" in g.recorder.active_alarms, 30)
         assert g.actuator.mode == "out_of_service"  # the mode it lost cannot be proven
-        assert not g.cache.info().proven and g.sync.passes.awaiting_resync  # the lost revocation: stale, resync
-        assert command(g, broker, central, "in-service").returncode == 0  # central proves it again
-        assert g.actuator.mode == "normal"
+        assert "lane.db holds safety change" in caplog.text  # and the revocation it lost: stale, resync asked
+        assert "passes.db holds 1.0, but this gate reported 1.1" in caplog.text
+        central.snapshot(2, [[f"tok-{i:08d}", 0, None, int(i == 3), None] for i in range(20)])
+        assert settle(g, lambda: g.cache.info().version == 2 and g.cache.info().proven, 30)  # central proves it
+        assert command(g, broker, central, "in-service").returncode == 0
+        assert g.actuator.mode == "normal" and revoked(g, keys, "tok-00000003")
     finally:
         g.close()
