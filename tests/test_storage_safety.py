@@ -376,3 +376,57 @@ def test_whatever_earlier_copy_a_restart_finds_the_mode_is_the_last_requested_or
                 assert [name for name, _ in recovery.alarms] == ["state_unproven"]
         finally:
             lane.close()
+
+
+# -- the reserve and the command order -----------------------------------------------------------------------
+def test_the_reserve_is_given_back_to_a_write_that_found_the_disk_full_and_taken_again(tmp_path) -> None:
+    import errno
+
+    from gate.core.reserve import Reserve
+
+    r = Reserve(tmp_path, 1 << 20)
+    assert r.held and not r.given_back
+    tries = []
+
+    def write() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return "stored"
+
+    assert r.write(write) == "stored" and len(tries) == 2  # tried once more on the space given back
+    assert r.given_back and not (tmp_path / ".reserve").exists()
+    with pytest.raises(OSError):  # nothing left to give: the failure is the caller's
+        r.write(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    r.retake(now=time.monotonic() + 60)
+    assert r.held
+
+
+def test_a_command_ahead_of_the_gates_clock_moves_nothing_and_a_new_epoch_resets_the_order(tmp_path) -> None:
+    _, priv, pub = generate_keypair(tmp_path / "central")
+    key = load_private_key(priv)
+    store = DocStore(tmp_path / "device.json", "command_nonces")
+    v = Verifier(TrustStore.from_files([pub]), "lane-k", 65536, 300, store, ahead=30)
+    now = time.time()
+
+    def cmd(ts: float, **body: Any) -> Any:
+        return v.open(sign(key, "command", {"name": "status", **body}, gate="lane-k", ts=ts), "command")
+
+    with pytest.raises(Rejected) as ahead:
+        v.fresh(cmd(now + 90), now)
+    assert ahead.value.reason == "clock_ahead" and ahead.value.facts["signed_at"] - ahead.value.facts["gate_time"] > 89
+    v.fresh(cmd(now), now)  # nothing moved: in order at once
+    v.fresh(cmd(now + 300), now + 300)  # both clocks ahead once: carried out
+    with pytest.raises(Rejected, match="new epoch") as late:
+        v.fresh(cmd(now + 5), now + 5)  # the clocks corrected
+    assert late.value.reason == "out_of_order" and late.value.facts["epoch"] == 0
+    v.fresh(cmd(now + 6, epoch=1), now + 6)  # the signed recovery
+    restarted = Verifier(TrustStore.from_files([pub]), "lane-k", 65536, 300, store, ahead=30)
+    restarted.fresh(
+        restarted.open(sign(key, "command", {"name": "status"}, gate="lane-k", ts=now + 7), "command"), now + 7
+    )
+    with pytest.raises(Rejected) as old:
+        restarted.fresh(
+            restarted.open(sign(key, "command", {"epoch": 0}, gate="lane-k", ts=now + 8), "command"), now + 8
+        )
+    assert old.value.reason == "old_epoch"

@@ -15,6 +15,7 @@ from typing import Any
 from gate.config.model import Config
 from gate.contracts import Alarm, DistrustCache, LaneControl, Requested, SetMode, Topics
 from gate.core.faults import Faults
+from gate.core.reserve import disk_full
 from gate.core.threads import LaneFirst, background
 from gate.decide.passcache import PassCache
 from gate.mqtt_link import Handler, MqttLink
@@ -44,6 +45,14 @@ TRUST_REFRESH_SECONDS = 30.0
 FETCH_WINDOW = 8  # retained chunks asked for at once
 QUEUE_BYTES_FACTOR = 4  # at most this many maximum-size messages wait in memory
 STORAGE_RETRY_SECONDS = 2.0  # how often messages a full disk held back are tried again
+TRANSIENT = ("disk is full", "disk I/O error", "database is locked", "unable to open")
+
+
+def passing(exc: BaseException) -> bool:
+    """A storage failure that goes away (a full disk, I/O, a lock): the message is held and tried again."""
+    return isinstance(exc, OSError) or disk_full(exc) or any(t in str(exc) for t in TRANSIENT)
+
+
 ORDERED = ("manifest", "chunk", "delta", "policy", "keys")  # held behind earlier ones while the disk is full
 
 
@@ -215,7 +224,9 @@ class CentralSync:
         except Rejected as exc:
             log.warning("central: rejected %s on %s: %s (%s)", job.kind, job.topic, exc.reason, exc)
         except (OSError, sqlite3.OperationalError) as exc:
-            if job.kind == "command":  # answered already: a command is never held for later
+            if job.kind == "command" or not passing(exc):  # a command is answered already, never held
+                self.verifier.rejected["error"] += 1
+                log.warning("central: %s on %s failed: %s: %s", job.kind, job.topic, type(exc).__name__, exc)
                 return True
             log.debug("central: %s not stored: %s", job.kind, exc)
             self._storage_failed = f"{type(exc).__name__}: {exc}"[:200]
