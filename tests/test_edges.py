@@ -23,7 +23,7 @@ from test_sync import PREFIX, Central, card, pumping, rows, settle
 
 from conftest import Broker, fill, make_config, require, wait_until
 from fakes import Feeder, daemon_config, start, wait_log
-from gate.contracts import ApplyPolicy
+from gate.contracts import ApplyPolicy, PassageOutcome
 from gate.core.clock import SystemClock
 from gate.core.docstore import DocStore
 from gate.decide.codes import Status, issue
@@ -318,5 +318,26 @@ def test_a_state_directory_restored_with_its_seals_is_caught_on_connection_by_th
         assert settle(g, lambda: g.cache.info().version == 2 and g.cache.info().proven, 30)  # central proves it
         assert command(g, broker, central, "in-service").returncode == 0
         assert g.actuator.mode == "normal" and revoked(g, keys, "tok-00000003")
+    finally:
+        g.close()
+
+
+def test_a_passage_on_a_full_disk_keeps_its_anti_passback_across_a_restart(tmp_path, keys, small_disk) -> None:
+    cfg = daemon_config(tmp_path, keys, Broker(tmp_path), "/dev/null", passback=600)
+    g = offline(cfg)
+    code = issue(keys.private, "tok-full01", Status.GREEN, int(time.time()) - 5, 3600).encode()
+    try:
+        decision, event = g.handle(code)
+        assert decision.admits
+        filler = fill(small_disk)
+        g.control.post(PassageOutcome(event.event_id, 0, "passed"))  # the person walks through on a full disk
+        g.pump()
+        assert g.recorder.kept == 0  # stored on the reserve, not held in memory
+    finally:
+        g.close()
+    filler.unlink()
+    g = offline(cfg)
+    try:
+        assert g.handle(code)[0].reason.value == "replay"  # anti-passback was stored, and holds
     finally:
         g.close()
