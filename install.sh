@@ -49,6 +49,8 @@ if [ "$mode" = dev ]; then
   apt_install chromium chromium-driver
   # patroni + etcd: PostgreSQL failover tests and bench/fleet.py --pg patroni (tests/patroni.py starts its own).
   apt_install patroni etcd-server etcd-client
+  # faketime: central's tools run with a skewed clock in the command-ordering tests (tests/test_edges.py).
+  apt_install faketime
   # Installing the mosquitto package may start a system broker on 1883; tests start their own.
   py=${PYTHON:-python3}; [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] && py=/usr/bin/python3  # Debian's
   [ -x "$here/.venv/bin/python" ] || "$py" -m venv "$here/.venv"

@@ -19,6 +19,7 @@ from gate.config.model import parse_config
 from gate.contracts import LaneControl
 from gate.core.clock import SystemClock
 from gate.core.docstore import DocStore
+from gate.core.supervisor import Supervisor
 from gate.decide.codes import Kind, Status, issue
 from gate.decide.decision import Decider
 from gate.decide.keys import TrustStore, load_private_key, load_public_key
@@ -127,8 +128,10 @@ class SimGate:
             DocStore(state / "device.json", "command_nonces"),
         )
         self.sync = CentralSync(LaneControl(Discard()), self.link, self.verifier, [], self.cfg)  # type: ignore[arg-type]
-        self.sync.start()
-        self.drainer.start()
+        self.threads = Supervisor()  # as the gate runs them (gate.lane.lifecycle): a thread that dies comes back
+        self.sync.start()  # subscriptions, before the link connects
+        self.threads.spawn("central-sync", self.sync.run, wake=self.sync.interrupt)
+        self.threads.spawn("outbox-drain", self.drainer.run, wake=self.drainer.wake)
         self.link.start()
 
     def checkin(self, code: bytes) -> str:
@@ -145,9 +148,9 @@ class SimGate:
         return self.decider.decide(issuer_code, self.clock.read()).action.value != "admit"
 
     def close(self) -> None:
-        self.drainer.stop()
-        self.sync.stop()
         self.link.stop()
+        self.threads.stop(5.0)
+        self.sync.close()
         self.outbox.close()
         self.cache.close()
 

@@ -14,6 +14,7 @@ from gate.actuate.indicator import Indicator
 from gate.actuate.machine import Buzz, Effect, Hold, Idle, LaneMachine, Lock, Outcome, Pulse, Raise
 from gate.actuate.mode import LaneMode
 from gate.actuate.pins import button
+from gate.actuate.sensor import SensorLimits
 from gate.config.model import GpioSection
 from gate.contracts import Alarm, Mode, PassageOutcome, Release, Requested
 from gate.core.errors import DeviceError
@@ -47,7 +48,9 @@ class Actuator:
         self._on_alarm = on_alarm
         self._clock = clock
         timeout = cfg.passage.timeout_seconds if cfg.passage is not None else None
-        self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout)
+        p = cfg.passage
+        limits = SensorLimits(p.debounce_seconds, p.flap_edges) if p is not None else None
+        self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout, sensor=limits)
         self._lock = threading.Lock()
         self.events: Mailbox[Step | None] = Mailbox("actuator events", EVENTS_LIMIT)
         self._stop = threading.Event()

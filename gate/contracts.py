@@ -72,6 +72,7 @@ ALARMS = (
     "free_pass",
     "held_open",
     "forced_passage",
+    "sensor_flapping",
     "outbox_full",
     "cache_stale",
     "state_file_corrupt",
@@ -172,7 +173,13 @@ class Report:
     reply: Reply | None = None
 
 
-Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | SetTrip | Report | PassageOutcome | Alarm
+@dataclass(frozen=True)
+class DistrustCache:
+    """The pass cache is older than the gate once reported (a restored state directory): treat it as stale until
+    central's next snapshot."""
+
+
+Request = SetMode | ApplyPolicy | TrustKeys | RemoteOpen | SetTrip | Report | PassageOutcome | Alarm | DistrustCache
 Inbox = Mailbox[Request]
 INBOX_LIMIT = 1000  # ordinary requests waiting for the lane; safety requests are never refused
 SAFETY_ALARMS = frozenset({"fire", "free_pass"})

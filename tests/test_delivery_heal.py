@@ -6,6 +6,8 @@ broker answers again every stored check-in arrives and the alarm clears."""
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import socket
 import threading
 import time
@@ -25,6 +27,7 @@ from gate.testing import ScriptedFrames
 pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
 
 PUBLISH = 3
+PUBACK = 4
 
 
 def packets(buf: bytearray) -> list[bytes]:
@@ -163,3 +166,73 @@ def test_rows_whose_delete_failed_on_a_full_disk_are_sent_again_and_removed_with
         assert wait_until(lambda: g.outbox.depth == 0, 30), g.outbox.depth
     finally:
         g.close()
+
+
+class SlowAckProxy(EatingProxy):
+    """Forwards MQTT both ways, but holds each PUBACK from the broker `low`..`high` seconds before passing it on:
+    a broker that acknowledges slowly, not one that stopped."""
+
+    def __init__(self, broker: Broker, low: float, high: float) -> None:
+        self.low, self.high = low, high
+        self._locks: dict[int, threading.Lock] = {}
+        super().__init__(broker)
+
+    def _send(self, dst: socket.socket, packet: bytes) -> None:
+        with self._locks.setdefault(id(dst), threading.Lock()), contextlib.suppress(OSError):
+            dst.sendall(packet)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_gate: bool) -> None:
+        buf = bytearray()
+        try:
+            while data := src.recv(65536):
+                buf += data
+                for packet in packets(buf):
+                    if not from_gate and packet[0] >> 4 == PUBACK:
+                        timer = threading.Timer(random.uniform(self.low, self.high), self._send, (dst, packet))
+                        timer.daemon = True
+                        timer.start()
+                        continue
+                    self._send(dst, packet)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+def test_a_broker_that_acknowledges_12_to_20s_late_gets_no_storm_of_copies(
+    tmp_path: Path, keys: Any, broker: Broker, subscriber_factory: Any
+) -> None:
+    proxy = SlowAckProxy(broker, 12.0, 20.0)
+    cfg = make_config(tmp_path / "state", keys, mqtt={"host": "127.0.0.1", "port": proxy.port, "keepalive": 5})
+    src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
+    sub = subscriber_factory(broker, "gate/+/checkin")
+
+    def copies() -> list[str]:
+        return [json.loads(p)["event_id"] for p in sub.on("/checkin")]
+
+    def check_ins(n: int, tag: str) -> set[str]:
+        codes = [issue(keys.private, f"tok-{tag}{i:04d}", Status.GREEN, int(time.time()) - 5, 3600) for i in range(n)]
+        return {g.handle(c.encode())[1].event_id for c in codes}
+
+    try:
+        g.cache.apply_delta([], [], 0)
+        assert wait_until(g.link.connected.is_set, 20)
+        first = check_ins(30, "slow")
+        assert wait_until(lambda: g.outbox.depth == 0, 120), g.outbox.depth  # every one acknowledged, late
+        assert first <= set(copies())
+        assert g.drainer is not None and g.drainer.stalls <= 1 and proxy.connections <= 2  # at most one reconnect
+        assert max(copies().count(e) for e in first) <= 2  # paho's own re-send once, never a storm
+        assert g.drainer.stall_threshold >= 3 * 12.0  # it learned how slow this broker is
+        stalls, connections = g.drainer.stalls, proxy.connections
+        second = check_ins(30, "later")
+        assert wait_until(lambda: g.outbox.depth == 0, 120), g.outbox.depth
+        assert g.drainer.stalls == stalls and proxy.connections == connections  # slow is not stalled now
+        assert all(copies().count(e) == 1 for e in second)
+        assert wait_until(lambda: (g.pump(), "delivery_stalled" not in g.recorder.active_alarms)[1], 30)
+    finally:
+        g.close()
+        proxy.close()

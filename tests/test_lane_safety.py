@@ -4,6 +4,7 @@ gpiozero mock pins with a manual clock, through admits, passages, timeouts, fire
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import Broker, wait_until
 from fakes import daemon_config
-from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse
+from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse, Raise
+from gate.actuate.sensor import SensorLimits
 from gate.actuator import Actuator
 from gate.config.model import GpioSection, load_config
 from gate.contracts import Alarm, Mode, PassageOutcome, Release, Requested
@@ -418,6 +420,71 @@ def test_free_pass_admits_leave_nothing_behind(lane: Any) -> None:
     lane.set_mode(Requested.FREE_PASS, "central")
     for i in range(200):
         assert lane.handle(lane.code(i))[0].admits
-    lane.pump()
+    lane.pump(limit=10_000)  # every outcome the 200 releases queued, not one bounded batch
     assert lane.recorder._released == {} and lane.decider._pending == {}
     assert lane.actuator.machine.releases == 0 and lane.relay.state
+
+
+# -- the passage sensor's edges: debounced, rate-limited ------------------------------------------------------
+def test_contact_bounce_in_one_passage_confirms_one_person() -> None:
+    m = LaneMachine(0.2, 2.0, sensor=SensorLimits(debounce=0.01))
+    m.release("d1", 2, 0.0)
+    out = [*m.passage_entered(0.3), *m.passage_cleared(0.302), *m.passage_entered(0.304), *m.passage_cleared(0.6)]
+    assert [e for e in out if isinstance(e, Outcome)] == [Outcome("d1", 0, "passed")]  # not both companions
+
+
+def test_a_sensor_flapping_at_200hz_for_10s_raises_one_counted_alarm_not_thousands() -> None:
+    m = LaneMachine(0.2, 2.0, sensor=SensorLimits(debounce=0.002, flap_edges=40))
+    effects: list[Effect] = []
+    now = 0.0
+    for i in range(2000):  # 200 edges a second for 10 s, and no release: each entry would be a forced passage
+        effects += m.passage_entered(now) if i % 2 == 0 else m.passage_cleared(now)
+        effects += m.tick(now)
+        now += 0.005
+    raised = [(e.name, e.active) for e in effects if isinstance(e, Raise)]
+    assert raised.count(("sensor_flapping", True)) == 1 and len(raised) <= 3, raised
+    quiet = m.tick(now + 2.5)
+    assert [(e.name, e.active) for e in quiet if isinstance(e, Raise)] == [("sensor_flapping", False)]
+    assert "edges were ignored" in quiet[0].detail and m.sensor.ignored > 1900
+    assert m.passage_entered(now + 3.0)[0].name == "forced_passage"  # believed again once quiet
+
+
+def test_forced_passages_are_alarmed_at_most_once_in_ten_seconds_and_counted() -> None:
+    m = LaneMachine(0.2, 2.0)
+    names = [e.detail for t in range(0, 20) for e in m.passage_entered(t * 1.0) if isinstance(e, Raise)]
+    assert names == ["passage with no release", "passage with no release (9 more since the last alarm)"]
+
+
+def test_a_sensor_flapping_at_1khz_does_not_stall_the_lane(rig_factory_passage) -> None:
+    act, outcomes, alarms, factory = rig_factory_passage
+    sensor, stop = factory.pin(PASSAGE), threading.Event()
+
+    def flap() -> None:
+        while not stop.is_set():
+            sensor.drive_low()
+            time.sleep(0.0005)
+            sensor.drive_high()
+            time.sleep(0.0005)
+
+    flapper = threading.Thread(target=flap)
+    flapper.start()
+    try:
+        assert wait_until(lambda: ("sensor_flapping", True) in [(a.name, a.active) for a in alarms], 10)
+        act.release(Release("d1"))  # while it flaps the release still ends, at its timeout, as nobody passed
+        assert wait_until(lambda: [o.outcome for o in outcomes] == ["not_passed"], 10)
+    finally:
+        stop.set()
+        flapper.join(5)
+    assert wait_until(lambda: ("sensor_flapping", False) in [(a.name, a.active) for a in alarms], 10)
+    assert sum(a.name == "forced_passage" for a in alarms) <= 1
+
+
+@pytest.fixture
+def rig_factory_passage() -> Iterator[tuple[Actuator, list[PassageOutcome], list[Alarm], MockFactory]]:
+    factory, outcomes, alarms = MockFactory(), [], []
+    cfg = GpioSection.model_validate(
+        {"relay": {"pin": RELAY, "pulse_seconds": PULSE}, "passage": {"pin": PASSAGE, "timeout_seconds": 0.3}}
+    )
+    act = Actuator(cfg, factory, outcomes.append, alarms.append)
+    yield act, outcomes, alarms, factory
+    act.close()

@@ -226,11 +226,14 @@ def test_a_captured_command_is_not_carried_out_again_after_the_clocks_come_back(
     v = verifier()
     v.fresh(v.open(ahead, "command"), now + 400)  # both clocks 400 s ahead: accepted, carried out
     for later in (verifier(), v):  # the clocks come back (and the gate restarts, or not)
-        with pytest.raises(Rejected, match=r"nonce already used|older"):
+        with pytest.raises(Rejected, match=r"nonce already used|ahead of the gate's clock"):
             later.fresh(later.open(ahead, "command"), now + 200)
+        with pytest.raises(Rejected, match=r"nonce already used"):
+            later.fresh(later.open(ahead, "command"), now + 390)
     older = sign(key, "command", {"name": "in-service"}, gate="lane-k", ts=now)
-    with pytest.raises(Rejected, match="older than the last"):
+    with pytest.raises(Rejected, match="before the last command carried out") as refused:
         v.fresh(v.open(older, "command"), now)
+    assert refused.value.reason == "out_of_order" and refused.value.facts["last_carried_out"] == now + 400
     newer = sign(key, "command", {"name": "in-service"}, gate="lane-k", ts=now + 401)
     v.fresh(v.open(newer, "command"), now + 401)
 
@@ -292,8 +295,9 @@ def test_an_outbox_gap_counts_only_what_the_broker_had_not_acknowledged(tmp_path
     assert "13 undelivered events were lost" in recovery.alarms[0][1]
 
 
-def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_later(
-    tmp_path, keys, broker, subscriber_factory, small_disk
+@pytest.mark.parametrize("reserve_mb", [0.0, 4.0])
+def test_an_alarm_on_a_full_disk_is_stored_on_the_reserve_or_published_at_once_and_stored_later(
+    tmp_path, keys, broker, subscriber_factory, small_disk, reserve_mb
 ) -> None:
     from gpiozero.pins.mock import MockFactory
 
@@ -304,21 +308,27 @@ def test_an_alarm_the_full_disk_cannot_store_is_published_at_once_and_stored_lat
     from gate.scanner import DecodingSource
     from gate.testing import ScriptedFrames
 
-    cfg = daemon_config(tmp_path, keys, broker, "/dev/null")
+    cfg = load_config(daemon_config(tmp_path, keys, broker, "/dev/null"))
+    cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"reserve_mb": reserve_mb})})
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(load_config(cfg), source=src, pin_factory=MockFactory(), with_mqtt=True).start()
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True).start()
     sub = subscriber_factory(broker, "gate/lane-k/alarm")
     try:
         assert wait_until(g.link.connected.is_set, 20)
         filler = fill(small_disk)
         g.control.post(Alarm("held_open", True, "passage blocked too long"))
         g.pump()
-        assert g.recorder.kept == 1  # not in the outbox: no room
+        if reserve_mb:  # stored at once on the reserve, which the full disk made the gate give back
+            assert g.recorder.kept == 0 and not (small_disk / ".reserve").exists()
+        else:
+            assert g.recorder.kept == 1  # not in the outbox: no room
         sent = wait_until(lambda: [json.loads(p) for p in sub.on("/alarm") if b"held_open" in p], 20)
         assert sent and sent[0]["active"] is True  # published all the same
         filler.unlink()
         assert wait_until(lambda: (g.pump(), g.recorder.kept == 0)[1], 20)  # stored once there is room
         assert wait_until(lambda: g.outbox.depth == 0, 20)  # and delivered
+        if reserve_mb:  # and the reserve is taken back once there is room
+            assert wait_until(lambda: (g.pump(), (small_disk / ".reserve").exists())[1], 20)
     finally:
         g.close()
 
@@ -368,3 +378,57 @@ def test_whatever_earlier_copy_a_restart_finds_the_mode_is_the_last_requested_or
                 assert [name for name, _ in recovery.alarms] == ["state_unproven"]
         finally:
             lane.close()
+
+
+# -- the reserve and the command order -----------------------------------------------------------------------
+def test_the_reserve_is_given_back_to_a_write_that_found_the_disk_full_and_taken_again(tmp_path) -> None:
+    import errno
+
+    from gate.core.reserve import Reserve
+
+    r = Reserve(tmp_path, 1 << 20)
+    assert r.held and not r.given_back
+    tries = []
+
+    def write() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return "stored"
+
+    assert r.write(write) == "stored" and len(tries) == 2  # tried once more on the space given back
+    assert r.given_back and not (tmp_path / ".reserve").exists()
+    with pytest.raises(OSError):  # nothing left to give: the failure is the caller's
+        r.write(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    r.retake(now=time.monotonic() + 60)
+    assert r.held
+
+
+def test_a_command_ahead_of_the_gates_clock_moves_nothing_and_a_new_epoch_resets_the_order(tmp_path) -> None:
+    _, priv, pub = generate_keypair(tmp_path / "central")
+    key = load_private_key(priv)
+    store = DocStore(tmp_path / "device.json", "command_nonces")
+    v = Verifier(TrustStore.from_files([pub]), "lane-k", 65536, 300, store, ahead=30)
+    now = time.time()
+
+    def cmd(ts: float, **body: Any) -> Any:
+        return v.open(sign(key, "command", {"name": "status", **body}, gate="lane-k", ts=ts), "command")
+
+    with pytest.raises(Rejected) as ahead:
+        v.fresh(cmd(now + 90), now)
+    assert ahead.value.reason == "clock_ahead" and ahead.value.facts["signed_at"] - ahead.value.facts["gate_time"] > 89
+    v.fresh(cmd(now), now)  # nothing moved: in order at once
+    v.fresh(cmd(now + 300), now + 300)  # both clocks ahead once: carried out
+    with pytest.raises(Rejected, match="new epoch") as late:
+        v.fresh(cmd(now + 5), now + 5)  # the clocks corrected
+    assert late.value.reason == "out_of_order" and late.value.facts["epoch"] == 0
+    v.fresh(cmd(now + 6, epoch=1), now + 6)  # the signed recovery
+    restarted = Verifier(TrustStore.from_files([pub]), "lane-k", 65536, 300, store, ahead=30)
+    restarted.fresh(
+        restarted.open(sign(key, "command", {"name": "status"}, gate="lane-k", ts=now + 7), "command"), now + 7
+    )
+    with pytest.raises(Rejected) as old:
+        restarted.fresh(
+            restarted.open(sign(key, "command", {"epoch": 0}, gate="lane-k", ts=now + 8), "command"), now + 8
+        )
+    assert old.value.reason == "old_epoch"

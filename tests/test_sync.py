@@ -317,9 +317,9 @@ def test_hostile_payloads_on_every_inbound_topic_never_crash_or_change_state(gat
         "manifest": gate.sync.passes.manifest,
         "chunk": gate.sync.passes.chunk,
         "delta": gate.sync.passes.delta,
-        "policy": gate.sync._policy,
-        "keys": gate.sync._keys,
-        "command": gate.sync._command,
+        "policy": gate.sync.trust.policy,
+        "keys": gate.sync.trust.keys,
+        "command": gate.sync.commands.handle,
     }[kind]
     gate.sync._enqueue(route, kind)("hostile/topic", payload)
     gate.sync.wait_idle()

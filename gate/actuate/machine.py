@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from gate.actuate.mode import LaneMode
+from gate.actuate.sensor import EdgeFilter, SensorLimits
 from gate.contracts import Mode, Requested
 
 
@@ -85,8 +86,15 @@ class LaneMachine:
     while it lasts no timer, outcome or sensor event locks the relay. Out of service ends every release and
     keeps the relay locked."""
 
-    def __init__(self, pulse_seconds: float, passage_timeout: float | None, mode: LaneMode | None = None) -> None:
+    def __init__(
+        self,
+        pulse_seconds: float,
+        passage_timeout: float | None,
+        mode: LaneMode | None = None,
+        sensor: SensorLimits | None = None,
+    ) -> None:
         self.pulse_seconds, self.passage_timeout = pulse_seconds, passage_timeout
+        self.sensor = EdgeFilter(sensor)  # the passage sensor's edges come through here first
         self.state = mode or LaneMode()
         self.held = False
         self._current: _Release | None = None
@@ -108,7 +116,10 @@ class LaneMachine:
     @property
     def deadline(self) -> float | None:
         """When `tick` next has something to do."""
-        return None if self._current is None else self._current.deadline
+        due = [d for d in (self.sensor.deadline,) if d is not None]
+        if self._current is not None:
+            due.append(self._current.deadline)
+        return min(due) if due else None
 
     # -- releases and passages ----------------------------------------------------------------------
     def release(self, ref: str, passages: int, now: float) -> list[Effect]:
@@ -149,17 +160,27 @@ class LaneMachine:
         self._current = None
         return out + self._next(now)
 
+    def _edge(self, now: float) -> tuple[bool, list[Effect]]:
+        """Debounce and flapping first (gate/actuate/sensor.py): whether to act on this edge."""
+        act, flapping = self.sensor.edge(now)
+        return act, [] if flapping is None else [Raise("sensor_flapping", True, flapping)]
+
     def passage_entered(self, now: float) -> list[Effect]:
-        if self._current is None and not self.mode.holds:
-            return [Raise("forced_passage", True, "passage with no release")]
-        return []
+        act, out = self._edge(now)
+        if act and self._current is None and not self.mode.holds and (detail := self.sensor.forced(now)):
+            out.append(Raise("forced_passage", True, detail))
+        return out
 
     def passage_held(self, now: float) -> list[Effect]:
+        if self.sensor.flapping:  # not an edge (the level has not changed for a while): only flapping hides it
+            return []
         self.held = True
         return [Raise("held_open", True, "passage blocked too long")]
 
     def passage_cleared(self, now: float) -> list[Effect]:
-        out: list[Effect] = []
+        act, out = self._edge(now)
+        if not act:
+            return out
         if self.held:
             self.held = False
             out.append(Raise("held_open", False, "passage clear"))
@@ -168,11 +189,14 @@ class LaneMachine:
         return out
 
     def tick(self, now: float) -> list[Effect]:
-        """Time passed: a release whose person did not come through locks again."""
+        """Time passed: a release whose person did not come through locks again; a flapping sensor that has
+        been quiet long enough is believed again."""
+        quiet = self.sensor.settle(now)
+        out: list[Effect] = [] if quiet is None else [Raise("sensor_flapping", False, quiet)]
         r = self._current
         if r is None or now < r.deadline:
-            return []
-        return self._done_one("not_passed" if self.passage_timeout is not None else "unconfirmed", now)
+            return out
+        return out + self._done_one("not_passed" if self.passage_timeout is not None else "unconfirmed", now)
 
     def abort(self) -> list[Effect]:
         """Stopping: the person being let through is unconfirmed, everyone after them did not pass."""

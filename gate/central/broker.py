@@ -41,7 +41,7 @@ def acl(name: str, role: str, prefix: str) -> list[str]:
         own = ("availability", "state", "checkin", "alarm", "telemetry", "resync", "reply", "replies/#")
         return [*(f"topic write {p}/{name}/{t}" for t in own),
                 f"topic read {p}/central/policy", f"topic read {p}/central/keys", f"topic read {p}/central/passes/#",
-                f"topic read {p}/{name}/command",
+                f"topic read {p}/{name}/command", f"topic read {p}/{name}/state",  # its own, on (re)connection
                 f"topic write homeassistant/+/gate_{name}/#"]  # its own Home Assistant device only  # fmt: skip
     if role == "collector":  # and its probe: `collect` proves it is a collector before it takes a share
         return [*(f"topic read {p}/+/{t}" for t in ("checkin", "alarm", "state", "telemetry", "availability")),

@@ -94,6 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cm.add_argument("--route", help="for set-trip: the bus's route from now on (omit: none)")
     cm.add_argument("--run", help="for set-trip: the trip (run) it is on from now on (omit: none)")
     cm.add_argument("--timeout", type=float, default=10.0)
+    cm.add_argument("--epoch", type=int, help="sign the command in this epoch (above the gate's: a new order)")
+    cm.add_argument(
+        "--new-epoch",
+        action="store_true",
+        help="if the gate refuses the command as out of order (central's clock was ahead once), send it again "
+        "in the epoch after the gate's, which resets the gate's command order",
+    )
     db_help = "a SQLite file path (one machine) or postgresql://user@host/dbname (a city)"
     co = mqtt_cmd("collect", "store every gate's check-ins in SQLite or PostgreSQL (batched, deduplicated)", False)
     co.add_argument("--db", required=True, help=db_help)

@@ -104,10 +104,20 @@ def publish_policy(
 
 
 def send_command(
-    broker: Any, prefix: str, key: Ed25519PrivateKey, gate_id: str, name: str, extra: dict[str, Any], timeout: float
+    broker: Any,
+    prefix: str,
+    key: Ed25519PrivateKey,
+    gate_id: str,
+    name: str,
+    extra: dict[str, Any],
+    timeout: float,
+    epoch: int | None = None,
 ) -> dict[str, Any] | None:
-    """A signed command to one gate; its reply, or None if none came within `timeout`."""
+    """A signed command to one gate; its reply, or None if none came within `timeout`. `epoch` (signed) starts
+    a new order of commands at the gate when it is above the gate's (docs/operations.md, central's clock)."""
     body: dict[str, Any] = {"name": name, "correlation_id": str(uuid.uuid4()), "args": dict(extra)}
+    if epoch is not None:
+        body["epoch"] = epoch
     return request(broker, f"{prefix}/{gate_id}/command", body, key, gate_id, prefix, timeout)
 
 
@@ -180,10 +190,29 @@ def main(args: argparse.Namespace) -> int:
             extra["state"] = args.state
         if args.name == "set-trip":
             extra |= {"route": args.route, "run": args.run}
-        reply = send_command(args.broker, args.prefix, key, args.gate_id, args.name, extra, args.timeout)
-        if reply is None:
-            print(f"no reply from gate {args.gate_id} within {args.timeout:.0f}s", file=sys.stderr)
-            return 1
-        print(json.dumps(reply))
-        return 0 if reply.get("ok") else 1
+        return command(args, key, extra)
     raise GateError(f"gate central: unknown command {cmd}")
+
+
+def command(args: argparse.Namespace, key: Ed25519PrivateKey, extra: dict[str, Any]) -> int:
+    """Send, print the reply; a refusal's reason on stderr. `--new-epoch`: a command the gate refuses as out of
+    order (central's clock was ahead once) is signed again in the epoch after the gate's, which resets its order."""
+
+    def send(epoch: int | None) -> dict[str, Any] | None:
+        return send_command(args.broker, args.prefix, key, args.gate_id, args.name, extra, args.timeout, epoch)
+
+    reply = send(args.epoch)
+    if reply is not None and args.new_epoch and reply.get("reason") in ("out_of_order", "old_epoch"):
+        epoch = max(int(reply.get("epoch") or 0) + 1, args.epoch or 0)
+        print(f"gate {args.gate_id}: {reply.get('reason')}; sending again in epoch {epoch}", file=sys.stderr)
+        reply = send(epoch)
+    if reply is None:
+        print(f"no reply from gate {args.gate_id} within {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(
+            f"gate {args.gate_id} refused {args.name}: {reply.get('reason', 'error')}: {reply.get('error')}",
+            file=sys.stderr,
+        )
+    print(json.dumps(reply))
+    return 0 if reply.get("ok") else 1

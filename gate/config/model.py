@@ -36,6 +36,9 @@ class GateSection(_Model):
         return v
 
     state_dir: Path = Field(Path("/var/lib/gate"), description="Pass cache, outbox and device state")
+    reserve_mb: float = Field(
+        4.0, ge=0, le=1024, description="Space held in the state directory for safety writes on a full disk"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     device_key: Path | None = Field(
         None, description="Ed25519 key that signs check-ins and alarms (relative: in $CREDENTIALS_DIRECTORY)"
@@ -100,6 +103,10 @@ class InputSection(PinSection):
 class PassageSection(InputSection):
     timeout_seconds: float = Field(8.0, gt=0, le=120, description="Release with no passage locks again")
     held_open_seconds: float = Field(20.0, gt=0, le=600, description="Sensor blocked this long: alarm")
+    debounce_seconds: float = Field(0.01, ge=0, le=1, description="An edge this soon after the last is bounce")
+    flap_edges: int = Field(
+        40, ge=4, le=100_000, description="More edges than this in a second: sensor_flapping, edges ignored"
+    )
 
 
 class GpioSection(_Model):
@@ -201,6 +208,12 @@ class CentralSection(_Model):
     keys: tuple[Path, ...] = Field((), description="Pinned central public keys; empty = no central sync")
     max_message_bytes: int = Field(4 << 20, ge=1024, le=64 << 20, description="Larger control messages are refused")
     command_max_age_seconds: float = Field(120.0, ge=5, le=3600, description="Older commands are refused as stale")
+    command_ahead_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=600,
+        description="A command signed further ahead of the gate's clock is refused (it would hold back later ones)",
+    )
 
 
 class OutboxSection(_Model):

@@ -19,6 +19,9 @@ from gate.mqtt_link import MqttLink
 
 log = logging.getLogger(__name__)
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+LATENCY_FACTOR = 3.0  # a stall is this many times the slowest recent acknowledgement (or `stall_after`)
+LATENCY_DECAY = 0.98  # per acknowledged batch: the slowest recent acknowledgement is forgotten slowly
+MAX_BACKOFF = 8.0  # each stall in a row doubles the wait for the next, up to this many times `stall_after`
 
 
 def acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
@@ -55,7 +58,7 @@ class Drainer:
         self.outbox, self.link, self.window = outbox, link, window
         self.max_refusals, self.on_dead_letter = max_refusals, on_dead_letter
         self.retry_delay = 5.0  # before re-sending what the broker refused
-        self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo]] = deque()
+        self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo, float]] = deque()  # ..., (re)sent at
         self._refused: dict[int, str] = {}  # mid -> the failure reason the broker answered (paho's thread adds)
         self._refusals: Counter[int] = Counter()  # seq -> times refused so far
         self._generation = link.generation
@@ -66,6 +69,9 @@ class Drainer:
         self.delivered = 0
         self.stall_after, self.on_stall = stall_after, on_stall
         self.stalled = False
+        self.stalls = 0  # times a stall was declared (a reconnect each)
+        self.latency = 0.0  # the slowest recent acknowledgement, in seconds (decaying)
+        self._backoff = 1.0
         self._progress_at = time.monotonic()
         self.listeners: list[Callable[[list[str]], None]] = []  # event_ids just acknowledged
         self._thread = threading.Thread(target=self._run, name="outbox-drain", daemon=True)
@@ -105,8 +111,11 @@ class Drainer:
         retry: list[int] = []
         dead: list[int] = []
         reasons: set[str] = set()
+        now = time.monotonic()
+        slowest = 0.0
         while self._inflight and acknowledged(self._inflight[0][2]):
-            seq, event_id, info = self._inflight.popleft()
+            seq, event_id, info, sent_at = self._inflight.popleft()
+            slowest = max(slowest, now - sent_at)
             reason = self._refused.pop(info.mid, None)
             if reason is None:
                 acked.append(seq)
@@ -115,8 +124,10 @@ class Drainer:
             reasons.add(reason)
             self._refusals[seq] += 1
             (dead if self._refusals[seq] >= self.max_refusals else retry).append(seq)
-        if acked:
+        if acked or retry or dead:
+            self.latency = max(slowest, self.latency * LATENCY_DECAY)
             self._progress()
+        if acked:
             for seq in acked if self._refusals else ():  # refused before, delivered now: nothing to count
                 del self._refusals[seq]
             try:
@@ -159,7 +170,7 @@ class Drainer:
         if not self.link.connected.is_set():
             self._progress_at = time.monotonic()  # waiting for the link is not a stall
             return
-        if self._stalled_for() > self.stall_after:
+        if self._stalled_for() > self.stall_threshold:
             self._unstall()
             return
         room = self.window - len(self._inflight)
@@ -174,13 +185,20 @@ class Drainer:
                 info = self.link.publish(topic, self.sealer.seal(payload) if self.sealer else payload, qos=qos)
                 if info.rc not in _QUEUED:  # paho did not keep it: fetch it again on the next step
                     return
-                self._inflight.append((seq, event_id, info))
+                self._inflight.append((seq, event_id, info, time.monotonic()))
                 self._last_seq = seq
             room -= len(rows)
 
     # -- a connected link whose broker stopped answering -----------------------------------------------
+    @property
+    def stall_threshold(self) -> float:
+        """Seconds without any acknowledgement before a stall: `stall_after`, or three times the slowest recent
+        acknowledgement if the broker is that slow (slow is not stalled); doubled for each stall in a row."""
+        return max(self.stall_after * self._backoff, LATENCY_FACTOR * self.latency)
+
     def _progress(self) -> None:
         self._progress_at = time.monotonic()
+        self._backoff = 1.0
         if self.stalled:
             self.stalled = False
             log.warning("delivery: the broker acknowledges again")
@@ -193,16 +211,21 @@ class Drainer:
         return time.monotonic() - self._progress_at
 
     def _unstall(self) -> None:
-        """No PUBACK for `stall_after` on a connected link (a broker that accepts and then drops everything):
-        reconnect, and send again from the first unacknowledged row."""
-        detail = f"no acknowledgement for {self.stall_after:.0f}s on a connected link; reconnecting and re-sending"
+        """No acknowledgement for `stall_threshold` on a connected link (a broker that accepts and then drops
+        everything): reconnect. paho re-sends what it holds in flight (and only that: nothing is published again
+        here, so a slow broker gets no storm of copies); the next stall is waited for twice as long."""
+        waited = self.stall_threshold
+        detail = (
+            f"no acknowledgement for {waited:.0f}s on a connected link; reconnecting and re-sending what is in flight"
+        )
         if not self.stalled:
             self.stalled = True
             log.error("delivery: %s (%d in flight)", detail, len(self._inflight))
             self.on_stall(True, detail)
-        self._last_seq = self._inflight[0][0] - 1
-        self._inflight.clear()
-        self._progress_at = time.monotonic()
+        self.stalls += 1
+        now = self._progress_at = time.monotonic()
+        self._inflight = deque((seq, event_id, info, now) for seq, event_id, info, _ in self._inflight)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self.link.force_reconnect("no acknowledgement")
 
     def wait_empty(self, timeout: float) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gate.config.model import OutboxSection
+from gate.core import reserve
 from gate.core.errors import OutboxFull
 from gate.core.sqlite import Owned, header_size, private
 
@@ -120,20 +121,28 @@ class Outbox:
 
     def check_space(self) -> bool:
         """Measure free disk now (the lane on a timer, the drainer after acks); True if it is low."""
-        self._disk_low = self.free_mb() < self.cfg.min_free_mb
+        given_back = (r := reserve.of(self.path)) is not None and r.given_back
+        # While the reserve is given back the disk counts as full: what is left is for safety writes.
+        self._disk_low = given_back or self.free_mb() < self.cfg.min_free_mb
         return self._disk_low
 
     @property
     def full(self) -> bool:
         return self.depth >= self.cfg.max_events or self._disk_low
 
-    def append(self, event_id: str, topic: str, payload: bytes, qos: int = 1) -> int:
-        """The lane thread: commit one event durably; raise OutboxFull only if SQLite itself cannot write."""
-        try:
-            cur = self._writer.db.execute(
+    def append(self, event_id: str, topic: str, payload: bytes, qos: int = 1, reserved: bool = False) -> int:
+        """The lane thread: commit one event durably; raise OutboxFull only if SQLite itself cannot write.
+        `reserved`: a passage or an alarm, which may draw on the state directory's reserve on a full disk
+        (a decision may not: one that cannot be recorded is a denial)."""
+
+        def insert() -> sqlite3.Cursor:
+            return self._writer.db.execute(
                 "INSERT INTO outbox (event_id, topic, qos, payload) VALUES (?, ?, ?, ?)",
                 (event_id, topic, qos, payload),
             )
+
+        try:
+            cur = reserve.write(self.path, insert) if reserved else insert()
         except sqlite3.Error as exc:
             raise OutboxFull(f"outbox {self.path}: cannot write ({exc})") from exc
         seq = int(cur.lastrowid or 0)
@@ -180,9 +189,14 @@ class Outbox:
         # One autocommit statement: SQLite takes the write lock, deletes and commits inside a single call
         # that runs without the GIL. Row by row, the lock would be held across hundreds of GIL hand-overs,
         # each up to the interpreter's switch interval, while the lane's append waited for it.
-        gone = self._reader.db.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
-        ).rowcount
+        gone = reserve.write(  # a delete needs room in the write-ahead log: on a full disk, the reserve's
+            self.path,
+            lambda: (
+                self._reader.db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
+                ).rowcount
+            ),
+        )
         self.acked += gone
         with contextlib.suppress(OSError):  # the hint's second line: the last seq the broker acknowledged
             os.pwrite(self._hwm, b"%020d\n" % max(json.loads(batch)), HWM_LINE)

@@ -12,6 +12,7 @@ from gate.config.model import Config
 from gate.config.policy import Stop
 from gate.config.venue import Venue
 from gate.contracts import Alarm, PassageOutcome, Topics
+from gate.core import reserve
 from gate.core.clock import Clock, ClockReading
 from gate.core.errors import OutboxFull
 from gate.decide.decision import Decision
@@ -83,10 +84,12 @@ class Recorder:
             return pos
         return {**pos, "stop": nearest_stop(pos, stops)}
 
-    def record(self, event_id: str, topic: str, payload: bytes, wake: bool = True, quiet: bool = False) -> None:
+    def record(
+        self, event_id: str, topic: str, payload: bytes, wake: bool = True, quiet: bool = False, reserved: bool = False
+    ) -> None:
         """Commit durably, then let the drainer know. OutboxFull propagates: the caller fails closed."""
         try:
-            self.outbox.append(event_id, topic, payload)
+            self.outbox.append(event_id, topic, payload, reserved=reserved)
         except OutboxFull as exc:
             if not quiet:
                 log.critical("CHECK-IN NOT RECORDED %s: %s", event_id, exc)
@@ -100,7 +103,7 @@ class Recorder:
         is a denial."""
         if not self._kept:
             try:
-                self.record(event_id, topic, payload, quiet=True)
+                self.record(event_id, topic, payload, quiet=True, reserved=True)
                 return
             except OutboxFull as exc:
                 log.error("outbox full: passage and alarm events are kept in memory until there is room (%s)", exc)
@@ -112,14 +115,17 @@ class Recorder:
         self._kept.append((event_id, topic, payload))
 
     def retry_kept(self, now: float) -> None:
-        """On the lane thread, at most once a second while events are kept: store them, oldest first."""
+        """On the lane thread, at most once a second while events are kept: store them, oldest first (on the
+        reserve if the disk is full). Also where the state directory's reserve is taken back once there is room."""
+        if (r := reserve.of(self.outbox.path)) is not None:
+            r.retake(now)
         if not self._kept or now < self._retry_at:
             return
         self._retry_at = now + 1.0
         stored = 0
         while self._kept:
             try:
-                self.outbox.append(*self._kept[0])
+                self.outbox.append(*self._kept[0], reserved=True)
             except OutboxFull:
                 break
             self._kept.popleft()

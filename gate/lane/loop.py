@@ -16,6 +16,7 @@ from gate.config.policy import Action
 from gate.contracts import (
     Alarm,
     ApplyPolicy,
+    DistrustCache,
     Inbox,
     LaneControl,
     Mode,
@@ -53,6 +54,8 @@ from gate.sync.worker import CentralSync
 
 log = logging.getLogger(__name__)
 DecisionListener = Callable[[Scan | None, Decision, CheckIn], None]
+PUMP_BATCH = 64  # requests carried out between two looks at the scanner
+PUMP_AT_CLOSE = 100_000  # what the actuator reported while stopping: all of it
 
 
 @dataclass
@@ -162,6 +165,7 @@ class Gate:
             try:
                 self.recorder.decision(event, released=decision.admits)
             except OutboxFull:  # cannot record, so cannot admit: fail closed
+                self.reporter.denied_while_full()  # every denial on a full disk is counted, this one too
                 if decision.token is not None:
                     self.decider.cancel(decision.token)
                 self.actuator.signal("deny")
@@ -190,19 +194,20 @@ class Gate:
             listener(scan, decision, event)
         return decision, event
 
-    def pump(self) -> None:
-        """Carry out every request queued by other threads, in order; then store events kept while the outbox
-        was full, if there is room now."""
-        while True:
+    def pump(self, limit: int = PUMP_BATCH) -> None:
+        """Carry out up to `limit` requests queued by other threads, in order (a flood of requests waits for the
+        next turn: a presentation waits at most one batch); then store events kept while the outbox was full,
+        if there is room now."""
+        for _ in range(limit):
             try:
                 request = self.inbox.get_nowait()
             except queue.Empty:
-                self.recorder.retry_kept(time.monotonic())
-                return
+                break
             try:
                 self._carry_out(request)
             except Exception:
                 log.exception("lane: request %s failed", type(request).__name__)
+        self.recorder.retry_kept(time.monotonic())
 
     def _carry_out(self, r: Request) -> None:
         match r:
@@ -235,6 +240,8 @@ class Gate:
                 event_id = self.remote_open(r.operator)
                 if r.reply is not None:
                     r.reply({"event_id": event_id})
+            case DistrustCache():
+                self.cache.distrust()
             case Report():
                 state = self.reporter.publish_state()
                 if r.reply is not None:
@@ -319,7 +326,7 @@ class Gate:
         self.actuator.close()
         self.scanner.close()
         if self._own_lane():
-            self.pump()
+            self.pump(limit=PUMP_AT_CLOSE)
             self.faults.run("publishing the stopped state", lambda: self.reporter.stopping(reason))
         self.threads.stop()
         self.outbox.close()

@@ -8,11 +8,13 @@ write-ahead log, a rolled-back or replaced file) cannot prove its mode or its pa
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from gate.contracts import Requested
+from gate.core import reserve
 from gate.core.faults import Faults
 from gate.core.seal import SealDamaged, read_seal, write_seal
 from gate.core.sqlite import Owned
@@ -77,7 +79,8 @@ class LaneState:
         db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1", (SEQ,))
 
     def _seal(self) -> None:
-        write = partial(write_seal, self.path, {"seq": self.counter(SEQ), "mode": self._mode_value()})
+        seal = partial(write_seal, self.path, {"seq": self.counter(SEQ), "mode": self._mode_value()})
+        write = partial(reserve.write, self.path, seal)
         if self._faults is None:
             write()
         else:
@@ -88,12 +91,23 @@ class LaneState:
         row = self._conn.db.execute("SELECT mode, set_by, set_at FROM mode WHERE id = 1").fetchone()
         return None if row is None else ModeRecord(Requested(row[0]), row[1], row[2])
 
+    def _write(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """One transaction, under the state directory's reserve: safety writes succeed on a full disk."""
+
+        def once() -> None:
+            with self._conn.transaction() as db:
+                fn(db)
+
+        reserve.write(self.path, once)
+
     def set_mode(self, record: ModeRecord) -> None:
-        with self._conn.transaction() as db:
+        def store(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO mode VALUES (1, ?, ?, ?)", (record.mode.value, record.set_by, record.set_at)
             )
             self._bump(db)
+
+        self._write(store)
         self._seal()
 
     def trip(self) -> tuple[str | None, str | None] | None:
@@ -102,14 +116,17 @@ class LaneState:
         return None if row is None else (row[0], row[1])
 
     def set_trip(self, route: str | None, run: str | None, at: float) -> None:
-        self._conn.db.execute("INSERT OR REPLACE INTO trip VALUES (1, ?, ?, ?)", (route, run, at))
+        self._write(lambda db: db.execute("INSERT OR REPLACE INTO trip VALUES (1, ?, ?, ?)", (route, run, at)))
 
     def passed(self, token: str, at: float, window: float) -> None:
         """Remember a confirmed passage; entries older than `window` go at the same time."""
-        with self._conn.transaction() as db:
+
+        def store(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO passback VALUES (?, ?)", (token, at))
             db.execute("DELETE FROM passback WHERE passed_at < ?", (at - window,))
             self._bump(db)
+
+        self._write(store)
         self._seal()
 
     def recent_passages(self, now: float, window: float) -> dict[str, float]:
@@ -122,10 +139,11 @@ class LaneState:
         return 0 if row is None else int(row[0])
 
     def add(self, name: str, n: int = 1) -> int:
-        db = self._conn.db
-        db.execute(
-            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            (name, n),
+        self._write(
+            lambda db: db.execute(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, n),
+            )
         )
         return self.counter(name)
 

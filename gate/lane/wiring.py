@@ -13,6 +13,7 @@ from gate.actuator import Actuator
 from gate.config.model import Config, secret_path
 from gate.config.venue import MOBILE
 from gate.contracts import Alarm, Inbox, LaneControl, make_inbox
+from gate.core import reserve
 from gate.core.clock import Clock, SystemClock
 from gate.core.docstore import DocStore
 from gate.core.faults import Faults
@@ -149,6 +150,7 @@ def check_state_files(cfg: Config, trust: TrustStore | None, faults: Faults) -> 
     salvaged); the seals are proven later, by the lane thread (`Gate.start()`)."""
     state = cfg.gate.state_dir
     state.mkdir(parents=True, exist_ok=True)
+    reserve.install(state, int(cfg.gate.reserve_mb * (1 << 20)))  # before any state file: room for safety
     recovery = Recovery()
     check_device_doc(state / "device.json", recovery)
     cache_lost = open_pass_cache(state / "passes.db", recovery)
@@ -197,6 +199,7 @@ def wire_mqtt(cfg: Config, core: Core, files: StateFiles, sealer: Sealer | None,
             cfg.central.max_message_bytes,
             cfg.central.command_max_age_seconds,
             DocStore(cfg.gate.state_dir / "device.json", "command_nonces"),
+            cfg.central.command_ahead_seconds,
         )
         threads.sync = CentralSync(control, link, verifier, files.base_keys, cfg, core.lane_first, core.faults)
     else:

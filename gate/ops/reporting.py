@@ -117,6 +117,7 @@ class Reporter:
             "broker": None if self.link is None else self.link.broker,  # of [mqtt] hosts: the one it is on
             "cache_version": info.version,
             "cache_seq": info.seq,
+            "safety_seq": self.lanestate.counter("safety_seq") if self.lanestate is not None else 0,
             "cache_entries": info.count,
             "cache_age_s": None if info.synced_at is None else round(now.wall - info.synced_at, 1),
             "policy_version": self.policy().version,

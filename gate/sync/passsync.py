@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gate.core import reserve
 from gate.core.errors import CodeError
 from gate.decide.codes import check_token
 from gate.decide.passcache import PassCache
@@ -146,5 +147,6 @@ class PassSync:
         if base > info.version or seq > info.seq + 1:
             self._resync(f"sequence gap: have {info.version}.{info.seq}, got {base}.{seq}")
             return
-        self.cache.apply_delta(upserts, deletes, seq, synced_at=msg.ts)
+        # A revocation is safety: on a full disk it is written on the state directory's reserve.
+        reserve.write(self.cache.path, lambda: self.cache.apply_delta(upserts, deletes, seq, synced_at=msg.ts))
         log.info("central: delta %d.%d applied (%d upserts, %d deletes)", base, seq, len(upserts), len(deletes))

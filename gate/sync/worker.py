@@ -5,31 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from gate.config.model import Config
-from gate.config.policy import Policy
-from gate.contracts import LaneControl, SetMode, SetTrip, Topics
-from gate.core.docstore import DocStore
-from gate.core.errors import CodeError, ConfigError
+from gate.contracts import Alarm, DistrustCache, LaneControl, Requested, SetMode, Topics
 from gate.core.faults import Faults
+from gate.core.reserve import disk_full
 from gate.core.threads import LaneFirst, background
-from gate.decide.codes import check_token
-from gate.decide.keys import key_id_of, public_from_pem
 from gate.decide.passcache import PassCache
-from gate.decide.policy import PolicyStore
 from gate.mqtt_link import Handler, MqttLink
+from gate.sync.commands import Commands
 from gate.sync.envelope import ControlMessage, Rejected, Verifier
 from gate.sync.inbound import BoundedQueue, Job
 from gate.sync.passsync import PassSync
+from gate.sync.reconcile import behind, safety_seq, witness_of
 from gate.sync.sessions import watch_sessions
+from gate.sync.trust import PolicyAndKeys
+from gate.sync.trust import central_keys as central_keys  # where the wiring has always found it
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +42,19 @@ def central_topics(prefix: str) -> dict[str, str]:
     }
 
 
-def central_keys(state_dir: Path, now: float | None = None) -> list[Any]:
-    """Central's stored trust keys whose window includes now (overlap makes rotation seamless)."""
-    now = time.time() if now is None else now
-    doc = DocStore(state_dir / "device.json", "trust_keys").get() or {}
-    return [
-        public_from_pem(k["pem"].encode(), "stored keys")
-        for k in doc.get("keys", [])
-        if k["not_before"] <= now and (not k["not_after"] or now < k["not_after"])
-    ]
-
-
 TRUST_REFRESH_SECONDS = 30.0
 FETCH_WINDOW = 8  # retained chunks asked for at once
 QUEUE_BYTES_FACTOR = 4  # at most this many maximum-size messages wait in memory
+STORAGE_RETRY_SECONDS = 2.0  # how often messages a full disk held back are tried again
+TRANSIENT = ("disk is full", "disk I/O error", "database is locked", "unable to open")
+
+
+def passing(exc: BaseException) -> bool:
+    """A storage failure that goes away (a full disk, I/O, a lock): the message is held and tried again."""
+    return isinstance(exc, OSError) or disk_full(exc) or any(t in str(exc) for t in TRANSIENT)
+
+
+ORDERED = ("manifest", "chunk", "delta", "policy", "keys")  # held behind earlier ones while the disk is full
 
 
 class CentralSync:
@@ -83,25 +79,57 @@ class CentralSync:
         pause = (lane_first or LaneFirst()).yield_to_lane
         self.passes = PassSync(cache, verifier, self.request_resync, control.report, self._fetch_chunks, pause)
         self._chunk_topics: set[str] = set()  # exact chunk topics subscribed for the snapshot being gathered
-        self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
-        self.policies = PolicyStore(state_dir / "device.json", cfg.policy)
-        self.policy_version = self.policies.load().version
-        self._trusted: list[bytes] = []
+        self.trust = PolicyAndKeys(control, verifier, base_keys, state_dir, cfg.policy)
         self.faults = faults or Faults()
         self._jobs = BoundedQueue(verifier.max_bytes, QUEUE_BYTES_FACTOR * verifier.max_bytes)
+        self._held: list[Job] = []  # messages a full disk could not take: unacknowledged, retried in order
+        self._retry_at = self._next_refresh = 0.0
+        self._stopped = False
+        self._reconciled = -1  # the link's connection count whose retained state was compared
+        self.commands = Commands(control, link, verifier, self.topics, self.gate_id, self.category, self._resync_now)
         self._status: dict[str, Any] = self._snapshot(None)
 
     def start(self) -> None:
         """Subscribe; the worker (`run`) runs under the gate's supervisor, on the thread named central-sync."""
         t = central_topics(self.prefix)
-        routes = {"policy": self._policy, "keys": self._keys, "manifest": self.passes.manifest}
+        routes = {"policy": self.trust.policy, "keys": self.trust.keys, "manifest": self.passes.manifest}
         routes["delta"] = self.passes.delta
         # No wildcard on chunks: they are fetched by exact topic, a few at a time, when a manifest asks
         # (`_fetch_chunks`); mosquitto 2.0.11 sent a slow gate 57 live chunks (20 MB) past Receive Maximum 8.
         for kind, fn in routes.items():
             self.link.subscribe(t[kind], self._enqueue(fn, kind))
-        self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self._command, "command"))
+        self.link.subscribe(f"{self.topics.base}/command", self._enqueue(self.commands.handle, "command"))
+        self.link.subscribe(self.topics.state, self._state_seen)  # before any state is published on a connection
         watch_sessions(self.link, self.resync_soon)
+
+    def _state_seen(self, topic: str, payload: bytes, ack: Callable[[], object] = lambda: None) -> None:
+        """paho's thread: the first state message after each connection is the one the broker retained from
+        before; the worker compares it with the state files. Later ones are this gate's own, echoed."""
+        ack()
+        if self._reconciled == self.link.connects or len(payload) > self.verifier.max_bytes:
+            return
+        self._reconciled = self.link.connects
+        self._jobs.put_local(Job(lambda _msg: self._reconcile(payload), "local", topic, b"", lambda: None))
+
+    def _reconcile(self, payload: bytes) -> None:
+        seen = witness_of(payload)
+        if seen is None:
+            return
+        info = self.passes.cache.info()
+        lane, passes = behind(seen, safety_seq(self.state_dir / "lane.db"), (info.version, info.seq))
+        if lane is not None:
+            log.critical("state_unproven: %s", lane)
+            self.control.post(SetMode(Requested.OUT_OF_SERVICE, "start-up: lane.db older than reported before"))
+            self.control.post(Alarm("state_unproven", True, lane))
+        if passes is not None:
+            log.critical("state_unproven: %s", passes)
+            self.control.post(DistrustCache())
+            self.control.post(Alarm("state_unproven", True, passes))
+            self.request_resync("the pass cache is older than this gate reported before")
+
+    def _resync_now(self) -> None:
+        self.passes.cache.staging.drop()
+        self.request_resync("requested by central")
 
     def _enqueue(self, fn: Callable[[ControlMessage], None], kind: str) -> Handler:
         """paho's thread: size-check, then queue within the bound; what is refused is counted and acked."""
@@ -128,28 +156,59 @@ class CentralSync:
         self._jobs.put_local(Job(lambda _msg: self.request_resync(why), "local", "", b"", lambda: None))
 
     def run(self, stop: threading.Event) -> None:
-        """The worker: queued control messages, one at a time, until `stop` (woken by `interrupt()`)."""
+        """The worker's loop. Resumable: what it is doing lives on the object (the held messages, the next
+        trust refresh), so after an exception a supervisor may call it again and it goes on where it was."""
         background()
-        next_refresh = 0.0
-        while not stop.is_set():
-            if time.monotonic() >= next_refresh:
-                next_refresh = time.monotonic() + TRUST_REFRESH_SECONDS
-                self.faults.run("refreshing the trust keys", self.refresh_trust)
-            try:
-                job = self._jobs.get(timeout=max(0.0, next_refresh - time.monotonic()))
-            except queue.Empty:
-                continue
-            if job is None:
-                self._jobs.done()
-                return
-            try:
-                self._handle(job)
-            finally:
-                job.ack()  # after the handler: a cache change is committed before the broker forgets it
-                self._publish_status()
-                self._jobs.done()
+        while not stop.is_set() and not self._stopped:
+            self.turn()
 
-    def _handle(self, job: Job) -> None:
+    def turn(self) -> None:
+        """One step: refresh the trust keys when due, retry what a full disk held back, then one message."""
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._next_refresh = now + TRUST_REFRESH_SECONDS
+            self.faults.run("refreshing the trust keys", self.trust.refresh)
+        if self._held and now >= self._retry_at:
+            self._retry_held()
+        wake = min(self._next_refresh, self._retry_at if self._held else self._next_refresh)
+        try:
+            job = self._jobs.get(timeout=min(1.0, max(0.0, wake - time.monotonic())))
+        except queue.Empty:
+            return
+        try:
+            if job is None:
+                self._stopped = True
+            elif self._held and job.kind in ORDERED:
+                self._held.append(job)  # behind what is held, in order: acknowledged once stored
+            else:
+                self._finish(job)
+        finally:
+            self._jobs.done()
+
+    def _finish(self, job: Job) -> bool:
+        """Handle a message; acknowledge it once it is stored, or hold it (unacknowledged) if the disk could not
+        take it. True if it is done with."""
+        done = self._handle(job)
+        if not done:
+            if not self._held:
+                log.error("central: %s not stored (the disk is full?); held and retried, unacknowledged", job.kind)
+            self._held.append(job)
+            self._retry_at = time.monotonic() + STORAGE_RETRY_SECONDS
+        else:
+            job.ack()  # after the handler: a cache change is committed before the broker forgets it
+        self.faults.run("publishing the sync status", self._publish_status)
+        return done
+
+    def _retry_held(self) -> None:
+        held, self._held = self._held, []
+        for i, job in enumerate(held):
+            if not self._finish(job):
+                self._held.extend(held[i + 1 :])  # still no room: the rest stay behind it, in order
+                return
+        log.warning("central: the messages held while the disk was full are stored and acknowledged")
+
+    def _handle(self, job: Job) -> bool:
+        """False if the message could not be stored (a full disk, I/O): it is to be tried again."""
         try:
             if job.kind == "local":
                 job.fn(None)
@@ -159,12 +218,21 @@ class CentralSync:
                 self.verifier.accepted += 1
         except Rejected as exc:
             log.warning("central: rejected %s on %s: %s (%s)", job.kind, job.topic, exc.reason, exc)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if job.kind == "command" or not passing(exc):  # a command is answered already, never held
+                self.verifier.rejected["error"] += 1
+                log.warning("central: %s on %s failed: %s: %s", job.kind, job.topic, type(exc).__name__, exc)
+                return True
+            log.debug("central: %s not stored: %s", job.kind, exc)
+            self._storage_failed = f"{type(exc).__name__}: {exc}"[:200]
+            return False
         except Exception as exc:  # hostile input nothing above foresaw: one line, counted; details at debug
             self.verifier.rejected["error"] += 1
             log.warning(
                 "central: %s on %s failed: %s: %s; ignored", job.kind, job.topic, type(exc).__name__, str(exc)[:120]
             )
             log.debug("central: %s failure", job.kind, exc_info=True)
+        return True
 
     def _snapshot(self, progress: str | None) -> dict[str, Any]:
         return {
@@ -172,10 +240,15 @@ class CentralSync:
             "rejected": dict(self.verifier.rejected),
             "awaiting_resync": self.passes.awaiting_resync,
             "snapshot_in_progress": progress,
+            "held": len(self._held),
         }
 
     def _publish_status(self) -> None:
-        self._status = self._snapshot(self.passes.progress())
+        try:
+            progress = self.passes.progress()
+        except (OSError, sqlite3.Error):  # the staging file unreadable now (a full disk): the last one said
+            progress = self._status.get("snapshot_in_progress")
+        self._status = self._snapshot(progress)
 
     def status(self) -> dict[str, Any]:
         """Any thread: the worker's last published status, with what paho's thread refused before queuing."""
@@ -211,93 +284,3 @@ class CentralSync:
         self.link.publish(f"{self.topics.base}/resync", json.dumps(body).encode(), qos=1)
         self._publish_status()
         self.control.report()
-
-    # -- policy and trust keys ---------------------------------------------------------------------
-    def _policy(self, msg: ControlMessage) -> None:
-        try:
-            doc = {**msg.body.get("policy", {}), "version": int(msg.body["version"])}
-            policy = Policy.model_validate_json(json.dumps(doc), strict=True)  # no coercion, as in the config
-        except (KeyError, TypeError, ValueError, ValidationError) as exc:
-            raise self.verifier.invalid(f"policy: {str(exc)[:200]}") from None
-        current = self.policy_version
-        if policy.version < current:
-            raise self.verifier.old(f"policy version {policy.version} is older than {current}")
-        if policy.version == current:
-            return
-        self.policies.save(policy)  # on disk before the lane acts on it
-        self.policy_version = policy.version
-        self.control.apply_policy(policy)
-        log.info("central: policy version %d in force", policy.version)
-        self.control.report()
-
-    def _keys(self, msg: ControlMessage) -> None:
-        try:
-            version = int(msg.body["version"])
-            keys: list[dict[str, Any]] = [
-                {
-                    "pem": str(k["pem"]),
-                    "not_before": float(k.get("not_before") or 0),
-                    "not_after": float(k.get("not_after") or 0),
-                }
-                for k in msg.body["keys"]
-            ]
-            for k in keys:
-                public_from_pem(k["pem"].encode(), "keys message")
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise self.verifier.invalid(f"keys: {exc}") from None
-        current = (self.keys_doc.get() or {}).get("version", 0)
-        if version < current:
-            raise self.verifier.old(f"keys version {version} is older than {current}")
-        if version == current:
-            return
-        self.keys_doc.put({"version": version, "keys": keys})
-        self.refresh_trust()
-        log.info("central: trust keys version %d (%d keys)", version, len(keys))
-
-    def refresh_trust(self, now: float | None = None) -> None:
-        """Config keys plus central's keys in their window; the lane hears only when the set changes."""
-        keys = [*self.base_keys, *central_keys(self.state_dir, now)]
-        ids = sorted(key_id_of(k) for k in keys)
-        if ids != self._trusted:
-            self._trusted = ids
-            self.control.trust_keys(keys)
-
-    # -- commands ------------------------------------------------------------------------------------
-    def _command(self, msg: ControlMessage) -> None:
-        self.verifier.fresh(msg, time.time())
-        name, args = str(msg.body.get("name")), msg.body.get("args") or {}
-        reply_to = str(msg.body.get("reply_to") or "")
-        replies = f"{self.topics.base}/replies/"  # under the gate's own topics: its ACL lets it write only there
-        if not (reply_to.startswith(replies) and len(reply_to) <= 200 and not set(reply_to) & {"+", "#", "\0"}):
-            reply_to = f"{self.topics.base}/reply"  # never publish where a message merely asks
-        head: dict[str, Any] = {
-            "correlation_id": msg.body.get("correlation_id"),
-            "gate_id": self.gate_id,
-            "command": name,
-        }
-
-        def reply(result: dict[str, Any]) -> None:  # runs on the lane thread; {"error": …} when the lane refused
-            body = {"ok": False, "error": result["error"]} if "error" in result else {"ok": True, "result": result}
-            self.link.publish(reply_to, json.dumps({**head, **body}).encode(), qos=1)
-
-        try:
-            self._run_command(name, args, reply)
-        except (ValueError, CodeError) as exc:
-            reply({"error": str(exc)})
-
-    def _run_command(self, name: str, args: dict[str, Any], reply: Callable[[dict[str, Any]], None]) -> None:
-        if name == "open":
-            self.control.open(check_token(str(args.get("operator", ""))), reply)
-            return
-        if (mode := SetMode.command(name, args)) is not None:
-            self.control.post(mode)
-        elif name == "set-trip":
-            if self.category != "bus":
-                raise ValueError(f"set-trip: this gate's venue is a {self.category}, not a bus")
-            self.control.post(SetTrip.parse(args))
-        elif name == "resync":
-            self.passes.cache.staging.drop()
-            self.request_resync("requested by central")
-        elif name != "status":
-            raise ValueError(f"unknown command {name!r}")
-        self.control.report(reply)  # carried out after the request above: the reply shows its effect
