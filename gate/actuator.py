@@ -41,8 +41,6 @@ class Actuator:
         worker: bool = True,
     ) -> None:
         """`clock` and `worker=False` are for tests that step the machine by hand (`process_events`)."""
-        from gpiozero import DigitalOutputDevice
-
         self.cfg = cfg
         self._on_outcome = on_outcome
         self._on_alarm = on_alarm
@@ -56,35 +54,11 @@ class Actuator:
         self._stop = threading.Event()
         self.pulse_listeners: list[Callable[[], None]] = []
         self._devices: list[Any] = []
-        self.passage = self.exit_button = self.fire = None
+        self.fire: Any = None  # gpiozero Buttons, where configured
+        self.passage: Any = None
+        self.exit_button: Any = None
         try:
-            if cfg.fire is not None:  # first: a gate (re)started during a fire opens with the relay held
-                self.fire = button(cfg.fire, factory)
-                self._devices.append(self.fire)
-            self.relay = DigitalOutputDevice(
-                cfg.relay.pin,
-                active_high=cfg.relay.active_high,
-                initial_value=self.fire is not None and self.fire.is_active,
-                pin_factory=factory,
-            )
-            self._devices.append(self.relay)
-            self.indicator = Indicator(cfg.indicator, cfg.buzzer, factory)
-            if cfg.passage is not None:
-                self.passage = button(cfg.passage, factory, hold_time=cfg.passage.held_open_seconds)
-                # A passage counts when the person has cleared the sensor, not when they reach it.
-                self.passage.when_pressed = lambda: self.events.put(m.passage_entered)
-                self.passage.when_held = lambda: self.events.put(m.passage_held)
-                self.passage.when_released = lambda: self.events.put(m.passage_cleared)
-            if cfg.exit_button is not None:
-                self.exit_button = button(cfg.exit_button, factory)
-                self.exit_button.when_pressed = lambda: self.events.put(lambda now: m.release("exit", 1, now))
-            if self.fire is not None:
-                # The fire input is never refused, however many sensor events wait.
-                self.fire.when_pressed = lambda: self.events.put(lambda now: m.fire_input(True, "fire input"), True)
-                self.fire.when_released = lambda: self.events.put(
-                    lambda now: m.fire_input(False, "fire input cleared"), True
-                )
-            self._devices += [d for d in (self.passage, self.exit_button) if d is not None]
+            self._open(cfg, factory)
         except Exception as exc:
             self.close()
             raise DeviceError(f"gpio: cannot open devices: {exc.__class__.__name__}: {exc}") from exc
@@ -92,6 +66,39 @@ class Actuator:
             self._step(lambda now: m.fire_input(True, "fire input active at start"))
         self._has_worker = worker
         self._worker: threading.Thread | None = None  # the thread running `work`, once one does
+
+    def _open(self, cfg: GpioSection, factory: Any) -> None:
+        """The devices, the fire input first; gpiozero's callbacks only queue what they saw."""
+        from gpiozero import DigitalOutputDevice
+
+        m = self.machine
+        if cfg.fire is not None:  # first: a gate (re)started during a fire opens with the relay held
+            self.fire = button(cfg.fire, factory)
+            self._devices.append(self.fire)
+        self.relay = DigitalOutputDevice(
+            cfg.relay.pin,
+            active_high=cfg.relay.active_high,
+            initial_value=self.fire is not None and self.fire.is_active,
+            pin_factory=factory,
+        )
+        self._devices.append(self.relay)
+        self.indicator = Indicator(cfg.indicator, cfg.buzzer, factory)
+        if cfg.passage is not None:
+            self.passage = button(cfg.passage, factory, hold_time=cfg.passage.held_open_seconds)
+            # A passage counts when the person has cleared the sensor, not when they reach it.
+            self.passage.when_pressed = lambda: self.events.put(m.passage_entered)
+            self.passage.when_held = lambda: self.events.put(m.passage_held)
+            self.passage.when_released = lambda: self.events.put(m.passage_cleared)
+        if cfg.exit_button is not None:
+            self.exit_button = button(cfg.exit_button, factory)
+            self.exit_button.when_pressed = lambda: self.events.put(lambda now: m.release("exit", 1, now))
+        if self.fire is not None:
+            # The fire input is never refused, however many sensor events wait.
+            self.fire.when_pressed = lambda: self.events.put(lambda now: m.fire_input(True, "fire input"), True)
+            self.fire.when_released = lambda: self.events.put(
+                lambda now: m.fire_input(False, "fire input cleared"), True
+            )
+        self._devices += [d for d in (self.passage, self.exit_button) if d is not None]
 
     @property
     def mode(self) -> Mode:

@@ -485,6 +485,6 @@ def rig_factory_passage() -> Iterator[tuple[Actuator, list[PassageOutcome], list
     cfg = GpioSection.model_validate(
         {"relay": {"pin": RELAY, "pulse_seconds": PULSE}, "passage": {"pin": PASSAGE, "timeout_seconds": 0.3}}
     )
-    act = Actuator(cfg, factory, outcomes.append, alarms.append)
+    act = Actuator(cfg, factory, outcomes.append, alarms.append).start()
     yield act, outcomes, alarms, factory
     act.close()
