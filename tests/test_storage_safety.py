@@ -315,6 +315,9 @@ def test_an_alarm_on_a_full_disk_is_stored_on_the_reserve_or_published_at_once_a
     sub = subscriber_factory(broker, "gate/lane-k/alarm")
     try:
         assert wait_until(g.link.connected.is_set, 20)
+        g.pump()
+        g.reporter.publish_state()  # the lane's outbox connection is open before the disk fills
+        assert wait_until(lambda: g.outbox._reader.is_open, 20)  # and the drainer's
         filler = fill(small_disk)
         g.control.post(Alarm("held_open", True, "passage blocked too long"))
         g.pump()
