@@ -17,7 +17,6 @@ LONG_FUNCTIONS = {
     "gate.central.cli.add_arguments": "one flat table of argparse options",
     "gate.central.console.pages.routes": "one flat table of web routes",
     "gate.cli.build_parser": "one flat table of argparse options",
-    "gate.ops.homeassistant.entities": "one flat table of Home Assistant entities",
     "gate.central.collect.collect": "the collector's start-up; to be split into named steps",
     "gate.central.publish.main": "the publisher's command line; to be split into named steps",
 }
