@@ -79,7 +79,7 @@ def test_a_gate_fails_over_to_the_next_broker_resends_and_resubscribes(tmp_path,
     _, _, cpub = generate_keypair(tmp_path / "central")
     mqtt_cfg = {"hosts": hosts, "topic_prefix": "fo"}
     cfg = make_config(tmp_path / "state", keys, mqtt=mqtt_cfg, central={"keys": [str(cpub)]})
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     heard: list[bytes] = []
     got = threading.Event()
     g.link.subscribe("fo/probe", lambda t, p, ack: (heard.append(p), got.set(), ack()))
@@ -104,7 +104,8 @@ def test_a_gate_fails_over_to_the_next_broker_resends_and_resubscribes(tmp_path,
         assert wait_until(lambda: seen() >= sent, 60), len(sent - seen())
         assert g.drainer.wait_empty(30)
         assert g.state()["broker"] == hosts[1] and g.link.brokers.failovers >= 1
-        metrics = {m.name: m for m in GateCollector(g, dict).collect()}
+        g.reporter.publish_snapshot(g.state())  # as the lane does every STATUS_SECONDS (this test runs no loop)
+        metrics = {m.name: m for m in GateCollector(lambda: g.reporter.snapshot, dict).collect()}
         assert metrics["gate_broker"].samples[0].labels == {"broker": hosts[1]}  # gate_broker_info{broker=…}
         subs[1].client.publish("fo/probe", b"hello", qos=1)  # the subscription was renewed on b
         assert got.wait(20) and heard == [b"hello"]

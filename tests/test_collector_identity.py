@@ -115,7 +115,7 @@ def test_a_stray_session_is_named_and_cleared_and_nothing_is_lost(folder, tmp_pa
         mqtt={"host": b.host, "port": b.port, "username": "lane-01", "protocol": "5",
               "password_file": str(creds / "mqtt-password")},
     )  # fmt: skip
-    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     sent: set[str] = set()
 
     def check_ins(n: int, tag: str) -> None:

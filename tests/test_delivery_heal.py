@@ -208,7 +208,7 @@ def test_a_broker_that_acknowledges_12_to_20s_late_gets_no_storm_of_copies(
     proxy = SlowAckProxy(broker, 12.0, 20.0)
     cfg = make_config(tmp_path / "state", keys, mqtt={"host": "127.0.0.1", "port": proxy.port, "keepalive": 5})
     src = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
-    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True)
+    g = build(cfg, source=src, pin_factory=MockFactory(), with_mqtt=True).start()
     sub = subscriber_factory(broker, "gate/+/checkin")
 
     def copies() -> list[str]:

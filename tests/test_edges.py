@@ -59,7 +59,7 @@ def make_gate(state: Path, keys, broker, central: Central, reserve_mb: float = 4
         source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
         pin_factory=MockFactory(),
         clock=SystemClock("assume_synced"),
-    )
+    ).start()
     assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     return g
 
@@ -148,7 +148,7 @@ def test_on_a_full_disk_commands_revocations_and_snapshots_are_stored_on_the_res
         fill(small_disk)  # what the reserve gave back is used up too
         central.snapshot(2, rows(3000))  # no room for it: held, never killing the sync worker
         assert settle(g, lambda: g.sync.status()["held"] > 0, 30)
-        assert g.sync._thread.is_alive()
+        assert "central-sync" in {t.name for t in threading.enumerate() if t.is_alive()}
         filler.unlink()  # the disk heals: what was held is stored, and central has control without a restart
         assert settle(g, lambda: g.cache.info().version == 2, 60)
         assert command(g, broker, central, "in-service").returncode == 0

@@ -70,7 +70,9 @@ def gate_on(hosts: list[str], prov: Path, state: Path, keys: Any, **sections: An
                 "password_file": str(creds / "mqtt-password"), "topic_prefix": "gate"}  # fmt: skip
     cfg = make_config(state, keys, mqtt=mqtt_cfg, policy={"passback_seconds": 0},
                       gate={"id": "lane-r1", "device_key": str(creds / "device.key")}, **sections)  # fmt: skip
-    return build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    return build(
+        cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()
+    ).start()
 
 
 def collect_amqp(cluster: Any, prov: Path, name: str, db: str, order: list[int]) -> subprocess.Popen[str]:
@@ -254,7 +256,8 @@ def test_the_single_node_steps_of_the_broker_doc_store_every_check_in(rabbit_clu
     amqp = f"127.0.0.1:{rabbit_cluster.nodes[0].amqp_port}"
     cmd = consume.replace("mq1.example.org:5672", amqp).strip() + " --count 20 --idle-timeout 120"
     col = subprocess.Popen(["bash", "-euc", cmd], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    g = build(gcfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory())
+    source = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(gcfg, source=source, pin_factory=MockFactory()).start()
     try:
         now = int(time.time())
         sent = {g.handle(issue(keys.private, f"tok-d{i:04d}", Status.RED, now, 600).encode())[1].event_id

@@ -70,6 +70,8 @@ def _broker(state: dict[str, Any]) -> str:
     """connected (to which node), or DISCONNECTED with the failure named (TLS, DNS, refused …)."""
     failure = state.get("broker_failure")
     named = f": {failure['reason']}: {failure['detail']}" if failure else ""
+    if failure and not state["broker_connected"]:  # the detail names the broker tried
+        return "DISCONNECTED" + named
     return ("connected" if state["broker_connected"] else "DISCONNECTED") + on_broker(state) + named
 
 
