@@ -127,7 +127,9 @@ def test_home_assistant_discovery_is_announced_then_removed_when_turned_off(
 ) -> None:
     sub = subscriber_factory(broker, "homeassistant/#")
     gate = make(tmp_path, keys, broker, homeassistant={"discovery": True})
-    expected = 8 + len(ALARMS)
+    expected = 9 + len(
+        ALARMS
+    )  # mode, broker link, broker, broker failure, outbox, cache age, last decision and reason, passages
     wait_until(lambda: len({t for t, p, _ in sub.messages if p}) >= expected)
     configs = {t: json.loads(p) for t, p, _ in sub.messages if p}
     assert len(configs) == expected
@@ -171,7 +173,7 @@ def test_discovery_never_runs_on_pahos_thread(tmp_path, keys) -> None:
     d.start()
     try:
         d.connected()  # as paho calls it: it returns at once, having published nothing on this thread
-        assert wait_until(lambda: len(published) >= 7 + len(ALARMS), 10)
+        assert wait_until(lambda: len(published) >= 9 + len(ALARMS), 10)
         assert set(published) == {"discovery"}  # never the caller's (paho's) thread
     finally:
         d.stop()
