@@ -52,7 +52,7 @@ def test_a_rejoining_gate_keeps_newer_versions_than_the_broker_retains(
         central.send(T["keys"], sign(central.key, "keys", {"version": 3, "keys": trusted}), True)
         central.snapshot(4, rows(5))
         assert settle(g, lambda: (g.decider.policy.version, g.cache.info().version) == (5, 4))
-        assert settle(g, lambda: (g.sync.keys_doc.get() or {}).get("version") == 3)
+        assert settle(g, lambda: (g.sync.trust.keys_doc.get() or {}).get("version") == 3)
     finally:
         g.close()
     # The broker's retained messages go back (a restored broker, or a tool without the version check) ...
@@ -66,6 +66,6 @@ def test_a_rejoining_gate_keeps_newer_versions_than_the_broker_retains(
         assert settle(again, lambda: again.sync.verifier.rejected["replayed"] >= 3)
         assert again.decider.policy.version == 5 and again.decider.policy.passback_seconds != 1
         assert again.cache.info().version == 4 and again.cache.info().count == 5
-        assert (again.sync.keys_doc.get() or {}).get("version") == 3
+        assert (again.sync.trust.keys_doc.get() or {}).get("version") == 3
     finally:
         again.close()
