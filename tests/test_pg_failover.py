@@ -273,7 +273,12 @@ def test_the_console_store_answers_its_next_read_from_the_new_primary_after_a_sw
         store.put_user("ops", "operations", "hash")
         before = store.db.info.port
         patroni.switchover()
-        assert store.user("ops") == {"name": "ops", "role": "operations", "hash": "hash"}  # no error page
+        assert store.user("ops") == {
+            "name": "ops",
+            "role": "operations",
+            "hash": "hash",
+            "disabled": False,
+        }  # no error page
         assert store.db.info.port != before
     finally:
         store.close()
