@@ -223,6 +223,29 @@ def test_fleet_flags_offline_stale_and_growing_gates(store: Store) -> None:
     assert report["lane-backlog"]["outbox_depth"] == 160 and report["lane-backlog"]["outbox_trend_per_min"] == 50.0
 
 
+def test_the_kept_fleet_report_reads_only_changed_gates_and_ages_with_the_clock(store: Store) -> None:
+    """The console's report equals the CLI's; a second read decodes only the gate that changed, and a gate
+    falls offline by the clock alone, without a new document."""
+    from gate.central.console.fleetview import FleetLines
+
+    for i in range(5):
+        store.seen(f"lane-{i}", "availability", {"status": "online"}, T0 - 10)
+        store.seen(f"lane-{i}", "state", {"mode": "normal", "cache_age_s": 60, "outbox_depth": i}, T0 - 10)
+    lines = FleetLines(offline_min=5, stale_hours=24)
+    assert lines.report(store, now=T0) == fleet_report(store, offline_min=5, stale_hours=24, now=T0)
+    store.seen("lane-3", "state", {"mode": "emergency", "cache_age_s": 60, "outbox_depth": 9}, T0)
+    asked: list[list[str]] = []
+    docs = store.fleet_docs
+    store.fleet_docs = lambda ids: asked.append(list(ids)) or docs(ids)  # type: ignore[method-assign]
+    later = lines.report(store, now=T0 + 120)
+    assert asked == [["lane-3"]]
+    assert later == fleet_report(store, offline_min=5, stale_hours=24, now=T0 + 120)
+    assert [r["mode"] for r in later] == ["normal", "normal", "normal", "emergency", "normal"]
+    gone = lines.report(store, now=T0 + 600)
+    assert asked == [["lane-3"]] and [r["flags"] for r in gone] == [["offline"]] * 5
+    assert gone[0]["last_seen_ago_s"] == 610.0
+
+
 def test_a_collector_applies_retention_as_it_starts(tmp_path: Path) -> None:
     """The daily purge runs on the collector's first step too, not a day after the machine booted."""
     from gate.central.collect import Checks, Collector

@@ -20,12 +20,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gate.central.store import Store
-from gate.central.tracing import fleet_report
 
 from .auth import IDLE_SECONDS, MAX_SECONDS, PERMITS, RateLimit, Session, verify_password
 from .clock import UTC_CLOCK, Clock
 from .commands import Commands
-from .fleetview import FleetView
+from .fleetview import FleetLines, FleetView
 from .limits import BodyLimit
 from .measures import Link
 
@@ -55,7 +54,8 @@ class Console:
         # never queue behind them; with one store, one lock serves both.
         self.tracing_store = tracing_store or store
         self._tracing_lock = self._lock if tracing_store is None else threading.Lock()
-        report = lambda: self.locked(fleet_report, self.store, offline_min, stale_hours)  # noqa: E731
+        lines = FleetLines(offline_min, stale_hours)
+        report = lambda: self.locked(lines.report, self.store)  # noqa: E731
         self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
         self.commands = None if link is None else Commands(self._send, self._audit_command)
 
