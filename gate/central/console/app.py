@@ -96,6 +96,11 @@ class Console:
         ctx |= {"me": me, "permits": PERMITS, "htmx": self.htmx, "refresh_s": self.refresh_s, "when": self.clock}
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
 
+    async def big_page(self, request: Request, name: str, me: Session | None, **ctx: Any) -> Response:
+        """A page of thousands of rows (a day-wide contact trace), rendered on a worker: the event loop keeps
+        answering the fleet poll and sign-ins meanwhile."""
+        return await run_in_threadpool(lambda: self.page(request, name, me, **ctx))
+
     def needs(self, permit: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
         """A page for the roles PERMITS allows; sign-in first; POSTs carry the session's CSRF token."""
 
