@@ -205,10 +205,12 @@ def offline(line: dict[str, Any], offline_min: float, now: float) -> bool:
 
 def aged(line: dict[str, Any], offline_min: float, now: float) -> dict[str, Any]:
     """A gate's line as of `now`: what depends on the time alone (seen ago, offline) made again."""
-    flags = [f for f in line["flags"] if f != "offline"]
-    if offline(line, offline_min, now):
-        flags.insert(0, "offline")
-    return {**line, "last_seen_ago_s": round(now - (line["last_seen"] or now), 1), "flags": flags}
+    out = dict(line)
+    out["last_seen_ago_s"] = round(now - (line["last_seen"] or now), 1)
+    off = offline(line, offline_min, now)
+    if off != ("offline" in line["flags"]):
+        out["flags"] = ["offline", *line["flags"]] if off else [f for f in line["flags"] if f != "offline"]
+    return out
 
 
 def fleet_line(g: dict[str, Any], offline_min: float, stale_hours: float, now: float) -> dict[str, Any]:

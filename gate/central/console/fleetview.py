@@ -78,20 +78,35 @@ class FleetView:
     def __init__(self, report: Callable[[], list[dict[str, Any]]], ttl: float) -> None:
         self._report, self.ttl = report, ttl
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
+        self._pages: dict[tuple[float, FleetQuery], FleetPage] = {}  # of the cached report: every poller's view
         self._lock = threading.Lock()
 
     def rows(self) -> list[dict[str, Any]]:
+        return self._stamped()[1]
+
+    def _stamped(self) -> tuple[float, list[dict[str, Any]]]:
         with self._lock:  # one caller recomputes; the others wait for it rather than run the same query
             if self._cached is None or time.monotonic() - self._cached[0] > self.ttl:
                 self._cached = (time.monotonic(), self._report())
-            return self._cached[1]
+                self._pages = {}
+            return self._cached
 
     def forget(self) -> None:
         with self._lock:
             self._cached = None
 
     def page(self, q: FleetQuery) -> FleetPage:
-        report = self.rows()
+        stamp, report = self._stamped()
+        with self._lock:
+            kept = self._pages.get((stamp, q))
+        if kept is None:
+            kept = self._page(report, q)
+            with self._lock:
+                if len(self._pages) < 256:  # a bound: searches are many, the polled views few
+                    self._pages[(stamp, q)] = kept
+        return kept
+
+    def _page(self, report: list[dict[str, Any]], q: FleetQuery) -> FleetPage:
         counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
         needle = q.search.lower()
         chosen = [
