@@ -223,6 +223,49 @@ def test_fleet_flags_offline_stale_and_growing_gates(store: Store) -> None:
     assert report["lane-backlog"]["outbox_depth"] == 160 and report["lane-backlog"]["outbox_trend_per_min"] == 50.0
 
 
+def test_a_venue_trace_pages_through_the_venue_and_its_vehicles_in_order(store: Store) -> None:
+    """Keyset pages over the venue and what runs under it, merged in (time, event_id) order, ties included,
+    each check-in once; a venue that only starts with the same letters is not part of it."""
+    from gate.central.tracing import trace_rows
+
+    places = ("city-bus", "city-bus/bus-1/R7", "city-bus2", "city-bus/bus-2")
+    rows = [checkin(f"t{i}", places[i % 4], T0 + i // 3, event_id=f"e{i:02d}") for i in range(24)]
+    store.write(rows, [])
+    want = sorted((r[14], r[0]) for r in rows if r[3] != "city-bus2")
+    got: list[tuple[float, str]] = []
+    after = None
+    while True:
+        page = trace_rows(store, "ops", None, "city-bus", T0 - 1, T0 + 100, limit=4, after=after)
+        got += [(r["time"], r["event_id"]) for r in page]
+        if len(page) < 4:
+            break
+        after = got[-1]
+    assert got == want and len(want) == 18
+
+
+def test_the_kept_fleet_report_reads_only_changed_gates_and_ages_with_the_clock(store: Store) -> None:
+    """The console's report equals the CLI's; a second read decodes only the gate that changed, and a gate
+    falls offline by the clock alone, without a new document."""
+    from gate.central.console.fleetview import FleetLines
+
+    for i in range(5):
+        store.seen(f"lane-{i}", "availability", {"status": "online"}, T0 - 10)
+        store.seen(f"lane-{i}", "state", {"mode": "normal", "cache_age_s": 60, "outbox_depth": i}, T0 - 10)
+    lines = FleetLines(offline_min=5, stale_hours=24)
+    assert lines.report(store, now=T0) == fleet_report(store, offline_min=5, stale_hours=24, now=T0)
+    store.seen("lane-3", "state", {"mode": "emergency", "cache_age_s": 60, "outbox_depth": 9}, T0)
+    asked: list[list[str]] = []
+    docs = store.fleet_docs
+    store.fleet_docs = lambda ids: asked.append(list(ids)) or docs(ids)  # type: ignore[method-assign]
+    later = lines.report(store, now=T0 + 120)
+    assert asked == [["lane-3"]]
+    assert later == fleet_report(store, offline_min=5, stale_hours=24, now=T0 + 120)
+    assert [r["mode"] for r in later] == ["normal", "normal", "normal", "emergency", "normal"]
+    gone = lines.report(store, now=T0 + 600)
+    assert asked == [["lane-3"]] and [r["flags"] for r in gone] == [["offline"]] * 5
+    assert gone[0]["last_seen_ago_s"] == 610.0
+
+
 def test_a_collector_applies_retention_as_it_starts(tmp_path: Path) -> None:
     """The daily purge runs on the collector's first step too, not a day after the machine booted."""
     from gate.central.collect import Checks, Collector

@@ -190,3 +190,20 @@ def test_an_ended_session_sends_the_live_fleet_table_to_sign_in(tmp_path: Path) 
     assert client.get("/", follow_redirects=False).headers["location"] == "/fleet"
     r = client.get("/fleet", headers={"HX-Request": "true"})
     assert r.status_code == 200 and '<table id="gates">' in r.text and "<html" not in r.text
+
+
+def test_pollers_of_one_fleet_view_share_one_report_and_one_page_until_it_expires() -> None:
+    from gate.central.console.fleetview import FleetQuery, FleetView
+
+    made: list[int] = []
+
+    def report() -> list[dict[str, Any]]:
+        made.append(1)
+        return [{"gate_id": f"g{i}", "venue_id": "v", "vehicle_id": None, "route": None, "flags": []} for i in range(3)]
+
+    view = FleetView(report, ttl=3600)
+    first = view.page(FleetQuery())
+    assert view.page(FleetQuery()) is first and len(made) == 1 and first.total == 3
+    assert view.page(FleetQuery(search="g1")).matching == 1 and len(made) == 1
+    view.forget()
+    assert view.page(FleetQuery()) is not first and len(made) == 2

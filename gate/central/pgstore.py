@@ -46,6 +46,7 @@ class PgStore(Queries):
     same day's partition and is skipped there (a partitioned table's unique key must hold the partition key)."""
 
     PARAM = "%s"
+    DIGEST = "md5(doc)"
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -75,6 +75,10 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS audit_operator ON audit (operator, id)",
     "CREATE INDEX IF NOT EXISTS audit_action ON audit (action, id)",
     "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+    # a venue's trace page in (time, event_id) order: a top-N index scan, not a sort of the venue's 28 days
+    "CREATE INDEX IF NOT EXISTS checkins_venue_order ON checkins (venue_id, time, event_id)",
+    # the audit page filtered by both: the same plan whatever the values (psycopg prepares it after 5 runs)
+    "CREATE INDEX IF NOT EXISTS audit_who_what ON audit (operator, action, id)",
 )
 
 
@@ -107,6 +111,10 @@ class Store(Protocol):
         ...
 
     def fleet(self) -> list[dict[str, Any]]: ...
+
+    def fleet_digests(self) -> dict[str, str]: ...
+
+    def fleet_docs(self, gate_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]: ...
 
     def has_gate(self, gate_id: str) -> bool: ...
 
@@ -184,11 +192,17 @@ class Queries(Accounts):
         )
 
     def audit_page(self, q: AuditQuery) -> list[dict[str, Any]]:
-        where = ["id < ?", "at >= ?", "at <= ?"]
-        params: list[Any] = [q.before, q.t_from, min(q.t_to, 1e18)]
-        for col, value in (("operator", q.operator), ("action", q.action)):
-            if value:
-                where.append(f"{col} = ?")
+        where: list[str] = ["id < ?"]
+        params: list[Any] = [q.before]
+        # only the conditions asked for: a prepared (generic) plan cannot tell an open bound from a narrow one
+        for cond, value, used in (
+            ("at >= ?", q.t_from, q.t_from > 0),
+            ("at <= ?", min(q.t_to, 1e18), q.t_to < 1e18),
+            ("operator = ?", q.operator, bool(q.operator)),
+            ("action = ?", q.action, bool(q.action)),
+        ):
+            if used:
+                where.append(cond)
                 params.append(value)
         cur = self._run(
             f"SELECT id, at, operator, action, params, rows FROM audit WHERE {' AND '.join(where)} "
@@ -207,6 +221,21 @@ class Queries(Accounts):
 
     def fleet(self) -> list[dict[str, Any]]:
         return [{"gate_id": g, **json.loads(d)} for g, d in self._run("SELECT gate_id, doc FROM fleet ORDER BY 1")]
+
+    DIGEST = "doc"  # SQLite: the document is its own digest (a file-sized fleet); PostgreSQL: md5(doc)
+
+    def fleet_digests(self) -> dict[str, str]:
+        """Each gate's document digest: what changed since the console last read the fleet."""
+        return dict(self._run(f"SELECT gate_id, {self.DIGEST} FROM fleet"))
+
+    def fleet_docs(self, gate_ids: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The digest and document of the gates asked for, in chunks (a bounded statement each)."""
+        out = {}
+        for i in range(0, len(gate_ids), 500):
+            chunk = gate_ids[i : i + 500]
+            sql = f"SELECT gate_id, {self.DIGEST}, doc FROM fleet WHERE gate_id IN ({', '.join('?' * len(chunk))})"
+            out.update({g: (h, {"gate_id": g, **json.loads(d)}) for g, h, d in self._run(sql, chunk)})
+        return out
 
 
 class SqliteStore(Queries):

@@ -46,14 +46,18 @@ def trace_rows(
     if token:
         where.append("token = ?")
         params.append(token)
-    if venue:  # the venue itself, or anything under it: a range the (venue_id, time) index serves
-        where.append("(venue_id = ? OR (venue_id > ? AND venue_id < ?))")
-        params += [venue, venue + "/", venue + "0"]  # "0" sorts right after "/"
-    if after is not None:
-        where.append("(time > ? OR (time = ? AND event_id > ?))")
-        params += [after[0], after[0], after[1]]
+    if after is not None:  # a row value: the (venue_id, time, event_id) index starts there
+        where.append("(time, event_id) > (?, ?)")
+        params += [after[0], after[1]]
     order = "time, event_id" + ("" if limit is None else f" LIMIT {int(limit)}")
-    rows = store.select(" AND ".join(where), params, order)
+    if not venue:
+        rows = store.select(" AND ".join(where), params, order)
+    else:  # the venue itself, then anything under it: each an ordered index scan (an OR of both would sort)
+        rows = store.select(" AND ".join(["venue_id = ?", *where]), [venue, *params], order)
+        under = " AND ".join(["venue_id > ?", "venue_id < ?", *where])
+        rows += store.select(under, [venue + "/", venue + "0", *params], order)  # "0" sorts right after "/"
+        rows.sort(key=lambda r: (r["time"], r["event_id"]))
+        rows = rows if limit is None else rows[: int(limit)]
     audited = {"token": token, "venue": venue, "from": t_from, "to": min(t_to, 1e18)}
     if after is not None:
         audited["after"] = after[0]
@@ -192,55 +196,65 @@ def fleet_report(
     """One line per gate seen: availability, last seen, mode, outbox depth and trend, cache, policy, clock,
     dead letters; flagged offline (no word for offline_min or its will said so), stale cache, growing outbox."""
     now = time.time() if now is None else now
-    out = []
-    for g in store.fleet():
-        state, tele = g.get("state") or {}, g.get("telemetry") or {}
-        availability = (g.get("availability") or {}).get("status", "unknown")
-        history = g.get("depth_history") or []
-        depth = history[-1][1] if history else state.get("outbox_depth")
-        trend = None
-        if len(history) >= 2 and history[-1][0] > history[0][0]:
-            trend = round((history[-1][1] - history[0][1]) / ((history[-1][0] - history[0][0]) / 60), 1)
-        age = state.get("cache_age_s")
-        flags = []
-        if availability != "online" or now - g.get("last_seen", 0) > offline_min * 60:
-            flags.append("offline")
-        if age is None or age > stale_hours * 3600:
-            flags.append("stale_cache")
-        if (
-            trend is not None
-            and trend > 0
-            and len(history) >= 3
-            and all(b[1] >= a[1] for a, b in zip(history[-3:], history[-2:], strict=False))
-        ):
-            flags.append("outbox_growing")
-        venue = state.get("venue") or {}
-        out.append(
-            {
-                "gate_id": g["gate_id"],
-                "venue_id": venue.get("id"),
-                "category": venue.get("category"),
-                "vehicle_id": venue.get("vehicle_id"),
-                "route": venue.get("route"),
-                "run": venue.get("run"),
-                "alarms": list(state.get("alarms_active") or []),
-                "last_stop": (g.get("last_stop") or {}).get("name") or (g.get("last_stop") or {}).get("id"),
-                "availability": availability,
-                "last_seen": g.get("last_seen"),
-                "last_seen_ago_s": round(now - g.get("last_seen", now), 1),
-                "mode": state.get("mode"),
-                "outbox_depth": depth,
-                "outbox_trend_per_min": trend,
-                "cache_version": state.get("cache_version"),
-                "cache_age_s": age,
-                "policy_version": state.get("policy_version"),
-                "clock_synced": state.get("clock_synced"),
-                "dead_letters": state.get("dead_letters"),
-                "uptime_s": tele.get("uptime_s"),
-                "flags": flags,
-            }
-        )
+    return [fleet_line(g, offline_min, stale_hours, now) for g in store.fleet()]
+
+
+def offline(line: dict[str, Any], offline_min: float, now: float) -> bool:
+    return bool(line["availability"] != "online" or now - (line["last_seen"] or 0) > offline_min * 60)
+
+
+def aged(line: dict[str, Any], offline_min: float, now: float) -> dict[str, Any]:
+    """A gate's line as of `now`: what depends on the time alone (seen ago, offline) made again."""
+    out = dict(line)
+    out["last_seen_ago_s"] = round(now - (line["last_seen"] or now), 1)
+    off = offline(line, offline_min, now)
+    if off != ("offline" in line["flags"]):
+        out["flags"] = ["offline", *line["flags"]] if off else [f for f in line["flags"] if f != "offline"]
     return out
+
+
+def fleet_line(g: dict[str, Any], offline_min: float, stale_hours: float, now: float) -> dict[str, Any]:
+    """One gate's line of the fleet report, from its fleet document."""
+    state, tele = g.get("state") or {}, g.get("telemetry") or {}
+    history = g.get("depth_history") or []
+    trend = None
+    if len(history) >= 2 and history[-1][0] > history[0][0]:
+        trend = round((history[-1][1] - history[0][1]) / ((history[-1][0] - history[0][0]) / 60), 1)
+    age = state.get("cache_age_s")
+    flags = []
+    if age is None or age > stale_hours * 3600:
+        flags.append("stale_cache")
+    if (
+        trend is not None
+        and trend > 0
+        and len(history) >= 3
+        and all(b[1] >= a[1] for a, b in zip(history[-3:], history[-2:], strict=False))
+    ):
+        flags.append("outbox_growing")
+    venue = state.get("venue") or {}
+    line = {
+        "gate_id": g["gate_id"],
+        "venue_id": venue.get("id"),
+        "category": venue.get("category"),
+        "vehicle_id": venue.get("vehicle_id"),
+        "route": venue.get("route"),
+        "run": venue.get("run"),
+        "alarms": list(state.get("alarms_active") or []),
+        "last_stop": (g.get("last_stop") or {}).get("name") or (g.get("last_stop") or {}).get("id"),
+        "availability": (g.get("availability") or {}).get("status", "unknown"),
+        "last_seen": g.get("last_seen"),
+        "mode": state.get("mode"),
+        "outbox_depth": history[-1][1] if history else state.get("outbox_depth"),
+        "outbox_trend_per_min": trend,
+        "cache_version": state.get("cache_version"),
+        "cache_age_s": age,
+        "policy_version": state.get("policy_version"),
+        "clock_synced": state.get("clock_synced"),
+        "dead_letters": state.get("dead_letters"),
+        "uptime_s": tele.get("uptime_s"),
+        "flags": flags,
+    }
+    return aged(line, offline_min, now)
 
 
 def fleet(store: Store, offline_min: float, stale_hours: float, as_json: bool) -> int:

@@ -20,12 +20,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gate.central.store import Store
-from gate.central.tracing import fleet_report
 
 from .auth import IDLE_SECONDS, MAX_SECONDS, PERMITS, RateLimit, Session, verify_password
 from .clock import UTC_CLOCK, Clock
 from .commands import Commands
-from .fleetview import FleetView
+from .fleetview import FleetLines, FleetView
 from .limits import BodyLimit
 from .measures import Link
 
@@ -55,7 +54,8 @@ class Console:
         # never queue behind them; with one store, one lock serves both.
         self.tracing_store = tracing_store or store
         self._tracing_lock = self._lock if tracing_store is None else threading.Lock()
-        report = lambda: self.locked(fleet_report, self.store, offline_min, stale_hours)  # noqa: E731
+        lines = FleetLines(offline_min, stale_hours)
+        report = lambda: self.locked(lines.report, self.store)  # noqa: E731
         self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
         self.commands = None if link is None else Commands(self._send, self._audit_command)
 
@@ -95,6 +95,11 @@ class Console:
     def page(self, request: Request, name: str, me: Session | None, *, status: int = 200, **ctx: Any) -> Response:
         ctx |= {"me": me, "permits": PERMITS, "htmx": self.htmx, "refresh_s": self.refresh_s, "when": self.clock}
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
+
+    async def big_page(self, request: Request, name: str, me: Session | None, **ctx: Any) -> Response:
+        """A page of thousands of rows (a day-wide contact trace), rendered on a worker: the event loop keeps
+        answering the fleet poll and sign-ins meanwhile."""
+        return await run_in_threadpool(lambda: self.page(request, name, me, **ctx))
 
     def needs(self, permit: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
         """A page for the roles PERMITS allows; sign-in first; POSTs carry the session's CSRF token."""

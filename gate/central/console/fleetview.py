@@ -9,6 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gate.central.store import Store
+from gate.central.tracing import aged, fleet_line
+
 FLAGS = {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}
 SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "gate": lambda r: "",
@@ -19,6 +22,26 @@ SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
 }
 PAGE = 100
 SEARCHED = ("gate_id", "venue_id", "vehicle_id", "route")
+
+
+class FleetLines:
+    """The fleet report kept between reads: each gate's line is made again only when its document changed
+    (known by its digest), so a read costs one digest per gate and the changed documents, not 5,000 decodes."""
+
+    def __init__(self, offline_min: float, stale_hours: float) -> None:
+        self.offline_min, self.stale_hours = offline_min, stale_hours
+        self._lines: dict[str, tuple[str, dict[str, Any]]] = {}  # gate id -> (digest, line)
+
+    def report(self, store: Store, now: float | None = None) -> list[dict[str, Any]]:
+        now = time.time() if now is None else now
+        digests = store.fleet_digests()
+        changed = [g for g, h in digests.items() if self._lines.get(g, ("",))[0] != h]
+        fresh = store.fleet_docs(changed) if changed else {}
+        lines = {g: kept for g, kept in self._lines.items() if g in digests}
+        for g, (h, doc) in fresh.items():
+            lines[g] = (h, fleet_line(doc, self.offline_min, self.stale_hours, now))
+        self._lines = lines
+        return [aged(lines[g][1], self.offline_min, now) for g in sorted(lines)]
 
 
 @dataclass(frozen=True)
@@ -55,20 +78,35 @@ class FleetView:
     def __init__(self, report: Callable[[], list[dict[str, Any]]], ttl: float) -> None:
         self._report, self.ttl = report, ttl
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
+        self._pages: dict[tuple[float, FleetQuery], FleetPage] = {}  # of the cached report: every poller's view
         self._lock = threading.Lock()
 
     def rows(self) -> list[dict[str, Any]]:
+        return self._stamped()[1]
+
+    def _stamped(self) -> tuple[float, list[dict[str, Any]]]:
         with self._lock:  # one caller recomputes; the others wait for it rather than run the same query
             if self._cached is None or time.monotonic() - self._cached[0] > self.ttl:
                 self._cached = (time.monotonic(), self._report())
-            return self._cached[1]
+                self._pages = {}
+            return self._cached
 
     def forget(self) -> None:
         with self._lock:
             self._cached = None
 
     def page(self, q: FleetQuery) -> FleetPage:
-        report = self.rows()
+        stamp, report = self._stamped()
+        with self._lock:
+            kept = self._pages.get((stamp, q))
+        if kept is None:
+            kept = self._page(report, q)
+            with self._lock:
+                if len(self._pages) < 256:  # a bound: searches are many, the polled views few
+                    self._pages[(stamp, q)] = kept
+        return kept
+
+    def _page(self, report: list[dict[str, Any]], q: FleetQuery) -> FleetPage:
         counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
         needle = q.search.lower()
         chosen = [

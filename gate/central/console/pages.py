@@ -84,7 +84,7 @@ def routes(c: Console) -> list[Route]:
         rows = rows[: forms.PAGE] if q.mode == "trace" else rows
         after = f"{rows[-1]['time']!r},{rows[-1]['event_id']}" if more else None
         ctx: dict[str, Any] = {"codes": codes, "people": people, "after": after, "period": (q.t_from, q.t_to)}
-        return c.page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
+        return await c.big_page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
 
     @c.needs("trace")
     async def trace_csv(request: Request, me: Session) -> Response:
