@@ -373,7 +373,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2_000_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--only", choices=["ingest", "contacts"])
-    args = parse(ap, n=2000, rows=20_000, tokens=2000, queries=20)
+    args = parse(ap, n=20_000, rows=20_000, tokens=2000, queries=20)  # n: enough to span several polls
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tmp.chmod(0o755)

@@ -293,6 +293,8 @@ def latencies(
         raise SystemExit(f"{name}: a presentation was decided twice")
     if backlog and done_at is None:
         raise SystemExit(f"{name}: the backlog did not drain during the run")
+    if not out:
+        raise SystemExit(f"{name}: no presentation ended before the background work did: use a larger size")
     res: dict[str, Any] = {
         "scenario": name,
         "n": len(out),
@@ -356,7 +358,7 @@ def main() -> None:
     ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--only", action="append", choices=["normal", "dark", "draining", "snapshot", "idle", "peers"])
-    args = parse(ap, n=30, entries=20_000, backlog=2000, idle_seconds=3.0)
+    args = parse(ap, n=30, entries=100_000, backlog=20_000, idle_seconds=3.0)  # long enough to decide during them
     only = set(args.only or ["normal", "dark", "draining", "snapshot", "idle", "peers"])
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

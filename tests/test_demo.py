@@ -17,7 +17,8 @@ import pytest
 
 from conftest import BROKER_KIND, Subscriber, free_port, new_broker
 
-pytestmark = pytest.mark.slow
+# The module's fixture makes the three demo runs (one after another on RabbitMQ): more than one test's time.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @dataclass
