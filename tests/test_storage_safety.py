@@ -267,8 +267,11 @@ def test_the_daemon_killed_after_out_of_service_with_a_torn_log_restarts_out_of_
         feeder.on.set()
         assert wait_log(log, "decision deny out_of_service", mark)
         assert "decision admit" not in log.read_text()[mark:]
-        status = json.loads((tmp_path / "state" / "status.json").read_text())
-        assert "state_unproven" in status["alarms_active"]
+
+        def alarms() -> list[str]:  # status.json is rewritten every few seconds: wait for the alarm to reach it
+            return list(json.loads((tmp_path / "state" / "status.json").read_text())["alarms_active"])
+
+        assert wait_until(lambda: "state_unproven" in alarms(), 20), alarms()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
