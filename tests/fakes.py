@@ -91,3 +91,20 @@ def wait_log(log: Path, text: str, since: int = 0, timeout: float = 30) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def started_gate(cfg: Any) -> Any:
+    """A whole gate built in this process on mock pins and an empty scripted camera, started on this thread, and
+    connected and subscribed to its broker (the gate of the sync, versions and edge tests)."""
+    from gpiozero.pins.mock import MockFactory
+
+    from gate.core.clock import SystemClock
+    from gate.lane.wiring import build
+    from gate.scan.decoders import make_decoder
+    from gate.scanner import DecodingSource
+    from gate.testing import ScriptedFrames
+
+    source = DecodingSource(ScriptedFrames([]), make_decoder("zxing"))
+    g = build(cfg, source=source, pin_factory=MockFactory(), clock=SystemClock("assume_synced")).start()
+    assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
+    return g

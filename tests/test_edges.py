@@ -16,24 +16,19 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from gpiozero.pins.mock import MockFactory
 from test_delivery import schema
 from test_faults import offline, red
 from test_sync import PREFIX, Central, card, pumping, rows, settle
 
 from conftest import Broker, fill, make_config, require, wait_until
-from fakes import Feeder, daemon_config, start, wait_log
+from fakes import Feeder, daemon_config, start, started_gate, wait_log
 from gate.contracts import ApplyPolicy, PassageOutcome
-from gate.core.clock import SystemClock
 from gate.core.docstore import DocStore
 from gate.decide.codes import Status, issue
 from gate.decide.keys import TrustStore
 from gate.lane.loop import Gate
-from gate.lane.wiring import build
-from gate.scan.decoders import make_decoder
-from gate.scanner import DecodingSource, Deduplicator, Observation, Scanner
+from gate.scanner import Deduplicator, Observation, Scanner
 from gate.sync.envelope import Verifier, sign
-from gate.testing import ScriptedFrames
 
 pytestmark = pytest.mark.slow
 GATE = "lane-t"
@@ -54,13 +49,7 @@ def make_gate(state: Path, keys, broker, central: Central, reserve_mb: float = 4
         gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}},
     )
     cfg = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"reserve_mb": reserve_mb})})
-    g = build(
-        cfg,
-        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
-        pin_factory=MockFactory(),
-        clock=SystemClock("assume_synced"),
-    ).start()
-    assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
+    g = started_gate(cfg)
     return g
 
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from test_delivery import schema
 
 from conftest import Broker, make_config, wait_until
+from fakes import started_gate
 from gate.central.mqtt import publisher
 from gate.core.clock import SystemClock
 from gate.decide.codes import Kind, Status, issue
@@ -86,13 +87,7 @@ def gate(tmp_path, keys, broker, central):
         central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
         gpio={"passage": {"pin": 5, "timeout_seconds": 0.3}},
     )
-    g = build(
-        cfg,
-        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
-        pin_factory=MockFactory(),
-        clock=SystemClock("assume_synced"),
-    ).start()
-    assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
+    g = started_gate(cfg)
     yield g
     g.close()
 

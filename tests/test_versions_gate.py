@@ -7,21 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero.pins.mock import MockFactory
 from test_sync import PREFIX, T, central, rows, settle  # noqa: F401 (central: test_sync's fixture)
 
 from conftest import make_config
-from gate.core.clock import SystemClock
-from gate.scan.decoders import make_decoder
-from gate.scanner import DecodingSource
+from fakes import started_gate
 from gate.sync.envelope import sign
-from gate.testing import ScriptedFrames
 
 pytestmark = pytest.mark.slow
 
 
 def started(tmp_path: Path, keys: Any, broker: Any, central: Any) -> Any:  # noqa: F811
-    from gate.lane.wiring import build
 
     cfg = make_config(
         tmp_path / "state",
@@ -29,13 +24,7 @@ def started(tmp_path: Path, keys: Any, broker: Any, central: Any) -> Any:  # noq
         mqtt={"host": broker.host, "port": broker.port},
         central={"keys": [str(central.pub)], "command_max_age_seconds": 30},
     )
-    g = build(
-        cfg,
-        source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")),
-        pin_factory=MockFactory(),
-        clock=SystemClock("assume_synced"),
-    ).start()
-    assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
+    g = started_gate(cfg)
     return g
 
 
