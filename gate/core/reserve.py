@@ -129,11 +129,17 @@ def install(directory: Path, size: int = DEFAULT_BYTES) -> Reserve:
         return have
 
 
+_directories: dict[Path, Path] = {}  # a writer's path -> its directory, resolved once (the lane asks each frame)
+
+
 def of(path: Path) -> Reserve | None:
     """The reserve of the directory holding `path`, if one was installed: every writer of a state directory
     draws on the same space without being handed it through the wiring."""
+    key = _directories.get(path)
+    if key is None:  # resolve() walks the path with a syscall per part: once per path, not once per frame
+        key = _directories[path] = path.parent.resolve()
     with _registry:
-        return _reserves.get(path.parent.resolve())
+        return _reserves.get(key)
 
 
 def write(path: Path, fn: Callable[[], T]) -> T:
