@@ -75,7 +75,7 @@ class DecodingSource:
             codes = self.decoder.recover(frame)
         ms = (time.perf_counter() - start) * 1000
         if self.watch is not None:
-            self.watch.decoded(frame, bool(codes) or self.decoder.saw_symbol)
+            self.watch.decoded(frame, bool(codes) or self.decoder.saw_symbol, read=bool(codes))
         # Oversized payloads are passed on: the decision denies them as too_large, visibly.
         return Observation(tuple(c.data for c in codes), ms)
 

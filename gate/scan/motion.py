@@ -27,6 +27,7 @@ class SceneWatch:
         self._skipped = 0
         self.skipped_total = 0
         self._code_in_view = False
+        self._code_read = False  # the last frame decoded had its code read: an empty frame next is it leaving
         self.in_view = False  # the frame just let through shows a presentation: worth the recovery passes
 
     @staticmethod
@@ -38,8 +39,8 @@ class SceneWatch:
         changed from the empty reference, or the last frame decoded held something code-like. A first
         frame or a periodic recheck of an unchanged scene is decoded without being in view."""
         ref = self._ref
-        if ref is None:
-            return self._decode(self._code_in_view)
+        if ref is None:  # after a code: in view, unless it was read (the passenger is done; no recovery)
+            return self._decode(self._code_in_view and not self._code_read)
         if ref.shape != self._sample_shape(frame):
             return self._decode(False)
         if self._changed(frame, ref):
@@ -68,7 +69,10 @@ class SceneWatch:
     def _sample_shape(frame: Frame) -> tuple[int, ...]:
         return (-(-frame.shape[0] // ROW_STEP), -(-frame.shape[1] // COL_STEP))
 
-    def decoded(self, frame: Frame, saw_code: bool) -> None:
-        """After a decode: an empty result makes this frame the reference; a code (read or not) clears it."""
+    def decoded(self, frame: Frame, saw_code: bool, read: bool = False) -> None:
+        """After a decode: an empty result makes this frame the reference; a code (read or not) clears it.
+        `read`: the code was read, so a following frame with nothing readable is the code leaving view, not a
+        presentation still to be recovered (that would spend the recovery budget after every passenger)."""
         self._ref = None if saw_code else self._sample(frame)
         self._code_in_view = saw_code
+        self._code_read = saw_code and read
