@@ -103,3 +103,55 @@ def parse(ap: argparse.ArgumentParser, **smoke: object) -> argparse.Namespace:
         for name, value in smoke.items():
             setattr(args, name, value)
     return args
+
+
+_PROBE = """
+import json, os, signal, sys, time
+path, every = sys.argv[1], float(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+os.pwrite(fd, b"\\0" * 4096 * 16, 0)
+os.fdatasync(fd)
+ms, i, stop = [], 0, []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+while not stop:
+    os.pwrite(fd, os.urandom(512), (i % 16) * 4096)
+    t = time.perf_counter()
+    os.fdatasync(fd)
+    ms.append((time.perf_counter() - t) * 1000)
+    i += 1
+    time.sleep(every)
+os.close(fd)
+os.unlink(path)
+print(json.dumps(ms))
+"""
+
+
+class DiskProbe:
+    """The fair peer for a durable record: in its own process (so it takes none of the measured process's
+    GIL), a 512-byte overwrite and `fdatasync` of a file beside the state, every `every` seconds, as the gate's
+    write-ahead log commit does. What it measures is the disk's own flush latency during the run: the floor
+    under any latency that waits for a record to be on disk."""
+
+    def __init__(self, directory: Path, every: float = 0.1) -> None:
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PROBE, str(directory / ".diskprobe"), str(every)],
+            stdout=subprocess.PIPE,
+        )
+
+    def result(self) -> dict[str, float]:
+        import json
+
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        ms: list[float] = json.loads(out or b"[]")
+        if not ms:
+            return {"n": 0}
+        return {
+            "n": len(ms),
+            "p50_ms": round(pct(ms, 50), 2),
+            "p99_ms": round(pct(ms, 99), 2),
+            "max_ms": round(max(ms), 2),
+            "over_10_ms": sum(m > 10 for m in ms),
+        }
