@@ -44,6 +44,7 @@ from gate.scanner import DecodingSource
 
 W, H, FPS = 640, 480, 30.0
 CODE_FRAMES, GAP_FRAMES, LEAD_FRAMES = 4, 5, 15  # a code in view for 133 ms, then 167 ms of empty scene
+HOLD_FRAMES = 30  # a passenger holds the code up until the gate opens, or gives up after a second
 
 
 class StampedPin(MockPin):
@@ -73,20 +74,34 @@ NOISE_VARIANTS = 8
 
 @dataclass
 class Program:
-    """What the sensor sees at each tick: `codes[p]` in view for CODE_FRAMES ticks from first_tick(p)."""
+    """What the sensor sees at each tick, as a queue of passengers behaves: `codes[p]` comes into view
+    GAP_FRAMES after the previous passenger lowered theirs, and stays for at least CODE_FRAMES and until the
+    relay opened for it (a passenger does not lower the phone before the gate opens; at most HOLD_FRAMES).
+    A lane that stalls therefore shows up as latency, never as a presentation nobody saw."""
 
     codes: list[np.ndarray]
     t0: float = 0.0
-
-    def first_tick(self, p: int) -> int:
-        return LEAD_FRAMES + p * (CODE_FRAMES + GAP_FRAMES)
+    starts: list[int] = field(default_factory=lambda: [LEAD_FRAMES])  # the tick each presentation began
+    current: int = 0
 
     def at(self, tick: int) -> np.ndarray | None:
-        p, within = divmod(tick - LEAD_FRAMES, CODE_FRAMES + GAP_FRAMES)
-        return self.codes[p] if tick >= LEAD_FRAMES and within < CODE_FRAMES and p < len(self.codes) else None
+        while self.current < len(self.codes):
+            start = self.starts[self.current]
+            if tick < start:
+                return None
+            opened = len(StampedPin.edges) > self.current  # one relay edge per admitted presentation, in order
+            if tick < start + CODE_FRAMES or (not opened and tick < start + HOLD_FRAMES):
+                return self.codes[self.current]
+            self.starts.append(tick + GAP_FRAMES)  # lowered now; the next passenger steps up
+            self.current += 1
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.current >= len(self.codes)
 
     def shown_at(self, p: int) -> float:
-        return self.t0 + self.first_tick(p) / FPS
+        return self.t0 + self.starts[p] / FPS
 
 
 class PacedCamera:
@@ -250,7 +265,9 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
                 # runs at the lowest CPU priority, as any co-located batch job would.
                 preexec_fn=lambda: os.nice(19),
             )
-        end = (program.shown_at(n) if n else program.t0 + idle_seconds) + 0.5
+        end = (
+            program.t0 + (n * (HOLD_FRAMES + GAP_FRAMES) + LEAD_FRAMES) / FPS + 0.5 if n else wall0 + idle_seconds + 0.5
+        )
         if idle_seconds:  # one wait, not a polling loop: the bench's own thread must not count as the gate's
             time.sleep(max(0.0, end - time.perf_counter()))
         while time.perf_counter() < end:
@@ -260,6 +277,10 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
             if done_at is None and name == "snapshot" and reader.info().version == 2:
                 done_at = time.perf_counter()
             if done_at is not None and time.perf_counter() > done_at + 0.5:
+                break
+            waiting = name in ("draining", "snapshot") and done_at is None  # the background work must end too
+            if n and program.finished and not waiting:  # every passenger went through: the last one's records
+                time.sleep(0.5)
                 break
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
@@ -284,7 +305,7 @@ def latencies(
     edges, out = StampedPin.edges, []
     decided = {tok: reason for _, tok, reason in lab.decisions}
     last = done_at if done_at is not None else float("inf")
-    shown = [p for p in range(len(tokens)) if program.shown_at(p) + 0.2 < last]
+    shown = [p for p in range(len(program.starts)) if p < len(tokens) and program.shown_at(p) + 0.2 < last]
     for p in shown:
         reason = decided.get(tokens[p], "no decision")
         if reason != "admitted":
