@@ -220,7 +220,7 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
     cfg = config(lab, state)
     StampedPin.edges = []
     lab.decisions = []
-    camera = PiCamera(cfg.scanner.camera, factory=lambda: PacedCamera(program))
+    camera = PiCamera(cfg.scanner.camera, factory=lambda: PacedCamera(program), open_now=False)
     gate = build(
         cfg,
         source=DecodingSource(camera, make_decoder("auto"), SceneWatch()),

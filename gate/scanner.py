@@ -79,6 +79,12 @@ class DecodingSource:
         # Oversized payloads are passed on: the decision denies them as too_large, visibly.
         return Observation(tuple(c.data for c in codes), ms)
 
+    def open(self) -> None:
+        """Start the frame source where it has a start of its own (a camera): on the thread that reads it."""
+        start = getattr(self.frames, "open", None)
+        if callable(start):
+            start()
+
     def close(self) -> None:
         self.frames.close()
 
@@ -118,6 +124,12 @@ class Scanner:
             return None
         now = self._mono()
         return [Scan(p, obs.decode_ms) for p in self.dedup.feed(obs.payloads, now)]
+
+    def open(self) -> None:
+        """Start the source where it has a start of its own (a camera): DeviceError if it cannot start."""
+        start = getattr(self.source, "open", None)
+        if callable(start):
+            start()
 
     def close(self) -> None:
         self.source.close()

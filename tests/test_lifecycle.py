@@ -4,8 +4,10 @@ stops every thread in reverse; a thread that dies is restarted under supervision
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from gpiozero.pins.mock import MockFactory
 from conftest import free_port, make_config, wait_until
 from gate.contracts import Alarm
 from gate.core.clock import SystemClock
+from gate.core.errors import DeviceError
 from gate.core.sqlite import WrongThread
 from gate.core.supervisor import Supervisor
 from gate.decide.codes import Status, issue
@@ -57,6 +60,38 @@ def test_building_opens_no_connection_binds_no_port_and_starts_no_thread(tmp_pat
         assert [c.is_open for c in owned] == [False] * 4
         assert [c.owner for c in owned] == ["lane", "lane", "lane", "outbox-drain"]
         assert gate.threads.metrics is None  # the endpoint is bound by start()
+    finally:
+        gate.close()
+
+
+def test_the_camera_starts_on_the_lane_thread_at_start_not_at_build(tmp_path, keys, monkeypatch) -> None:
+    """build() with the camera source touches no camera; start() starts it on the calling (lane) thread, and a
+    camera that cannot start stops start-up with a DeviceError naming it (the daemon's "cannot start")."""
+    started_on: list[str] = []
+
+    def broken() -> Any:
+        started_on.append(threading.current_thread().name)
+        raise RuntimeError("Camera __init__ sequence did not complete")
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=broken))
+    cfg = make_config(tmp_path / "state", keys, scanner={"source": "camera"})
+    gate = build(cfg, pin_factory=MockFactory(), clock=SystemClock("assume_synced"), with_mqtt=False)
+    try:
+        assert started_on == []
+        raised: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                gate.start()
+            except BaseException as exc:
+                raised.append(exc)
+
+        lane = threading.Thread(target=start, name="lane")
+        lane.start()
+        lane.join(30)
+        assert started_on == ["lane"]
+        assert len(raised) == 1 and isinstance(raised[0], DeviceError) and "camera: cannot start" in str(raised[0])
+        assert gate.lane_thread is None  # nothing started: no thread, no state file claimed
     finally:
         gate.close()
 

@@ -107,6 +107,7 @@ class Gate:
         then start the other threads (gate.lane.lifecycle.Threads, in its stated order). Idempotent."""
         if self.lane_thread is not None:
             return self
+        self.scanner.open()  # the camera starts on the thread that reads it; one that cannot start stops start-up
         self.lane_thread = threading.current_thread()
         self._open_state()
         self.threads.metrics = bind_metrics(self, self.metrics_listen, self.source_counters)

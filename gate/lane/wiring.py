@@ -58,7 +58,9 @@ def make_source(cfg: Config) -> CodeSource:
         return DecodingSource(ImageSource([sc.images_path], sc.max_image_pixels), decoder)
     from gate.scan.camera import PiCamera
 
-    return DecodingSource(PiCamera(sc.camera), decoder, SceneWatch() if sc.camera.skip_unchanged_frames else None)
+    return DecodingSource(
+        PiCamera(sc.camera, open_now=False), decoder, SceneWatch() if sc.camera.skip_unchanged_frames else None
+    )
 
 
 def source_counters(source: CodeSource) -> dict[str, int]:

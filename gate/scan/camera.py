@@ -71,15 +71,27 @@ class PiCamera:
     name = "camera"
 
     def __init__(
-        self, cfg: CameraSection, factory: Callable[[], Any] = _picamera2, mono: Callable[[], float] = time.monotonic
+        self,
+        cfg: CameraSection,
+        factory: Callable[[], Any] = _picamera2,
+        mono: Callable[[], float] = time.monotonic,
+        open_now: bool = True,
     ) -> None:
+        """`open_now=False`: the camera starts on the first `open()` or capture, on the thread that reads it (the
+        gate's build() opens nothing; Gate.start() opens it on the lane thread)."""
         self.cfg, self._factory, self._mono = cfg, factory, mono
         self._cam: Any = None
         self.restarts = 0
         self.controls: dict[str, Any] = {}  # what the camera was asked for, as it reported it can do
         self._told: set[str] = set()  # ignored keys already logged: once per process, not once per restart
         self._last_frame = mono()
-        self._open()
+        if open_now:
+            self._open()
+
+    def open(self) -> None:
+        """Start the camera if it is not running; DeviceError if it cannot start."""
+        if self._cam is None:
+            self._open()
 
     def _open(self) -> None:
         size = (self.cfg.width, self.cfg.height)
