@@ -114,6 +114,12 @@ class LaneMachine:
         return len(self._queue) + (self._current is not None)
 
     @property
+    def refs(self) -> list[str]:
+        """The refs of the releases in progress or queued, in the order they run (the lane's ledger holds the
+        same once the lane has carried out what the actuator reported)."""
+        return ([self._current.ref] if self._current is not None else []) + [r.ref for r in self._queue]
+
+    @property
     def deadline(self) -> float | None:
         """When `tick` next has something to do."""
         due = [d for d in (self.sensor.deadline,) if d is not None]
