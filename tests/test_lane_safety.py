@@ -395,6 +395,13 @@ def test_a_fire_during_a_release_keeps_the_lane_open_past_the_passage_timeout(la
     assert alarms(lane) == [("fire", True), ("fire", False)]
 
 
+def test_the_state_counts_a_release_until_its_passage_outcome_is_in(lane: Any) -> None:
+    assert lane.handle(lane.code(1))[0].admits
+    assert lane.state()["releases_open"] == 1  # the outcome, when it comes, waits in the inbox for the lane
+    assert wait_until(lambda: lane.pump() or lane.state()["releases_open"] == 0, 5)  # timed out: not_passed
+    assert lane.handle(lane.code(1))[0].admits  # nobody went through: the code may be shown again at once
+
+
 def test_a_central_free_pass_during_a_release_keeps_the_lane_open_and_raises_free_pass(lane: Any) -> None:
     assert lane.handle(lane.code(1))[0].admits
     lane.set_mode(Requested.FREE_PASS, "central")
