@@ -49,7 +49,7 @@ class Ledger:
     release's decision here to record each passage against it; anti-passback reads here which tokens are being
     let through now; the state reports how many releases are open. The lane machine (gate/actuate/machine.py)
     keeps only what it needs to drive the relay, and agrees with this ledger once the lane has carried out
-    what the actuator reported."""
+    what the actuator reported (but for the exit button's releases, which admit nobody and are its own)."""
 
     def __init__(self) -> None:
         self._open: dict[str, OpenRelease] = {}  # ref -> release, in the order they were opened
