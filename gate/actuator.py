@@ -48,13 +48,14 @@ class Actuator:
         timeout = cfg.passage.timeout_seconds if cfg.passage is not None else None
         p = cfg.passage
         limits = SensorLimits(p.debounce_seconds, p.flap_edges) if p is not None else None
-        self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout, sensor=limits)
+        held_open = p.held_open_seconds if p is not None else None  # timed by the machine: no gpiozero hold thread
+        self.machine = m = LaneMachine(cfg.relay.pulse_seconds, timeout, sensor=limits, held_open=held_open)
         self._lock = threading.Lock()
         self.events: Mailbox[Step | None] = Mailbox("actuator events", EVENTS_LIMIT)
         self._stop = threading.Event()
         self.pulse_listeners: list[Callable[[], None]] = []
         self._devices: list[Any] = []
-        self.fire: Any = None  # gpiozero Buttons, where configured
+        self.fire: Any = None  # gpiozero input devices, where configured
         self.passage: Any = None
         self.exit_button: Any = None
         try:
@@ -84,18 +85,17 @@ class Actuator:
         self._devices.append(self.relay)
         self.indicator = Indicator(cfg.indicator, cfg.buzzer, factory)
         if cfg.passage is not None:
-            self.passage = button(cfg.passage, factory, hold_time=cfg.passage.held_open_seconds)
+            self.passage = button(cfg.passage, factory)
             # A passage counts when the person has cleared the sensor, not when they reach it.
-            self.passage.when_pressed = lambda: self.events.put(m.passage_entered)
-            self.passage.when_held = lambda: self.events.put(m.passage_held)
-            self.passage.when_released = lambda: self.events.put(m.passage_cleared)
+            self.passage.when_activated = lambda: self.events.put(m.passage_entered)
+            self.passage.when_deactivated = lambda: self.events.put(m.passage_cleared)
         if cfg.exit_button is not None:
             self.exit_button = button(cfg.exit_button, factory)
-            self.exit_button.when_pressed = lambda: self.events.put(lambda now: m.release("exit", 1, now))
+            self.exit_button.when_activated = lambda: self.events.put(lambda now: m.release("exit", 1, now))
         if self.fire is not None:
             # The fire input is never refused, however many sensor events wait.
-            self.fire.when_pressed = lambda: self.events.put(lambda now: m.fire_input(True, "fire input"), True)
-            self.fire.when_released = lambda: self.events.put(
+            self.fire.when_activated = lambda: self.events.put(lambda now: m.fire_input(True, "fire input"), True)
+            self.fire.when_deactivated = lambda: self.events.put(
                 lambda now: m.fire_input(False, "fire input cleared"), True
             )
         self._devices += [d for d in (self.passage, self.exit_button) if d is not None]
@@ -253,14 +253,7 @@ class Actuator:
         indicator = getattr(self, "indicator", None)
         if indicator is not None:
             indicator.close()
-        for dev in self._devices:  # stop gpiozero's hold threads together, each polls every 0.1 s, and one
-            hold = getattr(dev, "_hold_thread", None)  # waiting out a held input would block close for 10 s
-            if hold is not None:
-                hold.stopping.set()
-                hold.holding.set()
-                with suppress(Exception):
-                    dev._inactive_event.set()
-        for dev in self._devices[::-1]:
+        for dev in self._devices[::-1]:  # plain input devices: no gpiozero hold thread to wait out
             with suppress(Exception):
                 dev.close()
         self._devices.clear()

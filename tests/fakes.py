@@ -108,3 +108,14 @@ def started_gate(cfg: Any) -> Any:
     g = build(cfg, source=source, pin_factory=MockFactory(), clock=SystemClock("assume_synced")).start()
     assert g.link.connected.wait(10) and g.link.subscribed.wait(10)
     return g
+
+
+class ListOutbox:
+    """An outbox that keeps its rows in a list, for tests of the recorder's logic alone (no SQLite, no fsync)."""
+
+    def __init__(self, path: Path = Path("/nonexistent/outbox.db")) -> None:
+        self.path = path
+        self.rows: list[tuple[str, str, bytes]] = []
+
+    def append(self, event_id: str, topic: str, payload: bytes, reserved: bool = False) -> None:
+        self.rows.append((event_id, topic, payload))

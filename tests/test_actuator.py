@@ -128,6 +128,19 @@ def test_a_blocked_passage_raises_and_clears_held_open(rig_factory) -> None:
     assert wait_until(lambda: ("held_open", False) in [(a.name, a.active) for a in r.alarms], 5)
 
 
+def test_inputs_run_no_gpiozero_hold_thread_so_close_waits_for_none(rig_factory) -> None:
+    from gpiozero.mixins import HoldMixin
+
+    r = rig_factory(**PASSAGE_CFG, fire={"pin": FIRE}, exit_button={"pin": EXIT})
+    inputs = (r.act.passage, r.act.fire, r.act.exit_button)
+    assert all(d is not None and not isinstance(d, HoldMixin) for d in inputs)
+    r.factory.pin(PASSAGE).drive_low()  # an input held active while the gate stops
+    r.factory.pin(FIRE).drive_low()
+    assert wait_until(lambda: ("held_open", True) in [(a.name, a.active) for a in r.alarms], 5)
+    r.act.close()
+    assert all(d.closed for d in inputs)
+
+
 def test_fire_input_holds_the_relay_released_and_clears(rig_factory) -> None:
     r = rig_factory(fire={"pin": FIRE})
     fire = r.factory.pin(FIRE)

@@ -150,8 +150,10 @@ def test_stale_red_entry_still_denies_under_use_code(keys, cache) -> None:
 
 def test_anti_passback_denies_a_second_pass_within_the_window_only(keys, cache) -> None:
     clock = FixedClock(NOW)
-    dec = decider(keys, cache, passback_seconds=60)
+    releasing: dict[str, float] = {}  # the gate's ledger of releases, played here: the first admit is still passing
+    dec = Decider(keys.trust, Policy(passback_seconds=60), cache.lookup, cache.info, releasing=releasing.get)
     assert dec.decide(code(keys), clock.read()).admits
+    releasing["tok-holder1"] = clock.read().mono
     clock.advance(30)
     d = dec.decide(code(keys), clock.read())
     assert (d.action, d.reason) == (Action.DENY, Reason.REPLAY)

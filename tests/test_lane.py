@@ -56,6 +56,22 @@ def test_passage_without_release_is_forced_and_a_blocked_one_is_held_open() -> N
     assert m.passage_cleared(2.0) == [Raise("held_open", False, "passage clear")]
 
 
+def test_a_sensor_blocked_for_its_held_open_time_raises_held_open_once_from_the_machines_own_timer() -> None:
+    m = LaneMachine(0.2, 2.0, held_open=5.0)
+    m.passage_entered(0.0)
+    assert m.deadline == 5.0 and m.tick(4.9) == []  # the worker wakes for it: no gpiozero hold thread needed
+    assert m.tick(5.0) == [Raise("held_open", True, "passage blocked too long")]
+    assert m.tick(9.0) == [] and m.deadline is None  # once per blocking, like gpiozero's when_held
+    assert m.passage_cleared(10.0) == [Raise("held_open", False, "passage clear")]
+
+
+def test_a_sensor_cleared_before_its_held_open_time_raises_nothing() -> None:
+    m = LaneMachine(0.2, 2.0, held_open=5.0)
+    m.passage_entered(0.0)
+    m.passage_cleared(1.0)
+    assert m.tick(6.0) == [] and not m.held
+
+
 def test_fire_holds_the_lane_open_over_any_requested_mode_and_clearing_returns_to_it() -> None:
     m = lane()
     assert m.request(Requested.OUT_OF_SERVICE, "central", 1.0) == [Lock(), Idle("red")]

@@ -92,11 +92,15 @@ class LaneMachine:
         passage_timeout: float | None,
         mode: LaneMode | None = None,
         sensor: SensorLimits | None = None,
+        held_open: float | None = None,
     ) -> None:
+        """`held_open`: seconds the passage sensor may stay blocked before `held_open` is raised (None: never)."""
         self.pulse_seconds, self.passage_timeout = pulse_seconds, passage_timeout
         self.sensor = EdgeFilter(sensor)  # the passage sensor's edges come through here first
         self.state = mode or LaneMode()
         self.held = False
+        self.held_open = held_open
+        self._held_due: float | None = None  # when a sensor blocked since its last entry counts as held open
         self._current: _Release | None = None
         self._queue: deque[_Release] = deque()
 
@@ -114,9 +118,15 @@ class LaneMachine:
         return len(self._queue) + (self._current is not None)
 
     @property
+    def refs(self) -> list[str]:
+        """The refs of the releases in progress or queued, in the order they run (the lane's ledger holds the
+        same once the lane has carried out what the actuator reported)."""
+        return ([self._current.ref] if self._current is not None else []) + [r.ref for r in self._queue]
+
+    @property
     def deadline(self) -> float | None:
         """When `tick` next has something to do."""
-        due = [d for d in (self.sensor.deadline,) if d is not None]
+        due = [d for d in (self.sensor.deadline, self._held_due) if d is not None]
         if self._current is not None:
             due.append(self._current.deadline)
         return min(due) if due else None
@@ -166,6 +176,8 @@ class LaneMachine:
         return act, [] if flapping is None else [Raise("sensor_flapping", True, flapping)]
 
     def passage_entered(self, now: float) -> list[Effect]:
+        if self.held_open is not None:  # the sensor's level as it is, bounces and all: blocked from now on
+            self._held_due = now + self.held_open
         act, out = self._edge(now)
         if act and self._current is None and not self.mode.holds and (detail := self.sensor.forced(now)):
             out.append(Raise("forced_passage", True, detail))
@@ -178,6 +190,7 @@ class LaneMachine:
         return [Raise("held_open", True, "passage blocked too long")]
 
     def passage_cleared(self, now: float) -> list[Effect]:
+        self._held_due = None
         act, out = self._edge(now)
         if not act:
             return out
@@ -189,10 +202,14 @@ class LaneMachine:
         return out
 
     def tick(self, now: float) -> list[Effect]:
-        """Time passed: a release whose person did not come through locks again; a flapping sensor that has
-        been quiet long enough is believed again."""
+        """Time passed: a release whose person did not come through locks again; a sensor blocked for
+        `held_open` seconds raises `held_open`; a flapping sensor that has been quiet long enough is believed
+        again."""
         quiet = self.sensor.settle(now)
         out: list[Effect] = [] if quiet is None else [Raise("sensor_flapping", False, quiet)]
+        if self._held_due is not None and now >= self._held_due:  # once per blocking, like a held button
+            self._held_due = None
+            out += self.passage_held(now)
         r = self._current
         if r is None or now < r.deadline:
             return out

@@ -1,4 +1,4 @@
-"""gpiozero's pin factories by name, and the lane's inputs as buttons (imported only by the GPIO adapter)."""
+"""gpiozero's pin factories by name, and the lane's inputs (imported only by the GPIO adapter)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def make_pin_factory(name: str) -> Any:
         raise DeviceError(f"gpio.pin_factory: cannot load {name!r}: {exc.__class__.__name__}: {exc}") from None
 
 
-def button(cfg: InputSection, factory: Any, **kw: Any) -> Any:
-    from gpiozero import Button
+def button(cfg: InputSection, factory: Any) -> Any:
+    """An input as a plain DigitalInputDevice, not a Button: a Button runs a hold thread of its own that close()
+    must wait out (up to its hold time while the input is active). The lane machine times `held_open` itself."""
+    from gpiozero import DigitalInputDevice
 
-    return Button(cfg.pin, pull_up=not cfg.active_high, bounce_time=None, pin_factory=factory, **kw)
+    return DigitalInputDevice(cfg.pin, pull_up=not cfg.active_high, bounce_time=None, pin_factory=factory)

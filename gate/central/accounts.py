@@ -64,8 +64,15 @@ class Accounts:
         )
         self.end_sessions(name)
 
-    def change_user(self, name: str, *, role: str | None = None, password_hash: str | None = None,
-                    disabled: bool | None = None, remove: bool = False) -> bool:  # fmt: skip
+    def change_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+        remove: bool = False,
+    ) -> bool:
         """Change or remove an operator, ending every session of theirs; False if there is no such operator."""
         if remove:
             found = self._run("DELETE FROM console_users WHERE name = ?", (name,)).rowcount

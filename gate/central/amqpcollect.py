@@ -89,8 +89,9 @@ class AmqpCollector:
                 self._consume(count, idle_timeout)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.col._inbox.clear()  # uncommitted: their delivery tags died with the channel; redelivered
-                log.warning("collect-amqp: lost %s (%s: %s); reconnecting", self.node or "the broker",
-                            type(exc).__name__, exc)  # fmt: skip
+                log.warning(
+                    "collect-amqp: lost %s (%s: %s); reconnecting", self.node or "the broker", type(exc).__name__, exc
+                )
                 time.sleep(RECONNECT_SECONDS)
 
     def _done(self, count: int | None, idle_timeout: float | None) -> bool:
@@ -144,8 +145,12 @@ def collect_amqp(args: argparse.Namespace) -> int:
     finally:
         store.close()
         s = col.stats
-        print(f"received {s['received']}, stored {s['stored']} new, duplicates {s['duplicates']}, "
-              f"quarantined {s['quarantined']}", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"received {s['received']}, stored {s['stored']} new, duplicates {s['duplicates']}, "
+            f"quarantined {s['quarantined']}",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0
 
 
@@ -153,8 +158,13 @@ def add_parser(sub: Any) -> None:
     """`gate central collect-amqp`, registered by gate/central/cli.py."""
     help = "consume the check-ins' quorum queue (RabbitMQ cluster) as one of any number of competing collectors"
     ca = sub.add_parser("collect-amqp", help=help, description=help)
-    ca.add_argument("--amqp", action="append", required=True, metavar="URL",
-                    help="amqp://USER@HOST:5672/%%2F; repeat for each node (tried in turn)")  # fmt: skip
+    ca.add_argument(
+        "--amqp",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="amqp://USER@HOST:5672/%%2F; repeat for each node (tried in turn)",
+    )
     ca.add_argument("--password-file", help="the identity's password (credentials/<name>/mqtt-password)")
     ca.add_argument("--queue", default=CHECKIN_QUEUE, help=f"the quorum queue ({CHECKIN_QUEUE})")
     ca.add_argument("--db", required=True, help="a SQLite file path or postgresql://user@host/dbname")

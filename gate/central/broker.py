@@ -39,22 +39,38 @@ def acl(name: str, role: str, prefix: str) -> list[str]:
     p = prefix
     if role == "gate":
         own = ("availability", "state", "checkin", "alarm", "telemetry", "resync", "reply", "replies/#")
-        return [*(f"topic write {p}/{name}/{t}" for t in own),
-                f"topic read {p}/central/policy", f"topic read {p}/central/keys", f"topic read {p}/central/passes/#",
-                f"topic read {p}/{name}/command", f"topic read {p}/{name}/state",  # its own, on (re)connection
-                f"topic write homeassistant/+/gate_{name}/#"]  # its own Home Assistant device only  # fmt: skip
+        return [
+            *(f"topic write {p}/{name}/{t}" for t in own),
+            f"topic read {p}/central/policy",
+            f"topic read {p}/central/keys",
+            f"topic read {p}/central/passes/#",
+            f"topic read {p}/{name}/command",
+            f"topic read {p}/{name}/state",  # its own, on (re)connection
+            f"topic write homeassistant/+/gate_{name}/#",  # its own Home Assistant device only
+        ]
     if role == "collector":  # and its probe: `collect` proves it is a collector before it takes a share
-        return [*(f"topic read {p}/+/{t}" for t in ("checkin", "alarm", "state", "telemetry", "availability")),
-                f"topic write {p}/collectors/{name}/probe"]  # fmt: skip
+        return [
+            *(f"topic read {p}/+/{t}" for t in ("checkin", "alarm", "state", "telemetry", "availability")),
+            f"topic write {p}/collectors/{name}/probe",
+        ]
     if role == "homeassistant":  # reads what its dashboards show; writes only its own birth message
-        return [*(f"topic read {p}/+/{t}" for t in ("state", "availability", "telemetry")),
-                "topic read homeassistant/#", "topic write homeassistant/status",
-                "topic write homeassistant/gate/+/requested_mode/set"]  # its select, for `ha-bridge`  # fmt: skip
-    return [f"topic write {p}/central/#", f"topic write {p}/+/command", f"topic read {p}/+/replies/#",
-            f"topic read {p}/+/reply", f"topic read {p}/+/resync", f"topic read {p}/+/state",
-            f"topic read {p}/+/availability",  # and as `gate central ha-bridge`, Home Assistant's select:
-            "topic read homeassistant/gate/+/requested_mode/set",
-            "topic write homeassistant/gate/+/requested_mode/state"]  # fmt: skip
+        return [
+            *(f"topic read {p}/+/{t}" for t in ("state", "availability", "telemetry")),
+            "topic read homeassistant/#",
+            "topic write homeassistant/status",
+            "topic write homeassistant/gate/+/requested_mode/set",  # its select, for `ha-bridge`
+        ]
+    return [
+        f"topic write {p}/central/#",
+        f"topic write {p}/+/command",
+        f"topic read {p}/+/replies/#",
+        f"topic read {p}/+/reply",
+        f"topic read {p}/+/resync",
+        f"topic read {p}/+/state",
+        f"topic read {p}/+/availability",  # and as `gate central ha-bridge`, Home Assistant's select:
+        "topic read homeassistant/gate/+/requested_mode/set",
+        "topic write homeassistant/gate/+/requested_mode/state",
+    ]
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,11 @@ from gate.decide.keys import load_private_key
 from gate.sync.envelope import sign
 
 log = logging.getLogger(__name__)
-COMMANDS = {"in_service": ("in-service", {}), "out_of_service": ("out-of-service", {}),
-            "free_pass": ("free-pass", {"state": "on"})}  # fmt: skip  # never "open"
+COMMANDS = {  # each option of Home Assistant's select -> central's signed command; never "open"
+    "in_service": ("in-service", {}),
+    "out_of_service": ("out-of-service", {}),
+    "free_pass": ("free-pass", {"state": "on"}),
+}
 OPTION_OF = {mode: option for option, mode in HA_MODES.items()}  # a gate's requested_mode -> the select's option
 QUEUE_LIMIT = 1000
 
@@ -93,8 +96,12 @@ class Bridge:
             return
         name, args = COMMANDS[option]
         cid = str(uuid.uuid4())
-        body = {"name": name, "args": dict(args), "correlation_id": cid,
-                "reply_to": f"{self.prefix}/{gate_id}/replies/{cid[:12]}"}  # fmt: skip
+        body = {
+            "name": name,
+            "args": dict(args),
+            "correlation_id": cid,
+            "reply_to": f"{self.prefix}/{gate_id}/replies/{cid[:12]}",
+        }
         self.pending[cid] = Pending(gate_id, option, time.monotonic() + self.timeout)
         self.client.publish(f"{self.prefix}/{gate_id}/command", sign(self.key, "command", body, gate=gate_id), qos=1)
         log.info("ha-bridge: gate %s: %s sent as central's signed command %s", gate_id, option, name)

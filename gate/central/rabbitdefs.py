@@ -69,8 +69,14 @@ def definitions(
         ha_prefix = None
     users, perms, topics = [], [], []
     for name, role in sorted(identities.items()):
-        users.append({"name": name, "password_hash": rabbit_hash(passwords[name]),
-                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})  # fmt: skip
+        users.append(
+            {
+                "name": name,
+                "password_hash": rabbit_hash(passwords[name]),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+        )
         configure, write, read = queue_permissions(name, role)
         perms.append({"user": name, "vhost": VHOST, "configure": configure, "write": write, "read": read})
         twrite, tread = topic_permissions(name, role, prefix, ha_prefix)

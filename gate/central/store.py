@@ -126,8 +126,15 @@ class Store(Protocol):
 
     def put_user(self, name: str, role: str, password_hash: str) -> None: ...
 
-    def change_user(self, name: str, *, role: str | None = None, password_hash: str | None = None,
-                    disabled: bool | None = None, remove: bool = False) -> bool: ...  # fmt: skip
+    def change_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+        remove: bool = False,
+    ) -> bool: ...
 
     def console_schema(self) -> None: ...
 

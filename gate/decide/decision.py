@@ -75,9 +75,11 @@ def _status_outcome(status: Status, action: Action) -> Reason:
 
 
 class Decider:
-    """Holds the trust keys, the policy and the short memories (anti-passback, pending assist). It does no
-    I/O of its own: the pass cache is read through the `lookup` and `cache_info` callbacks it is given (in
-    the gate, the lane thread's SQLite reader), so it runs on the lane thread like they do."""
+    """Holds the trust keys, the policy and the short memories (confirmed passages for anti-passback, a pending
+    assist). It does no I/O of its own: the pass cache is read through the `lookup` and `cache_info` callbacks
+    it is given (in the gate, the lane thread's SQLite reader), and who is being let through now through
+    `releasing` (token -> monotonic time its release was opened, or None: the gate's ledger of releases,
+    gate/deliver/ledger.py), so it runs on the lane thread like they do."""
 
     def __init__(
         self,
@@ -86,13 +88,14 @@ class Decider:
         lookup: Callable[[str], CacheEntry | None],
         cache_info: Callable[[], CacheInfo],
         max_payload: int = 512,
+        releasing: Callable[[str], float | None] = lambda token: None,
     ) -> None:
         self.trust, self.policy = trust, policy
         self._lookup = lookup
         self._cache_info = cache_info
         self._max_payload = max_payload
+        self._releasing = releasing
         self._passed: OrderedDict[str, float] = OrderedDict()  # token -> monotonic time of its confirmed passage
-        self._pending: dict[str, float] = {}  # token -> monotonic time of an admit still passing
         self._assist: tuple[str, int, float] | None = None  # token, companions, monotonic time
 
     def decide(
@@ -171,7 +174,6 @@ class Decider:
         if code.kind is Kind.STAFF and d.admits and self._assist and now - self._assist[2] <= window:
             token, companions, _ = self._assist
             self._assist = None
-            self._pending[token] = now
             return Decision(
                 Action.ADMIT,
                 Reason.STAFF_ASSISTED,
@@ -190,28 +192,23 @@ class Decider:
         last = self._passed.get(code.token)
         if last is not None and now - last <= passback:
             return _deny(Reason.REPLAY, f"passed this gate {now - last:.0f}s ago", code)
-        if code.token in self._pending:
+        opened = self._releasing(code.token)
+        # A release whose outcome never came (it always comes; this is a bound) ages out like a passage.
+        if opened is not None and now - opened <= passback:
             return _deny(Reason.REPLAY, "being let through at this gate now", code)
-        self._pending[code.token] = now
         return d
 
     def _prune(self, now: float) -> None:
         passback = self.policy.passback_seconds
         while self._passed and now - next(iter(self._passed.values())) > passback:
             self._passed.popitem(last=False)
-        # A release whose outcome never came (it always comes; this is a bound) ages out like a passage.
-        self._pending = {t: at for t, at in self._pending.items() if now - at <= passback}
 
     # -- anti-passback counts a token only once its passage is confirmed ------------------------------
     def confirm(self, token: str, now: float) -> None:
-        """The holder went through (`passed`, or `unconfirmed` without a sensor): passback starts now."""
-        self._pending.pop(token, None)
+        """The holder went through (`passed`, or `unconfirmed` without a sensor): passback starts now. (One who
+        did not go through needs nothing here: once the ledger has their outcome, the code may be shown again.)"""
         self._passed[token] = now
         self._passed.move_to_end(token)
-
-    def cancel(self, token: str) -> None:
-        """The holder did not go through (`not_passed`): the code may be shown again at once."""
-        self._pending.pop(token, None)
 
     def restore(self, passed: dict[str, float]) -> None:
         """Confirmed passages from before a restart: token -> monotonic time, oldest first."""

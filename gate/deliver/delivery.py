@@ -25,9 +25,17 @@ MAX_BACKOFF = 8.0  # each stall in a row doubles the wait for the next, up to th
 
 
 def acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
-    """Whether the PUBACK came. Not info.is_published(): that raises for ever for a message first handed
-    to paho while the link was down (rc NO_CONN), even after paho re-sent it and the broker acked it."""
-    with info._condition:
+    """Whether the PUBACK came (for QoS 0: whether paho is done with it). paho's public `is_published()` where it
+    can answer. It cannot for a message first handed to paho while the link was down: paho keeps that one and
+    sends it after the reconnect, but never updates its `rc`, which stays MQTT_ERR_NO_CONN, so `is_published()`
+    and `wait_for_publish()` raise RuntimeError for ever, even once the broker has acked it (paho 2.2 has no
+    public API that tells; likewise a QoS 0 message paho gave up on at a disconnect, rc CONN_LOST). For those
+    only, the flag paho sets on completion is read under its own lock; tests/test_delivery_paho.py shows both
+    and fails if paho changes. Matching PUBACKs by mid ourselves would not do: a late ack from a client the link
+    has since replaced could carry the mid of a message in flight on the new one, deleting its row unacked."""
+    if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+        return info.is_published()
+    with info._condition:  # no public API: see above
         return bool(info._published)
 
 

@@ -11,12 +11,13 @@ from typing import Any
 from gate.config.model import Config
 from gate.config.policy import Stop
 from gate.config.venue import Venue
-from gate.contracts import Alarm, PassageOutcome, Topics
+from gate.contracts import Alarm, Topics
 from gate.core import reserve
 from gate.core.clock import Clock, ClockReading
 from gate.core.errors import OutboxFull
 from gate.decide.decision import Decision
 from gate.deliver.events import CheckIn, alarm_json, uuid7
+from gate.deliver.ledger import Ledger, Resolved
 from gate.deliver.outbox import Outbox
 from gate.venue.gps import nearest_stop
 
@@ -25,8 +26,8 @@ KEPT_LIMIT = 10_000  # passage and alarm events kept in memory while the outbox 
 
 
 class Recorder:
-    """The lane thread's writer into the outbox. It also remembers each release until all of its
-    passages are recorded, so a passage event names its decision."""
+    """The lane thread's writer into the outbox. A released decision opens its release in the ledger (the one
+    memory of releases), where each passage event later finds the decision it names."""
 
     def __init__(
         self,
@@ -38,6 +39,7 @@ class Recorder:
         stops: Callable[[str], Sequence[Stop]] = lambda route: (),
         venue: Venue | None = None,
         send_now: Callable[[str, bytes], object] = lambda topic, payload: None,
+        ledger: Ledger | None = None,
     ) -> None:
         """`position`: the GPS receiver's last fix (a vehicle); `stops`: a route's stops in the policy in force;
         `venue`: where check-ins say they are, when it is not the config's (a bus's trip set by central);
@@ -47,7 +49,7 @@ class Recorder:
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
         self.outbox, self.clock, self._wake = outbox, clock, wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
-        self._released: dict[str, CheckIn] = {}  # decision event_id -> its check-in
+        self.ledger = ledger if ledger is not None else Ledger()
         self._kept: deque[tuple[str, str, bytes]] = deque()  # passage and alarm events waiting for room
         self.kept_dropped = 0
         self._retry_at = 0.0
@@ -143,24 +145,22 @@ class Recorder:
         """Let the drainer know there is something to send."""
         self._wake()
 
-    def decision(self, event: CheckIn, released: bool) -> None:
-        """Record a decision; the caller wakes the drainer once the relay is open (`wake`), so that delivery
-        does not compete with the passenger's wait."""
+    def decision(self, event: CheckIn, released: bool, at: float | None = None) -> None:
+        """Record a decision; a released one opens its release in the ledger (`at`: the decision's monotonic
+        time, read now if not given). The caller wakes the drainer once the relay is open (`wake`), so that
+        delivery does not compete with the passenger's wait."""
         self.record(event.event_id, self.topics.checkin, event.to_json(), wake=False)
         if released:
-            self._released[event.event_id] = event
+            self.ledger.open(event, self.clock.read().mono if at is None else at)
 
     def decided(self, ref: str) -> CheckIn | None:
         """The decision a release was made for, while its passages are still being recorded."""
-        return self._released.get(ref)
+        release = self.ledger.get(ref)
+        return None if release is None else release.decision
 
-    def passage(self, o: PassageOutcome) -> CheckIn | None:
-        """One passage of a release finished; record it against its decision, which is returned."""
-        decided = self._released.get(o.ref)
-        if decided is None:
-            return None
-        if o.index + 1 >= decided.companions + 1:
-            del self._released[o.ref]
+    def passage(self, done: Resolved) -> None:
+        """One passage of a release finished (the ledger has applied it): record it against its decision."""
+        decided, o = done.release.decision, done.outcome
         now = self.clock.read()
         ev = replace(
             decided,
@@ -174,7 +174,6 @@ class Recorder:
             clock_synced=now.usable,
         )
         self.keep(ev.event_id, self.topics.checkin, ev.to_json())
-        return decided
 
     def alarm(self, a: Alarm) -> str:
         if a.active:

@@ -40,6 +40,7 @@ from gate.decide.keys import TrustStore
 from gate.decide.passcache import PassCache
 from gate.deliver.delivery import Drainer
 from gate.deliver.events import CheckIn, short
+from gate.deliver.ledger import Ledger
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
 from gate.lane.lifecycle import Threads
@@ -87,6 +88,11 @@ class Gate:
     lane_first: LaneFirst = field(default_factory=LaneFirst)
     lane_thread: threading.Thread | None = None  # the thread that called start(): it owns the lane's state
     closed: bool = False
+
+    @property
+    def ledger(self) -> Ledger:
+        """The releases waiting for their passages (the recorder writes them as it records decisions)."""
+        return self.recorder.ledger
 
     @property
     def link(self) -> MqttLink | None:
@@ -163,12 +169,10 @@ class Gate:
         if full:  # denied without adding a row: counted instead, and reported when the outbox clears
             self.reporter.denied_while_full()
         else:
-            try:
-                self.recorder.decision(event, released=decision.admits)
+            try:  # a released decision opens its release in the ledger once it is recorded, not before
+                self.recorder.decision(event, released=decision.admits, at=now.mono)
             except OutboxFull:  # cannot record, so cannot admit: fail closed
                 self.reporter.denied_while_full()  # every denial on a full disk is counted, this one too
-                if decision.token is not None:
-                    self.decider.cancel(decision.token)
                 self.actuator.signal("deny")
                 return replace(decision, action=Action.DENY, reason=Reason.OUT_OF_SERVICE), event
         if decision.admits:
@@ -216,10 +220,12 @@ class Gate:
                 self.stats.passage(r.outcome)
                 for listener in self.outcome_listeners:
                     listener(r)
-                decided = self.recorder.decided(r.ref)
-                if decided is not None and decided.token is not None and r.index == 0:
-                    self._passback(decided.token, r.outcome)  # stored first: the record below may fail
-                self.recorder.passage(r)
+                done = self.ledger.resolve(r)  # the one memory of releases: each outcome applies once
+                if done is None:
+                    return
+                if done.holder and done.release.token is not None:
+                    self._passback(done.release.token, r.outcome)  # stored first: the record below may fail
+                self.recorder.passage(done)
             case Alarm():  # shown in the state at once; its record may wait for room (a full disk)
                 self.recorder.alarm(r)
             case SetMode():
@@ -253,8 +259,9 @@ class Gate:
         d = Decision(
             Action.ADMIT, Reason.STAFF_ASSISTED, "opened remotely by staff", None, "staff_assisted", operator=operator
         )
-        event = self.recorder.checkin(d, self.clock.read(), self.decider.policy.version, self.cache.info().version)
-        self.recorder.decision(event, released=True)
+        now = self.clock.read()
+        event = self.recorder.checkin(d, now, self.decider.policy.version, self.cache.info().version)
+        self.recorder.decision(event, released=True, at=now.mono)
         self.actuator.release(Release(event.event_id, 1))
         self.actuator.signal("admit")
         log.info("remote open by operator %s event=%s", short(operator), event.event_id)
@@ -271,9 +278,9 @@ class Gate:
         self.actuator.request(mode, by, record.set_at)
 
     def _passback(self, token: str, outcome: str) -> None:
-        """Anti-passback counts the holder only once they went through; it is kept across restarts."""
+        """Anti-passback counts the holder only once they went through; it is kept across restarts. One who did
+        not go through may show the code again at once: the ledger no longer says they are being let through."""
         if outcome == "not_passed":
-            self.decider.cancel(token)
             return
         now = self.clock.read()
         self.decider.confirm(token, now.mono)

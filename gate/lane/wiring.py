@@ -24,6 +24,7 @@ from gate.decide.keys import TrustStore, load_private_key, load_public_key
 from gate.decide.passcache import PassCache
 from gate.decide.policy import PolicyStore
 from gate.deliver.delivery import Drainer
+from gate.deliver.ledger import Ledger
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
 from gate.deliver.sealing import Sealer
@@ -106,7 +107,8 @@ def build(
     gps = Gps(cfg.gps, core.control.post) if cfg.gps.port else None
     clock = clock or SystemClock(cfg.clock.sync_source, gps_offset=gps.clock_offset if gps is not None else None)
     files = check_state_files(cfg, trust, core.faults)
-    decider = make_decider(cfg, files)
+    ledger = Ledger()  # the releases waiting for their passages: written by the recorder, read by the decider
+    decider = make_decider(cfg, files, ledger)
     code_source = source or make_source(cfg)
     scanner = Scanner(code_source, Deduplicator(cfg.scanner.rearm_seconds, cfg.scanner.absent_seconds))
     factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.gpio.pin_factory)
@@ -116,7 +118,7 @@ def build(
     sealer = Sealer(load_private_key(secret_path(cfg.gate.device_key))) if cfg.gate.device_key else None
     if with_mqtt:
         wire_mqtt(cfg, core, files, sealer, threads)
-    recorder = make_recorder(cfg, files, clock, decider, gps, threads, sealer)
+    recorder = make_recorder(cfg, files, clock, decider, gps, threads, sealer, ledger)
     counters = partial(source_counters, code_source)
     reporter = make_reporter(cfg, core, files, decider, threads, recorder, clock, counters)
     parts = (scanner, decider, files.cache, files.outbox, actuator, clock, recorder, reporter, core.inbox)
@@ -164,11 +166,12 @@ def check_state_files(cfg: Config, trust: TrustStore | None, faults: Faults) -> 
     return StateFiles(startup, PassCache(state / "passes.db"), outbox, lanestate, base_keys)
 
 
-def make_decider(cfg: Config, files: StateFiles) -> Decider:
+def make_decider(cfg: Config, files: StateFiles, ledger: Ledger) -> Decider:
     state = cfg.gate.state_dir
     policy = PolicyStore(state / "device.json", cfg.policy).load()
     keys = TrustStore.of([*files.base_keys, *central_keys(state)])
-    return Decider(keys, policy, files.cache.lookup, files.cache.info, cfg.scanner.max_payload_bytes)
+    cache = files.cache
+    return Decider(keys, policy, cache.lookup, cache.info, cfg.scanner.max_payload_bytes, ledger.letting_through)
 
 
 def wire_mqtt(cfg: Config, core: Core, files: StateFiles, sealer: Sealer | None, threads: Threads) -> None:
@@ -219,6 +222,7 @@ def make_recorder(
     gps: Gps | None,
     threads: Threads,
     sealer: Sealer | None,
+    ledger: Ledger,
 ) -> Recorder:
     drainer = threads.drainer
     return Recorder(
@@ -230,6 +234,7 @@ def make_recorder(
         stops=lambda route: decider.policy.stops.get(route, ()),  # the policy in force, central's
         venue=cfg.venue.venue(),  # with the trip central set since: Gate.start() reads it on the lane thread
         send_now=send_now(threads.link, sealer),
+        ledger=ledger,
     )
 
 

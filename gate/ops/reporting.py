@@ -131,6 +131,7 @@ class Reporter:
             **self.stats.last_decision(),  # last_decision, last_reason, last_time: kept with the state
             "mode_set_by": lane.set_by,
             "mode_set_at": lane.set_at,
+            "releases_open": len(self.recorder.ledger),
             "denied_while_full": self.denied,
             "faults": self.faults.snapshot(),
             "dead_letters": self.outbox.dead_letters,

@@ -40,10 +40,17 @@ class Console:
     """What every page shares: the store (each connection one request at a time), the link to the gates."""
 
     def __init__(
-        self, store: Store, link: Link | None, *, refresh_s: float = 5.0, secure_cookies: bool = False,
-        offline_min: float = 5.0, stale_hours: float = 24.0, clock: Clock = UTC_CLOCK,
+        self,
+        store: Store,
+        link: Link | None,
+        *,
+        refresh_s: float = 5.0,
+        secure_cookies: bool = False,
+        offline_min: float = 5.0,
+        stale_hours: float = 24.0,
+        clock: Clock = UTC_CLOCK,
         tracing_store: Store | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
         self.offline_min, self.stale_hours, self.clock = offline_min, stale_hours, clock
         self.limit = RateLimit()
