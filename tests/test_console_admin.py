@@ -4,13 +4,14 @@ ending sessions, sessions shared through the database, bounded bodies, odd store
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from starlette.testclient import TestClient
-from test_console_forms import PASSWORD, client_for, sign_in
+from test_console_forms import PASSWORD, client_for, csrf, sign_in
 
 from gate.central.console.app import Console, build
 from gate.central.db import open_store
@@ -95,11 +96,47 @@ def test_the_contacts_csv_streams_in_chunks_with_one_header() -> None:
     from gate.central.console.pages import csv_chunks
 
     rows = [{"token": f"tok-{i:05d}", "group_size": 1} for i in range(1201)]
-    chunks = list(csv_chunks(rows))
+    chunks = list(csv_chunks([rows[:500], rows[500:1000], rows[1000:]]))
     lines = "".join(chunks).splitlines()
     assert len(chunks) == 3 and lines[0].startswith("token,") and len(lines) == 1202
     assert [line.split(",")[0] for line in lines[1:]] == [r["token"] for r in rows]
-    assert "".join(csv_chunks([])).splitlines() == [lines[0]]
+    assert "".join(csv_chunks([[]])).splitlines() == [lines[0]]
+
+
+def test_a_long_contact_list_is_paged_and_its_csv_has_every_row(tmp_path: Path) -> None:
+    """450 contact check-ins: pages of 200 by keyset with the totals on each; the CSV (read a page at a time
+    on the server) holds all 450; the page and the CSV are each one audited query."""
+    from test_central_db import T0, checkin
+
+    client = client_for(tmp_path)
+    store = open_store(tmp_path / "c.db")
+    rows = [checkin("tok-case", "rail-central", T0 + 3600 * h) for h in range(4)]
+    rows += [checkin(f"tok-{i % 150:05d}", "rail-central", T0 + 24 * i, event_id=f"e{i:04d}") for i in range(450)]
+    store.write(rows, [])
+    assert sign_in(client, "ann").status_code == 303
+    form = {"csrf": csrf(client, "/trace"), "token": "tok-case", "window": "30", "from": str(T0 - 3600)}
+    form["to"] = str(T0 + 4 * 3600)
+    seen: list[str] = []
+    after = ""
+    for want in (200, 200, 50):
+        page = client.post("/trace", data={**form, "mode": "contacts", "after": after}).text
+        assert "150 contact codes" in page and "450 check-ins" in page
+        shown = re.findall(r"<td>(tok-\d{5})</td>", page)
+        assert len(shown) == want
+        seen += shown
+        found = re.search(r'name="after" value="([^"]+)"', page)
+        assert (found is not None) == (want == 200)
+        after = found[1] if found else ""
+    assert seen == [f"tok-{i % 150:05d}" for i in range(450)]
+    csv_text = client.post("/trace.csv", data=form).text
+    assert [line.split(",")[0] for line in csv_text.splitlines()[1:]] == seen
+    audits = [a for a in store.audits() if a["action"] == "contacts"]
+    assert [a["rows"] for a in audits] == [450] * 4 and [bool(a["params"].get("after")) for a in audits] == [
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:

@@ -67,14 +67,13 @@ class Console:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(self.locked, fn, *args)
 
-    async def trace_db(self, fn: Callable[..., T], *args: Any) -> T:
+    def traced(self, fn: Callable[..., T], *args: Any) -> T:
         """A tracer's query (the store is the first argument given to `fn`) on the tracing connection."""
+        with self._tracing_lock:
+            return fn(self.tracing_store, *args)
 
-        def run() -> T:
-            with self._tracing_lock:
-                return fn(self.tracing_store, *args)
-
-        return await run_in_threadpool(run)
+    async def trace_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in_threadpool(self.traced, fn, *args)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Broker I/O on a worker thread, outside the store's lock: a slow broker delays only this request."""
