@@ -7,13 +7,16 @@ import io
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from starlette.testclient import TestClient
 from test_console_forms import PASSWORD, client_for, csrf, sign_in
 
+from conftest import wait_until
 from gate.central.console.app import Console, build
+from gate.central.console.auth import hash_password
 from gate.central.db import open_store
 from gate.central.tracing import write_contacts_csv
 
@@ -54,6 +57,60 @@ def test_two_console_processes_share_sessions_through_the_database(tmp_path: Pat
     csrf = one.get("/fleet").text.split('name="csrf" value="')[1].split('"')[0]
     other.post("/logout", data={"csrf": csrf})
     assert one.get("/fleet", follow_redirects=False).status_code == 303  # signed out in both
+
+
+class HeldGate:
+    """A link whose gate answers a command only when `answer` is set (as a real gate after a while)."""
+
+    def __init__(self) -> None:
+        self.answer, self.sent = threading.Event(), threading.Event()
+
+    def command(self, gate_id: str, name: str) -> dict[str, Any] | None:
+        self.sent.set()
+        if not self.answer.wait(20):
+            return None
+        return {"ok": True, "command": name, "result": {"mode": "out_of_service"}}
+
+
+def test_a_command_sent_by_one_console_process_shows_its_reply_in_another(tmp_path: Path) -> None:
+    """Two consoles on one database (two processes behind a proxy): the command posted to one; its page,
+    served by the other, says it waits for the gate, then shows the reply the first one's worker wrote."""
+    gate = HeldGate()
+    one_console = Console(open_store(tmp_path / "c.db"), gate)  # type: ignore[arg-type]
+    one = TestClient(build(one_console), base_url="https://testserver")
+    store = open_store(tmp_path / "c.db")
+    store.put_user("otto", "operator", hash_password(PASSWORD))
+    store.put_user("olga", "operator", hash_password(PASSWORD))
+    store.seen("lane-1", "state", {"mode": "normal"}, 1.0)
+    store.close()
+    other = TestClient(build(Console(open_store(tmp_path / "c.db"), None)), base_url="https://testserver")
+    assert sign_in(one, "otto").status_code == 303
+    other.cookies.update(one.cookies)
+    form = {"csrf": csrf(one, "/fleet"), "gate_id": "lane-1", "name": "out-of-service"}
+    r = one.post("/fleet/command", data=form, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/fleet/command/")
+    page = r.headers["location"]
+    assert gate.sent.wait(20)
+    assert "Sent, waiting for the gate" in other.get(page).text
+    gate.answer.set()
+    assert wait_until(lambda: "The gate replied: done" in other.get(page).text)
+    shown = other.get(page).text
+    assert "out-of-service → gate lane-1" in shown and "out_of_service" in shown and "by otto" in shown
+    assert other.get(page + "x").status_code == 404
+    assert sign_in(other, "olga").status_code == 303  # another operator's command is not theirs to see
+    assert other.get(page).status_code == 404
+    assert one_console.commands is not None
+    one_console.commands.close()
+
+
+def test_a_command_whose_console_stopped_says_so_instead_of_waiting_for_ever() -> None:
+    from gate.central.commandlog import Sent
+    from gate.central.console.commands import LOST_S, as_of
+
+    sent = Sent("c1", "lane-1", "resync", "otto", 1000.0)
+    assert as_of(sent, 1000.0 + LOST_S - 1) == sent
+    lost = as_of(sent, 1000.0 + LOST_S + 1)
+    assert lost is not None and lost.done and lost.error and "stopped" in lost.error
 
 
 def test_a_mistyped_db_is_refused_not_created(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gate.central.accounts import Accounts
+from gate.central.commandlog import CommandLog, Sent
 from gate.central.contacts import ContactPage, ContactQueries
 from gate.core.sqlite import private
 
@@ -144,6 +145,12 @@ class Store(Protocol):
 
     def end_sessions(self, name: str) -> None: ...
 
+    def command_sent(self, sent: Sent) -> None: ...
+
+    def command_done(self, sent: Sent) -> None: ...
+
+    def command_status(self, cid: str) -> Sent | None: ...
+
     def close(self) -> None: ...
 
 
@@ -172,7 +179,7 @@ def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) 
     return doc
 
 
-class Queries(Accounts, ContactQueries):
+class Queries(Accounts, ContactQueries, CommandLog):
     """What both stores ask in the same SQL: written with `?` placeholders, `PARAM` is the driver's own."""
 
     db: Any

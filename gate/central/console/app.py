@@ -23,7 +23,7 @@ from gate.central.store import Store
 
 from .auth import IDLE_SECONDS, MAX_SECONDS, PERMITS, RateLimit, Session, verify_password
 from .clock import UTC_CLOCK, Clock
-from .commands import Commands
+from .commands import Commands, Log
 from .fleetview import FleetLines, FleetView
 from .limits import BodyLimit
 from .measures import Link
@@ -57,7 +57,11 @@ class Console:
         lines = FleetLines(offline_min, stale_hours)
         report = lambda: self.locked(lines.report, self.store)  # noqa: E731
         self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
-        self.commands = None if link is None else Commands(self._send, self._audit_command)
+        log = Log(
+            lambda sent: self.locked(self.store.command_sent, sent),
+            lambda sent: self.locked(self.store.command_done, sent),
+        )
+        self.commands = None if link is None else Commands(self._send, self._audit_command, log)
 
     def locked(self, fn: Callable[..., T], *args: Any) -> T:
         """The store's one connection, one caller at a time (never held during broker I/O)."""
