@@ -176,8 +176,15 @@ def measure(base: str, url: str, args: argparse.Namespace) -> dict[str, list[flo
     return s
 
 
-def busy_poll(base: str, args: argparse.Namespace) -> list[float]:
-    """The operator's fleet poll while two tracers run the heaviest queries the forms allow, back to back."""
+def cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system): what the console spent, whatever else loads the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_poll(base: str, args: argparse.Namespace, done: list[str]) -> list[float]:
+    """The operator's fleet poll while two tracers run the heaviest queries the forms allow, back to back;
+    `done` gets one entry per tracer request answered."""
     stop = threading.Event()
     t_from, t_to = T_END - DAYS * DAY, T_END
 
@@ -191,6 +198,7 @@ def busy_poll(base: str, args: argparse.Namespace) -> list[float]:
             venue = f"venue-{rng.randrange(VENUES):03d}"
             post(c, "/trace", {"csrf": csrf, "mode": "trace", "venue": venue, "from": str(T_END - 31 * DAY),
                                "to": str(T_END)}, "check-ins")  # fmt: skip
+            done.extend(("contacts", "venue"))
 
     threads = [threading.Thread(target=tracer, args=(n, i)) for i, n in enumerate(("tracer2", "tracer3"))]
     for t in threads:
@@ -250,7 +258,12 @@ def main() -> None:
             open_store(cluster.url).close()  # the console's indexes, as on opening an older collection
             proc, base = start_console(cluster.url)
             samples = {} if args.busy_only else measure(base, cluster.url, args)
-            samples["console fleet poll, tracers busy"] = busy_poll(base, args)
+            done: list[str] = []
+            cpu0, t0, load0 = cpu_s(proc.pid), time.monotonic(), os.getloadavg()[0]
+            samples["console fleet poll, tracers busy"] = busy_poll(base, args, done)
+            spent, load = round(cpu_s(proc.pid) - cpu0, 2), [load0, os.getloadavg()[0]]
+            cpu = {"tracer_requests": len(done), "seconds": round(time.monotonic() - t0, 1), "console_cpu_s": spent,
+                   "load_avg": load}  # fmt: skip
         finally:
             if proc is not None:
                 proc.terminate()
@@ -261,6 +274,7 @@ def main() -> None:
             else:
                 cluster.stop()
     meta = {"rows": args.rows, "audit_rows": args.audit_rows, "gates": args.gates, "requests": args.requests}
+    print(json.dumps({**meta, "busy": cpu}), flush=True)  # the console's own CPU, however loaded the machine
     failed = []
     for name, v in samples.items():
         p95 = round(pct(v, 95), 1)
