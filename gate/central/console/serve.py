@@ -165,6 +165,7 @@ def console(args: argparse.Namespace) -> int:
         proxied = {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
         uvicorn.run(build(c), host=host, port=port, log_level="warning", **proxied)  # type: ignore[arg-type]
     finally:
+        c.fleet.close()
         if c.commands is not None:
             c.commands.close()
         if c.tracing_store is not store:
