@@ -42,7 +42,7 @@ class Console:
     def __init__(
         self, store: Store, link: Link | None, *, refresh_s: float = 5.0, secure_cookies: bool = False,
         offline_min: float = 5.0, stale_hours: float = 24.0, clock: Clock = UTC_CLOCK,
-        tracing_store: Store | None = None,
+        tracing_store: Store | None = None, fleet_store: Store | None = None,
     ) -> None:  # fmt: skip
         self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
         self.offline_min, self.stale_hours, self.clock = offline_min, stale_hours, clock
@@ -55,7 +55,14 @@ class Console:
         self.tracing_store = tracing_store or store
         self._tracing_lock = self._lock if tracing_store is None else threading.Lock()
         lines = FleetLines(offline_min, stale_hours)
-        report = lambda: self.locked(lines.report, self.store)  # noqa: E731
+        # The fleet report (5,000 digests) on its own connection too: sign-ins and session checks never wait for it.
+        self.fleet_store = fleet_store or store
+        fleet_lock = self._lock if fleet_store is None else threading.Lock()
+
+        def report() -> list[dict[str, Any]]:
+            with fleet_lock:
+                return lines.report(self.fleet_store)
+
         self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
         log = Log(
             lambda sent: self.locked(self.store.command_sent, sent),
