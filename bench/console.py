@@ -6,7 +6,7 @@ by signed-in clients (httpx, keep-alive), each page side by side with the raw SQ
 fleet       GET /fleet (first page of 100, flags over every gate) and its htmx poll; raw SELECT of the fleet
 fleet-find  GET /fleet?q=…&sort=outbox (server-side search and sort)
 gate        GET /gate?id=… (state, recent decisions, check-ins per hour); raw SELECT of its day
-contacts    POST /trace contacts of a random token (±30 min, 28 days); raw contact SQL
+contacts    POST /trace contacts of a random token (±30 min, 28 days; first page of 200 and the totals); its raw SQL
 venue       POST /trace a venue's check-ins over 28 days (first page of 200); raw SELECT … LIMIT 201
 audit       GET /audit (newest 100) and filtered by operator and action; raw SELECT … LIMIT 101
 poll-busy   the fleet poll while two tracers run their heaviest queries back to back (±1,440 min contacts,
@@ -14,6 +14,7 @@ poll-busy   the fleet poll while two tracers run their heaviest queries back to 
 
 Targets: p95 <= 200 ms for every page, <= 300 ms for the busy poll. --smoke: small sizes, checks only.
 usage: bench/console.py [--rows 10000000] [--audit-rows 1000000] [--gates 5000] [--requests 200] [--smoke]
+                        [--keep DIR (a filled cluster kept and reused)] [--busy-only]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,11 +43,12 @@ from central import DAYS, T_END, VENUES, fill, free_port
 from _util import parse, pct
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from pgcluster import PgCluster
+from pgcluster import PgCluster, pg_bin
 
 from gate.central.console.auth import hash_password
+from gate.central.contacts import PAGE_SQL
 from gate.central.db import open_store
-from gate.central.store import CONTACTS_SQL, DAY
+from gate.central.store import DAY
 
 PASSWORD = "bench-password-1"
 PAGE_TARGET_MS, BUSY_TARGET_MS = 200.0, 300.0
@@ -136,7 +139,7 @@ def measure(base: str, url: str, args: argparse.Namespace) -> dict[str, list[flo
     raw.execute("SET jit = off")
     rng = random.Random(3)
     t_from, t_to = T_END - DAYS * DAY, T_END
-    contacts_sql = CONTACTS_SQL.replace("?", "%s")
+    contacts_sql = PAGE_SQL.replace("?", "%s")
     s: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
@@ -155,8 +158,8 @@ def measure(base: str, url: str, args: argparse.Namespace) -> dict[str, list[flo
         tok = f"tok-{rng.randrange(args.tokens):08d}"
         form = {"csrf": csrf, "token": tok, "window": "30", "from": str(t_from), "to": str(t_to)}
         add("console contacts", post(tracer, "/trace", form, "contact codes"))
-        params = (1800, 1800, tok, t_from, t_to, tok)
-        add("raw contacts SQL", ms(lambda: raw.execute(contacts_sql, params).fetchall()))  # noqa: B023
+        params = (1800, 1800, tok, t_from, t_to, tok, -1.0, "", 201)
+        add("raw contacts page SQL", ms(lambda: raw.execute(contacts_sql, params).fetchall()))  # noqa: B023
         venue = f"venue-{v:03d}"
         form = {"csrf": csrf, "mode": "trace", "venue": venue, "from": str(t_from), "to": str(t_to)}
         add("console venue trace", post(tracer, "/trace", form, "check-ins"))
@@ -173,8 +176,15 @@ def measure(base: str, url: str, args: argparse.Namespace) -> dict[str, list[flo
     return s
 
 
-def busy_poll(base: str, args: argparse.Namespace) -> list[float]:
-    """The operator's fleet poll while two tracers run the heaviest queries the forms allow, back to back."""
+def cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system): what the console spent, whatever else loads the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_poll(base: str, args: argparse.Namespace, done: list[str]) -> list[float]:
+    """The operator's fleet poll while two tracers run the heaviest queries the forms allow, back to back;
+    `done` gets one entry per tracer request answered."""
     stop = threading.Event()
     t_from, t_to = T_END - DAYS * DAY, T_END
 
@@ -188,6 +198,7 @@ def busy_poll(base: str, args: argparse.Namespace) -> list[float]:
             venue = f"venue-{rng.randrange(VENUES):03d}"
             post(c, "/trace", {"csrf": csrf, "mode": "trace", "venue": venue, "from": str(T_END - 31 * DAY),
                                "to": str(T_END)}, "check-ins")  # fmt: skip
+            done.extend(("contacts", "venue"))
 
     threads = [threading.Thread(target=tracer, args=(n, i)) for i, n in enumerate(("tracer2", "tracer3"))]
     for t in threads:
@@ -202,6 +213,28 @@ def busy_poll(base: str, args: argparse.Namespace) -> list[float]:
             t.join(120)
 
 
+def cluster_for(args: argparse.Namespace, tmp: Path) -> tuple[PgCluster, bool]:
+    """(cluster, filled already): with --keep, the cluster kept there by a run of the same sizes, started again
+    (the 10M fill takes minutes); otherwise a new one."""
+    where = args.keep or tmp
+    sizes = json.dumps({k: vars(args)[k] for k in ("rows", "tokens", "audit_rows", "gates")})
+    marker, cluster = where / "filled.json", PgCluster(where / "pg", free_port())
+    if args.keep and marker.exists() and marker.read_text() == sizes and cluster.data.exists():
+        opts = f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {cluster.workdir} -c max_connections=50"
+        cmd = [str(pg_bin("pg_ctl")), "-D", str(cluster.data), "-o", opts, "-l", str(cluster.workdir / "log"), "-w"]
+        subprocess.run([*cmd, "start"], check=True, capture_output=True, timeout=300, user=cluster.user)
+        return cluster, True
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(cluster.workdir, ignore_errors=True)
+    cluster.start()
+    fill(cluster.url, args.rows, args.tokens)
+    seed_fleet(cluster.url, args.gates)
+    seed_audit(cluster.url, args.audit_rows)
+    if args.keep:
+        marker.write_text(sizes)
+    return cluster, False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -209,26 +242,39 @@ def main() -> None:
     ap.add_argument("--audit-rows", type=int, default=1_000_000)
     ap.add_argument("--gates", type=int, default=5000)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--keep", type=Path, help="keep the filled PostgreSQL in this directory, reuse it next time")
+    ap.add_argument("--busy-only", action="store_true", help="only the fleet poll while tracers are busy")
     args = parse(ap, rows=50_000, tokens=10_000, audit_rows=5_000, gates=200, requests=10)
+    if args.keep:
+        args.keep = args.keep.resolve()
+        args.keep.mkdir(parents=True, exist_ok=True)
+        args.keep.chmod(0o755)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tmp.chmod(0o755)
-        cluster = PgCluster(tmp / "pg", free_port()).start()
+        cluster, _ = cluster_for(args, tmp)
         proc = None
         try:
-            fill(cluster.url, args.rows, args.tokens)
-            seed_fleet(cluster.url, args.gates)
-            seed_audit(cluster.url, args.audit_rows)
             open_store(cluster.url).close()  # the console's indexes, as on opening an older collection
             proc, base = start_console(cluster.url)
-            samples = measure(base, cluster.url, args)
-            samples["console fleet poll, tracers busy"] = busy_poll(base, args)
+            samples = {} if args.busy_only else measure(base, cluster.url, args)
+            done: list[str] = []
+            cpu0, t0, load0 = cpu_s(proc.pid), time.monotonic(), os.getloadavg()[0]
+            samples["console fleet poll, tracers busy"] = busy_poll(base, args, done)
+            spent, load = round(cpu_s(proc.pid) - cpu0, 2), [load0, os.getloadavg()[0]]
+            cpu = {"tracer_requests": len(done), "seconds": round(time.monotonic() - t0, 1), "console_cpu_s": spent,
+                   "load_avg": load}  # fmt: skip
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
-            cluster.stop()
+            if args.keep:  # a clean shutdown: the next start need not replay the fill's WAL
+                cmd = [str(pg_bin("pg_ctl")), "-D", str(cluster.data), "-m", "fast", "-w", "stop"]
+                subprocess.run(cmd, capture_output=True, timeout=300, user=cluster.user)
+            else:
+                cluster.stop()
     meta = {"rows": args.rows, "audit_rows": args.audit_rows, "gates": args.gates, "requests": args.requests}
+    print(json.dumps({**meta, "busy": cpu}), flush=True)  # the console's own CPU, however loaded the machine
     failed = []
     for name, v in samples.items():
         p95 = round(pct(v, 95), 1)

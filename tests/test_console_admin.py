@@ -4,15 +4,19 @@ ending sessions, sessions shared through the database, bounded bodies, odd store
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from starlette.testclient import TestClient
-from test_console_forms import PASSWORD, client_for, sign_in
+from test_console_forms import PASSWORD, client_for, csrf, sign_in
 
+from conftest import wait_until
 from gate.central.console.app import Console, build
+from gate.central.console.auth import hash_password
 from gate.central.db import open_store
 from gate.central.tracing import write_contacts_csv
 
@@ -55,6 +59,60 @@ def test_two_console_processes_share_sessions_through_the_database(tmp_path: Pat
     assert one.get("/fleet", follow_redirects=False).status_code == 303  # signed out in both
 
 
+class HeldGate:
+    """A link whose gate answers a command only when `answer` is set (as a real gate after a while)."""
+
+    def __init__(self) -> None:
+        self.answer, self.sent = threading.Event(), threading.Event()
+
+    def command(self, gate_id: str, name: str) -> dict[str, Any] | None:
+        self.sent.set()
+        if not self.answer.wait(20):
+            return None
+        return {"ok": True, "command": name, "result": {"mode": "out_of_service"}}
+
+
+def test_a_command_sent_by_one_console_process_shows_its_reply_in_another(tmp_path: Path) -> None:
+    """Two consoles on one database (two processes behind a proxy): the command posted to one; its page,
+    served by the other, says it waits for the gate, then shows the reply the first one's worker wrote."""
+    gate = HeldGate()
+    one_console = Console(open_store(tmp_path / "c.db"), gate)  # type: ignore[arg-type]
+    one = TestClient(build(one_console), base_url="https://testserver")
+    store = open_store(tmp_path / "c.db")
+    store.put_user("otto", "operator", hash_password(PASSWORD))
+    store.put_user("olga", "operator", hash_password(PASSWORD))
+    store.seen("lane-1", "state", {"mode": "normal"}, 1.0)
+    store.close()
+    other = TestClient(build(Console(open_store(tmp_path / "c.db"), None)), base_url="https://testserver")
+    assert sign_in(one, "otto").status_code == 303
+    other.cookies.update(one.cookies)
+    form = {"csrf": csrf(one, "/fleet"), "gate_id": "lane-1", "name": "out-of-service"}
+    r = one.post("/fleet/command", data=form, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/fleet/command/")
+    page = r.headers["location"]
+    assert gate.sent.wait(20)
+    assert "Sent, waiting for the gate" in other.get(page).text
+    gate.answer.set()
+    assert wait_until(lambda: "The gate replied: done" in other.get(page).text)
+    shown = other.get(page).text
+    assert "out-of-service → gate lane-1" in shown and "out_of_service" in shown and "by otto" in shown
+    assert other.get(page + "x").status_code == 404
+    assert sign_in(other, "olga").status_code == 303  # another operator's command is not theirs to see
+    assert other.get(page).status_code == 404
+    assert one_console.commands is not None
+    one_console.commands.close()
+
+
+def test_a_command_whose_console_stopped_says_so_instead_of_waiting_for_ever() -> None:
+    from gate.central.commandlog import Sent
+    from gate.central.console.commands import LOST_S, as_of
+
+    sent = Sent("c1", "lane-1", "resync", "otto", 1000.0)
+    assert as_of(sent, 1000.0 + LOST_S - 1) == sent
+    lost = as_of(sent, 1000.0 + LOST_S + 1)
+    assert lost is not None and lost.done and lost.error and "stopped" in lost.error
+
+
 def test_a_mistyped_db_is_refused_not_created(tmp_path: Path) -> None:
     missing = tmp_path / "centarl.db"
     r = central("console", "--db", str(missing), "--listen", "127.0.0.1:1")
@@ -95,11 +153,47 @@ def test_the_contacts_csv_streams_in_chunks_with_one_header() -> None:
     from gate.central.console.pages import csv_chunks
 
     rows = [{"token": f"tok-{i:05d}", "group_size": 1} for i in range(1201)]
-    chunks = list(csv_chunks(rows))
+    chunks = list(csv_chunks([rows[:500], rows[500:1000], rows[1000:]]))
     lines = "".join(chunks).splitlines()
     assert len(chunks) == 3 and lines[0].startswith("token,") and len(lines) == 1202
     assert [line.split(",")[0] for line in lines[1:]] == [r["token"] for r in rows]
-    assert "".join(csv_chunks([])).splitlines() == [lines[0]]
+    assert "".join(csv_chunks([[]])).splitlines() == [lines[0]]
+
+
+def test_a_long_contact_list_is_paged_and_its_csv_has_every_row(tmp_path: Path) -> None:
+    """450 contact check-ins: pages of 200 by keyset with the totals on each; the CSV (read a page at a time
+    on the server) holds all 450; the page and the CSV are each one audited query."""
+    from test_central_db import T0, checkin
+
+    client = client_for(tmp_path)
+    store = open_store(tmp_path / "c.db")
+    rows = [checkin("tok-case", "rail-central", T0 + 3600 * h) for h in range(4)]
+    rows += [checkin(f"tok-{i % 150:05d}", "rail-central", T0 + 24 * i, event_id=f"e{i:04d}") for i in range(450)]
+    store.write(rows, [])
+    assert sign_in(client, "ann").status_code == 303
+    form = {"csrf": csrf(client, "/trace"), "token": "tok-case", "window": "30", "from": str(T0 - 3600)}
+    form["to"] = str(T0 + 4 * 3600)
+    seen: list[str] = []
+    after = ""
+    for want in (200, 200, 50):
+        page = client.post("/trace", data={**form, "mode": "contacts", "after": after}).text
+        assert "150 contact codes" in page and "450 check-ins" in page
+        shown = re.findall(r"<td>(tok-\d{5})</td>", page)
+        assert len(shown) == want
+        seen += shown
+        found = re.search(r'name="after" value="([^"]+)"', page)
+        assert (found is not None) == (want == 200)
+        after = found[1] if found else ""
+    assert seen == [f"tok-{i % 150:05d}" for i in range(450)]
+    csv_text = client.post("/trace.csv", data=form).text
+    assert [line.split(",")[0] for line in csv_text.splitlines()[1:]] == seen
+    audits = [a for a in store.audits() if a["action"] == "contacts"]
+    assert [a["rows"] for a in audits] == [450] * 4 and [bool(a["params"].get("after")) for a in audits] == [
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:

@@ -207,3 +207,31 @@ def test_pollers_of_one_fleet_view_share_one_report_and_one_page_until_it_expire
     assert view.page(FleetQuery(search="g1")).matching == 1 and len(made) == 1
     view.forget()
     assert view.page(FleetQuery()) is not first and len(made) == 2
+
+
+def test_an_expired_fleet_report_is_served_while_the_next_is_made_in_the_background() -> None:
+    """No poller waits for the fleet query once there is a report: the expired one is served while one worker
+    makes the next; a report far older than its interval (a database that stopped answering) is not served."""
+    import threading
+    import time
+
+    from conftest import wait_until
+    from gate.central.console.fleetview import FleetQuery, FleetView
+
+    release, made = threading.Event(), []
+
+    def report() -> list[dict[str, Any]]:
+        if made:
+            assert release.wait(20)
+        made.append(1)
+        return [{"gate_id": f"g{len(made)}", "venue_id": "v", "vehicle_id": None, "route": None, "flags": []}]
+
+    view = FleetView(report, ttl=0.05)
+    assert view.page(FleetQuery()).rows[0]["gate_id"] == "g1"
+    assert wait_until(lambda: view.page(FleetQuery()).rows[0]["gate_id"] == "g1" and view._refreshing, 5)
+    assert [view.page(FleetQuery()).rows[0]["gate_id"] for _ in range(3)] == ["g1"] * 3  # the query still runs
+    release.set()
+    assert wait_until(lambda: view.page(FleetQuery()).rows[0]["gate_id"] == "g2")
+    view._cached = (time.monotonic() - 60, view._cached[1] if view._cached else [])  # far past its interval
+    assert view.page(FleetQuery()).rows[0]["gate_id"] == "g3" and len(made) == 3
+    view.close()

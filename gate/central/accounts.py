@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from gate.central.commandlog import COMMANDS_SQL
+
 # A name, a role, an argon2 hash and whether the account is disabled; no personal data.
 USERS_SQL = (
     "CREATE TABLE IF NOT EXISTS console_users "
@@ -39,6 +41,7 @@ class Accounts:
         self._run(USERS_SQL)
         self._run(SESSIONS_SQL)
         self._run(SESSIONS_INDEX)
+        self._run(COMMANDS_SQL)
         try:
             self._run("SELECT disabled FROM console_users WHERE name = ?", ("-",)).fetchall()
         except Exception:  # the driver's "no such column": a collection from before user administration

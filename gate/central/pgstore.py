@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from gate.central.accounts import SESSIONS_INDEX, SESSIONS_SQL, USERS_SQL
+from gate.central.commandlog import COMMANDS_SQL
 from gate.central.pgconn import Link
 from gate.central.store import ALL_COLS, DAY, INDEXES, Quarantined, Queries, Row, days, merge_seen
 
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE TABLE IF NOT EXISTS fleet (gate_id text PRIMARY KEY, doc text NOT NULL);
 """
-SCHEMA += ";\n".join((USERS_SQL, SESSIONS_SQL, SESSIONS_INDEX)) + ";\n"
+SCHEMA += ";\n".join((USERS_SQL, SESSIONS_SQL, SESSIONS_INDEX, COMMANDS_SQL)) + ";\n"
 LOCK = 7_242_817  # advisory lock id: schema and partition changes, one collector at a time
 
 

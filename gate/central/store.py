@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gate.central.accounts import Accounts
+from gate.central.commandlog import CommandLog, Sent
+from gate.central.contacts import ContactPage, ContactQueries
 from gate.core.sqlite import private
 
 COLS = (
@@ -92,7 +94,11 @@ class Store(Protocol):
 
     def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]: ...
 
-    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]: ...
+    def contacts_page(
+        self, token: str, t_from: float, t_to: float, window: float, after: tuple[float, str] | None, limit: int
+    ) -> ContactPage:
+        """A token's contacts (gate.central.contacts): up to `limit` after `after`, and the totals."""
+        ...
 
     def purge(self, before: float) -> int:
         """Delete check-ins older than `before`; returns rows deleted (or partitions dropped x their rows)."""
@@ -146,11 +152,17 @@ class Store(Protocol):
 
     def end_sessions(self, name: str) -> None: ...
 
+    def command_sent(self, sent: Sent) -> None: ...
+
+    def command_done(self, sent: Sent) -> None: ...
+
+    def command_status(self, cid: str) -> Sent | None: ...
+
     def close(self) -> None: ...
 
 
-# The contact query, in SQL both databases run: each check-in of the token in the period, joined to every
-# other token's decision at the same venue within the window. `?` placeholders (PgStore rewrites them).
+# The contact query's join alone (each pairing, not deduplicated): the raw SQL the benches compare with;
+# gate.central.contacts runs it deduplicated and paged. `?` placeholders (PgStore rewrites them).
 CONTACTS_SQL = """
 SELECT o.token, o.venue_id, o.venue_name, o.gate_id, o.time, o.decision, o.reason, o.companions, o.kind,
        o.event_id, m.time AS my_time, m.gate_id AS my_gate
@@ -174,7 +186,7 @@ def merge_seen(doc: dict[str, Any], kind: str, body: dict[str, Any], at: float) 
     return doc
 
 
-class Queries(Accounts):
+class Queries(Accounts, ContactQueries, CommandLog):
     """What both stores ask in the same SQL: written with `?` placeholders, `PARAM` is the driver's own."""
 
     db: Any
@@ -186,11 +198,6 @@ class Queries(Accounts):
     def select(self, where: str, params: Sequence[Any], order: str = "time") -> list[dict[str, Any]]:
         cur = self._run(f"SELECT {', '.join(COLS)} FROM checkins WHERE {where} ORDER BY {order}", params)
         return [dict(zip(COLS, r, strict=True)) for r in cur]
-
-    def contacts_rows(self, token: str, t_from: float, t_to: float, window: float) -> list[dict[str, Any]]:
-        cur = self._run(CONTACTS_SQL, (window, window, token, t_from, t_to, token))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur]
 
     def audit(self, operator: str, action: str, params: dict[str, Any], rows: int) -> None:
         self._run(

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import IO, Any
 
+from gate.central.contacts import ALL, ContactPage
 from gate.central.store import Store
 from gate.core.errors import GateError
 
@@ -83,36 +84,51 @@ def trace(
     return 0 if rows else 1
 
 
-def find_contacts(store: Store, token: str, t_from: float, t_to: float, window_min: float) -> list[dict[str, Any]]:
+def contact(r: dict[str, Any], window: float) -> dict[str, Any]:
+    """One contact check-in as the CLI, the console and the CSV show it, paired with the token's nearest."""
+    apart = abs(r["time"] - r["my_time"])
+    return {
+        "token": r["token"],
+        "venue_id": r["venue_id"],
+        "venue_name": r["venue_name"],
+        "gate_id": r["gate_id"],
+        "time": r["time"],
+        "time_iso": _when(r["time"]),
+        "their_time": r["time"],
+        "my_time": r["my_time"],
+        "my_gate_id": r["my_gate"],
+        "apart_min": round(apart / 60, 2),
+        "overlap_min": round(max(0.0, 2 * window - apart) / 60, 2),
+        "admitted": r["decision"] == "admit",
+        "decision": r["decision"],
+        "reason": r["reason"],
+        "group_size": 1 + int(r["companions"] or 0),
+        "kind": r["kind"],
+        "event_id": r["event_id"],
+    }
+
+
+def contacts_page(
+    store: Store,
+    token: str,
+    t_from: float,
+    t_to: float,
+    window_min: float,
+    limit: int = ALL,
+    after: tuple[float, str] | None = None,
+) -> ContactPage:
     """Every other token's check-in at one of the token's venues within +/- window of one of its check-ins:
     one row per such check-in, paired with the nearest of the token's. A code admitting companions is one
-    group (`group_size` = 1 + companions): the companions have no token of their own."""
+    group (`group_size` = 1 + companions): the companions have no token of their own. `limit` rows from after
+    (time, event_id); the database deduplicates, orders and counts, so a page costs only its own rows here."""
     window = window_min * 60
-    best: dict[str, dict[str, Any]] = {}
-    for r in store.contacts_rows(token, t_from, t_to, window):
-        apart = abs(r["time"] - r["my_time"])
-        kept = best.get(r["event_id"])
-        if kept is not None and kept["apart_min"] * 60 <= apart:
-            continue
-        best[r["event_id"]] = {
-            "token": r["token"],
-            "venue_id": r["venue_id"],
-            "venue_name": r["venue_name"],
-            "gate_id": r["gate_id"],
-            "time": r["time"],
-            "time_iso": _when(r["time"]),
-            "their_time": r["time"],
-            "my_time": r["my_time"],
-            "my_gate_id": r["my_gate"],
-            "apart_min": round(apart / 60, 2),
-            "overlap_min": round(max(0.0, 2 * window - apart) / 60, 2),
-            "admitted": r["decision"] == "admit",
-            "decision": r["decision"],
-            "reason": r["reason"],
-            "group_size": 1 + int(r["companions"] or 0),
-            "kind": r["kind"],
-        }
-    return sorted(best.values(), key=lambda c: (c["time"], c["token"]))
+    page = store.contacts_page(token, t_from, min(t_to, 1e18), window, after, limit)
+    return ContactPage([contact(r, window) for r in page.rows], page.codes, page.people, page.found)
+
+
+def find_contacts(store: Store, token: str, t_from: float, t_to: float, window_min: float) -> list[dict[str, Any]]:
+    """All of a token's contacts (see contacts_page), in (time, event_id) order."""
+    return contacts_page(store, token, t_from, t_to, window_min).rows
 
 
 CONTACT_FIELDS = (
@@ -132,13 +148,23 @@ CONTACT_FIELDS = (
 
 
 def audited_contacts(
-    store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float
-) -> list[dict[str, Any]]:
-    """find_contacts, written to the audit table with who asked: what the CLI and the console both run."""
+    store: Store,
+    operator: str,
+    token: str,
+    t_from: float,
+    t_to: float,
+    window_min: float,
+    limit: int = ALL,
+    after: tuple[float, str] | None = None,
+) -> ContactPage:
+    """contacts_page, written to the audit table with who asked (and the totals): what the CLI and the console
+    run; each page of the console is one audited query, as each page of a trace is."""
     operator = _operator(operator)
-    found = find_contacts(store, token, t_from, t_to, window_min)
-    params = {"token": token, "from": t_from, "to": min(t_to, 1e18), "window_min": window_min}
-    store.audit(operator, "contacts", params, len(found))
+    found = contacts_page(store, token, t_from, t_to, window_min, limit, after)
+    params: dict[str, Any] = {"token": token, "from": t_from, "to": min(t_to, 1e18), "window_min": window_min}
+    if after is not None:
+        params["after"] = after[0]
+    store.audit(operator, "contacts", params, found.found)
     return found
 
 
@@ -165,7 +191,7 @@ def write_contacts_csv(found: list[dict[str, Any]], out: IO[str]) -> None:
 
 
 def contacts(store: Store, operator: str, token: str, t_from: float, t_to: float, window_min: float, fmt: str) -> int:
-    found = audited_contacts(store, operator, token, t_from, t_to, window_min)
+    found = audited_contacts(store, operator, token, t_from, t_to, window_min).rows
     if fmt == "json":
         for c in found:
             print(json.dumps(c))

@@ -23,7 +23,7 @@ from gate.central.store import Store
 
 from .auth import IDLE_SECONDS, MAX_SECONDS, PERMITS, RateLimit, Session, verify_password
 from .clock import UTC_CLOCK, Clock
-from .commands import Commands
+from .commands import Commands, Log
 from .fleetview import FleetLines, FleetView
 from .limits import BodyLimit
 from .measures import Link
@@ -50,6 +50,7 @@ class Console:
         stale_hours: float = 24.0,
         clock: Clock = UTC_CLOCK,
         tracing_store: Store | None = None,
+        fleet_store: Store | None = None,
     ) -> None:
         self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
         self.offline_min, self.stale_hours, self.clock = offline_min, stale_hours, clock
@@ -62,9 +63,20 @@ class Console:
         self.tracing_store = tracing_store or store
         self._tracing_lock = self._lock if tracing_store is None else threading.Lock()
         lines = FleetLines(offline_min, stale_hours)
-        report = lambda: self.locked(lines.report, self.store)  # noqa: E731
+        # The fleet report (5,000 digests) on its own connection too: sign-ins and session checks never wait for it.
+        self.fleet_store = fleet_store or store
+        fleet_lock = self._lock if fleet_store is None else threading.Lock()
+
+        def report() -> list[dict[str, Any]]:
+            with fleet_lock:
+                return lines.report(self.fleet_store)
+
         self.fleet = FleetView(report, ttl=max(0.2, min(2.0, refresh_s / 2)))
-        self.commands = None if link is None else Commands(self._send, self._audit_command)
+        log = Log(
+            lambda sent: self.locked(self.store.command_sent, sent),
+            lambda sent: self.locked(self.store.command_done, sent),
+        )
+        self.commands = None if link is None else Commands(self._send, self._audit_command, log)
 
     def locked(self, fn: Callable[..., T], *args: Any) -> T:
         """The store's one connection, one caller at a time (never held during broker I/O)."""
@@ -74,14 +86,13 @@ class Console:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(self.locked, fn, *args)
 
-    async def trace_db(self, fn: Callable[..., T], *args: Any) -> T:
+    def traced(self, fn: Callable[..., T], *args: Any) -> T:
         """A tracer's query (the store is the first argument given to `fn`) on the tracing connection."""
+        with self._tracing_lock:
+            return fn(self.tracing_store, *args)
 
-        def run() -> T:
-            with self._tracing_lock:
-                return fn(self.tracing_store, *args)
-
-        return await run_in_threadpool(run)
+    async def trace_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in_threadpool(self.traced, fn, *args)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Broker I/O on a worker thread, outside the store's lock: a slow broker delays only this request."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,27 +74,59 @@ class FleetPage:
 
 
 class FleetView:
-    """`report()` runs at most once per `ttl` seconds, whoever asks; everyone in between gets its copy."""
+    """`report()` runs at most once per `ttl` seconds, whoever asks; everyone in between gets its copy. Once
+    expired, the copy is still served while one worker makes the next (no poller waits for the query), unless
+    it is older than STALE_TTLS intervals (a database that stopped answering is an error, not an old table)."""
+
+    STALE_TTLS = 10
 
     def __init__(self, report: Callable[[], list[dict[str, Any]]], ttl: float) -> None:
         self._report, self.ttl = report, ttl
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
         self._pages: dict[tuple[float, FleetQuery], FleetPage] = {}  # of the cached report: every poller's view
         self._lock = threading.Lock()
+        self._making = threading.Lock()  # one report query at a time, in the background or not
+        self._refreshing = False
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-report")
 
     def rows(self) -> list[dict[str, Any]]:
         return self._stamped()[1]
 
     def _stamped(self) -> tuple[float, list[dict[str, Any]]]:
-        with self._lock:  # one caller recomputes; the others wait for it rather than run the same query
-            if self._cached is None or time.monotonic() - self._cached[0] > self.ttl:
-                self._cached = (time.monotonic(), self._report())
-                self._pages = {}
-            return self._cached
+        with self._lock:
+            cached = self._cached
+            age = None if cached is None else time.monotonic() - cached[0]
+            if cached is not None and age is not None and age <= self.ttl * self.STALE_TTLS:
+                if age > self.ttl and not self._refreshing:
+                    self._refreshing = True
+                    self._worker.submit(self._refresh)
+                return cached
+        with self._making:  # none, or too old: made now; the callers in between wait for it, not run it again
+            with self._lock:
+                if self._cached is not None and time.monotonic() - self._cached[0] <= self.ttl:
+                    return self._cached
+            return self._make()
+
+    def _make(self) -> tuple[float, list[dict[str, Any]]]:
+        fresh = (time.monotonic(), self._report())
+        with self._lock:
+            self._cached, self._pages = fresh, {}
+        return fresh
+
+    def _refresh(self) -> None:
+        try:
+            with self._making:
+                self._make()
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     def forget(self) -> None:
         with self._lock:
             self._cached = None
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
 
     def page(self, q: FleetQuery) -> FleetPage:
         stamp, report = self._stamped()

@@ -3,6 +3,7 @@ says "sent, waiting for the gate" and shows the reply when it comes. A reload on
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -12,6 +13,7 @@ from starlette.routing import Route
 from . import forms
 from .app import Console
 from .auth import Session
+from .commands import as_of
 
 OFF = "commands: the console was started without --broker/--config and --key"
 
@@ -64,14 +66,15 @@ def routes(c: Console) -> list[Route]:
             gate_id, name = forms.command(form, {gate_id} if await known(gate_id) else set())
         except forms.FormError as exc:
             return c.page(request, "command.html", me, status=400, error=str(exc), sent=None, confirm=None)
-        cid = c.commands.send(gate_id, name, me.name)
+        cid = await c.io(c.commands.send, gate_id, name, me.name)  # its status is in the database first
         return RedirectResponse(f"/fleet/command/{cid}", status_code=303)
 
     @c.needs("command")
     async def status(request: Request, me: Session) -> Response:
-        sent = c.commands.get(request.path_params["cid"]) if c.commands else None
+        # from the database: any console process shows it, whichever sent it (or one without a broker)
+        sent = as_of(await c.db(c.store.command_status, request.path_params["cid"]), time.time())
         if sent is None or sent.by != me.name:
-            msg = "This command is no longer known here (the console restarted, or it was someone else's)."
+            msg = "This command is not known (it was someone else's, or sent more than 30 days ago)."
             return c.page(request, "command.html", me, status=404, error=msg, sent=None, confirm=None)
         name = "command_status.html" if request.headers.get("HX-Request") else "command.html"
         return c.page(request, name, me, error=None, sent=sent, confirm=None, items=reply_items(sent.reply))

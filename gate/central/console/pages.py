@@ -7,7 +7,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gate.central import tracing
+from gate.central.contacts import ContactPage
 from gate.central.publish import BackwardsError
 from gate.core.errors import GateError
 
@@ -27,14 +28,31 @@ from .clock import Clock
 from .fleetview import SORTS, FleetQuery
 from .measures import checked
 
+CSV_PAGE = 1000  # contacts per query of the CSV export: every row, a bounded page at a time
 
-def csv_chunks(rows: list[dict[str, Any]], per: int = 500) -> Iterator[str]:
-    """The contacts CSV (the CLI's columns, UTC times, cells neutralised) sent in chunks as it is written."""
-    for i in range(0, max(len(rows), 1), per):
+
+def csv_chunks(pages: Iterable[list[dict[str, Any]]]) -> Iterator[str]:
+    """The contacts CSV (the CLI's columns, UTC times, cells neutralised), a chunk per page as it is read."""
+    first = True
+    for rows in pages:
         out = io.StringIO()
-        tracing.write_contacts_csv(rows[i : i + per], out)
+        tracing.write_contacts_csv(rows, out)
         text = out.getvalue()
-        yield text if i == 0 else text.split("\n", 1)[1]  # the header once
+        yield text if first else text.split("\n", 1)[1]  # the header once
+        first = False
+
+
+def contact_pages(
+    first: ContactPage, more: Callable[[tuple[float, str]], ContactPage]
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of `first` and of each next page (`more` after the last row shown); pages of CSV_PAGE + 1 rows
+    tell whether another follows."""
+    page = first
+    yield page.rows[:CSV_PAGE]
+    while len(page.rows) > CSV_PAGE:
+        last = page.rows[CSV_PAGE - 1]
+        page = more((last["time"], last["event_id"]))
+        yield page.rows[:CSV_PAGE]
 
 
 def dom_id(text: Any) -> str:
@@ -63,39 +81,48 @@ def routes(c: Console) -> list[Route]:
     async def trace_page(request: Request, me: Session) -> Response:
         return c.page(request, "trace.html", me, q=None, rows=None, error=None, form={})
 
-    async def run_trace(me: Session, form: dict[str, str]) -> tuple[forms.TraceQuery, list[dict[str, Any]]]:
-        q = forms.trace_query(form, c.clock.tz)
+    async def run_trace(me: Session, q: forms.TraceQuery, limit: int) -> ContactPage:
+        """One audited page: a token's contacts (with their totals), or a token's or venue's check-ins."""
         if q.mode == "contacts":
             assert q.token is not None
-            args = (me.name, q.token, q.t_from, q.t_to, q.window_min)
-            return q, await c.trace_db(tracing.audited_contacts, *args)
-        args2 = (me.name, q.token, q.venue, q.t_from, q.t_to, forms.PAGE + 1, q.after)
-        return q, await c.trace_db(tracing.trace_rows, *args2)
+            args = (me.name, q.token, q.t_from, q.t_to, q.window_min, limit, q.after)
+            return await c.trace_db(tracing.audited_contacts, *args)
+        args2 = (me.name, q.token, q.venue, q.t_from, q.t_to, limit, q.after)
+        rows = await c.trace_db(tracing.trace_rows, *args2)
+        return ContactPage(rows, 0, 0, len(rows))
 
     @c.needs("trace")
     async def trace_run(request: Request, me: Session) -> Response:
         form = await form_of(request)
         try:
-            q, rows = await run_trace(me, form)
+            q = forms.trace_query(form, c.clock.tz)
+            found = await run_trace(me, q, forms.PAGE + 1)
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
-        codes, people = tracing.contact_counts(rows) if q.mode == "contacts" else (0, 0)
-        more = q.mode == "trace" and len(rows) > forms.PAGE
-        rows = rows[: forms.PAGE] if q.mode == "trace" else rows
+        rows, more = found.rows[: forms.PAGE], len(found.rows) > forms.PAGE
         after = f"{rows[-1]['time']!r},{rows[-1]['event_id']}" if more else None
-        ctx: dict[str, Any] = {"codes": codes, "people": people, "after": after, "period": (q.t_from, q.t_to)}
+        ctx: dict[str, Any] = {"codes": found.codes, "people": found.people, "found": found.found}
+        ctx |= {"after": after, "period": (q.t_from, q.t_to), "paged": q.after is not None}
         return await c.big_page(request, "trace.html", me, q=q, rows=rows, error=None, form=form, **ctx)
 
     @c.needs("trace")
     async def trace_csv(request: Request, me: Session) -> Response:
-        form = {**(await form_of(request)), "mode": "contacts"}
+        form = {**(await form_of(request)), "mode": "contacts", "after": ""}
         try:
-            q, rows = await run_trace(me, form)
+            q = forms.trace_query(form, c.clock.tz)
+            first = await run_trace(me, q, CSV_PAGE + 1)  # audited once, with the total
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
+        assert q.token is not None
+        token, t_from, t_to, window = q.token, q.t_from, q.t_to, q.window_min
+
+        def more(after: tuple[float, str]) -> ContactPage:
+            return c.traced(tracing.contacts_page, token, t_from, t_to, window, CSV_PAGE + 1, after)
+
         name = f"contacts-{q.token}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv"
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-        return StreamingResponse(csv_chunks(rows), media_type="text/csv; charset=utf-8", headers=headers)
+        chunks = csv_chunks(contact_pages(first, more))
+        return StreamingResponse(chunks, media_type="text/csv; charset=utf-8", headers=headers)
 
     @c.needs("fleet")
     async def fleet_page(request: Request, me: Session) -> Response:

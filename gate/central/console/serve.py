@@ -154,6 +154,7 @@ def console(args: argparse.Namespace) -> int:
         stale_hours=args.stale_cache_hours,
         clock=clock,
         tracing_store=open_store(args.db),
+        fleet_store=open_store(args.db),
     )
     if not c.htmx:
         log.warning("console: htmx is not installed (./install.sh --dev): the fleet page updates only on reload")
@@ -165,9 +166,10 @@ def console(args: argparse.Namespace) -> int:
         proxied = {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
         uvicorn.run(build(c), host=host, port=port, log_level="warning", **proxied)  # type: ignore[arg-type]
     finally:
+        c.fleet.close()
         if c.commands is not None:
             c.commands.close()
-        if c.tracing_store is not store:
-            c.tracing_store.close()
+        for extra in {c.tracing_store, c.fleet_store} - {store}:
+            extra.close()
         store.close()
     return 0
