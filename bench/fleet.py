@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""A fleet simulation: N gates (real sync worker, signature checks, pass cache, outbox drainer) in a few processes,
-a broker, 2 collectors into PostgreSQL; revocation fan-out beside raw paho subscribers, sustained ingest, and a
-collector / the PostgreSQL primary killed under load. One JSON line per figure; exit 1 if its own checks fail.
+"""A fleet simulation: N gates (real sync worker, signature checks, pass cache, outbox drainer) in a few processes
+sharing threads (one network thread, a few crews each), a broker, 2 collectors into PostgreSQL; revocation fan-out
+beside raw paho subscribers, sustained ingest with where the CPU went, and a collector / the PostgreSQL primary / a
+broker node killed under load. One JSON line per figure; exit 1 if its own checks fail.
 
-usage: bench/fleet.py [--gates 1000] [--procs 4] [--broker mosquitto|cluster] [--pg single|patroni] [--rate 2000]
-                      [--seconds 20] [--smoke]
+usage: bench/fleet.py [--gates 1000] [--procs 2] [--crews 4] [--connect-rate 100] [--broker mosquitto|cluster]
+                      [--pg single|patroni] [--rate 2000] [--seconds 20] [--gate-state DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway PostgreSQL clusters
-from fleetgate import RAW_TOPIC, Spec, run
+from cpuwhere import CpuSplit
+from fleetcrew import run
+from fleetgate import RAW_TOPIC, Spec
 from pgcluster import PgCluster
 
 from _util import pct, start_broker
@@ -41,7 +44,9 @@ FAILED: list[str] = []
 
 
 def figure(name: str, **values: Any) -> None:
-    print(json.dumps({"figure": name, **values}), flush=True)
+    """One JSON line, with the machine's load average beside it (the machine is shared)."""
+    load = [round(x, 1) for x in os.getloadavg()]
+    print(json.dumps({"figure": name, **values, "load_avg": load}), flush=True)
 
 
 def check(ok: bool, what: str) -> None:
@@ -205,10 +210,18 @@ def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeo
 
 
 def ingest(
-    fleet: Fleet, db: Db, rate: float, seconds: float, during: Callable[[], dict[str, Any]] | None = None
+    fleet: Fleet,
+    db: Db,
+    rate: float,
+    seconds: float,
+    during: Callable[[], dict[str, Any]] | None = None,
+    cpu: CpuSplit | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
-    """Check-ins at `rate` a second across the fleet for `seconds` (with `during` run meanwhile)."""
+    """Check-ins at `rate` a second across the fleet for `seconds` (with `during` run meanwhile); with `cpu`, where
+    the CPU went while they were offered."""
     before, t0 = db.count() or 0, time.monotonic()
+    if cpu is not None:
+        cpu.start()
     fleet.ask("ingest", rate / len(fleet.pipes))
     extra = {}
     if during is not None:
@@ -218,6 +231,7 @@ def ingest(
     ids = fleet.flat("ingest_stop")
     window = time.monotonic() - t0
     during_count = (db.count() or before) - before
+    where = cpu.stop() if cpu is not None else {}
     drained = wait(lambda: sum(fleet.ask("depth")) == 0, 300, 0.5)
     stored = wait(lambda: (c := db.count()) is not None and c - before >= len(ids), 300, 0.5)
     total = time.monotonic() - t0
@@ -228,13 +242,16 @@ def ingest(
         "stored_in_window_per_s": round(during_count / window),
         "end_to_end_per_s": round(len(ids) / total),
         **extra,
+        **({"cpu": where} if where else {}),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gates", type=int, default=1000)
-    ap.add_argument("--procs", type=int, default=4, help="gate processes")
+    ap.add_argument("--procs", type=int, default=2, help="gate processes")
+    ap.add_argument("--crews", type=int, default=4, help="threads per gate process that turn its gates")
+    ap.add_argument("--connect-rate", type=float, default=100.0, help="first connects a second, across the fleet")
     ap.add_argument("--pg", choices=["single", "patroni"], default="single")
     ap.add_argument("--broker", choices=["mosquitto", "cluster"], default="mosquitto", help="cluster: 3 RabbitMQ nodes")
     ap.add_argument("--rate", type=float, default=2000.0, help="check-ins a second offered, across the fleet")
@@ -244,7 +261,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="a handful of gates, seconds")
     args = ap.parse_args()
     if args.smoke:
-        args.gates, args.procs, args.rate, args.seconds, args.rounds = 6, 2, 100.0, 3.0, 2
+        args.gates, args.procs, args.crews, args.rate, args.seconds, args.rounds = 6, 2, 2, 100.0, 3.0, 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # `timeout` or kill: tear the clusters down too
     work = Path(tempfile.mkdtemp(prefix="gate-fleet-"))
     work.chmod(0o755)  # the postgres user reaches its data dir below
@@ -267,7 +284,7 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     ckey = load_private_key(cpriv)
     _, ipriv, _ = generate_keypair(work / "issuer")
     device_keys(work / "devices", gates)
-    rabbit = None
+    rabbit, broker_proc = None, None
     if args.broker == "cluster":
         rabbit = start_rabbit(work, stack)
         hosts = tuple(rabbit.mqtt_hosts)
@@ -276,6 +293,7 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
         user = "user root\n" if os.geteuid() == 0 else ""
         broker, port = start_broker(work, f"{user}max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n")
         stack.append(broker.kill)
+        broker_proc = broker
         hosts = (f"127.0.0.1:{port}",)
     if args.pg == "patroni":
         from patroni import PatroniCluster
@@ -284,11 +302,13 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
         stack.append(cluster.stop)
         cluster.start()
         url = cluster.url()
+        pg_roots = cluster_pids(cluster)
     else:
         single = PgCluster(work / "pg", free_port())
         stack.append(single.stop)
         single.start()
         url = single.url
+        pg_roots = single_pids(single)
     db = Db(url)
     collectors = Collectors(rabbit.amqp_urls if rabbit else hosts[0], url, work / "devices", 2, work)
     stack.append(collectors.stop)
@@ -296,17 +316,34 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     state = Path(tempfile.mkdtemp(prefix="gate-fleet-", dir=args.gate_state)) if args.gate_state else None
     if state is not None:
         stack.append(lambda: shutil.rmtree(state, ignore_errors=True))
-    fleet = Fleet(gates, args.procs, Spec(hosts, work, cpub, ipriv, work / "devices", gate_state=state))
+    per_proc = args.connect_rate / args.procs
+    spec = Spec(hosts, work, cpub, ipriv, work / "devices", gate_state=state, crews=args.crews, connect_rate=per_proc)
+    fleet = Fleet(gates, args.procs, spec)
     stack.append(fleet.stop)
-    ready = wait(lambda: sum(fleet.ask("ready")) == 2 * len(gates), 120 + len(gates) / 5, 0.5)
-    check(bool(ready), "not every gate connected and subscribed")
-    figure("fleet_connected", gates=len(gates), procs=args.procs, seconds=round(time.monotonic() - t0, 1), pg=args.pg)
+    fleet.ask("built")
+    figure("fleet_built", gates=len(gates), procs=args.procs, crews=args.crews, seconds=round(time.monotonic() - t0, 1))
+    t0 = time.monotonic()
+    fleet.ask("connect")
+    clients = 2 * len(gates)  # each gate's link and its raw paho subscriber
+    ready = wait(lambda: sum(fleet.ask("ready")) == clients, 120 + clients / args.connect_rate * 3, 0.5)
+    took = time.monotonic() - t0
+    check(bool(ready), f"not every gate connected and subscribed after {took:.0f} s")
+    figure(
+        "fleet_connected",
+        clients=clients,
+        connect_rate_per_s=args.connect_rate,
+        seconds=round(took, 1),
+        paced_s=round(clients / args.connect_rate, 1),
+        broker=args.broker,
+        pg=args.pg,
+    )
+    cpu = CpuSplit(lambda: roots(fleet, collectors, rabbit, broker_proc, pg_roots))
     central = connect(MqttSection(host="127.0.0.1", port=port, protocol="3.1.1" if rabbit else "auto"))
     stack.append(central.disconnect)
     for r in range(args.rounds):
         revocation(fleet, central, ckey, r, len(gates), 60)
     decided: list[str] = []
-    ids, fig = ingest(fleet, db, args.rate, args.seconds)
+    ids, fig = ingest(fleet, db, args.rate, args.seconds, cpu=cpu)
     decided += ids
     figure("ingest", gates=len(gates), **fig)
     ids, fig = ingest(fleet, db, args.rate, args.seconds, lambda: kill_collector(collectors, db))
@@ -384,6 +421,37 @@ def kill_node(rabbit: Any, fleet: Fleet) -> dict[str, Any]:
     took = time.monotonic() - t
     check(bool(back), f"gates not all reconnected {took:.0f} s after a node died")
     return {"gates_on_killed_node": on_it, "every_gate_connected_s": round(took, 1)}
+
+
+def cluster_pids(cluster: Any) -> Callable[[], list[int]]:
+    """Patroni's nodes (each the parent of its PostgreSQL) and etcd."""
+    return lambda: [n.proc.pid for n in cluster.nodes if n.proc] + ([cluster.etcd.pid] if cluster.etcd else [])
+
+
+def single_pids(single: PgCluster) -> Callable[[], list[int]]:
+    """pg_ctl's postmaster (not a child of the bench)."""
+
+    def pids() -> list[int]:
+        try:
+            return [int((single.data / "postmaster.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
+
+    return pids
+
+
+def roots(
+    fleet: Fleet, collectors: Collectors, rabbit: Any, broker: Any, pg: Callable[[], list[int]]
+) -> dict[str, list[int]]:
+    """The process trees CpuSplit names: the gate processes, the broker, the collectors, PostgreSQL, the bench."""
+    nodes = [n.proc.pid for n in rabbit.nodes if n.proc] if rabbit is not None else [broker.pid]
+    return {
+        "gates": [p.pid for p in fleet.procs],
+        "broker": nodes,
+        "collectors": [p.pid for p in collectors.procs.values()],
+        "postgres": pg(),
+        "bench": [os.getpid()],
+    }
 
 
 def free_port() -> int:

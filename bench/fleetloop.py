@@ -1,0 +1,167 @@
+"""One network thread for many paho clients (bench/fleet.py's gate processes): what paho's loop_forever does for
+one client — select, read, write, keepalive, reconnect after the client's own delay — done for all of them."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.client import _ConnectionState
+
+STOPPED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
+
+
+def reconnect_delay(client: mqtt.Client) -> float:
+    """paho's own backoff (`_reconnect_wait`, without the sleep): the gate's failover sets min = max = its jittered
+    wait; plain clients double from 1 s. paho resets it on each CONNACK."""
+    with client._reconnect_delay_mutex:
+        if client._reconnect_delay is None:
+            client._reconnect_delay = client._reconnect_min_delay
+        else:
+            client._reconnect_delay = min(client._reconnect_delay * 2, client._reconnect_max_delay)
+        return float(client._reconnect_delay)
+
+
+class NetLoop:
+    """Select over every client's socket on one thread. First connects go out at a bounded rate (a fleet
+    starting at once must not storm the broker); a lost connection is retried after the client's delay, at the
+    host its failover aimed it at. Other threads (the crews publishing, acking) only ask for write interest."""
+
+    def __init__(self, connect_rate: float, misc_every: float = 1.0) -> None:
+        self.connect_rate, self.misc_every = connect_rate, misc_every
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._asks: deque[Callable[[], None]] = deque()  # from other threads, run on the loop's
+        self._first: deque[mqtt.Client] = deque()  # waiting for their first connect (rate-bounded)
+        self._due: list[tuple[float, int, mqtt.Client]] = []  # reconnects: (when, tie, client)
+        self._tie = itertools.count()
+        self._live: set[mqtt.Client] = set()  # with a socket registered
+        self._gone: set[mqtt.Client] = set()  # loop_stop()ped: never reconnected
+        self.attempts = self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-net", daemon=True)
+        self._thread.start()
+
+    # -- any thread -------------------------------------------------------------------------------------
+    def add(self, client: mqtt.Client) -> None:
+        """In place of client.loop_start() (after connect_async): this loop connects it and keeps it connected."""
+        client.on_socket_open = lambda c, u, s: self._on_loop(lambda: self._open(c, s))
+        client.on_socket_close = lambda c, u, s: self._on_loop(lambda: self._close(c, s))
+        client.on_socket_register_write = lambda c, u, s: self._on_loop(lambda: self._interest(c, s, True))
+        client.on_socket_unregister_write = lambda c, u, s: self._on_loop(lambda: self._interest(c, s, False))
+        self._on_loop(lambda: self._first.append(client))
+
+    def remove(self, client: mqtt.Client) -> None:
+        """In place of client.loop_stop(): what it still has to write (its DISCONNECT) is written, then no more."""
+        self._on_loop(lambda: self._gone.add(client))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke()
+        self._thread.join(10)
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        if threading.current_thread() is self._thread:
+            fn()
+        else:
+            self._asks.append(fn)
+            self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):  # already woken (the pipe is full), or closing
+            self._wake_w.send(b"x")
+
+    # -- the loop's thread ------------------------------------------------------------------------------
+    def _open(self, client: mqtt.Client, sock: Any) -> None:
+        self._live.add(client)
+        self.sel.register(sock, selectors.EVENT_READ, client)
+
+    def _close(self, client: mqtt.Client, sock: Any) -> None:
+        self._live.discard(client)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(sock)
+
+    def _interest(self, client: mqtt.Client, sock: Any, write: bool) -> None:
+        if client in self._live and client.socket() is sock:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.modify(sock, events, client)
+
+    def _connect(self, client: mqtt.Client) -> None:
+        """paho's loop_forever step: reconnect, or on a refusal tell the gate (its failover aims at the next
+        host) and try again after its delay."""
+        if client in self._gone:
+            return
+        self.attempts += 1
+        try:
+            client.reconnect()
+        except OSError:
+            self.refused += 1
+            client._handle_on_connect_fail()
+            self._later(client)
+
+    def _later(self, client: mqtt.Client) -> None:
+        heapq.heappush(self._due, (time.monotonic() + reconnect_delay(client), next(self._tie), client))
+
+    def _lost(self, client: mqtt.Client) -> None:
+        """After a read/write/keepalive: a client whose socket went away is reconnected unless it was stopping."""
+        gone = client.socket() is not None or client in self._live or client in self._gone
+        if not gone and client._state not in STOPPED:
+            self._later(client)
+
+    def _run(self) -> None:
+        next_misc = next_first = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            timeout = min(next_misc, self._due[0][0] if self._due else next_misc) - now
+            if self._first:
+                timeout = min(timeout, next_first - now)
+            for key, mask in self.sel.select(max(0.0, min(timeout, 0.5))):
+                client = key.data
+                if client is None:
+                    while True:
+                        try:
+                            if not self._wake_r.recv(4096):
+                                break
+                        except BlockingIOError:
+                            break
+                    continue
+                if mask & selectors.EVENT_READ:
+                    client.loop_read()
+                if mask & selectors.EVENT_WRITE and client.socket() is not None:
+                    client.loop_write()
+                self._lost(client)
+            while self._asks:
+                self._asks.popleft()()
+            now = time.monotonic()
+            while self._first and now >= next_first:  # first connects, at most connect_rate a second
+                self._connect(self._first.popleft())
+                next_first = max(next_first + 1.0 / self.connect_rate, now - 0.5)
+            while self._due and self._due[0][0] <= now:
+                client = heapq.heappop(self._due)[2]
+                if client.socket() is None:
+                    self._connect(client)
+            if now >= next_misc:  # keepalive pings, and noticing a broker that stopped answering
+                next_misc = now + self.misc_every
+                for client in list(self._live):
+                    client.loop_misc()
+                    self._lost(client)
+        self.sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    @property
+    def connected(self) -> int:
+        return len(self._live)
