@@ -328,12 +328,19 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     ready = wait(lambda: sum(fleet.ask("ready")) == clients, 120 + clients / args.connect_rate * 3, 0.5)
     took = time.monotonic() - t0
     check(bool(ready), f"not every gate connected and subscribed after {took:.0f} s")
+    net = fleet.ask("net")
+    connacks = [x for n in net for x in n["connack_s"]]
     figure(
         "fleet_connected",
         clients=clients,
         connect_rate_per_s=args.connect_rate,
         seconds=round(took, 1),
         paced_s=round(clients / args.connect_rate, 1),
+        attempts=sum(n["attempts"] for n in net),
+        refused=sum(n["refused"] for n in net),
+        connack_p50_s=round(pct(connacks, 50), 3) if connacks else None,
+        connack_p99_s=round(pct(connacks, 99), 3) if connacks else None,
+        connack_max_s=round(max(connacks), 3) if connacks else None,
         broker=args.broker,
         pg=args.pg,
     )

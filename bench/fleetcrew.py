@@ -161,7 +161,7 @@ def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
         "ingest_stop": ingest_stop,
         "depth": lambda: sum(each(lambda c: [g.outbox.depth for g in c.gates])),
         "links": lambda: [(g.link.connected.is_set(), g.link.broker) for g in gates()],
-        "net": lambda: {"attempts": net.attempts, "refused": net.refused, "sockets": net.connected},
+        "net": lambda: {"attempts": net.attempts, "refused": net.refused, "connack_s": net.connack_s},
     }
     try:
         while True:

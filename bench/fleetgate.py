@@ -108,11 +108,11 @@ class SimGate:
     def __init__(self, gate_id: str, spec: Spec, net: NetLoop, poke: Callable[[], None]) -> None:
         state = (spec.gate_state or spec.work / "gates") / gate_id
         host, port = spec.hosts[0].rsplit(":", 1)
-        mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port), "keepalive": 20}
+        mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port)}
         if len(spec.hosts) > 1:  # a cluster: each gate lists every node, starting at its own, so the fleet spreads
             turn = int(gate_id.lstrip("g")) % len(spec.hosts)
             hosts = [*spec.hosts[turn:], *spec.hosts[:turn]]
-            mqtt_cfg = {"hosts": hosts, "keepalive": 20, "protocol": "3.1.1"}  # RabbitMQ 3 speaks MQTT 3.1.1
+            mqtt_cfg = {"hosts": hosts, "protocol": "3.1.1"}  # RabbitMQ 3 speaks MQTT 3.1.1
         self.cfg = parse_config(
             {
                 "gate": {"id": gate_id, "state_dir": str(state), "device_key": str(spec.devices / f"{gate_id}.key")},

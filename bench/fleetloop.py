@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import queue
 import selectors
 import socket
 import threading
@@ -32,12 +33,14 @@ def reconnect_delay(client: mqtt.Client) -> float:
 
 
 class NetLoop:
-    """Select over every client's socket on one thread. First connects go out at a bounded rate (a fleet
-    starting at once must not storm the broker); a lost connection is retried after the client's delay, at the
-    host its failover aimed it at. Other threads (the crews publishing, acking) only ask for write interest."""
+    """Select over every client's socket on one thread. First connects go out at a bounded rate and with at most
+    `window` waiting for their CONNACK (a fleet starting at once must not storm the broker); a lost connection is
+    retried after the client's delay, at the host its failover aimed it at. The TCP connect itself (blocking in
+    paho) runs on a connector thread, so a broker slow to accept holds up no other client. Other threads (the
+    crews publishing, acking) only ask for write interest."""
 
-    def __init__(self, connect_rate: float, misc_every: float = 1.0) -> None:
-        self.connect_rate, self.misc_every = connect_rate, misc_every
+    def __init__(self, connect_rate: float, window: int = 20, misc_every: float = 1.0, connectors: int = 2) -> None:
+        self.connect_rate, self.window, self.misc_every = connect_rate, window, misc_every
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -49,10 +52,18 @@ class NetLoop:
         self._tie = itertools.count()
         self._live: set[mqtt.Client] = set()  # with a socket registered
         self._gone: set[mqtt.Client] = set()  # loop_stop()ped: never reconnected
+        self._pending: dict[mqtt.Client, float] = {}  # attempt begun, no CONNACK yet: since when
+        self.connack_s: list[float] = []  # attempt begun -> CONNACK, each successful connect
         self.attempts = self.refused = 0
         self._stop = threading.Event()
+        self._dial: queue.SimpleQueue[mqtt.Client | None] = queue.SimpleQueue()
+        self._connectors = [
+            threading.Thread(target=self._connector, name=f"fleet-dial-{i}", daemon=True) for i in range(connectors)
+        ]
         self._thread = threading.Thread(target=self._run, name="fleet-net", daemon=True)
         self._thread.start()
+        for t in self._connectors:
+            t.start()
 
     # -- any thread -------------------------------------------------------------------------------------
     def add(self, client: mqtt.Client) -> None:
@@ -70,6 +81,10 @@ class NetLoop:
     def stop(self) -> None:
         self._stop.set()
         self._poke()
+        for _ in self._connectors:
+            self._dial.put(None)
+        for t in self._connectors:
+            t.join(10)
         self._thread.join(10)
 
     def _on_loop(self, fn: Callable[[], None]) -> None:
@@ -100,26 +115,38 @@ class NetLoop:
                 self.sel.modify(sock, events, client)
 
     def _connect(self, client: mqtt.Client) -> None:
-        """paho's loop_forever step: reconnect, or on a refusal tell the gate (its failover aims at the next
-        host) and try again after its delay."""
-        if client in self._gone:
-            return
-        self.attempts += 1
-        try:
-            client.reconnect()
-        except OSError:
-            self.refused += 1
-            client._handle_on_connect_fail()
+        if client not in self._gone and client not in self._pending:
+            self._pending[client] = time.monotonic()
+            self.attempts += 1
+            self._dial.put(client)
+
+    def _connector(self) -> None:
+        """paho's loop_forever step, on a connector thread: reconnect (TCP, then CONNECT queued), or on a refusal
+        tell the gate (its failover aims at the next host) and try again after its delay."""
+        while (client := self._dial.get()) is not None:
+            try:
+                client.reconnect()
+            except OSError:
+                client._handle_on_connect_fail()
+                self._on_loop(lambda c=client: self._failed(c))
+
+    def _failed(self, client: mqtt.Client) -> None:
+        self.refused += 1
+        self._pending.pop(client, None)
+        self._later(client)
+
+    def _check(self, client: mqtt.Client) -> None:
+        """After a read/write/keepalive: note a CONNACK; a client whose socket went away is reconnected unless it
+        was stopping."""
+        if client in self._pending and client.is_connected():
+            self.connack_s.append(time.monotonic() - self._pending.pop(client))
+        gone = client.socket() is not None or client in self._live or client in self._gone
+        if not gone and client._state not in STOPPED:
+            self._pending.pop(client, None)
             self._later(client)
 
     def _later(self, client: mqtt.Client) -> None:
         heapq.heappush(self._due, (time.monotonic() + reconnect_delay(client), next(self._tie), client))
-
-    def _lost(self, client: mqtt.Client) -> None:
-        """After a read/write/keepalive: a client whose socket went away is reconnected unless it was stopping."""
-        gone = client.socket() is not None or client in self._live or client in self._gone
-        if not gone and client._state not in STOPPED:
-            self._later(client)
 
     def _run(self) -> None:
         next_misc = next_first = time.monotonic()
@@ -142,11 +169,11 @@ class NetLoop:
                     client.loop_read()
                 if mask & selectors.EVENT_WRITE and client.socket() is not None:
                     client.loop_write()
-                self._lost(client)
+                self._check(client)
             while self._asks:
                 self._asks.popleft()()
             now = time.monotonic()
-            while self._first and now >= next_first:  # first connects, at most connect_rate a second
+            while self._first and now >= next_first and len(self._pending) < self.window:  # paced, windowed
                 self._connect(self._first.popleft())
                 next_first = max(next_first + 1.0 / self.connect_rate, now - 0.5)
             while self._due and self._due[0][0] <= now:
@@ -157,7 +184,7 @@ class NetLoop:
                 next_misc = now + self.misc_every
                 for client in list(self._live):
                     client.loop_misc()
-                    self._lost(client)
+                    self._check(client)
         self.sel.close()
         self._wake_r.close()
         self._wake_w.close()
