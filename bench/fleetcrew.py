@@ -115,7 +115,7 @@ def applied(gates: list[SimGate], since: float, token: int) -> list[float | None
 
 def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
     """A gate process: builds its gates, connects them when told, answers the bench's commands until `stop`."""
-    net = NetLoop(spec.connect_rate)
+    net = NetLoop(spec.connect_rate, spec.connect_window)
     t0 = time.monotonic()
     crews = [Crew(f"crew-{k}", gate_ids[k :: spec.crews], spec, net) for k in range(spec.crews)]
     raws: list[RawClient] = []
@@ -152,7 +152,7 @@ def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
         "connect": connect,
         "ready": lambda: (
             sum(g.link.connected.is_set() and g.link.subscribed.is_set() for g in gates())
-            + sum(bool(r.client.is_connected()) for r in raws)
+            + sum(bool(r.client.is_connected() and r.subacked.is_set()) for r in raws)
         ),
         "accepted": lambda: [len(g.verifier.accepted_at) for g in gates()],
         "applied": lambda since, token: each(lambda c: applied(c.gates, since, token)),
@@ -161,7 +161,7 @@ def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
         "ingest_stop": ingest_stop,
         "depth": lambda: sum(each(lambda c: [g.outbox.depth for g in c.gates])),
         "links": lambda: [(g.link.connected.is_set(), g.link.broker) for g in gates()],
-        "net": lambda: {"attempts": net.attempts, "refused": net.refused, "connack_s": net.connack_s},
+        "net": lambda: {"attempts": net.attempts, "refused": net.refused, "up_s": net.up_s},
     }
     try:
         while True:

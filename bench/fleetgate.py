@@ -5,6 +5,7 @@ and drainer in rounds and make its scans. Driven over a pipe."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Spec:
     gate_state: Path | None = None  # where the gates' state dirs go (default: under work)
     crews: int = 4  # threads per process that turn the gates' workers (fsyncs overlap across them)
     connect_rate: float = 50.0  # first connects a second, per process
+    connect_window: int = 10  # first connects not yet up (CONNACK and SUBACKs), per process
 
 
 class NotingVerifier(Verifier):
@@ -89,9 +91,12 @@ class SharedLink(MqttLink):
 
     def _build(self) -> mqtt.Client:
         client = super()._build()
-        client.loop_start = lambda: self.net.add(client)  # type: ignore[method-assign]
+        client.loop_start = lambda: self.net.add(client, self._up)  # type: ignore[method-assign]
         client.loop_stop = lambda: self.net.remove(client)  # type: ignore[method-assign]
         return client
+
+    def _up(self) -> bool:
+        return self.connected.is_set() and self.subscribed.is_set()
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         def poking(topic: str, payload: bytes, ack: Callable[[], object] = lambda: None) -> None:
@@ -191,9 +196,11 @@ class RawClient:
         self.got: list[float] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
         self.client.on_message = lambda c, u, m: self.got.append(time.time())
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(RAW_TOPIC, qos=1)
+        self.client.on_connect = lambda c, u, f, r, p: (self.subacked.clear(), c.subscribe(RAW_TOPIC, qos=1))
+        self.subacked = threading.Event()
+        self.client.on_subscribe = lambda c, u, m, r, p: self.subacked.set()
         self.client.connect_async(host, port, keepalive=30)
-        net.add(self.client)
+        net.add(self.client, lambda: self.client.is_connected() and self.subacked.is_set())
         self.net = net
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ def reconnect_delay(client: mqtt.Client) -> float:
 
 class NetLoop:
     """Select over every client's socket on one thread. First connects go out at a bounded rate and with at most
-    `window` waiting for their CONNACK (a fleet starting at once must not storm the broker); a lost connection is
+    `window` not yet up (a fleet starting at once must not storm the broker); a lost connection is
     retried after the client's delay, at the host its failover aimed it at. The TCP connect itself (blocking in
     paho) runs on a connector thread, so a broker slow to accept holds up no other client. Other threads (the
     crews publishing, acking) only ask for write interest."""
@@ -52,8 +52,9 @@ class NetLoop:
         self._tie = itertools.count()
         self._live: set[mqtt.Client] = set()  # with a socket registered
         self._gone: set[mqtt.Client] = set()  # loop_stop()ped: never reconnected
-        self._pending: dict[mqtt.Client, float] = {}  # attempt begun, no CONNACK yet: since when
-        self.connack_s: list[float] = []  # attempt begun -> CONNACK, each successful connect
+        self._pending: dict[mqtt.Client, float] = {}  # attempt begun, not up yet: since when
+        self._up: dict[mqtt.Client, Callable[[], bool]] = {}
+        self.up_s: list[float] = []  # attempt begun -> up, each successful connect
         self.attempts = self.refused = 0
         self._stop = threading.Event()
         self._dial: queue.SimpleQueue[mqtt.Client | None] = queue.SimpleQueue()
@@ -66,8 +67,11 @@ class NetLoop:
             t.start()
 
     # -- any thread -------------------------------------------------------------------------------------
-    def add(self, client: mqtt.Client) -> None:
-        """In place of client.loop_start() (after connect_async): this loop connects it and keeps it connected."""
+    def add(self, client: mqtt.Client, up: Callable[[], bool] | None = None) -> None:
+        """In place of client.loop_start() (after connect_async): this loop connects it and keeps it connected.
+        `up`: when it counts as up (default: CONNACK); a gate is up once its subscriptions are acknowledged, which
+        on RabbitMQ is when its session's quorum queue exists: the connect window waits for that."""
+        self._up[client] = up or client.is_connected
         client.on_socket_open = lambda c, u, s: self._on_loop(lambda: self._open(c, s))
         client.on_socket_close = lambda c, u, s: self._on_loop(lambda: self._close(c, s))
         client.on_socket_register_write = lambda c, u, s: self._on_loop(lambda: self._interest(c, s, True))
@@ -109,6 +113,10 @@ class NetLoop:
             self.sel.unregister(sock)
 
     def _interest(self, client: mqtt.Client, sock: Any, write: bool) -> None:
+        if not write and client.want_write():
+            # paho cleared its flag before calling us: a packet another thread queued meanwhile found it still set
+            # and asked for nothing, so ask here (or it would wait for the next packet, a keepalive away).
+            client._registered_write = write = True
         if client in self._live and client.socket() is sock:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
             with contextlib.suppress(KeyError, ValueError):
@@ -136,10 +144,10 @@ class NetLoop:
         self._later(client)
 
     def _check(self, client: mqtt.Client) -> None:
-        """After a read/write/keepalive: note a CONNACK; a client whose socket went away is reconnected unless it
+        """After a read/write/keepalive: note a client now up; a client whose socket went away is reconnected unless it
         was stopping."""
-        if client in self._pending and client.is_connected():
-            self.connack_s.append(time.monotonic() - self._pending.pop(client))
+        if client in self._pending and self._up[client]():
+            self.up_s.append(time.monotonic() - self._pending.pop(client))
         gone = client.socket() is not None or client in self._live or client in self._gone
         if not gone and client._state not in STOPPED:
             self._pending.pop(client, None)
