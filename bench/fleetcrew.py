@@ -104,12 +104,14 @@ class Crew:
             self._done += 1
 
 
-def applied(gates: list[SimGate], since: float, token: int) -> list[float | None]:
-    """Per gate: when its sync worker accepted the revocation, if its decider now denies the revoked pass."""
-    out: list[float | None] = []
+def applied(gates: list[SimGate], since: float, token: int, proven: bool) -> list[tuple[float | None, float | None]]:
+    """Per gate: when the delta reached its link, and when its sync worker accepted it (with `proven`: only if its
+    decider now denies the revoked pass; without, a cheap poll)."""
+    out: list[tuple[float | None, float | None]] = []
     for g in gates:
+        arrived = next((t for t in g.link.deltas_at if t >= since), None)
         at = next((t for t in g.verifier.accepted_at if t >= since), None)
-        out.append(at if at is not None and g.denies(token) else None)
+        out.append((arrived, at if at is not None and (not proven or g.denies(token)) else None))
     return out
 
 
@@ -155,7 +157,7 @@ def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
             + sum(bool(r.client.is_connected() and r.subacked.is_set()) for r in raws)
         ),
         "accepted": lambda: [len(g.verifier.accepted_at) for g in gates()],
-        "applied": lambda since, token: each(lambda c: applied(c.gates, since, token)),
+        "applied": lambda since, token, proven: each(lambda c: applied(c.gates, since, token, proven)),
         "raw_times": lambda since: [next((t for t in r.got if t >= since), None) for r in raws],
         "ingest": lambda rate: [c.ingest(rate / len(crews)) for c in crews] and None,
         "ingest_stop": ingest_stop,

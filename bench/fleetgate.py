@@ -85,6 +85,7 @@ class SharedLink(MqttLink):
 
     def __init__(self, cfg: Any, gate_id: str, net: NetLoop, poke: Callable[[], None]) -> None:
         self.net, self.poke = net, poke
+        self.deltas_at: list[float] = []  # when each pass delta reached this link (before the worker took it)
         super().__init__(cfg, gate_id)
         self.ack_listeners.append(lambda mid, refused: poke())
         self.up_listeners.append(poke)
@@ -100,6 +101,8 @@ class SharedLink(MqttLink):
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         def poking(topic: str, payload: bytes, ack: Callable[[], object] = lambda: None) -> None:
+            if topic.endswith("/passes/delta"):
+                self.deltas_at.append(time.time())
             handler(topic, payload, ack)
             self.poke()
 
