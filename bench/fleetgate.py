@@ -170,6 +170,7 @@ class SimGate:
         for _ in range(100):
             if not self.sync.turn(0.0):
                 break
+        # One step of Drainer.run's loop, as that loop does it (its own loop waits on an event per gate).
         self.drainer.faults.run("delivering the outbox", self.drainer._step)
 
     def checkin(self, code: bytes) -> str:
