@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""A fleet simulation: N gates (real sync worker, signature checks, pass cache, outbox drainer) in a few processes,
-a broker, 2 collectors into PostgreSQL; revocation fan-out beside raw paho subscribers, sustained ingest, and a
-collector / the PostgreSQL primary killed under load. One JSON line per figure; exit 1 if its own checks fail.
+"""A fleet simulation: N gates (real sync worker, signature checks, pass cache, outbox drainer) in a few processes
+sharing threads (one network thread, a few crews each), a broker, 2 collectors into PostgreSQL; revocation fan-out
+beside raw paho subscribers, sustained ingest with where the CPU went, and a collector / the PostgreSQL primary / a
+broker node killed under load. One JSON line per figure; exit 1 if its own checks fail.
 
-usage: bench/fleet.py [--gates 1000] [--procs 4] [--broker mosquitto|cluster] [--pg single|patroni] [--rate 2000]
-                      [--seconds 20] [--smoke]
+usage: bench/fleet.py [--gates 1000] [--procs 2] [--crews 4] [--connect-rate 100] [--connect-window 20]
+                      [--broker mosquitto|cluster]
+                      [--pg single|patroni] [--rate 2000] [--seconds 20] [--gate-state DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway PostgreSQL clusters
-from fleetgate import RAW_TOPIC, Spec, run
+from cpuwhere import CpuSplit
+from fleetcrew import run
+from fleetgate import RAW_TOPIC, Spec
 from pgcluster import PgCluster
 
 from _util import pct, start_broker
@@ -41,7 +45,9 @@ FAILED: list[str] = []
 
 
 def figure(name: str, **values: Any) -> None:
-    print(json.dumps({"figure": name, **values}), flush=True)
+    """One JSON line, with the machine's load average beside it (the machine is shared)."""
+    load = [round(x, 1) for x in os.getloadavg()]
+    print(json.dumps({"figure": name, **values, "load_avg": load}), flush=True)
 
 
 def check(ok: bool, what: str) -> None:
@@ -180,8 +186,10 @@ def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeo
         ckey, "delta", {"base_version": 1, "seq": round_ + 1, "upserts": [[f"tok-{round_:04d}", 0, None, 1, None]]}
     )
     central.publish(central_topics("gate")["delta"], delta, qos=1)
-    done = wait(lambda: all(t is not None for t in fleet.flat("applied", since, round_)), timeout, 0.1)
-    applied = [t - since for t in fleet.flat("applied", since, round_) if t is not None]
+    done = wait(lambda: all(a is not None for _, a in fleet.flat("applied", since, round_, False)), timeout, 0.25)
+    rows = fleet.flat("applied", since, round_, True)  # and each gate's decider denies the pass now
+    applied = [a - since for _, a in rows if a is not None]
+    arrived = [r - since for r, _ in rows if r is not None]
     raws: list[float] = []
     if raw:
         since = time.time()
@@ -197,6 +205,8 @@ def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeo
         p50_s=round(pct(applied, 50), 3) if applied else None,
         p99_s=round(pct(applied, 99), 3) if applied else None,
         max_s=round(max(applied), 3) if applied else None,
+        reached_link_p50_s=round(pct(arrived, 50), 3) if arrived else None,  # the broker's part
+        reached_link_p99_s=round(pct(arrived, 99), 3) if arrived else None,
         raw_paho_p50_s=round(pct(raws, 50), 3) if raws else None,
         raw_paho_p99_s=round(pct(raws, 99), 3) if raws else None,
         raw_paho_max_s=round(max(raws), 3) if raws else None,
@@ -205,10 +215,18 @@ def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeo
 
 
 def ingest(
-    fleet: Fleet, db: Db, rate: float, seconds: float, during: Callable[[], dict[str, Any]] | None = None
+    fleet: Fleet,
+    db: Db,
+    rate: float,
+    seconds: float,
+    during: Callable[[], dict[str, Any]] | None = None,
+    cpu: CpuSplit | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
-    """Check-ins at `rate` a second across the fleet for `seconds` (with `during` run meanwhile)."""
+    """Check-ins at `rate` a second across the fleet for `seconds` (with `during` run meanwhile); with `cpu`, where
+    the CPU went while they were offered."""
     before, t0 = db.count() or 0, time.monotonic()
+    if cpu is not None:
+        cpu.start()
     fleet.ask("ingest", rate / len(fleet.pipes))
     extra = {}
     if during is not None:
@@ -218,6 +236,10 @@ def ingest(
     ids = fleet.flat("ingest_stop")
     window = time.monotonic() - t0
     during_count = (db.count() or before) - before
+    where = cpu.stop() if cpu is not None else {}
+    if where:  # CPU milliseconds per check-in stored meanwhile, each component
+        per = max(1, during_count) / (window * 1000)
+        where |= {k.replace("_cores", "_ms_per_checkin"): round(v / per, 2) for k, v in where.items() if "_cores" in k}
     drained = wait(lambda: sum(fleet.ask("depth")) == 0, 300, 0.5)
     stored = wait(lambda: (c := db.count()) is not None and c - before >= len(ids), 300, 0.5)
     total = time.monotonic() - t0
@@ -228,13 +250,17 @@ def ingest(
         "stored_in_window_per_s": round(during_count / window),
         "end_to_end_per_s": round(len(ids) / total),
         **extra,
+        **({"cpu": where} if where else {}),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gates", type=int, default=1000)
-    ap.add_argument("--procs", type=int, default=4, help="gate processes")
+    ap.add_argument("--procs", type=int, default=2, help="gate processes")
+    ap.add_argument("--crews", type=int, default=4, help="threads per gate process that turn its gates")
+    ap.add_argument("--connect-rate", type=float, default=100.0, help="first connects a second, across the fleet")
+    ap.add_argument("--connect-window", type=int, default=20, help="first connects not yet subscribed, fleet-wide")
     ap.add_argument("--pg", choices=["single", "patroni"], default="single")
     ap.add_argument("--broker", choices=["mosquitto", "cluster"], default="mosquitto", help="cluster: 3 RabbitMQ nodes")
     ap.add_argument("--rate", type=float, default=2000.0, help="check-ins a second offered, across the fleet")
@@ -244,7 +270,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="a handful of gates, seconds")
     args = ap.parse_args()
     if args.smoke:
-        args.gates, args.procs, args.rate, args.seconds, args.rounds = 6, 2, 100.0, 3.0, 2
+        args.gates, args.procs, args.crews, args.rate, args.seconds, args.rounds = 6, 2, 2, 100.0, 3.0, 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # `timeout` or kill: tear the clusters down too
     work = Path(tempfile.mkdtemp(prefix="gate-fleet-"))
     work.chmod(0o755)  # the postgres user reaches its data dir below
@@ -267,7 +293,7 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     ckey = load_private_key(cpriv)
     _, ipriv, _ = generate_keypair(work / "issuer")
     device_keys(work / "devices", gates)
-    rabbit = None
+    rabbit, broker_proc = None, None
     if args.broker == "cluster":
         rabbit = start_rabbit(work, stack)
         hosts = tuple(rabbit.mqtt_hosts)
@@ -276,6 +302,7 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
         user = "user root\n" if os.geteuid() == 0 else ""
         broker, port = start_broker(work, f"{user}max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n")
         stack.append(broker.kill)
+        broker_proc = broker
         hosts = (f"127.0.0.1:{port}",)
     if args.pg == "patroni":
         from patroni import PatroniCluster
@@ -284,11 +311,13 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
         stack.append(cluster.stop)
         cluster.start()
         url = cluster.url()
+        pg_roots = cluster_pids(cluster)
     else:
         single = PgCluster(work / "pg", free_port())
         stack.append(single.stop)
         single.start()
         url = single.url
+        pg_roots = single_pids(single)
     db = Db(url)
     collectors = Collectors(rabbit.amqp_urls if rabbit else hosts[0], url, work / "devices", 2, work)
     stack.append(collectors.stop)
@@ -296,17 +325,46 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     state = Path(tempfile.mkdtemp(prefix="gate-fleet-", dir=args.gate_state)) if args.gate_state else None
     if state is not None:
         stack.append(lambda: shutil.rmtree(state, ignore_errors=True))
-    fleet = Fleet(gates, args.procs, Spec(hosts, work, cpub, ipriv, work / "devices", gate_state=state))
+    per_proc = args.connect_rate / args.procs
+    window = max(1, args.connect_window // args.procs)
+    spec = Spec(hosts, work, cpub, ipriv, work / "devices", True, state, args.crews, per_proc, window)
+    fleet = Fleet(gates, args.procs, spec)
     stack.append(fleet.stop)
-    ready = wait(lambda: sum(fleet.ask("ready")) == 2 * len(gates), 120 + len(gates) / 5, 0.5)
-    check(bool(ready), "not every gate connected and subscribed")
-    figure("fleet_connected", gates=len(gates), procs=args.procs, seconds=round(time.monotonic() - t0, 1), pg=args.pg)
+    fleet.ask("built")
+    figure("fleet_built", gates=len(gates), procs=args.procs, crews=args.crews, seconds=round(time.monotonic() - t0, 1))
+    t0 = time.monotonic()
+    fleet.ask("connect")
+    clients = 2 * len(gates)  # each gate's link and its raw paho subscriber
+    ready = wait(lambda: sum(fleet.ask("ready")) == clients, 900, 0.5)  # measured, not a target
+    took = time.monotonic() - t0
+    check(bool(ready), f"not every gate connected and subscribed after {took:.0f} s")
+    net = fleet.ask("net")
+    ups = [x for n in net for x in n["up_s"]]  # connect attempt -> CONNACK and every SUBACK
+    figure(
+        "fleet_connected",
+        clients=clients,
+        connect_rate_per_s=args.connect_rate,
+        connect_window=args.connect_window,
+        seconds=round(took, 1),
+        paced_s=round(clients / args.connect_rate, 1),
+        attempts=sum(n["attempts"] for n in net),
+        refused=sum(n["refused"] for n in net),
+        up_p50_s=round(pct(ups, 50), 3) if ups else None,
+        up_p99_s=round(pct(ups, 99), 3) if ups else None,
+        up_max_s=round(max(ups), 3) if ups else None,
+        broker=args.broker,
+        pg=args.pg,
+    )
+    cpu = CpuSplit(lambda: roots(fleet, collectors, rabbit, broker_proc, pg_roots))
+    cpu.start()  # what the connected fleet costs doing nothing: keepalives, the broker's queues, trust refreshes
+    time.sleep(args.seconds / 2)
+    figure("idle_cpu", gates=len(gates), **cpu.stop())
     central = connect(MqttSection(host="127.0.0.1", port=port, protocol="3.1.1" if rabbit else "auto"))
     stack.append(central.disconnect)
     for r in range(args.rounds):
         revocation(fleet, central, ckey, r, len(gates), 60)
     decided: list[str] = []
-    ids, fig = ingest(fleet, db, args.rate, args.seconds)
+    ids, fig = ingest(fleet, db, args.rate, args.seconds, cpu=cpu)
     decided += ids
     figure("ingest", gates=len(gates), **fig)
     ids, fig = ingest(fleet, db, args.rate, args.seconds, lambda: kill_collector(collectors, db))
@@ -319,9 +377,10 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     else:
         figure("pg_primary_killed", skipped="needs --pg patroni")
     if rabbit is not None:
-        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_node(rabbit, fleet))
+        killed: dict[str, float] = {}
+        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_node(rabbit, fleet, killed))
         decided += ids
-        figure("broker_node_killed", **fig, target_reconnect_s=30)
+        figure("broker_node_killed", **fig, **all_back(rabbit, fleet, killed, len(gates)), target_reconnect_s=30)
         revocation(fleet, central, ckey, args.rounds, len(gates), 60, raw=False)
     else:
         figure("broker_node_killed", skipped="needs --broker cluster")
@@ -373,17 +432,59 @@ def start_rabbit(work: Path, stack: list[Callable[[], object]]) -> Any:
     return rabbit
 
 
-def kill_node(rabbit: Any, fleet: Fleet) -> dict[str, Any]:
-    """SIGKILL the first node (a third of the gates and a collector are on it): when is every gate connected to
-    a node still alive?"""
+def on_live_nodes(fleet: Fleet, dead: str) -> int:
+    return sum(up and broker != dead for up, broker in fleet.flat("links"))
+
+
+def kill_node(rabbit: Any, fleet: Fleet, killed: dict[str, float]) -> dict[str, Any]:
+    """SIGKILL the first node (a third of the gates and a collector are on it) under load: how many gates are on
+    a live node 30 s later (the target)? The rest is waited for once the load has stopped (`all_back`)."""
     dead = rabbit.mqtt_hosts[0]
     on_it = sum(broker == dead for _, broker in fleet.flat("links"))
-    t = time.monotonic()
+    killed["at"] = time.monotonic()
     rabbit.kill_node(0)
-    back = wait(lambda: all(up and broker != dead for up, broker in fleet.flat("links")), 120, 0.5)
-    took = time.monotonic() - t
+    n = len(fleet.flat("links"))
+    wait(lambda: on_live_nodes(fleet, dead) == n, 30, 0.5)
+    return {"gates_on_killed_node": on_it, "on_live_node_at_30s": on_live_nodes(fleet, dead), "of": n}
+
+
+def all_back(rabbit: Any, fleet: Fleet, killed: dict[str, float], n: int) -> dict[str, Any]:
+    dead = rabbit.mqtt_hosts[0]
+    back = wait(lambda: on_live_nodes(fleet, dead) == n, 600, 1.0)
+    took = time.monotonic() - killed["at"]
     check(bool(back), f"gates not all reconnected {took:.0f} s after a node died")
-    return {"gates_on_killed_node": on_it, "every_gate_connected_s": round(took, 1)}
+    return {"every_gate_connected_s": round(took, 1), "target_met": bool(back) and took <= 30}
+
+
+def cluster_pids(cluster: Any) -> Callable[[], list[int]]:
+    """Patroni's nodes (each the parent of its PostgreSQL) and etcd."""
+    return lambda: [n.proc.pid for n in cluster.nodes if n.proc] + ([cluster.etcd.pid] if cluster.etcd else [])
+
+
+def single_pids(single: PgCluster) -> Callable[[], list[int]]:
+    """pg_ctl's postmaster (not a child of the bench)."""
+
+    def pids() -> list[int]:
+        try:
+            return [int((single.data / "postmaster.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
+
+    return pids
+
+
+def roots(
+    fleet: Fleet, collectors: Collectors, rabbit: Any, broker: Any, pg: Callable[[], list[int]]
+) -> dict[str, list[int]]:
+    """The process trees CpuSplit names: the gate processes, the broker, the collectors, PostgreSQL, the bench."""
+    nodes = [n.proc.pid for n in rabbit.nodes if n.proc] if rabbit is not None else [broker.pid]
+    return {
+        "gates": [p.pid for p in fleet.procs],
+        "broker": nodes,
+        "collectors": [p.pid for p in collectors.procs.values()],
+        "postgres": pg(),
+        "bench": [os.getpid()],
+    }
 
 
 def free_port() -> int:

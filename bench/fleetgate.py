@@ -1,25 +1,25 @@
 """bench/fleet.py's gate processes: simulated gates built from the real parts (MQTT link, central sync worker,
-signature checks, a small pass cache, outbox and drainer; no camera, no relay), driven over a pipe."""
+signature checks, a small pass cache, outbox and drainer; no camera, no relay), sharing a process's threads: one
+network thread serves every paho client (bench/fleetloop.py) and a few crew threads turn each gate's sync worker
+and drainer in rounds and make its scans. Driven over a pipe."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from fleetloop import NetLoop
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gate.config.model import parse_config
 from gate.contracts import LaneControl
 from gate.core.clock import SystemClock
 from gate.core.docstore import DocStore
-from gate.core.supervisor import Supervisor
 from gate.decide.codes import Kind, Status, issue
 from gate.decide.decision import Decider
 from gate.decide.keys import TrustStore, load_private_key, load_public_key
@@ -29,7 +29,7 @@ from gate.deliver.delivery import Drainer
 from gate.deliver.outbox import Outbox
 from gate.deliver.recorder import Recorder
 from gate.deliver.sealing import Sealer
-from gate.mqtt_link import MqttLink
+from gate.mqtt_link import Handler, MqttLink
 from gate.sync.envelope import Verifier
 from gate.sync.worker import CentralSync
 
@@ -49,6 +49,9 @@ class Spec:
     devices: Path  # <gate>.key files (the collectors read <gate>.pub beside them)
     raw: bool = True  # also a plain paho subscriber per gate, for the side-by-side fan-out
     gate_state: Path | None = None  # where the gates' state dirs go (default: under work)
+    crews: int = 4  # threads per process that turn the gates' workers (fsyncs overlap across them)
+    connect_rate: float = 50.0  # first connects a second, per process
+    connect_window: int = 10  # first connects not yet up (CONNACK and SUBACKs), per process
 
 
 class NotingVerifier(Verifier):
@@ -76,17 +79,48 @@ class Discard:
         return True
 
 
-class SimGate:
-    """One gate's central-facing half. Built on the process's lane thread, which owns its SQLite writers."""
+class SharedLink(MqttLink):
+    """The gate's real link, its paho client served by the process's network thread instead of a thread of its
+    own; every message, acknowledgement and (re)connect also pokes the crew that turns this gate."""
 
-    def __init__(self, gate_id: str, spec: Spec) -> None:
+    def __init__(self, cfg: Any, gate_id: str, net: NetLoop, poke: Callable[[], None]) -> None:
+        self.net, self.poke = net, poke
+        self.deltas_at: list[float] = []  # when each pass delta reached this link (before the worker took it)
+        super().__init__(cfg, gate_id)
+        self.ack_listeners.append(lambda mid, refused: poke())
+        self.up_listeners.append(poke)
+
+    def _build(self) -> mqtt.Client:
+        client = super()._build()
+        client.loop_start = lambda: self.net.add(client, self._up)  # type: ignore[method-assign]
+        client.loop_stop = lambda: self.net.remove(client)  # type: ignore[method-assign]
+        return client
+
+    def _up(self) -> bool:
+        return self.connected.is_set() and self.subscribed.is_set()
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        def poking(topic: str, payload: bytes, ack: Callable[[], object] = lambda: None) -> None:
+            if topic.endswith("/passes/delta"):
+                self.deltas_at.append(time.time())
+            handler(topic, payload, ack)
+            self.poke()
+
+        super().subscribe(topic, poking)
+
+
+class SimGate:
+    """One gate's central-facing half. Built, turned and scanned on one crew thread, which owns its SQLite
+    connections (as the lane and sync threads own theirs on a real gate)."""
+
+    def __init__(self, gate_id: str, spec: Spec, net: NetLoop, poke: Callable[[], None]) -> None:
         state = (spec.gate_state or spec.work / "gates") / gate_id
         host, port = spec.hosts[0].rsplit(":", 1)
-        mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port), "keepalive": 20}
+        mqtt_cfg: dict[str, Any] = {"host": host, "port": int(port)}
         if len(spec.hosts) > 1:  # a cluster: each gate lists every node, starting at its own, so the fleet spreads
             turn = int(gate_id.lstrip("g")) % len(spec.hosts)
             hosts = [*spec.hosts[turn:], *spec.hosts[:turn]]
-            mqtt_cfg = {"hosts": hosts, "keepalive": 20, "protocol": "3.1.1"}  # RabbitMQ 3 speaks MQTT 3.1.1
+            mqtt_cfg = {"hosts": hosts, "protocol": "3.1.1"}  # RabbitMQ 3 speaks MQTT 3.1.1
         self.cfg = parse_config(
             {
                 "gate": {"id": gate_id, "state_dir": str(state), "device_key": str(spec.devices / f"{gate_id}.key")},
@@ -112,14 +146,14 @@ class SimGate:
             self.cfg.scanner.max_payload_bytes,
         )
         self.outbox = Outbox(state / "outbox.db", self.cfg.outbox)
-        self.link = MqttLink(self.cfg.mqtt, gate_id)
+        self.link = SharedLink(self.cfg.mqtt, gate_id, net, poke)
         self.drainer = Drainer(
             self.outbox,
             self.link,
             self.cfg.mqtt.inflight_window,
             sealer=Sealer(load_private_key(self.cfg.gate.device_key)),
         )
-        self.recorder = Recorder(self.cfg, self.outbox, self.clock, self.drainer.wake)
+        self.recorder = Recorder(self.cfg, self.outbox, self.clock, poke)
         self.verifier = NotingVerifier(
             TrustStore.from_files(self.cfg.central.keys),
             gate_id,
@@ -128,11 +162,16 @@ class SimGate:
             DocStore(state / "device.json", "command_nonces"),
         )
         self.sync = CentralSync(LaneControl(Discard()), self.link, self.verifier, [], self.cfg)  # type: ignore[arg-type]
-        self.threads = Supervisor()  # as the gate runs them (gate.lane.lifecycle): a thread that dies comes back
         self.sync.start()  # subscriptions, before the link connects
-        self.threads.spawn("central-sync", self.sync.run, wake=self.sync.interrupt)
-        self.threads.spawn("outbox-drain", self.drainer.run, wake=self.drainer.wake)
-        self.link.start()
+
+    def turn(self) -> None:
+        """What the gate's central-sync and outbox-drain threads would do now: every queued message (verified,
+        applied, acknowledged), then one drainer step (collect PUBACKs, delete, publish the next rows)."""
+        for _ in range(100):
+            if not self.sync.turn(0.0):
+                break
+        # One step of Drainer.run's loop, as that loop does it (its own loop waits on an event per gate).
+        self.drainer.faults.run("delivering the outbox", self.drainer._step)
 
     def checkin(self, code: bytes) -> str:
         """A scan decided and recorded, as the lane does it: verified, looked up, committed to the outbox."""
@@ -149,133 +188,25 @@ class SimGate:
 
     def close(self) -> None:
         self.link.stop()
-        self.threads.stop(5.0)
         self.sync.close()
         self.outbox.close()
         self.cache.close()
 
 
 class RawClient:
-    """A plain paho subscriber: what the broker alone takes to fan a message out."""
+    """A plain paho subscriber on the same network thread: what the broker alone takes to fan a message out."""
 
-    def __init__(self, host: str, port: int, name: str) -> None:
+    def __init__(self, host: str, port: int, name: str, net: NetLoop) -> None:
         self.got: list[float] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
         self.client.on_message = lambda c, u, m: self.got.append(time.time())
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(RAW_TOPIC, qos=1)
+        self.client.on_connect = lambda c, u, f, r, p: (self.subacked.clear(), c.subscribe(RAW_TOPIC, qos=1))
+        self.subacked = threading.Event()
+        self.client.on_subscribe = lambda c, u, m, r, p: self.subacked.set()
         self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
+        net.add(self.client, lambda: self.client.is_connected() and self.subacked.is_set())
+        self.net = net
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
-
-
-def run(index: int, gate_ids: list[str], spec: Spec, conn: Connection) -> None:
-    """A gate process: one lane thread owns every gate's writers; commands arrive on `conn`, answers go back."""
-    jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
-
-    def lane() -> None:
-        while (job := jobs.get()) is not None:
-            job()
-
-    def on_lane(fn: Callable[[], Any]) -> Any:
-        box: queue.Queue[Any] = queue.Queue()
-        jobs.put(lambda: box.put(_call(fn)))
-        ok, value = box.get()
-        if not ok:
-            raise value
-        return value
-
-    thread = threading.Thread(target=lane, name="fleet-lane", daemon=True)
-    thread.start()
-    gates: list[SimGate] = on_lane(lambda: [SimGate(g, spec) for g in gate_ids])
-    raws: list[RawClient] = []
-    if spec.raw:
-        host, port = spec.hosts[index % len(spec.hosts)].rsplit(":", 1)
-        raws = [RawClient(host, int(port), f"raw-{g}") for g in gate_ids]
-    ingest = Ingest(gates, on_lane)
-    commands: dict[str, Callable[..., Any]] = {
-        "ready": lambda: (
-            sum(g.link.connected.is_set() and g.link.subscribed.is_set() for g in gates)
-            + sum(bool(r.client.is_connected()) for r in raws)
-        ),
-        "accepted": lambda: [len(g.verifier.accepted_at) for g in gates],
-        "applied": lambda since, token: on_lane(lambda: applied(gates, since, token)),
-        "raw_times": lambda since: [next((t for t in r.got if t >= since), None) for r in raws],
-        "ingest": ingest.start,
-        "ingest_stop": ingest.stop,
-        "depth": lambda: on_lane(lambda: sum(g.outbox.depth for g in gates)),
-        "links": lambda: [(g.link.connected.is_set(), g.link.broker) for g in gates],
-    }
-    try:
-        while True:
-            name, args = conn.recv()
-            if name == "stop":
-                break
-            conn.send(_call(lambda name=name, args=args: commands[name](*args)))
-    finally:
-        ingest.stop()
-        for r in raws:
-            r.close()
-        on_lane(lambda: [g.close() for g in gates])
-        jobs.put(None)
-        thread.join(30)
-        conn.send((True, None))
-
-
-def applied(gates: list[SimGate], since: float, token: int) -> list[float | None]:
-    """Per gate: when its sync worker accepted the revocation, if its decider now denies the revoked pass."""
-    out: list[float | None] = []
-    for g in gates:
-        at = next((t for t in g.verifier.accepted_at if t >= since), None)
-        out.append(at if at is not None and g.denies(token) else None)
-    return out
-
-
-class Ingest:
-    """Scans at a steady rate across this process's gates, on the lane thread, until stopped; every event id
-    decided is kept so the bench can check each is stored exactly once."""
-
-    def __init__(self, gates: list[SimGate], on_lane: Callable[[Callable[[], Any]], Any]) -> None:
-        self.gates, self.on_lane = gates, on_lane
-        self.ids: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, rate: float) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(rate,), daemon=True)
-        self._thread.start()
-
-    def _run(self, rate: float) -> None:
-        batch = max(1, int(rate / 20))  # 20 lane jobs a second
-        t0, done = time.monotonic(), 0
-        while not self._stop.is_set():
-            self.ids.extend(self.on_lane(lambda start=done: self._scan(start, batch)))
-            done += batch
-            ahead = t0 + done / rate - time.monotonic() if rate > 0 else 0
-            if ahead > 0:
-                self._stop.wait(ahead)
-
-    def _scan(self, start: int, n: int) -> list[str]:
-        ids = []
-        for i in range(start, start + n):
-            g = self.gates[i % len(self.gates)]
-            ids.append(g.checkin(g.codes[REVOCABLE + i % (len(g.codes) - REVOCABLE)]))
-        return ids
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(60)
-            self._thread = None
-        ids, self.ids = self.ids, []
-        return ids
-
-
-def _call(fn: Callable[[], Any]) -> tuple[bool, Any]:
-    try:
-        return True, fn()
-    except Exception as exc:  # sent back to the bench, which reports it
-        return False, exc
+        self.net.remove(self.client)

@@ -1,5 +1,6 @@
-"""The fleet simulation in the suite, small: bench/fleet.py --smoke runs its own checks (every revocation in force
-at every gate, every check-in decided stored exactly once across a collector killed) and exits 0."""
+"""The fleet simulation in the suite, small: bench/fleet.py --smoke (gates sharing their processes' threads) runs its
+own checks (every revocation in force at every gate, every check-in decided stored exactly once across a collector
+killed) and exits 0."""
 
 from __future__ import annotations
 
@@ -27,3 +28,5 @@ def test_a_small_fleet_gets_every_revocation_and_stores_every_check_in_exactly_o
     assert figures["revocation_fanout"]["applied"] == figures["revocation_fanout"]["gates"]
     assert figures["exactly_once"] == figures["exactly_once"] | {"lost": 0, "duplicates": 0, "ok": True}
     assert figures["collector_killed"]["decided"] > 0
+    assert figures["fleet_connected"]["clients"] == 2 * figures["revocation_fanout"]["gates"]
+    assert figures["ingest"]["cpu"]["gates_cores"] > 0  # where the CPU went, as the 1,000-gate run names its limit

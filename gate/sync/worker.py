@@ -162,8 +162,10 @@ class CentralSync:
         while not stop.is_set() and not self._stopped:
             self.turn()
 
-    def turn(self) -> None:
-        """One step: refresh the trust keys when due, retry what a full disk held back, then one message."""
+    def turn(self, wait: float = 1.0) -> bool:
+        """One step: refresh the trust keys when due, retry what a full disk held back, then one message, waiting
+        at most `wait` seconds for it (0: a caller turning many gates' workers on a few threads, bench/fleet.py).
+        True if a message was taken."""
         now = time.monotonic()
         if now >= self._next_refresh:
             self._next_refresh = now + TRUST_REFRESH_SECONDS
@@ -172,9 +174,9 @@ class CentralSync:
             self._retry_held()
         wake = min(self._next_refresh, self._retry_at if self._held else self._next_refresh)
         try:
-            job = self._jobs.get(timeout=min(1.0, max(0.0, wake - time.monotonic())))
+            job = self._jobs.get(timeout=min(wait, max(0.0, wake - time.monotonic())))
         except queue.Empty:
-            return
+            return False
         try:
             if job is None:
                 self._stopped = True
@@ -184,6 +186,7 @@ class CentralSync:
                 self._finish(job)
         finally:
             self._jobs.done()
+        return True
 
     def _finish(self, job: Job) -> bool:
         """Handle a message; acknowledge it once it is stored, or hold it (unacknowledged) if the disk could not
