@@ -29,50 +29,63 @@ class FleetPage:
     next_after: str | None
 
 
-@dataclass(frozen=True)
 class FleetIndex:
-    """Made once per report (by the worker that reads it), so a request is a filter and a slice, never a sort:
-    the gate id breaks every tie, so sorting all rows then filtering gives the order filtering then sorting did."""
+    """One per report, so a request is a filter and a slice, never a sort: each sort's order (and each row's
+    lower-cased searched fields) is made once, by the first request that needs it, and kept with the report. The
+    gate id breaks every tie, so sorting all rows then filtering gives the order that filtering then sorting did."""
 
-    rows: list[dict[str, Any]]
-    counts: dict[str, int]
-    orders: dict[str, list[int]]  # sort name -> row numbers in (key, gate id) order
-    places: dict[str, dict[str, int]]  # sort name -> gate id -> its place in that order
-    texts: list[tuple[str, ...]]  # row number -> its searched fields, lower-cased
-    flagged: dict[str, frozenset[int]]  # FLAGS key -> row numbers carrying the flag
+    def __init__(self, report: list[dict[str, Any]]) -> None:
+        self.rows = report
+        self.row_of = {r["gate_id"]: i for i, r in enumerate(report)}
+        flagged = {name: [i for i, r in enumerate(report) if flag in r["flags"]] for name, flag in FLAGS.items()}
+        self.counts = {name: len(rows) for name, rows in flagged.items()}
+        self._flagged = {name: frozenset(rows) for name, rows in flagged.items()}
+        # Made on first use; two requests racing make the same value, so no lock (the GIL keeps the dict whole).
+        self._orders: dict[str, tuple[list[int], list[int]]] = {}  # sort -> (row numbers in order, each row's place)
+        self._texts: list[tuple[str, str, str, str]] | None = None
 
     @classmethod
     def of(cls, report: list[dict[str, Any]]) -> FleetIndex:
-        orders = {name: _ordered(report, key) for name, key in SORTS.items()}
-        places = {name: {report[i]["gate_id"]: n for n, i in enumerate(order)} for name, order in orders.items()}
-        texts = [tuple(str(r[k] or "").lower() for k in SEARCHED) for r in report]
-        flagged = {
-            name: frozenset(i for i, r in enumerate(report) if flag in r["flags"]) for name, flag in FLAGS.items()
-        }
-        counts = {name: len(rows) for name, rows in flagged.items()}
-        return cls(report, counts, orders, places, texts, flagged)
+        return cls(report)
+
+    def _order(self, sort: str) -> tuple[list[int], list[int]]:
+        kept = self._orders.get(sort)
+        if kept is None:
+            key, rows = SORTS[sort], self.rows
+            keys = [(key(r), r["gate_id"]) for r in rows]
+            order = sorted(range(len(rows)), key=keys.__getitem__)
+            place = [0] * len(rows)
+            for n, i in enumerate(order):
+                place[i] = n
+            kept = self._orders[sort] = (order, place)
+        return kept
+
+    def _found(self, needle: str) -> list[int]:
+        if self._texts is None:
+            self._texts = [_text(r) for r in self.rows]
+        return [
+            i for i, (a, b, c, d) in enumerate(self._texts) if needle in a or needle in b or needle in c or needle in d
+        ]
 
     def page(self, show: str, search: str, sort: str, after: str) -> FleetPage:
-        order, needle = self.orders[sort], search.lower()
+        (order, place), needle = self._order(sort), search.lower()
         if not show and not needle:  # every gate: the next page is a slice of the order
-            chosen_places: range | list[int] = range(len(order))
+            chosen: range | list[int] = range(len(order))  # places in the order
         else:
-            flagged, texts = self.flagged.get(show), self.texts
-            chosen_places = [
-                n
-                for n, i in enumerate(order)
-                if (flagged is None or i in flagged) and (not needle or any(needle in t for t in texts[i]))
-            ]
+            rows = self._found(needle) if needle else range(len(self.rows))
+            flagged = self._flagged.get(show)
+            chosen = sorted(place[i] for i in rows if flagged is None or i in flagged)
         start = 0
-        if after and (place := self.places[sort].get(after)) is not None:
-            at = bisect_left(chosen_places, place)
-            start = at + 1 if at < len(chosen_places) and chosen_places[at] == place else 0
-        rows = [self.rows[order[n]] for n in chosen_places[start : start + PAGE]]
-        more = start + PAGE < len(chosen_places)
-        return FleetPage(
-            rows, dict(self.counts), len(chosen_places), len(self.rows), rows[-1]["gate_id"] if more and rows else None
-        )
+        if after and (row := self.row_of.get(after)) is not None:
+            at = bisect_left(chosen, place[row])
+            start = at + 1 if at < len(chosen) and chosen[at] == place[row] else 0
+        shown = [self.rows[order[n]] for n in chosen[start : start + PAGE]]
+        more = start + PAGE < len(chosen)
+        last = shown[-1]["gate_id"] if more and shown else None
+        return FleetPage(shown, dict(self.counts), len(chosen), len(self.rows), last)
 
 
-def _ordered(report: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> list[int]:
-    return sorted(range(len(report)), key=lambda i: (key(report[i]), report[i]["gate_id"]))
+def _text(r: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A row's SEARCHED fields, lower-cased, as four (not any() over a generator: a search scans 5,000 rows)."""
+    a, b, c, d = (str(r[k] or "").lower() for k in SEARCHED)
+    return a, b, c, d
