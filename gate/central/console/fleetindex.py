@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,34 +29,29 @@ class FleetPage:
 
 
 class FleetIndex:
-    """One per report, so a request is a filter and a slice, never a sort: each sort's order (and each row's
-    lower-cased searched fields) is made once, by the first request that needs it, and kept with the report. The
-    gate id breaks every tie, so sorting all rows then filtering gives the order that filtering then sorting did."""
+    """One per report: each sort's order of every gate and each row's lower-cased searched fields are made once,
+    by the first request that needs them, and kept with the report, so the next page of a sort is a slice and a
+    search lower-cases nothing; a filtered or searched page sorts its matches only, by (key, gate id) as before."""
 
     def __init__(self, report: list[dict[str, Any]]) -> None:
         self.rows = report
-        self.row_of = {r["gate_id"]: i for i, r in enumerate(report)}
-        flagged = {name: [i for i, r in enumerate(report) if flag in r["flags"]] for name, flag in FLAGS.items()}
-        self.counts = {name: len(rows) for name, rows in flagged.items()}
-        self._flagged = {name: frozenset(rows) for name, rows in flagged.items()}
+        self.counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
         # Made on first use; two requests racing make the same value, so no lock (the GIL keeps the dict whole).
-        self._orders: dict[str, tuple[list[int], list[int]]] = {}  # sort -> (row numbers in order, each row's place)
+        self._orders: dict[str, tuple[list[int], dict[str, int]]] = {}  # sort -> (row numbers, gate id -> place)
         self._texts: list[tuple[str, str, str, str]] | None = None
 
     @classmethod
     def of(cls, report: list[dict[str, Any]]) -> FleetIndex:
         return cls(report)
 
-    def _order(self, sort: str) -> tuple[list[int], list[int]]:
+    def _order(self, sort: str) -> tuple[list[int], dict[str, int]]:
         kept = self._orders.get(sort)
         if kept is None:
             key, rows = SORTS[sort], self.rows
-            keys = [(key(r), r["gate_id"]) for r in rows]
+            # "gate" orders by the gate id alone (its key is constant): the report comes in that order, sorted in O(n)
+            keys = [r["gate_id"] for r in rows] if sort == "gate" else [(key(r), r["gate_id"]) for r in rows]
             order = sorted(range(len(rows)), key=keys.__getitem__)
-            place = [0] * len(rows)
-            for n, i in enumerate(order):
-                place[i] = n
-            kept = self._orders[sort] = (order, place)
+            kept = self._orders[sort] = (order, {rows[i]["gate_id"]: n for n, i in enumerate(order)})
         return kept
 
     def _found(self, needle: str) -> list[int]:
@@ -68,24 +62,29 @@ class FleetIndex:
         ]
 
     def page(self, show: str, search: str, sort: str, after: str) -> FleetPage:
-        (order, place), needle = self._order(sort), search.lower()
-        if not show and not needle:  # every gate: the next page is a slice of the order
-            chosen: range | list[int] = range(len(order))  # places in the order
-        else:
-            rows = self._found(needle) if needle else range(len(self.rows))
-            flagged = self._flagged.get(show)
-            chosen = sorted(place[i] for i in rows if flagged is None or i in flagged)
-        start = 0
-        if after and (row := self.row_of.get(after)) is not None:
-            at = bisect_left(chosen, place[row])
-            start = at + 1 if at < len(chosen) and chosen[at] == place[row] else 0
-        shown = [self.rows[order[n]] for n in chosen[start : start + PAGE]]
-        more = start + PAGE < len(chosen)
+        needle = search.lower()
+        if not show and not needle:  # every gate: a slice of the order kept for this sort
+            order, place = self._order(sort)
+            start = place[after] + 1 if after and after in place else 0
+            chosen = [self.rows[i] for i in order[start : start + PAGE]]
+            matching, more = len(order), start + PAGE < len(order)
+        else:  # a filter or search: only its matches are sorted (a few out of thousands, as a rule)
+            flag = FLAGS.get(show)
+            rows = self.rows if not needle else [self.rows[i] for i in self._found(needle)]
+            chosen = sorted((r for r in rows if flag is None or flag in r["flags"]), key=_by(SORTS[sort]))
+            start = next((i + 1 for i, r in enumerate(chosen) if r["gate_id"] == after), 0) if after else 0
+            matching, more = len(chosen), start + PAGE < len(chosen)
+            chosen = chosen[start:]
+        shown = chosen[:PAGE]
         last = shown[-1]["gate_id"] if more and shown else None
-        return FleetPage(shown, dict(self.counts), len(chosen), len(self.rows), last)
+        return FleetPage(shown, dict(self.counts), matching, len(self.rows), last)
 
 
 def _text(r: dict[str, Any]) -> tuple[str, str, str, str]:
     """A row's SEARCHED fields, lower-cased, as four (not any() over a generator: a search scans 5,000 rows)."""
     a, b, c, d = (str(r[k] or "").lower() for k in SEARCHED)
     return a, b, c, d
+
+
+def _by(key: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], tuple[Any, str]]:
+    return lambda r: (key(r), r["gate_id"])
