@@ -209,6 +209,66 @@ def test_pollers_of_one_fleet_view_share_one_report_and_one_page_until_it_expire
     assert view.page(FleetQuery()) is not first and len(made) == 2
 
 
+def _naive_fleet_page(report: list[dict[str, Any]], show: str, search: str, sort: str, after: str) -> Any:
+    """The page as it was made before the index: filter, sort the rest, find `after`, cut (the reference)."""
+    from gate.central.console.fleetindex import FLAGS, PAGE, SEARCHED, SORTS
+
+    needle = search.lower()
+    chosen = [
+        r
+        for r in report
+        if (not show or FLAGS[show] in r["flags"])
+        and (not needle or any(needle in str(r[k] or "").lower() for k in SEARCHED))
+    ]
+    chosen.sort(key=lambda r: (SORTS[sort](r), r["gate_id"]))
+    start = next((i + 1 for i, r in enumerate(chosen) if r["gate_id"] == after), 0) if after else 0
+    rows = chosen[start : start + PAGE]
+    more = start + PAGE < len(chosen)
+    return [r["gate_id"] for r in rows], len(chosen), rows[-1]["gate_id"] if more and rows else None
+
+
+_fleet_rows = st.lists(
+    st.fixed_dictionaries(
+        {
+            "venue_id": st.sampled_from([None, "", "V1", "v1", "v2", "Venue-01"]),
+            "vehicle_id": st.sampled_from([None, "bus-7", "BUS-8"]),
+            "route": st.sampled_from([None, "r1", "R12"]),
+            "last_seen": st.sampled_from([None, 0, 100, 100.5, 200]),  # ties on purpose
+            "outbox_depth": st.sampled_from([None, 0, 3, 3, 50]),
+            "cache_age_s": st.sampled_from([None, 0.0, 10.0, 10.0, 7200.0]),
+            "flags": st.lists(st.sampled_from(["offline", "stale_cache", "outbox_growing"]), unique=True),
+        }
+    ),
+    max_size=260,  # past two pages of 100
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    lines=_fleet_rows,
+    show=st.sampled_from(["", "offline", "stale", "backing-up"]),
+    search=st.sampled_from(["", "v1", "V", "bus", "r1", "g1", "zz"]),
+    sort=st.sampled_from(["gate", "venue", "seen", "outbox", "cache-age"]),
+    after_at=st.integers(-1, 300),
+)
+def test_the_indexed_fleet_page_equals_filtering_then_sorting_every_time(
+    lines: list[dict[str, Any]], show: str, search: str, sort: str, after_at: int
+) -> None:
+    """Sorting once per report then filtering gives the same rows, ties, counts and next page as filtering then
+    sorting per request did, for any `after` (a shown row, a row filtered out now, or an unknown gate)."""
+    from gate.central.console.fleetindex import FleetIndex
+
+    report = [{"gate_id": f"g{i:03d}", **line} for i, line in enumerate(lines)]
+    after = "" if after_at < 0 else f"g{after_at:03d}"
+    page = FleetIndex.of(report).page(show, search, sort, after)
+    assert ([r["gate_id"] for r in page.rows], page.matching, page.next_after) == _naive_fleet_page(
+        report, show, search, sort, after
+    )
+    assert page.total == len(report)
+    for name, flag in {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}.items():
+        assert page.counts[name] == sum(flag in r["flags"] for r in report)
+
+
 def test_an_expired_fleet_report_is_served_while_the_next_is_made_in_the_background() -> None:
     """No poller waits for the fleet query once there is a report: the expired one is served while one worker
     makes the next; a report far older than its interval (a database that stopped answering) is not served."""
@@ -232,6 +292,7 @@ def test_an_expired_fleet_report_is_served_while_the_next_is_made_in_the_backgro
     assert [view.page(FleetQuery()).rows[0]["gate_id"] for _ in range(3)] == ["g1"] * 3  # the query still runs
     release.set()
     assert wait_until(lambda: view.page(FleetQuery()).rows[0]["gate_id"] == "g2")
-    view._cached = (time.monotonic() - 60, view._cached[1] if view._cached else [])  # far past its interval
+    assert view._cached is not None
+    view._cached = (time.monotonic() - 60, *view._cached[1:])  # far past its interval
     assert view.page(FleetQuery()).rows[0]["gate_id"] == "g3" and len(made) == 3
     view.close()

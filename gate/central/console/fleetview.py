@@ -1,5 +1,5 @@
 """The fleet table as pages: one report of every gate shared by all viewers for a moment (so a thousand open
-fleet pages cost one query per interval), then searched, filtered, sorted and cut into keyset pages in memory."""
+fleet pages cost one query per interval), sorted once per report, then filtered and cut into keyset pages."""
 
 from __future__ import annotations
 
@@ -13,16 +13,9 @@ from typing import Any
 from gate.central.store import Store
 from gate.central.tracing import aged, fleet_line
 
-FLAGS = {"offline": "offline", "stale": "stale_cache", "backing-up": "outbox_growing"}
-SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "gate": lambda r: "",
-    "venue": lambda r: str(r["venue_id"] or ""),
-    "seen": lambda r: -(r["last_seen"] or 0),  # the most recently seen first
-    "outbox": lambda r: -(r["outbox_depth"] or 0),  # the deepest first
-    "cache-age": lambda r: -(r["cache_age_s"] if r["cache_age_s"] is not None else float("inf")),
-}
-PAGE = 100
-SEARCHED = ("gate_id", "venue_id", "vehicle_id", "route")
+from .fleetindex import FLAGS, SORTS, FleetIndex, FleetPage
+
+__all__ = ["FLAGS", "SORTS", "FleetIndex", "FleetLines", "FleetPage", "FleetQuery", "FleetView"]
 
 
 class FleetLines:
@@ -64,15 +57,6 @@ class FleetQuery:
         )
 
 
-@dataclass(frozen=True)
-class FleetPage:
-    rows: list[dict[str, Any]]
-    counts: dict[str, int]
-    matching: int  # rows that pass the filter and search, on every page
-    total: int  # gates known
-    next_after: str | None
-
-
 class FleetView:
     """`report()` runs at most once per `ttl` seconds, whoever asks; everyone in between gets its copy. Once
     expired, the copy is still served while one worker makes the next (no poller waits for the query), unless
@@ -82,7 +66,7 @@ class FleetView:
 
     def __init__(self, report: Callable[[], list[dict[str, Any]]], ttl: float) -> None:
         self._report, self.ttl = report, ttl
-        self._cached: tuple[float, list[dict[str, Any]]] | None = None
+        self._cached: tuple[float, list[dict[str, Any]], FleetIndex] | None = None
         self._pages: dict[tuple[float, FleetQuery], FleetPage] = {}  # of the cached report: every poller's view
         self._lock = threading.Lock()
         self._making = threading.Lock()  # one report query at a time, in the background or not
@@ -92,7 +76,7 @@ class FleetView:
     def rows(self) -> list[dict[str, Any]]:
         return self._stamped()[1]
 
-    def _stamped(self) -> tuple[float, list[dict[str, Any]]]:
+    def _stamped(self) -> tuple[float, list[dict[str, Any]], FleetIndex]:
         with self._lock:
             cached = self._cached
             age = None if cached is None else time.monotonic() - cached[0]
@@ -107,8 +91,9 @@ class FleetView:
                     return self._cached
             return self._make()
 
-    def _make(self) -> tuple[float, list[dict[str, Any]]]:
-        fresh = (time.monotonic(), self._report())
+    def _make(self) -> tuple[float, list[dict[str, Any]], FleetIndex]:
+        report = self._report()
+        fresh = (time.monotonic(), report, FleetIndex.of(report))  # sorted here, by whoever makes the report
         with self._lock:
             self._cached, self._pages = fresh, {}
         return fresh
@@ -129,33 +114,12 @@ class FleetView:
         self._worker.shutdown(wait=True, cancel_futures=True)
 
     def page(self, q: FleetQuery) -> FleetPage:
-        stamp, report = self._stamped()
+        stamp, _, index = self._stamped()
         with self._lock:
             kept = self._pages.get((stamp, q))
         if kept is None:
-            kept = self._page(report, q)
+            kept = index.page(q.show, q.search, q.sort, q.after)
             with self._lock:
                 if len(self._pages) < 256:  # a bound: searches are many, the polled views few
                     self._pages[(stamp, q)] = kept
         return kept
-
-    def _page(self, report: list[dict[str, Any]], q: FleetQuery) -> FleetPage:
-        counts = {name: sum(flag in r["flags"] for r in report) for name, flag in FLAGS.items()}
-        needle = q.search.lower()
-        chosen = [
-            r
-            for r in report
-            if (not q.show or FLAGS[q.show] in r["flags"])
-            and (
-                not needle
-                or any(needle in str(r[k] or "").lower() for k in ("gate_id", "venue_id", "vehicle_id", "route"))
-            )
-        ]
-        key = SORTS[q.sort]
-        chosen.sort(key=lambda r: (key(r), r["gate_id"]))
-        start = 0
-        if q.after:
-            start = next((i + 1 for i, r in enumerate(chosen) if r["gate_id"] == q.after), 0)
-        rows = chosen[start : start + PAGE]
-        more = start + PAGE < len(chosen)
-        return FleetPage(rows, counts, len(chosen), len(report), rows[-1]["gate_id"] if more and rows else None)
