@@ -69,7 +69,9 @@ def paho_qos1_seconds(port: int, payloads: Sequence[bytes], window: int, topic: 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    slots, done, acked = threading.Semaphore(window), threading.Event(), [0]
+    slots = threading.Semaphore(window)
+    done = threading.Event()
+    acked = [0]
 
     def on_publish(c: object, u: object, mid: int, rc: object, p: object) -> None:
         acked[0] += 1
@@ -111,7 +113,9 @@ path, every = sys.argv[1], float(sys.argv[2])
 fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
 os.pwrite(fd, b"\\0" * 4096 * 16, 0)
 os.fdatasync(fd)
-ms, i, stop = [], 0, []
+ms = []
+i = 0
+stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 while not stop:
     os.pwrite(fd, os.urandom(512), (i % 16) * 4096)

@@ -44,7 +44,9 @@ from gate.central.pgstore import PgStore
 from gate.central.store import CONTACTS_SQL, DAY
 from gate.central.tracing import find_contacts
 
-VENUES, DAYS, T_END = 500, 28, 1_780_000_000.0
+VENUES = 500
+DAYS = 28
+T_END = 1_780_000_000.0
 BROKER_CONF = "max_inflight_messages 0\nmax_queued_messages 0\npersistence false\n"
 
 
@@ -292,7 +294,10 @@ def contacts_bench(url: str, tokens: int, queries: int, window_min: float = 30) 
     rng = random.Random(11)
     t_from, t_to = T_END - DAYS * DAY, T_END
     sql = CONTACTS_SQL.replace("?", "%s")
-    ours, peer, naive, found = [], [], [], 0
+    ours = []
+    peer = []
+    naive = []
+    found = 0
     for q in range(queries):
         tok = f"tok-{rng.randrange(tokens):08d}"
         t = time.perf_counter()

@@ -75,14 +75,20 @@ def stats(times):
 t = time.perf_counter()
 from gate.decide.codes import Status
 from gate.decide.passcache import PassCache
-cache = PassCache(Path(sys.argv[1])); info = cache.info()
+cache = PassCache(Path(sys.argv[1]))
+info = cache.info()
 open_s = time.perf_counter() - t
-n = int(sys.argv[2]); rng = random.Random(1); pc = time.perf_counter; statuses = list(Status)
+n = int(sys.argv[2])
+rng = random.Random(1)
+pc = time.perf_counter
+statuses = list(Status)
 tokens = [rng.randrange(n) for _ in range(100_000)]
 alone = []
 for i in tokens:
     tok = f"tok-{i:010d}"
-    a = pc(); entry = cache.lookup(tok); alone.append((pc() - a) * 1000)
+    a = pc()
+    entry = cache.lookup(tok)
+    alone.append((pc() - a) * 1000)
     if entry is None or entry.status is not statuses[i % 3] or entry.revoked != (i % 97 == 0):
         raise SystemExit(f"gate looked up {tok} as {entry}")
 rss = hwm()

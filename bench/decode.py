@@ -53,7 +53,9 @@ def frame_costs(runs: int) -> list[list[object]]:
 
 
 def samples(root: Path) -> list[list[object]]:
-    auto, zx, zb = make_decoder("auto"), ZxingDecoder(), ZbarDecoder()
+    auto = make_decoder("auto")
+    zx = ZxingDecoder()
+    zb = ZbarDecoder()
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         n = got_auto = got_zx = got_zb = got_base = 0

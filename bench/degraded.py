@@ -112,7 +112,9 @@ def costs(dec: ZxingDecoder, runs: int) -> tuple[dict[str, float], list[str]]:
         first.append(timed(lambda: [c.data for c in dec.decode(clean)])[1])
         first_cpu.append(CPU_MS[0])
     raw = [timed(lambda: raw_zxing(clean))[1] for _ in range(runs)]
-    errors, empty_ms, empty_cpu = [], [], []
+    errors = []
+    empty_ms = []
+    empty_cpu = []
     for f in empties:
         got, ms = timed(lambda f=f: lane(dec, f))
         empty_ms.append(ms)

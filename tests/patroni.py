@@ -20,7 +20,9 @@ from typing import Any
 from pgcluster import pg_bin
 
 # A leader that stops renewing its lock is replaced after TTL seconds; loop_wait + 2 * retry_timeout <= TTL.
-TTL, LOOP_WAIT, RETRY_TIMEOUT = 10, 2, 3
+TTL = 10
+LOOP_WAIT = 2
+RETRY_TIMEOUT = 3
 
 
 def free_port() -> int:

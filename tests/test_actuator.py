@@ -17,7 +17,10 @@ from gate.actuator import Actuator
 from gate.config.model import GpioSection
 from gate.contracts import Alarm, PassageOutcome, Release, Requested
 
-RELAY, PASSAGE, EXIT, FIRE = 17, 5, 6, 13
+RELAY = 17
+PASSAGE = 5
+EXIT = 6
+FIRE = 13
 
 
 def gpio(**kw: Any) -> GpioSection:

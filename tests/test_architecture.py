@@ -49,7 +49,9 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    found, state, stack = [], dict.fromkeys(graph, 0), []
+    found = []
+    state = dict.fromkeys(graph, 0)
+    stack = []
 
     def visit(n: str) -> None:
         state[n] = 1

@@ -134,7 +134,10 @@ def test_anonymous_and_wrong_passwords_are_refused(secured) -> None:
 
 def test_a_gate_cannot_speak_for_another_or_read_its_commands(secured) -> None:
     connect, _, _ = secured
-    collector, ops, a, b = connect("col-1"), connect("ops-1"), connect("lane-a"), connect("lane-b")
+    collector = connect("col-1")
+    ops = connect("ops-1")
+    a = connect("lane-a")
+    b = connect("lane-b")
     assert collector.subscribe("gate/+/checkin") == ["Granted QoS 1"]
     assert b.publish("gate/lane-a/checkin", b'{"forged": true}') == "Not authorized"
     assert b.publish("gate/nonexistent/checkin", b'{"forged": true}') == "Not authorized"
@@ -179,7 +182,10 @@ def test_home_assistants_select_is_written_by_it_and_served_only_by_the_publishe
     """Home Assistant writes its choice, `gate central ha-bridge` (a publisher identity) reads it and writes the
     select's state; a gate can do neither (its commands come only signed, on its command topic)."""
     connect, _, _ = secured
-    ha, ops, lane, collector = connect("ha"), connect("ops-1"), connect("lane-a"), connect("col-1")
+    ha = connect("ha")
+    ops = connect("ops-1")
+    lane = connect("lane-a")
+    collector = connect("col-1")
     choice, state = "homeassistant/gate/lane-a/requested_mode/set", "homeassistant/gate/lane-a/requested_mode/state"
     ops.subscribe("homeassistant/gate/+/requested_mode/set")
     assert ha.publish(choice, b"out_of_service") == "Success"

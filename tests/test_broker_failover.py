@@ -86,8 +86,10 @@ def test_a_gate_fails_over_to_the_next_broker_resends_and_resubscribes(tmp_path,
 
     def send(n: int, tag: str) -> set[str]:
         now = int(time.time())
-        return {g.handle(issue(keys.private, f"tok-{tag}{i:04d}", Status.RED, now, 600).encode())[1].event_id
-                for i in range(n)}  # fmt: skip
+        return {
+            g.handle(issue(keys.private, f"tok-{tag}{i:04d}", Status.RED, now, 600).encode())[1].event_id
+            for i in range(n)
+        }
 
     try:
         assert wait_until(lambda: g.link.connected.is_set() and g.link.subscribed.is_set(), 30)

@@ -50,15 +50,17 @@ def test_a_missing_devices_folder_is_refused_in_one_line(tmp_path) -> None:
 @pytest.mark.parametrize("group", ["", "a/b", "+"])
 def test_an_empty_or_impossible_group_is_refused_in_one_line(tmp_path, group) -> None:
     (tmp_path / "devices").mkdir()
-    r = central("collect", "--broker", "127.0.0.1:1", "--db", "c.db", "--devices", "devices", "--group", group,
-                cwd=tmp_path)  # fmt: skip
+    r = central(
+        "collect", "--broker", "127.0.0.1:1", "--db", "c.db", "--devices", "devices", "--group", group, cwd=tmp_path
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--group" in r.stderr, r.stderr
 
 
 def test_progress_is_a_line_each_when_not_on_a_terminal(broker, tmp_path) -> None:
     (tmp_path / "devices").mkdir()
-    r = central("collect", "--broker", f"{broker.host}:{broker.port}", "--db", "c.db", "--devices", "devices",
-                "--idle-timeout", "2.5", cwd=tmp_path)  # fmt: skip
+    address = f"{broker.host}:{broker.port}"
+    options = ["--db", "c.db", "--devices", "devices", "--idle-timeout", "2.5"]
+    r = central("collect", "--broker", address, *options, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr
     progress = [x for x in r.stderr.splitlines() if re.match(r"received \d+, stored", x)]

@@ -51,8 +51,9 @@ def toml(d: Path, b: ProvisionedBroker, tmp_path: Path, user: str) -> Path:
 
 
 def collect_args(d: Path, b: ProvisionedBroker, tmp_path: Path, user: str, db: Path) -> list[str]:
-    return ["collect", "--config", str(toml(d, b, tmp_path, user)), "--db", str(db), "--group", "city",
-            "--client-id", user, "--devices", str(d / "devices")]  # fmt: skip
+    config = toml(d, b, tmp_path, user)
+    identity = ["--group", "city", "--client-id", user, "--devices", str(d / "devices")]
+    return ["collect", "--config", str(config), "--db", str(db), *identity]
 
 
 def test_a_gate_identity_is_refused_as_a_collector(folder, tmp_path) -> None:
@@ -106,15 +107,23 @@ def test_a_stray_session_is_named_and_cleared_and_nothing_is_lost(folder, tmp_pa
     db = tmp_path / "main.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gate", "central", *collect_args(d, b, tmp_path, "collector-1", db)],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None and "collect: subscribed" in proc.stderr.readline()
     creds = d / "credentials" / "lane-01"
     cfg = make_config(
-        tmp_path / "state", keys, gate={"id": "lane-01", "device_key": str(creds / "device.key")},
-        mqtt={"host": b.host, "port": b.port, "username": "lane-01", "protocol": "5",
-              "password_file": str(creds / "mqtt-password")},
-    )  # fmt: skip
+        tmp_path / "state",
+        keys,
+        gate={"id": "lane-01", "device_key": str(creds / "device.key")},
+        mqtt={
+            "host": b.host,
+            "port": b.port,
+            "username": "lane-01",
+            "protocol": "5",
+            "password_file": str(creds / "mqtt-password"),
+        },
+    )
     g = build(cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()).start()
     sent: set[str] = set()
 
@@ -128,8 +137,10 @@ def test_a_stray_session_is_named_and_cleared_and_nothing_is_lost(folder, tmp_pa
         check_ins(20, "a")
         assert wait_until(lambda: len(stored(db)) >= 5, 30)
         assert stored(db) < sent  # the stray session took its share: collector-1 alone has not got them all
-        cleared = central("sessions", "--broker-dir", str(d), "--broker", f"{b.host}:{b.port}",
-                          "--clear", "collector-2", "--db", str(db))  # fmt: skip
+        address = f"{b.host}:{b.port}"
+        cleared = central(
+            "sessions", "--broker-dir", str(d), "--broker", address, "--clear", "collector-2", "--db", str(db)
+        )
         assert cleared.returncode == 0 and "collector-2: session cleared" in cleared.stdout, cleared.stderr
         assert wait_until(lambda: stored(db) == sent, 30), len(sent - stored(db))
         check_ins(10, "b")  # from now on collector-1 receives every check-in

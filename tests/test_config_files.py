@@ -33,9 +33,12 @@ def write_config(tmp_path: Path, keys, **mqtt_tls: str) -> Path:
 
 def test_check_config_names_a_missing_ca_and_client_key_and_exits_2(tmp_path, keys) -> None:
     f = write_config(
-        tmp_path, keys, ca_file="/etc/gate/no-such-broker-ca.crt", cert_file=str(keys.public_path),
+        tmp_path,
+        keys,
+        ca_file="/etc/gate/no-such-broker-ca.crt",
+        cert_file=str(keys.public_path),
         key_file=str(tmp_path / "missing-client.key"),
-    )  # fmt: skip
+    )
     r = gate("check-config", str(f))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "mqtt.tls.ca_file /etc/gate/no-such-broker-ca.crt: no such file" in r.stderr, r.stderr

@@ -251,9 +251,19 @@ def test_a_gates_page_shows_its_state_decisions_chart_and_commands(tmp_path: Pat
     store = open_store(tmp_path / "c.db")
     now = time.time()
     store.seen("lane-1", "state", {"mode": "normal", "alarms_active": ["door_forced"]}, now)
-    evs = [{"event_id": uuid.uuid4().hex, "type": "decision", "gate_id": "lane-1", "venue": {"id": "v"},
-            "token": "tok-secret1", "decision": "admit", "reason": "admitted", "time": now - 60 * k}
-           for k in range(30)]  # fmt: skip
+    evs = [
+        {
+            "event_id": uuid.uuid4().hex,
+            "type": "decision",
+            "gate_id": "lane-1",
+            "venue": {"id": "v"},
+            "token": "tok-secret1",
+            "decision": "admit",
+            "reason": "admitted",
+            "time": now - 60 * k,
+        }
+        for k in range(30)
+    ]
     store.write([row_of(ev, json.dumps(ev).encode()) for ev in evs], [])
     assert sign_in(client, "otto").status_code == 303
     page = client.get("/gate", params={"id": "lane-1"}).text

@@ -34,7 +34,9 @@ def packets(buf: bytearray) -> list[bytes]:
     """Whole MQTT packets off the front of `buf` (fixed header: type and flags, then a varint length)."""
     out = []
     while len(buf) >= 2:
-        length, mult, i = 0, 1, 1
+        length = 0
+        mult = 1
+        i = 1
         while True:
             if i >= len(buf):
                 return out

@@ -41,7 +41,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Dem
         "table": ([], "#"),
         "bus": (["--json", "--venue", "bus"], "gate/+/checkin"),
     }
-    brokers, subs, procs, done = [], {}, {}, {}
+    brokers = []
+    subs = {}
+    procs = {}
+    done = {}
     try:
         for name, (args, topic) in runs.items():
             broker = new_broker(tmp_path_factory.mktemp(f"demo-{name}"))

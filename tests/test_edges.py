@@ -245,7 +245,9 @@ class Presenter:
 
 def test_a_steady_flood_of_lane_requests_never_starves_a_decision(tmp_path, keys) -> None:
     g = offline(daemon_config(tmp_path, keys, Broker(tmp_path), "/dev/null"))
-    source, stop, flooding = Presenter(), threading.Event(), threading.Event()
+    source = Presenter()
+    stop = threading.Event()
+    flooding = threading.Event()
     g.scanner = Scanner(source, Deduplicator(1.0, 1.0))
     waiting_then: list[int] = []
     g.listeners.append(lambda scan, d, event: waiting_then.append(len(g.inbox)))

@@ -22,14 +22,28 @@ from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 pytestmark = pytest.mark.slow
-SET, STATE = "homeassistant/gate/lane-t/requested_mode/set", "homeassistant/gate/lane-t/requested_mode/state"
+SET = "homeassistant/gate/lane-t/requested_mode/set"
+STATE = "homeassistant/gate/lane-t/requested_mode/state"
 # Home Assistant's MQTT select (https://www.home-assistant.io/integrations/select.mqtt/): its required keys, and
 # every key it takes; discovery's own (device, origin, availability) besides.
 SELECT_REQUIRED = {"command_topic", "options"}
 SELECT_KEYS = SELECT_REQUIRED | {
-    "name", "unique_id", "default_entity_id", "state_topic", "value_template", "command_template", "icon",
-    "availability_topic", "device", "origin", "entity_category", "qos", "retain", "optimistic", "enabled_by_default",
-}  # fmt: skip
+    "name",
+    "unique_id",
+    "default_entity_id",
+    "state_topic",
+    "value_template",
+    "command_template",
+    "icon",
+    "availability_topic",
+    "device",
+    "origin",
+    "entity_category",
+    "qos",
+    "retain",
+    "optimistic",
+    "enabled_by_default",
+}
 
 
 def lane(g, condition) -> bool:

@@ -32,7 +32,9 @@ from gate.testing import FixedClock, ScriptedFrames
 
 PULSE, TIMEOUT = 0.2, 1.5
 STATEFUL = settings(max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck))
-RELAY, PASSAGE, FIRE = 17, 5, 13
+RELAY = 17
+PASSAGE = 5
+FIRE = 13
 
 
 def expected(requested: Requested, fire: bool, offline: bool) -> set[Mode]:
@@ -77,7 +79,9 @@ class LaneModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
-        self.requested, self.fire, self.offline = Requested.NORMAL, False, False
+        self.requested = Requested.NORMAL
+        self.fire = False
+        self.offline = False
         self.ledger = Ledger()
         self.n = 0
 
@@ -488,7 +492,9 @@ def test_a_sensor_flapping_at_1khz_does_not_stall_the_lane(rig_factory_passage) 
 
 @pytest.fixture
 def rig_factory_passage() -> Iterator[tuple[Actuator, list[PassageOutcome], list[Alarm], MockFactory]]:
-    factory, outcomes, alarms = MockFactory(), [], []
+    factory = MockFactory()
+    outcomes = []
+    alarms = []
     cfg = GpioSection.model_validate(
         {"relay": {"pin": RELAY, "pulse_seconds": PULSE}, "passage": {"pin": PASSAGE, "timeout_seconds": 0.3}}
     )

@@ -28,7 +28,9 @@ from gate.deliver.recorder import Recorder
 from gate.testing import FixedClock
 
 NOW = 1_800_000_000
-PULSE, TIMEOUT, PASSBACK = 0.2, 1.5, 600
+PULSE = 0.2
+TIMEOUT = 1.5
+PASSBACK = 600
 TOKENS = [f"tok-lg{i:06d}" for i in range(5)]
 RECORDER = Recorder(make_config(Path("/nonexistent/state")), ListOutbox(), FixedClock(NOW))  # type: ignore[arg-type]
 LEDGER = settings(max_examples=120, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck))

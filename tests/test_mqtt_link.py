@@ -54,7 +54,9 @@ class OldBroker:
                 return
             if not data or data[0] >> 4 != 1:
                 return
-            i, mult, length = 1, 1, 0
+            i = 1
+            mult = 1
+            length = 0
             while True:  # variable-length "remaining length"
                 length += (data[i] & 0x7F) * mult
                 mult *= 128

@@ -48,7 +48,9 @@ def make(tmp_path: Path, keys, broker=None, start: bool = True, **sections):
 def test_metrics_pass_promtool_and_healthz_follows_the_scan_loop(tmp_path, keys) -> None:
     listen = f"127.0.0.1:{free_port()}"
     gate = make(tmp_path, keys, start=False, metrics={"listen": listen})
-    started, go, stop = threading.Event(), threading.Event(), threading.Event()
+    started = threading.Event()
+    go = threading.Event()
+    stop = threading.Event()
 
     def lane_thread() -> None:  # the lane's connections belong to the thread that starts and runs it
         gate.start()

@@ -28,8 +28,12 @@ from gate.scanner import DecodingSource
 from gate.testing import ScriptedFrames
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-IDENTITIES = (["lane-r1"], ["collector-1", "--role", "collector"], ["collector-2", "--role", "collector"],
-              ["ops-1", "--role", "publisher"])  # fmt: skip
+IDENTITIES = (
+    ["lane-r1"],
+    ["collector-1", "--role", "collector"],
+    ["collector-2", "--role", "collector"],
+    ["ops-1", "--role", "publisher"],
+)
 
 
 def central(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -66,10 +70,21 @@ def prov(rabbit_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def gate_on(hosts: list[str], prov: Path, state: Path, keys: Any, **sections: Any) -> Any:
     creds = prov / "credentials" / "lane-r1"
-    mqtt_cfg = {"hosts": hosts, "protocol": "3.1.1", "username": "lane-r1",
-                "password_file": str(creds / "mqtt-password"), "topic_prefix": "gate"}  # fmt: skip
-    cfg = make_config(state, keys, mqtt=mqtt_cfg, policy={"passback_seconds": 0},
-                      gate={"id": "lane-r1", "device_key": str(creds / "device.key")}, **sections)  # fmt: skip
+    mqtt_cfg = {
+        "hosts": hosts,
+        "protocol": "3.1.1",
+        "username": "lane-r1",
+        "password_file": str(creds / "mqtt-password"),
+        "topic_prefix": "gate",
+    }
+    cfg = make_config(
+        state,
+        keys,
+        mqtt=mqtt_cfg,
+        policy={"passback_seconds": 0},
+        gate={"id": "lane-r1", "device_key": str(creds / "device.key")},
+        **sections,
+    )
     return build(
         cfg, source=DecodingSource(ScriptedFrames([]), make_decoder("zxing")), pin_factory=MockFactory()
     ).start()
@@ -77,9 +92,10 @@ def gate_on(hosts: list[str], prov: Path, state: Path, keys: Any, **sections: An
 
 def collect_amqp(cluster: Any, prov: Path, name: str, db: str, order: list[int]) -> subprocess.Popen[str]:
     urls = [f"amqp://{name}@127.0.0.1:{cluster.nodes[i].amqp_port}/%2F" for i in order]
-    cmd = [sys.executable, "-m", "gate", "central", "collect-amqp", *(a for u in urls for a in ("--amqp", u)),
-           "--password-file", str(prov / "credentials" / name / "mqtt-password"), "--db", db,
-           "--devices", str(prov / "devices")]  # fmt: skip
+    amqp = [a for u in urls for a in ("--amqp", u)]
+    password = prov / "credentials" / name / "mqtt-password"
+    options = ["--password-file", str(password), "--db", db, "--devices", str(prov / "devices")]
+    cmd = [sys.executable, "-m", "gate", "central", "collect-amqp", *amqp, *options]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -170,8 +186,9 @@ def test_a_policy_published_through_node_1_reaches_a_gate_that_joins_on_node_3(
     hosts = rabbit_cluster.mqtt_hosts
     conf = tmp_path / "central.toml"
     ops = prov / "credentials" / "ops-1" / "mqtt-password"
-    conf.write_text(f'[mqtt]\nhosts = {json.dumps(hosts)}\nprotocol = "3.1.1"\nusername = "ops-1"\n'
-                    f'password_file = "{ops}"\n')  # fmt: skip
+    conf.write_text(
+        f'[mqtt]\nhosts = {json.dumps(hosts)}\nprotocol = "3.1.1"\nusername = "ops-1"\npassword_file = "{ops}"\n'
+    )
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"version": 7, "passback_seconds": 11}))
     r = central("publish-policy", str(policy), "--config", str(conf), "--key", str(ckey))
@@ -251,8 +268,13 @@ def test_the_single_node_steps_of_the_broker_doc_store_every_check_in(rabbit_clu
     creds = tmp_path / "gate-broker" / "credentials" / "lane-01"
     mqtt_cfg = {**cfg["mqtt"], "hosts": [rabbit_cluster.mqtt_hosts[0]], "password_file": str(creds / "mqtt-password")}
     del mqtt_cfg["tls"]
-    gcfg = make_config(tmp_path / "state", keys, mqtt=mqtt_cfg, policy={"passback_seconds": 0},
-                       gate={"id": "lane-01", "device_key": str(creds / "device.key")})  # fmt: skip
+    gcfg = make_config(
+        tmp_path / "state",
+        keys,
+        mqtt=mqtt_cfg,
+        policy={"passback_seconds": 0},
+        gate={"id": "lane-01", "device_key": str(creds / "device.key")},
+    )
     amqp = f"127.0.0.1:{rabbit_cluster.nodes[0].amqp_port}"
     cmd = consume.replace("mq1.example.org:5672", amqp).strip() + " --count 20 --idle-timeout 120"
     col = subprocess.Popen(["bash", "-euc", cmd], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
@@ -260,8 +282,9 @@ def test_the_single_node_steps_of_the_broker_doc_store_every_check_in(rabbit_clu
     g = build(gcfg, source=source, pin_factory=MockFactory()).start()
     try:
         now = int(time.time())
-        sent = {g.handle(issue(keys.private, f"tok-d{i:04d}", Status.RED, now, 600).encode())[1].event_id
-                for i in range(20)}  # fmt: skip
+        sent = {
+            g.handle(issue(keys.private, f"tok-d{i:04d}", Status.RED, now, 600).encode())[1].event_id for i in range(20)
+        }
         _, err = col.communicate(timeout=180)
         assert col.returncode == 0 and "stored 20 new" in err, err
         with sqlite3.connect(tmp_path / "checkins.db") as con:

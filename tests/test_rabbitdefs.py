@@ -20,7 +20,9 @@ def perms(defs: dict, user: str, key: str = "permissions") -> dict:
 
 def test_each_identity_may_use_only_its_own_session_queues_and_topics() -> None:
     d = definitions(IDS, {n: "pw" for n in IDS}, "gate")
-    gate, col, ops = perms(d, "lane-01"), perms(d, "collector-1"), perms(d, "ops-1")
+    gate = perms(d, "lane-01")
+    col = perms(d, "collector-1")
+    ops = perms(d, "ops-1")
     own_queue = "mqtt-subscription-gate-lane-01qos1"  # the MQTT plugin's queue for client id gate-lane-01
     assert re.match(gate["configure"], own_queue) and not re.match(gate["configure"], own_queue.replace("01", "02"))
     assert not re.match(ops["configure"], own_queue) and not re.match(col["configure"], own_queue)

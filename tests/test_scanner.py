@@ -117,7 +117,11 @@ def _decode_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_decode_command_prints_json_per_image_and_survives_corrupt_files(tmp_path: Path) -> None:
-    good, empty, corrupt, truncated, text = (tmp_path / n for n in ("a.png", "b.png", "c.png", "d.jpg", "e.txt"))
+    good = tmp_path / "a.png"
+    empty = tmp_path / "b.png"
+    corrupt = tmp_path / "c.png"
+    truncated = tmp_path / "d.jpg"
+    text = tmp_path / "e.txt"
     Image.fromarray(code_frame(TEXT, angle=10)).save(good)
     Image.fromarray(code_frame(None)).save(empty)
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")

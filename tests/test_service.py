@@ -81,7 +81,9 @@ def test_daemon_speaks_sd_notify_ready_watchdog_stopping(tmp_path, keys, broker,
         assert proc.wait(5) == 0
     finally:
         feeder.close()
-    ready, pings, stopping = (notify_socket.lines(p) for p in ("READY=1", "WATCHDOG=1", "STOPPING=1"))
+    ready = notify_socket.lines("READY=1")
+    pings = notify_socket.lines("WATCHDOG=1")
+    stopping = notify_socket.lines("STOPPING=1")
     assert ready and stopping and len(pings) >= 4
     assert ready[0] <= pings[0] and pings[-1] <= stopping[0]
 

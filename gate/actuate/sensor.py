@@ -71,5 +71,7 @@ class EdgeFilter:
         if now - self._forced_at < FORCED_EVERY:
             self._forced_held += 1
             return None
-        held, self._forced_held, self._forced_at = self._forced_held, 0, now
+        held = self._forced_held
+        self._forced_held = 0
+        self._forced_at = now
         return "passage with no release" + (f" ({held} more since the last alarm)" if held else "")

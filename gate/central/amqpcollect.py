@@ -78,7 +78,9 @@ class AmqpCollector:
     consumer (or to this one when it is back), and the store is idempotent by event_id."""
 
     def __init__(self, col: Collector, params: list[Any], queue: str = CHECKIN_QUEUE) -> None:
-        self.col, self.params, self.queue = col, params, queue
+        self.col = col
+        self.params = params
+        self.queue = queue
         self.node = ""
 
     def run(self, count: int | None, idle_timeout: float | None) -> None:

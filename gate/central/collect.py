@@ -84,7 +84,10 @@ class Collector:
     def __init__(
         self, store: Store, checks: Checks, retention_days: float | None = 28.0, inbox_limit: int = INBOX_LIMIT
     ) -> None:
-        self.store, self.checks, self.retention_days, self.inbox_limit = store, checks, retention_days, inbox_limit
+        self.store = store
+        self.checks = checks
+        self.retention_days = retention_days
+        self.inbox_limit = inbox_limit
         self.client: Any = None
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "purged": 0, "refused": 0}
         self._refusing = False

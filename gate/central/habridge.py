@@ -54,7 +54,10 @@ class Bridge:
     """paho's thread only queues; the main thread signs, sends, matches replies and writes states."""
 
     def __init__(self, key: Ed25519PrivateKey, prefix: str, ha_prefix: str, allow_free_pass: bool, timeout: float):
-        self.key, self.prefix, self.ha_prefix, self.timeout = key, prefix, ha_prefix, timeout
+        self.key = key
+        self.prefix = prefix
+        self.ha_prefix = ha_prefix
+        self.timeout = timeout
         self.allowed = {o for o in COMMANDS if o != "free_pass" or allow_free_pass}
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_LIMIT)
         self.pending: dict[str, Pending] = {}

@@ -47,7 +47,9 @@ def provision(args: argparse.Namespace) -> int:
     }
     if any(v is not None for v in listening.values()) or not (bdir.path / "broker.json").exists():
         bdir.configure(**listening)
-    name, role, d = args.name, args.role, bdir.path
+    name = args.name
+    role = args.role
+    d = bdir.path
     if args.gate_config and role != "gate":
         raise GateError("provision: --gate-config is for --role gate")
     p = bdir.provision(name, role, client_cert=args.client_cert or bdir.settings().require_client_certs)

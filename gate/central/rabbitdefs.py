@@ -60,14 +60,13 @@ def topic_permissions(name: str, role: str, prefix: str, ha_prefix: str | None) 
     return f"^{p}\\.(central\\..+|[^.]+\\.command)$", f"^{p}\\.(central\\..+|{replies})$"
 
 
-def definitions(
-    identities: dict[str, str], passwords: dict[str, str], prefix: str, ha_prefix: str | None = "homeassistant"
-) -> dict[str, Any]:
-    """identities: name -> role; passwords: name -> its password (hashed here). Home Assistant's topics are
-    permitted (`ha_prefix`) only when an identity has the homeassistant role."""
-    if "homeassistant" not in identities.values():
-        ha_prefix = None
-    users, perms, topics = [], [], []
+def _accounts(
+    identities: dict[str, str], passwords: dict[str, str], prefix: str, ha_prefix: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each identity's user, its queue permissions and its topic permissions, in name order."""
+    users: list[dict[str, Any]] = []
+    perms: list[dict[str, Any]] = []
+    topics: list[dict[str, Any]] = []
     for name, role in sorted(identities.items()):
         users.append(
             {
@@ -81,6 +80,17 @@ def definitions(
         perms.append({"user": name, "vhost": VHOST, "configure": configure, "write": write, "read": read})
         twrite, tread = topic_permissions(name, role, prefix, ha_prefix)
         topics.append({"user": name, "vhost": VHOST, "exchange": "amq.topic", "write": twrite, "read": tread})
+    return users, perms, topics
+
+
+def definitions(
+    identities: dict[str, str], passwords: dict[str, str], prefix: str, ha_prefix: str | None = "homeassistant"
+) -> dict[str, Any]:
+    """identities: name -> role; passwords: name -> its password (hashed here). Home Assistant's topics are
+    permitted (`ha_prefix`) only when an identity has the homeassistant role."""
+    if "homeassistant" not in identities.values():
+        ha_prefix = None
+    users, perms, topics = _accounts(identities, passwords, prefix, ha_prefix)
     checkins = f"{prefix.replace('/', '.')}.*.checkin"
     return {
         "rabbit_version": "3.10.8",

@@ -63,8 +63,11 @@ class Drainer:
         self.lane_first = lane_first or LaneFirst()
         # Signing happens here, as each event leaves, not on the lane thread: it costs the relay nothing.
         self.sealer = sealer
-        self.outbox, self.link, self.window = outbox, link, window
-        self.max_refusals, self.on_dead_letter = max_refusals, on_dead_letter
+        self.outbox = outbox
+        self.link = link
+        self.window = window
+        self.max_refusals = max_refusals
+        self.on_dead_letter = on_dead_letter
         self.retry_delay = 5.0  # before re-sending what the broker refused
         self._inflight: deque[tuple[int, str, mqtt.MQTTMessageInfo, float]] = deque()  # ..., (re)sent at
         self._refused: dict[int, str] = {}  # mid -> the failure reason the broker answered (paho's thread adds)
@@ -75,7 +78,8 @@ class Drainer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.delivered = 0
-        self.stall_after, self.on_stall = stall_after, on_stall
+        self.stall_after = stall_after
+        self.on_stall = on_stall
         self.stalled = False
         self.stalls = 0  # times a stall was declared (a reconnect each)
         self.latency = 0.0  # the slowest recent acknowledgement, in seconds (decaying)

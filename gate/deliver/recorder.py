@@ -44,10 +44,15 @@ class Recorder:
         """`position`: the GPS receiver's last fix (a vehicle); `stops`: a route's stops in the policy in force;
         `venue`: where check-ins say they are, when it is not the config's (a bus's trip set by central);
         `send_now`: publish an alarm at once, signed, when the outbox has no room to store it yet."""
-        self.gate_id, self.venue = cfg.gate.id, venue or cfg.venue.venue()
-        self.position, self.stops, self.send_now = position, stops, send_now
+        self.gate_id = cfg.gate.id
+        self.venue = venue or cfg.venue.venue()
+        self.position = position
+        self.stops = stops
+        self.send_now = send_now
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gate.id)
-        self.outbox, self.clock, self._wake = outbox, clock, wake
+        self.outbox = outbox
+        self.clock = clock
+        self._wake = wake
         self.active_alarms: set[str] = set()  # raised and not cleared since start (state, metrics, dashboards)
         self.ledger = ledger if ledger is not None else Ledger()
         self._kept: deque[tuple[str, str, bytes]] = deque()  # passage and alarm events waiting for room

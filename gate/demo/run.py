@@ -51,7 +51,12 @@ def samples(keydir: Path, gate: Gate) -> list[Sample]:
     def tok() -> str:
         return "d" + secrets.token_urlsafe(9).replace("-", "x").replace("_", "y")
 
-    t_ok, t_red, t_rev, t_card, t_staff, t_yel = (tok() for _ in range(6))
+    t_ok = tok()
+    t_red = tok()
+    t_rev = tok()
+    t_card = tok()
+    t_staff = tok()
+    t_yel = tok()
     gate.cache.apply_delta([(t_rev, 0, None, 1, None), (t_card, 0, now + 86_400 * 365, 0, 1)], [], seq=1)
     ok = issue(key, t_ok, Status.GREEN, now - 10, 300)
     raw = bytearray(b45decode(ok[len(PREFIX) :]))

@@ -90,7 +90,10 @@ def _line(r: dict[str, Any]) -> str:
 
 class Aim:
     def __init__(self, camera: AimCamera, decoder: Decoder, cropped: bool, out: Out, as_json: bool = False) -> None:
-        self.camera, self.decoder, self.cropped, self.as_json = camera, decoder, cropped, as_json
+        self.camera = camera
+        self.decoder = decoder
+        self.cropped = cropped
+        self.as_json = as_json
         self._out = out
         self.last: Frame | None = None
 

@@ -79,7 +79,9 @@ class PiCamera:
     ) -> None:
         """`open_now=False`: the camera starts on the first `open()` or capture, on the thread that reads it (the
         gate's build() opens nothing; Gate.start() opens it on the lane thread)."""
-        self.cfg, self._factory, self._mono = cfg, factory, mono
+        self.cfg = cfg
+        self._factory = factory
+        self._mono = mono
         self._cam: Any = None
         self.restarts = 0
         self.controls: dict[str, Any] = {}  # what the camera was asked for, as it reported it can do

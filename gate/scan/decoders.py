@@ -148,7 +148,10 @@ def regions(frame: Frame, seen: list[Any]) -> list[Frame]:
         xs = [p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x]
         ys = [p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y]
         m = max(max(xs) - min(xs), max(ys) - min(ys)) // 4 + 8
-        x0, x1, y0, y1 = max(0, min(xs) - m), min(w, max(xs) + m), max(0, min(ys) - m), min(h, max(ys) + m)
+        x0 = max(0, min(xs) - m)
+        x1 = min(w, max(xs) + m)
+        y0 = max(0, min(ys) - m)
+        y1 = min(h, max(ys) + m)
         if x1 - x0 >= 21 and y1 - y0 >= 21:
             out.append(frame[y0:y1, x0:x1])
     return sorted(out, key=lambda f: -f.size)

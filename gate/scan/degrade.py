@@ -37,7 +37,9 @@ def _corners(n: int, rng: np.random.Generator, tilt_deg: float = 0.0) -> list[tu
     half = n * MODULE / 2
     rot = np.radians(rng.uniform(-8, 8))
     cx, cy = rng.uniform(half + 20, W - half - 20), rng.uniform(half + 20, H - half - 20)
-    th, about_x, f = np.radians(tilt_deg) * rng.choice([-1, 1]), bool(rng.integers(0, 2)), 600.0
+    th = np.radians(tilt_deg) * rng.choice([-1, 1])
+    about_x = bool(rng.integers(0, 2))
+    f = 600.0
     out = []
     for x, y in ((-half, -half), (half, -half), (half, half), (-half, half)):
         x, y = x * np.cos(rot) - y * np.sin(rot), x * np.sin(rot) + y * np.cos(rot)

@@ -95,7 +95,10 @@ class Recovery:
         fallback: Reader | None = None,
         clock: Callable[[], float] = time.thread_time,
     ) -> None:
-        self._read, self.passes, self._fallback, self._clock = read, tuple(passes), fallback, clock
+        self._read = read
+        self.passes = tuple(passes)
+        self._fallback = fallback
+        self._clock = clock
         self.last_pass = ""  # which pass read the last recovered frame (for the bench)
 
     def run(self, regions: Sequence[Frame], deadline: float | None) -> list[DecodedCode]:

@@ -39,7 +39,9 @@ class SerialScanner:
         opener: Callable[[SerialSection], Any] = open_port,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cfg, self._opener, self._mono = cfg, opener, mono
+        self.cfg = cfg
+        self._opener = opener
+        self._mono = mono
         self._term = _unescape(cfg.terminator)
         self._port: Any = None
         self._buf = bytearray()

@@ -34,8 +34,13 @@ class Commands:
         category: str,
         resync: Callable[[], None],
     ) -> None:
-        self.control, self.link, self.verifier, self.topics = control, link, verifier, topics
-        self.gate_id, self.category, self._resync = gate_id, category, resync
+        self.control = control
+        self.link = link
+        self.verifier = verifier
+        self.topics = topics
+        self.gate_id = gate_id
+        self.category = category
+        self._resync = resync
 
     def replier(self, msg: ControlMessage) -> Reply:
         """Where and how the answer to `msg` goes: under the gate's own replies/ topics (its ACL lets it write

@@ -65,7 +65,10 @@ class Verifier:
         nonces: DocStore | None = None,
         ahead: float = 30.0,
     ) -> None:
-        self.central, self.gate_id, self.max_bytes, self.max_age = central, gate_id, max_bytes, max_age
+        self.central = central
+        self.gate_id = gate_id
+        self.max_bytes = max_bytes
+        self.max_age = max_age
         self.ahead = min(ahead, max_age)  # how far ahead of the gate's clock a command may be signed
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -88,7 +91,9 @@ class Verifier:
             raise self._fail("oversized", f"{len(payload)} bytes exceeds {self.max_bytes}")
         try:
             env = json.loads(payload)
-            kid, sig, msg = bytes.fromhex(env["kid"]), base64.b64decode(env["sig"], validate=True), env["msg"]
+            kid = bytes.fromhex(env["kid"])
+            sig = base64.b64decode(env["sig"], validate=True)
+            msg = env["msg"]
             if not isinstance(msg, str):
                 raise TypeError("msg is not a string")
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -161,7 +166,9 @@ class Verifier:
         nonces = {n: t for n, t in {**self._nonces, msg.nonce: msg.ts}.items() if t >= floor}
         if (store := self._store) is not None:  # on disk before the command is acted on; OSError: nothing changed
             reserve.write(store.path, lambda: store.put({"seen": nonces, "hwm": hwm, "epoch": epochs}))
-        self._hwm, self._epoch, self._nonces = hwm, epochs, nonces
+        self._hwm = hwm
+        self._epoch = epochs
+        self._nonces = nonces
 
     def old(self, what: str) -> Rejected:
         return self._fail("replayed", what)

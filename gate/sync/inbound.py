@@ -24,7 +24,9 @@ class BoundedQueue:
     counts what it refused. `get` and `done` run on the worker."""
 
     def __init__(self, max_message: int, max_bytes: int, max_jobs: int = 10_000) -> None:
-        self.max_message, self.max_bytes, self.max_jobs = max_message, max_bytes, max_jobs
+        self.max_message = max_message
+        self.max_bytes = max_bytes
+        self.max_jobs = max_jobs
         self._q: queue.Queue[Job | None] = queue.Queue()
         self._bytes = 0
         self._lock = threading.Lock()

@@ -52,7 +52,10 @@ class PassSync:
         fetch: Callable[[int, list[int]], None] = lambda version, missing: None,
         pause: Callable[[], None] = lambda: None,
     ) -> None:
-        self.cache, self.verifier, self._resync, self._changed = cache, verifier, resync, changed
+        self.cache = cache
+        self.verifier = verifier
+        self._resync = resync
+        self._changed = changed
         # Called with (version, chunk indexes still missing) for each new manifest, and (version, []) once
         # applied: the owner subscribes each chunk's exact topic, where every broker delivers retained ones.
         self._fetch = fetch
@@ -93,7 +96,9 @@ class PassSync:
 
     def chunk(self, msg: ControlMessage) -> None:
         try:
-            version, idx, rows = int(msg.body["version"]), int(msg.body["index"]), msg.body["rows"]
+            version = int(msg.body["version"])
+            idx = int(msg.body["index"])
+            rows = msg.body["rows"]
             if not isinstance(rows, list):
                 raise TypeError
         except (KeyError, TypeError, ValueError):

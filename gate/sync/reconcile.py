@@ -22,7 +22,9 @@ def witness_of(payload: bytes) -> Witness | None:
     """The witness in a retained state message; None if it is not one (or from a gate that did not say)."""
     try:
         body = json.loads(payload)
-        seq, version, delta = body["safety_seq"], body["cache_version"], body["cache_seq"]
+        seq = body["safety_seq"]
+        version = body["cache_version"]
+        delta = body["cache_seq"]
     except (ValueError, KeyError, TypeError):
         return None
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (seq, version, delta)):

@@ -62,7 +62,9 @@ def merge(cache: PassCache, version: int, chunks: int, count: int, synced_at: fl
     disk (and the lane's fsyncs beside it) almost nothing. None, with nothing changed, when it does not apply."""
     try:
         with cache.transaction() as db:
-            total, last, batch = cache.info().count, "", []
+            total = cache.info().count
+            last = ""
+            batch = []
             for row in rows(cache, version, chunks, count):
                 if row[0] <= last:
                     raise _NotADiff  # unsorted, or a token twice: the union count below would not prove anything
@@ -144,7 +146,11 @@ def main(argv: list[str]) -> int:
         print("the daemon that started this is gone: nothing applied", file=sys.stderr)
         return 1
     os.nice(19)  # the lane and delivery come first on a busy CPU
-    path, version, chunks, count, synced_at = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]), float(argv[4])
+    path = Path(argv[0])
+    version = int(argv[1])
+    chunks = int(argv[2])
+    count = int(argv[3])
+    synced_at = float(argv[4])
     try:
         n = apply(path, version, chunks, count, synced_at)
     except (ValueError, CodeError) as exc:

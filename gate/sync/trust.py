@@ -38,7 +38,10 @@ class PolicyAndKeys:
     def __init__(
         self, control: LaneControl, verifier: Verifier, base_keys: list[Any], state_dir: Path, default: Policy
     ) -> None:
-        self.control, self.verifier, self.base_keys, self.state_dir = control, verifier, base_keys, state_dir
+        self.control = control
+        self.verifier = verifier
+        self.base_keys = base_keys
+        self.state_dir = state_dir
         self.keys_doc = DocStore(state_dir / "device.json", "trust_keys")
         self.policies = PolicyStore(state_dir / "device.json", default)
         self.policy_version = self.policies.load().version

@@ -71,8 +71,13 @@ class CentralSync:
         lane_first: LaneFirst | None = None,
         faults: Faults | None = None,
     ) -> None:
-        self.control, self.link, self.verifier, self.base_keys = control, link, verifier, base_keys
-        self.gate_id, self.prefix, self.category = cfg.gate.id, cfg.mqtt.topic_prefix, cfg.venue.category.value
+        self.control = control
+        self.link = link
+        self.verifier = verifier
+        self.base_keys = base_keys
+        self.gate_id = cfg.gate.id
+        self.prefix = cfg.mqtt.topic_prefix
+        self.category = cfg.venue.category.value
         self.topics = Topics(self.prefix, self.gate_id)
         self.state_dir = state_dir = cfg.gate.state_dir
         cache = PassCache(state_dir / "passes.db", owner="central-sync")
