@@ -150,6 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mosquitto_only(reason): needs mosquitto's own configuration")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mark_slow(items)
     if BROKER_KIND != "rabbitmq":
@@ -433,6 +434,22 @@ def mark_slow(items: list[pytest.Item]) -> None:
             or STARTS_A_PROCESS.search(source)
         ):
             item.add_marker(pytest.mark.slow)
+
+
+# -- several workers: script/test runs `pytest -n N --dist loadfile`, so a module's tests run on one worker and its
+# module-scoped services (a RabbitMQ cluster, Patroni, the demo runs, an installed service) start once; each worker
+# starts its own session services on free ports, in its own temp dirs. (`--dist loadgroup` does not group under
+# pytest 9: xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads.)
+
+
+# -- hypothesis: the suite runs a third of a slow stateful property's examples; GATE_HYPOTHESIS=full runs them all --
+FULL_HYPOTHESIS = os.environ.get("GATE_HYPOTHESIS") == "full"
+
+
+def examples(full: int) -> int:
+    """`full` examples under GATE_HYPOTHESIS=full (before a release, or hunting a rare failure), a third otherwise.
+    Hypothesis keeps every failing example it found in .hypothesis/ and replays it first, at either size."""
+    return full if FULL_HYPOTHESIS else max(10, full // 3)
 
 
 # -- a connection used by a thread that does not own it is a bug: any test where it happens fails -------------

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import Broker, wait_until
+from conftest import Broker, examples, wait_until
 from fakes import daemon_config
 from gate.actuate.machine import Effect, Hold, LaneMachine, Lock, Outcome, Pulse, Raise
 from gate.actuate.sensor import SensorLimits
@@ -31,7 +31,9 @@ from gate.scanner import DecodingSource
 from gate.testing import FixedClock, ScriptedFrames
 
 PULSE, TIMEOUT = 0.2, 1.5
-STATEFUL = settings(max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck))
+STATEFUL = settings(
+    max_examples=examples(150), stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+)
 RELAY = 17
 PASSAGE = 5
 FIRE = 13
@@ -323,7 +325,7 @@ class ActuatorSafety(LaneModel):
 
 
 TestLaneMachineSafety = STATEFUL(MachineSafety).TestCase
-TestActuatorSafety = settings(STATEFUL, max_examples=60)(ActuatorSafety).TestCase
+TestActuatorSafety = settings(STATEFUL, max_examples=examples(60))(ActuatorSafety).TestCase
 
 
 def test_the_model_would_see_a_lock_during_a_fire() -> None:

@@ -24,7 +24,9 @@ from gate.core.sdnotify import Notifier
 from gate.lane.wiring import build
 from gate.scanner import Observation
 
-pytestmark = pytest.mark.slow  # starts a broker, a daemon, a database or a browser
+# Starts a broker, a daemon, a database or a browser; install.sh makes a venv and installs into it (its subprocess
+# timeout is 600 s): more than one test's default time on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 
