@@ -217,9 +217,9 @@ def test_a_gate_with_three_hosts_keeps_delivering_while_nodes_stop_one_at_a_time
         for i in range(n):
             sent.add(g.handle(issue(keys.private, f"tok-{tag}{i:04d}", Status.RED, now, 600).encode())[1].event_id)
 
-    def stored() -> set[str]:
+    def stored() -> set[str]:  # the decisions: the gate's own events (an alarm on a slow failover) may be there too
         with sqlite3.connect(db) as con:
-            return {r[0] for r in con.execute("SELECT event_id FROM checkins")}
+            return {r[0] for r in con.execute("SELECT event_id FROM checkins WHERE type = 'decision'")}
 
     try:
         assert wait_until(lambda: g.link.connected.is_set(), 60)

@@ -568,6 +568,9 @@ def test_state_is_read_while_snapshots_are_applied(gate, central, attempt) -> No
     states = []
     while sync._jobs.unfinished:  # the lane thread reads its state while the worker applies
         states.append(gate.state())
+        # Paced, not spinning: a reader that never lets go of the GIL starved the worker on a busy machine
+        # (120 s timeouts); hundreds of reads still interleave with the 30 snapshots.
+        time.sleep(0.002)
     sync.wait_idle()
     gate.pump()
     assert gate.cache.info().version == base + 30 and gate.cache.info().count == 50
