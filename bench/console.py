@@ -64,12 +64,23 @@ def seed_fleet(url: str, gates: int) -> None:
         cur.copy("COPY fleet (gate_id, doc) FROM STDIN") as copy,
     ):
         for i in range(gates):
-            doc = {"last_seen": now, "availability": {"status": "offline" if i % 50 == 0 else "online"},
-                       "state": {"mode": "normal", "cache_version": 7, "cache_age_s": 600 + i, "policy_version": 3,
-                                 "clock_synced": True, "outbox_depth": i % 7, "dead_letters": 0, "alarms_active": [],
-                                 "venue": {"id": f"venue-{i % VENUES:03d}", "name": "V", "category": "rail_station"}},
-                       "telemetry": {"outbox_depth": i % 3, "uptime_s": 100},
-                       "depth_history": [[now - 300 + 60 * k, (i % 3) * k] for k in range(30)]}  # fmt: skip
+            doc = {
+                "last_seen": now,
+                "availability": {"status": "offline" if i % 50 == 0 else "online"},
+                "state": {
+                    "mode": "normal",
+                    "cache_version": 7,
+                    "cache_age_s": 600 + i,
+                    "policy_version": 3,
+                    "clock_synced": True,
+                    "outbox_depth": i % 7,
+                    "dead_letters": 0,
+                    "alarms_active": [],
+                    "venue": {"id": f"venue-{i % VENUES:03d}", "name": "V", "category": "rail_station"},
+                },
+                "telemetry": {"outbox_depth": i % 3, "uptime_s": 100},
+                "depth_history": [[now - 300 + 60 * k, (i % 3) * k] for k in range(30)],
+            }
             copy.write_row((f"lane-{i % VENUES:03d}-{i // VENUES}", json.dumps(doc)))
     store = open_store(url)
     for name, role in (("tracer", "tracer"), ("tracer2", "tracer"), ("tracer3", "tracer"), ("ops", "operator")):
@@ -163,8 +174,7 @@ def measure(base: str, url: str, args: argparse.Namespace) -> dict[str, list[flo
         venue = f"venue-{v:03d}"
         form = {"csrf": csrf, "mode": "trace", "venue": venue, "from": str(t_from), "to": str(t_to)}
         add("console venue trace", post(tracer, "/trace", form, "check-ins"))
-        q = ("SELECT * FROM checkins WHERE venue_id = %s AND time >= %s AND time <= %s "
-             "ORDER BY time, event_id LIMIT 201")  # fmt: skip
+        q = "SELECT * FROM checkins WHERE venue_id = %s AND time >= %s AND time <= %s ORDER BY time, event_id LIMIT 201"
         add("raw venue SELECT", ms(lambda: raw.execute(q, (venue, t_from, t_to)).fetchall()))  # noqa: B023
         add("console audit", get(sup, "/audit", "Audit log"))
         add("raw audit SELECT", ms(lambda: raw.execute("SELECT * FROM audit ORDER BY id DESC LIMIT 101").fetchall()))
@@ -193,11 +203,19 @@ def busy_poll(base: str, args: argparse.Namespace, done: list[str]) -> list[floa
         rng = random.Random(seed)
         while not stop.is_set():
             tok = f"tok-{rng.randrange(args.tokens):08d}"
-            post(c, "/trace", {"csrf": csrf, "token": tok, "window": "1440", "from": str(t_from), "to": str(t_to)},
-                 "contact codes")  # fmt: skip
+            post(
+                c,
+                "/trace",
+                {"csrf": csrf, "token": tok, "window": "1440", "from": str(t_from), "to": str(t_to)},
+                "contact codes",
+            )
             venue = f"venue-{rng.randrange(VENUES):03d}"
-            post(c, "/trace", {"csrf": csrf, "mode": "trace", "venue": venue, "from": str(T_END - 31 * DAY),
-                               "to": str(T_END)}, "check-ins")  # fmt: skip
+            post(
+                c,
+                "/trace",
+                {"csrf": csrf, "mode": "trace", "venue": venue, "from": str(T_END - 31 * DAY), "to": str(T_END)},
+                "check-ins",
+            )
             done.extend(("contacts", "venue"))
 
     threads = [threading.Thread(target=tracer, args=(n, i)) for i, n in enumerate(("tracer2", "tracer3"))]
@@ -262,8 +280,12 @@ def main() -> None:
             cpu0, t0, load0 = cpu_s(proc.pid), time.monotonic(), os.getloadavg()[0]
             samples["console fleet poll, tracers busy"] = busy_poll(base, args, done)
             spent, load = round(cpu_s(proc.pid) - cpu0, 2), [load0, os.getloadavg()[0]]
-            cpu = {"tracer_requests": len(done), "seconds": round(time.monotonic() - t0, 1), "console_cpu_s": spent,
-                   "load_avg": load}  # fmt: skip
+            cpu = {
+                "tracer_requests": len(done),
+                "seconds": round(time.monotonic() - t0, 1),
+                "console_cpu_s": spent,
+                "load_avg": load,
+            }
         finally:
             if proc is not None:
                 proc.terminate()
@@ -280,8 +302,19 @@ def main() -> None:
         p95 = round(pct(v, 95), 1)
         target = BUSY_TARGET_MS if "busy" in name else PAGE_TARGET_MS if name.startswith("console") else None
         ok = target is None or p95 <= target
-        print(json.dumps({**meta, "page": name, "p50_ms": round(pct(v, 50), 1), "p95_ms": p95, "target_ms": target,
-                          "met": ok if target else None}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    **meta,
+                    "page": name,
+                    "p50_ms": round(pct(v, 50), 1),
+                    "p95_ms": p95,
+                    "target_ms": target,
+                    "met": ok if target else None,
+                }
+            ),
+            flush=True,
+        )
         if not ok:
             failed.append(name)
     if failed and not args.smoke:

@@ -231,7 +231,9 @@ def run_scenario(lab: Lab, name: str, n: int, backlog: int = 0, idle_seconds: fl
         lambda scan, d, ev: lab.decisions.append((time.perf_counter(), d.token or "", d.reason.value))
     )
     assert gate.link is not None
-    stop, started, go = threading.Event(), threading.Event(), threading.Event()
+    stop = threading.Event()
+    started = threading.Event()
+    go = threading.Event()
 
     def run_lane() -> None:  # built on this thread, started and run on the lane's: it owns the lane's state
         gate.start()

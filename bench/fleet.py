@@ -125,7 +125,10 @@ class Collectors:
     RabbitMQ cluster, `collect-amqp` competing consumers of the quorum queue (each starting at another node)."""
 
     def __init__(self, broker: str | list[str], db: str, devices: Path, n: int, logs: Path) -> None:
-        self.broker, self.db, self.devices, self.logs = broker, db, devices, logs
+        self.broker = broker
+        self.db = db
+        self.devices = devices
+        self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for i in range(n):
             self.start(f"fleet-col-{i}")

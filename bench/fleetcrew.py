@@ -22,7 +22,9 @@ class Crew:
     for it, done in turn. Other threads poke a gate (a message, a PUBACK, a connect) or ask for a job."""
 
     def __init__(self, name: str, gate_ids: list[str], spec: Spec, net: NetLoop) -> None:
-        self.gate_ids, self.spec, self.net = gate_ids, spec, net
+        self.gate_ids = gate_ids
+        self.spec = spec
+        self.net = net
         self.gates: list[SimGate] = []
         self._poked: set[int] = set()
         self._lock = threading.Lock()

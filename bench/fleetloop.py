@@ -40,7 +40,9 @@ class NetLoop:
     crews publishing, acking) only ask for write interest."""
 
     def __init__(self, connect_rate: float, window: int = 20, misc_every: float = 1.0, connectors: int = 2) -> None:
-        self.connect_rate, self.window, self.misc_every = connect_rate, window, misc_every
+        self.connect_rate = connect_rate
+        self.window = window
+        self.misc_every = misc_every
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)

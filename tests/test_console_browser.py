@@ -41,7 +41,9 @@ def test_a_stale_confirmation_page_is_refused_and_the_retained_policy_stays(
     from playwright.sync_api import expect
 
     expect.set_options(timeout=20_000)
-    b, key, doc = f"{broker.host}:{broker.port}", str(keys.private_path), tmp_path / "policy.json"
+    b = f"{broker.host}:{broker.port}"
+    key = str(keys.private_path)
+    doc = tmp_path / "policy.json"
     doc.write_text(json.dumps({"version": 1}))
     assert central("publish-policy", str(doc), "--broker", b, "--key", key).returncode == 0
     sup = signed_in(browser, console, "sue-super")

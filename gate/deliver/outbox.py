@@ -245,7 +245,9 @@ def salvage(corrupt: Path, into: Outbox, upper: int = 0) -> tuple[int, int | Non
     when unknown). A scan in order first; where it breaks, row by row up to `upper` (the last seq written)."""
     readable = _padded(corrupt)
     db = sqlite3.connect(f"file:{readable}?mode=ro", uri=True, timeout=10)
-    saved, last, bad = 0, 0, 0
+    saved = 0
+    last = 0
+    bad = 0
     try:
         try:
             for seq, event_id, topic, qos, payload in db.execute(

@@ -52,8 +52,13 @@ class Console:
         tracing_store: Store | None = None,
         fleet_store: Store | None = None,
     ) -> None:
-        self.store, self.link, self.refresh_s, self.secure = store, link, refresh_s, secure_cookies
-        self.offline_min, self.stale_hours, self.clock = offline_min, stale_hours, clock
+        self.store = store
+        self.link = link
+        self.refresh_s = refresh_s
+        self.secure = secure_cookies
+        self.offline_min = offline_min
+        self.stale_hours = stale_hours
+        self.clock = clock
         self.limit = RateLimit()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.htmx = HTMX.exists()

@@ -42,7 +42,9 @@ class Commands:
     """At most `workers` commands on the wire at once; the rest queue (each bounded by the link's timeout)."""
 
     def __init__(self, send: Send, audit: Audit, log: Log, workers: int = 8) -> None:
-        self._send, self._audit, self._log = send, audit, log
+        self._send = send
+        self._audit = audit
+        self._log = log
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="console-command")
 
     def send(self, gate_id: str, name: str, by: str) -> str:

@@ -114,7 +114,10 @@ def routes(c: Console) -> list[Route]:
         except (forms.FormError, GateError) as exc:
             return c.page(request, "trace.html", me, status=400, q=None, rows=None, error=str(exc), form=form)
         assert q.token is not None
-        token, t_from, t_to, window = q.token, q.t_from, q.t_to, q.window_min
+        token = q.token
+        t_from = q.t_from
+        t_to = q.t_to
+        window = q.window_min
 
         def more(after: tuple[float, str]) -> ContactPage:
             return c.traced(tracing.contacts_page, token, t_from, t_to, window, CSV_PAGE + 1, after)
