@@ -6,7 +6,9 @@ import argparse
 import base64
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -266,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     setup_logging(args.verbose or args.debug)
+    # Ctrl-C (SIGINT) stops every command, even when started by a parent that ignores it (a job put in the
+    # background by a script, a test runner's worker): Python leaves an inherited "ignore" in place otherwise.
+    if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's only)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.fn(args))
     except ConfigError as exc:
