@@ -161,9 +161,11 @@ def measure_drain(count: Any, n: int, timeout: float = 600) -> dict[str, Any]:
             if total != n or distinct != n:
                 raise SystemExit(f"stored {total} rows, {distinct} distinct, expected {n}")
             assert first_at is not None
-            if now - first_at < 0.5:
-                raise SystemExit(f"{n} rows arrived within one poll: use a larger --n")
-            return {"rows": n, "seconds": round(now - first_at, 2), "per_s": round((n - first_n) / (now - first_at))}
+            span = max(now - first_at, 0.05)  # at least one poll: a fast drain is a lower bound, not an error
+            res = {"rows": n, "seconds": round(span, 2), "per_s": round((n - first_n) / span)}
+            if span < 0.5:  # too short to be a steady rate: said, not failed (every row was still checked)
+                res["note"] = f"drained within {span:.2f} s: a lower bound; use a larger --n for a rate"
+            return res
         time.sleep(0.05)
     raise SystemExit(f"only {count()[0]} of {n} stored in {timeout}s")
 
