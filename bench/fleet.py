@@ -32,14 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 from cpuwhere import CpuSplit
 from fleetcrew import run
 from fleetgate import RAW_TOPIC, Spec
+from fleetpub import Feed, OneShot
 from pgcluster import PgCluster
 
 from _util import pct, start_broker
 from gate.central.mqtt import connect
 from gate.config.model import MqttSection
-from gate.decide.keys import generate_keypair, load_private_key
-from gate.sync.envelope import sign
-from gate.sync.worker import central_topics
+from gate.decide.keys import generate_keypair
 
 FAILED: list[str] = []
 
@@ -181,28 +180,30 @@ class Db:
             return [r[0] for r in db.execute("SELECT event_id FROM checkins")]
 
 
-def revocation(fleet: Fleet, central: Any, ckey: Any, round_: int, n: int, timeout: float, raw: bool = True) -> None:
-    """A signed delta revoking one pass, published once: when is it in force at every gate? Then the same
-    fan-out to plain paho subscribers."""
+def revocation(fleet: Fleet, pub: OneShot | Feed, round_: int, n: int, timeout: float, raw: Any | None = None) -> None:
+    """A delta revoking one pass, published once through `gate central publish-delta` (`pub`): when is it in
+    force at every gate? Then the same fan-out to plain paho subscribers through a connection kept open (`raw`)."""
+    first = pub.first
     since = time.time()
-    delta = sign(
-        ckey, "delta", {"base_version": 1, "seq": round_ + 1, "upserts": [[f"tok-{round_:04d}", 0, None, 1, None]]}
-    )
-    central.publish(central_topics("gate")["delta"], delta, qos=1)
+    pub.publish(1, round_ + 1, f"tok-{round_:04d}")
     done = wait(lambda: all(a is not None for _, a in fleet.flat("applied", since, round_, False)), timeout, 0.25)
     rows = fleet.flat("applied", since, round_, True)  # and each gate's decider denies the pass now
     applied = [a - since for _, a in rows if a is not None]
     arrived = [r - since for r, _ in rows if r is not None]
+    if isinstance(pub, Feed):
+        check(pub.acked(timeout), f"revocation {round_}: the feed did not report its delta acknowledged")
     raws: list[float] = []
-    if raw:
+    if raw is not None:
         since = time.time()
-        central.publish(RAW_TOPIC, b"x" * len(delta), qos=1)
+        raw.publish(RAW_TOPIC, b"x" * 200, qos=1)
         wait(lambda: all(t is not None for t in fleet.flat("raw_times", since)), timeout, 0.1)
         raws = [t - since for t in fleet.flat("raw_times", since) if t is not None]
     check(bool(done) and len(applied) == n, f"revocation {round_}: applied at {len(applied)} of {n} gates")
     figure(
         "revocation_fanout",
         round=round_,
+        publisher=pub.name,  # one-shot: `publish-delta FILE` (a connection per delta); feed: `--follow`
+        first_on_connection=first,
         gates=n,
         applied=len(applied),
         p50_s=round(pct(applied, 50), 3) if applied else None,
@@ -268,12 +269,19 @@ def main() -> int:
     ap.add_argument("--broker", choices=["mosquitto", "cluster"], default="mosquitto", help="cluster: 3 RabbitMQ nodes")
     ap.add_argument("--rate", type=float, default=2000.0, help="check-ins a second offered, across the fleet")
     ap.add_argument("--seconds", type=float, default=20.0, help="each load phase")
-    ap.add_argument("--rounds", type=int, default=3, help="revocations published")
+    ap.add_argument("--rounds", type=int, default=4, help="revocations: one `publish-delta` call, then a feed's")
+    ap.add_argument(
+        "--failure-rate",
+        type=float,
+        default=0.0,
+        help="check-ins a second while a collector, the primary, a node die (default: half what ingest stored)",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (brokers' and collectors' logs)")
     ap.add_argument("--gate-state", type=Path, help="the gates' state dirs (/dev/shm: no shared fsyncs)")
     ap.add_argument("--smoke", action="store_true", help="a handful of gates, seconds")
     args = ap.parse_args()
     if args.smoke:
-        args.gates, args.procs, args.crews, args.rate, args.seconds, args.rounds = 6, 2, 2, 100.0, 3.0, 2
+        args.gates, args.procs, args.crews, args.rate, args.seconds, args.rounds = 6, 2, 2, 100.0, 3.0, 3
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # `timeout` or kill: tear the clusters down too
     work = Path(tempfile.mkdtemp(prefix="gate-fleet-"))
     work.chmod(0o755)  # the postgres user reaches its data dir below
@@ -288,12 +296,14 @@ def main() -> int:
                 undo()
             except BaseException as exc:  # tear down the rest
                 print(f"teardown: {exc!r}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: list[Callable[[], object]]) -> int:
     _, cpriv, cpub = generate_keypair(work / "central")
-    ckey = load_private_key(cpriv)
     _, ipriv, _ = generate_keypair(work / "issuer")
     device_keys(work / "devices", gates)
     rabbit, broker_proc = None, None
@@ -362,31 +372,45 @@ def run_bench(args: argparse.Namespace, work: Path, gates: list[str], stack: lis
     cpu.start()  # what the connected fleet costs doing nothing: keepalives, the broker's queues, trust refreshes
     time.sleep(args.seconds / 2)
     figure("idle_cpu", gates=len(gates), **cpu.stop())
-    central = connect(MqttSection(host="127.0.0.1", port=port, protocol="3.1.1" if rabbit else "auto"))
-    stack.append(central.disconnect)
+    raw = connect(MqttSection(host="127.0.0.1", port=port, protocol="3.1.1" if rabbit else "auto"))
+    stack.append(raw.disconnect)
+    # As central publishes: one `publish-delta` call (a new connection), then a feed (`--follow`, one connection
+    # kept). On RabbitMQ 3.10 the first message of a connection into each quorum session queue costs a synchronous
+    # enqueuer registration (an rpc and a Raft commit): a feed pays it once, a call pays it every time.
+    broker_at = f"127.0.0.1:{port}"
+    once = OneShot(broker_at, cpriv, work)
+    feed = Feed(broker_at, cpriv, work / "feed.log")
+    stack.append(feed.close)
     for r in range(args.rounds):
-        revocation(fleet, central, ckey, r, len(gates), 60)
+        revocation(fleet, once if r == 0 else feed, r, len(gates), 60, raw)
+    once.close()
     decided: list[str] = []
     ids, fig = ingest(fleet, db, args.rate, args.seconds, cpu=cpu)
     decided += ids
     figure("ingest", gates=len(gates), **fig)
-    ids, fig = ingest(fleet, db, args.rate, args.seconds, lambda: kill_collector(collectors, db))
+    # A node's death is an operator's event under the load the cluster carries, not past its saturation (there
+    # nothing keeps up; `--failure-rate` says what is offered meanwhile).
+    fail_rate = args.failure_rate or max(20.0, fig["stored_in_window_per_s"] / 2)
+    ids, fig = ingest(fleet, db, fail_rate, args.seconds, lambda: kill_collector(collectors, db))
     decided += ids
     figure("collector_killed", **fig)
     if args.pg == "patroni":
-        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_primary(cluster, db))
+        ids, fig = ingest(fleet, db, fail_rate, max(args.seconds, 30), lambda: kill_primary(cluster, db))
         decided += ids
         figure("pg_primary_killed", **fig, target_resume_s=30)
     else:
         figure("pg_primary_killed", skipped="needs --pg patroni")
     if rabbit is not None:
         killed: dict[str, float] = {}
-        ids, fig = ingest(fleet, db, args.rate, max(args.seconds, 30), lambda: kill_node(rabbit, fleet, killed))
+        ids, fig = ingest(fleet, db, fail_rate, max(args.seconds, 30), lambda: kill_node(rabbit, fleet, killed))
         decided += ids
         figure("broker_node_killed", **fig, **all_back(rabbit, fleet, killed, len(gates)), target_reconnect_s=30)
-        revocation(fleet, central, ckey, args.rounds, len(gates), 60, raw=False)
+        revocation(fleet, feed, args.rounds, len(gates), 60)
     else:
         figure("broker_node_killed", skipped="needs --broker cluster")
+    feed.close()
+    for failure in once.failed + feed.failed:
+        check(False, failure)
     stored = db.ids()
     lost, dupes = len(set(decided) - set(stored)), len(stored) - len(set(stored))
     check(lost == 0 and dupes == 0 and len(stored) == len(decided), f"{lost} lost, {dupes} duplicated")
@@ -445,13 +469,35 @@ def kill_node(rabbit: Any, fleet: Fleet, killed: dict[str, float]) -> dict[str, 
     dead = rabbit.mqtt_hosts[0]
     on_it = sum(broker == dead for _, broker in fleet.flat("links"))
     killed["at"] = time.monotonic()
+    before = fleet.flat("links")
     rabbit.kill_node(0)
-    n = len(fleet.flat("links"))
-    wait(lambda: on_live_nodes(fleet, dead) == n, 30, 0.5)
-    return {"gates_on_killed_node": on_it, "on_live_node_at_30s": on_live_nodes(fleet, dead), "of": n}
+    n = len(before)
+    back: dict[int, float] = {}
+
+    def sample() -> bool:
+        """Each of the dead node's gates: when it was first seen connected to a live node."""
+        now = time.monotonic() - killed["at"]
+        for i, (up, broker) in enumerate(fleet.flat("links")):
+            if before[i][1] == dead and up and broker != dead:
+                back.setdefault(i, now)
+        return on_live_nodes(fleet, dead) == n
+
+    wait(sample, 30, 0.5)
+    times = sorted(back.values())
+    if len(times) == on_it:
+        killed["all_back"] = times[-1] if times else 0.0
+    return {
+        "gates_on_killed_node": on_it,
+        "on_live_node_at_30s": on_live_nodes(fleet, dead),
+        "of": n,
+        "back_by_s": {str(s): sum(t <= s for t in times) for s in (5, 10, 20, 30)},
+        "back_p50_s": round(pct(times, 50), 1) if times else None,
+    }
 
 
 def all_back(rabbit: Any, fleet: Fleet, killed: dict[str, float], n: int) -> dict[str, Any]:
+    if "all_back" in killed:  # every one seen back within the 30 s, sampled every half second
+        return {"every_gate_connected_s": round(killed["all_back"], 1), "target_met": killed["all_back"] <= 30}
     dead = rabbit.mqtt_hosts[0]
     back = wait(lambda: on_live_nodes(fleet, dead) == n, 600, 1.0)
     took = time.monotonic() - killed["at"]
