@@ -361,6 +361,7 @@ def test_sigterm_stops_the_feed_cleanly_saying_what_was_published(keys: Any, bro
         (["--follow", "x.csv", "--base-version", "1"], "leave out FILE, --base-version"),
         (["--base-version", "1"], "the following arguments are required: --seq"),
         ([], "the following arguments are required: --base-version, --seq"),
+        (["--base-version", "1", "--seq", "1", "--ack-timeout", "5"], "--ack-timeout is for --follow"),
     ],
 )
 def test_the_follow_and_one_shot_forms_are_not_mixed(args: list[str], says: str) -> None:

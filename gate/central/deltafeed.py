@@ -38,7 +38,6 @@ def add_arguments(pd: argparse.ArgumentParser) -> None:
     pd.add_argument(
         "--ack-timeout",
         type=float,
-        default=ACK_TIMEOUT,
         metavar="SECONDS",
         help=f"with --follow: give up (exit 1) if the broker has not acknowledged a delta by then ({ACK_TIMEOUT:g})",
     )
@@ -50,9 +49,13 @@ def _check(pd: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         mixed = [name for name, given in _one_shot(args) if given]
         if mixed:
             pd.error(f"--follow reads every delta from standard input: leave out {', '.join(mixed)}")
+        if args.ack_timeout is None:
+            args.ack_timeout = ACK_TIMEOUT
         if not args.ack_timeout > 0:
             pd.error("--ack-timeout must be above 0")
         return
+    if args.ack_timeout is not None:
+        pd.error("--ack-timeout is for --follow (one-shot publish-delta waits 30 s)")
     missing = [name for name in ("--base-version", "--seq") if getattr(args, name[2:].replace("-", "_")) is None]
     if missing:
         pd.error(f"the following arguments are required: {', '.join(missing)}")
