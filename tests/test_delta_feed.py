@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_sync import settle
 
@@ -26,8 +26,10 @@ from fakes import started_gate
 from gate.central.deltafeed import FeedError, follow, parse
 from gate.central.mqtt import publisher
 from gate.central.publish import signed_body
+from gate.decide.codes import check_token
 from gate.decide.passimport import MAX_LINE_BYTES
 from gate.sync.envelope import sign
+from gate.sync.snapapply import parse_row
 from gate.sync.worker import central_topics
 
 pytestmark = pytest.mark.slow
@@ -263,7 +265,7 @@ def test_a_bad_line_stops_the_feed_with_everything_before_it_published_and_nothi
         follow((broker.host, broker.port), topic, keys.private, 7, io.BytesIO(b"\n".join(lines) + b"\n"), out, 10.0)
     number = good + 1 + blank
     assert refused.value.line == number and f"line {number}: " in str(refused.value)
-    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400 and "published (" in str(refused.value)
     assert [json.loads(x)["seq"] for x in out.getvalue().splitlines()] == list(range(1, good + 1))
     marker_published(broker, topic, sub)
     assert seqs(sub, keys, topic) == list(range(1, good + 1))
@@ -276,26 +278,46 @@ json_values = st.recursive(
 )
 
 
-@given(
-    doc=st.fixed_dictionaries(
-        {},
-        optional={
-            "base_version": json_values,
-            "seq": json_values | st.integers(-3, 10),
-            "upserts": json_values | st.lists(st.dictionaries(st.sampled_from(["token", "status"]), json_values)),
-            "deletes": json_values | st.lists(st.text(max_size=40)),
-        },
-    )
-    | json_values
+good_tokens = st.sampled_from([f"tok-{i:06d}" for i in range(30)])
+tokens = st.one_of(good_tokens, good_tokens, good_tokens, st.sampled_from(["Ab_-9z", "12345678", "x", ""]), st.text())
+records = st.fixed_dictionaries(
+    {"token": tokens, "status": st.sampled_from(["green", "yellow", "red", "blue"])},
+    optional={
+        "revoked": st.sampled_from([True, False, "yes", 1, 2]),
+        "valid_until": st.integers(-1, 2**41),
+        "companions": st.integers(-1, 20),
+    },
 )
-def test_any_json_line_is_either_a_whole_delta_or_refused_with_a_reason(doc: Any) -> None:
+near_deltas = st.fixed_dictionaries(  # mostly good, so that both answers are tried
+    {"base_version": st.integers(-1, 9) | st.integers(-1, 2**64), "seq": st.integers(-1, 10)},
+    optional={"upserts": st.lists(records, max_size=3), "deletes": st.lists(tokens, max_size=3)},
+)
+noisy = st.fixed_dictionaries(
+    {},
+    optional={
+        "base_version": json_values,
+        "seq": json_values,
+        "upserts": st.lists(st.dictionaries(st.sampled_from(["token", "status"]), json_values)) | json_values,
+        "deletes": json_values,
+        "version": json_values,
+    },
+)
+
+
+@settings(max_examples=300)
+@given(doc=near_deltas | noisy | json_values)
+def test_any_json_line_is_either_a_delta_every_gate_takes_or_refused_with_a_reason(doc: Any) -> None:
     try:
-        d = parse(json.dumps(doc))
+        d = parse(json.dumps(doc).encode())
     except ValueError as exc:
         assert str(exc) and "\n" not in str(exc)
         return
-    assert d.seq >= 1 and d.base_version >= 0 and isinstance(doc, dict)
-    assert parse(json.dumps(d.body())) == d  # what is signed reads back the same
+    assert d is not None and isinstance(doc, dict) and d.seq >= 1 and 0 <= d.base_version < 2**63
+    event(f"accepted with {len(d.upserts)} upserts")
+    body = json.loads(json.dumps(d.body()))  # as a gate reads it: each row and token passes the gate's own checks
+    assert [parse_row(r) for r in body["upserts"]] == list(d.upserts)
+    assert [check_token(t) for t in body["deletes"]] == list(d.deletes)
+    assert len({r[0] for r in d.upserts} | set(d.deletes)) == len(d.upserts) + len(d.deletes)
 
 
 def test_a_delta_the_broker_does_not_acknowledge_in_time_stops_the_feed_naming_its_seq(

@@ -97,8 +97,16 @@ def _whole(doc: dict[str, Any], name: str, lo: int) -> int:
     return value
 
 
-def parse(text: str) -> Delta:
-    """One line of the feed; ValueError says what is wrong with it."""
+def parse(raw: bytes) -> Delta | None:
+    """One line of the feed (None for a blank one); ValueError says what is wrong with it."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise ValueError(f"longer than {MAX_LINE_BYTES} bytes: split the change into several deltas")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
+    if not text.strip():
+        return None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -109,7 +117,8 @@ def parse(text: str) -> Delta:
         raise ValueError("not a JSON object")
     unknown = set(doc) - set(FIELDS)
     if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))} (a delta has {', '.join(FIELDS)})")
+        names = ", ".join(repr(k)[:40] for k in sorted(unknown)[:3])
+        raise ValueError(f"unknown field(s) {names} (a delta has {', '.join(FIELDS)})")
     base, seq = _whole(doc, "base_version", 0), _whole(doc, "seq", 1)
     records, tokens = doc.get("upserts", []), doc.get("deletes", [])
     if not isinstance(records, list) or not isinstance(tokens, list):
@@ -155,25 +164,20 @@ class Order:
         self.base, self.last = delta.base_version, delta.seq
 
 
-def numbered(stream: BinaryIO) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line as it arrives; a line is read in a bounded piece, never whole."""
+def numbered(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line as it arrives, read in a bounded piece: a longer line is never read whole
+    (what `parse` gets is then over the limit, and refused)."""
     n = 0
     while raw := stream.readline(MAX_LINE_BYTES + 1):
         n += 1
-        if len(raw) > MAX_LINE_BYTES:
-            raise FeedError(n, f"longer than {MAX_LINE_BYTES} bytes: split the change into several deltas")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise FeedError(n, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
-        if text.strip():
-            yield n, text
+        yield n, raw
 
 
 class FeedError(GateError):
     """A line refused: it and everything after it unpublished, everything before it acknowledged."""
 
     def __init__(self, line: int, what: str) -> None:
+        what = what if len(what) <= 300 else f"{what[:150]}…{what[-150:]}"  # a 64 KiB value quoted whole: no
         super().__init__(f"publish-delta --follow: line {line}: {what}")
         self.line = line
 
@@ -232,9 +236,11 @@ def follow(
     done, waiting = 0, None
     try:
         with _terminated_raises():
-            for n, text in numbered(stream):
+            for n, raw in numbered(stream):
                 try:
-                    delta = parse(text)
+                    delta = parse(raw)
+                    if delta is None:
+                        continue  # a blank line
                     order.check(delta)
                 except ValueError as exc:
                     raise FeedError(n, f"{exc}; {_refused(done)}") from None
