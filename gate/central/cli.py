@@ -76,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ps.add_argument("--chunk-size", type=int, default=5000)
     pd = mqtt_cmd("publish-delta", "sign and publish an incremental change on top of a snapshot")
     pd.add_argument("file", nargs="?", help="CSV or NDJSON rows to upsert")
-    pd.add_argument("--base-version", type=int, help="the snapshot version it applies to (required)")
-    pd.add_argument("--seq", type=int, help="1 for the first delta after the snapshot, then +1 (required)")
+    pd.add_argument("--base-version", type=int, help="the snapshot version it applies to (without --follow)")
+    pd.add_argument("--seq", type=int, help="1 for the first delta after the snapshot, then +1 (without --follow)")
     pd.add_argument("--delete", action="append", default=[], metavar="TOKEN")
     deltafeed.add_arguments(pd)  # --follow: the deltas from stdin instead; checks the two forms apart
     pp = mqtt_cmd("publish-policy", "sign and publish a policy (retained)")

@@ -42,6 +42,11 @@ def add_arguments(pd: argparse.ArgumentParser) -> None:
         help=f"with --follow: give up (exit 1) if the broker has not acknowledged a delta by then ({ACK_TIMEOUT:g})",
     )
     pd.set_defaults(check_arguments=lambda args: _check(pd, args))
+    where = "(--broker HOST:PORT | --config CENTRAL_TOML) [--prefix PREFIX] --key KEY"
+    pd.usage = (
+        f"%(prog)s [FILE] --base-version N --seq N [--delete TOKEN ...] {where}\n"
+        f"       %(prog)s --follow [--ack-timeout SECONDS] {where} < deltas.ndjson"
+    )
 
 
 def _check(pd: argparse.ArgumentParser, args: argparse.Namespace) -> None:
