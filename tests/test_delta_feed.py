@@ -23,7 +23,8 @@ from test_sync import settle
 
 from conftest import Broker, free_port, make_config, wait_until
 from fakes import started_gate
-from gate.central.deltafeed import FeedError, follow, parse
+from gate.central.deltafeed import FeedError, follow
+from gate.central.deltaline import parse
 from gate.central.mqtt import publisher
 from gate.central.publish import signed_body
 from gate.decide.codes import check_token
@@ -363,6 +364,30 @@ def test_with_several_hosts_the_deltas_go_to_the_first_that_answers(
     assert feed.printed()["seq"] == 1
     assert feed.end() == (0, "")
     assert wait_until(lambda: seqs(sub, keys) == [1])
+
+
+def test_a_node_of_several_hosts_lost_mid_feed_is_left_for_the_next(
+    tmp_path: Path, keys: Any, subscriber_factory: Any, feeds: Any
+) -> None:
+    first, second = Broker(tmp_path / "a"), Broker(tmp_path / "b")
+    for b in (first, second):
+        b.workdir.mkdir()
+        b.start()
+    try:
+        config = tmp_path / "central.toml"
+        config.write_text(f'[mqtt]\nhosts = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\n')
+        on_first, on_second = subscriber_factory(first, TOPICS["delta"]), subscriber_factory(second, TOPICS["delta"])
+        feed = feeds("--config", str(config), "--key", str(keys.private_path))
+        feed.send(delta(1))
+        assert feed.printed()["seq"] == 1 and wait_until(lambda: seqs(on_first, keys) == [1])
+        first.stop()
+        feed.send(delta(2))  # waits while the first node is gone, then goes to the second
+        assert feed.printed()["seq"] == 2 and wait_until(lambda: seqs(on_second, keys) == [2])
+        rc, err = feed.end()
+        assert rc == 0 and f"connection lost; now on 127.0.0.1:{second.port}" in err
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_sigterm_stops_the_feed_cleanly_saying_what_was_published(keys: Any, broker: Any, feeds: Any) -> None:

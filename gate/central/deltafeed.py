@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import signal
 import sys
@@ -11,20 +10,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import FrameType
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gate.core.errors import CodeError, GateError
-from gate.decide.codes import check_token
-from gate.decide.passcache import Row
-from gate.decide.passimport import MAX_LINE_BYTES, to_row
+from gate.central.deltaline import Delta, Order, parse
+from gate.core.errors import GateError
+from gate.decide.passimport import MAX_LINE_BYTES
 
+if TYPE_CHECKING:  # paho is loaded with the connection, not by every `gate central` command
+    import paho.mqtt.client as mqtt
+
+FAILOVER_AFTER = 5.0  # seconds a node of several [mqtt] hosts may be gone while a delta waits before the next
 ACK_TIMEOUT = 30.0  # seconds a delta may wait for its PUBACK (paho reconnecting meanwhile) before the feed gives up
-FIELDS = ("base_version", "seq", "upserts", "deletes")
-MAX_VERSION = 2**63 - 1  # what the gates' SQLite stores
 
 
 def add_arguments(pd: argparse.ArgumentParser) -> None:
@@ -75,100 +74,6 @@ def _one_shot(args: argparse.Namespace) -> list[tuple[str, bool]]:
     ]
 
 
-@dataclass(frozen=True)
-class Delta:
-    base_version: int
-    seq: int
-    upserts: tuple[Row, ...]
-    deletes: tuple[str, ...]
-
-    def body(self) -> dict[str, Any]:
-        """What is signed: the same body as one-shot publish-delta's."""
-        upserts = [list(r) for r in self.upserts]
-        return {"base_version": self.base_version, "seq": self.seq, "upserts": upserts, "deletes": list(self.deletes)}
-
-    def summary(self) -> str:
-        """The line printed once the broker acknowledged it (as one-shot publish-delta prints)."""
-        counts = {"upserts": len(self.upserts), "deletes": len(self.deletes)}
-        return json.dumps({"base_version": self.base_version, "seq": self.seq, **counts})
-
-
-def _whole(doc: dict[str, Any], name: str, lo: int) -> int:
-    value = doc.get(name)
-    if value is None:
-        raise ValueError(f"{name} is missing")
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= MAX_VERSION:
-        raise ValueError(f"{name} {value!r} is not an integer in {lo}..{MAX_VERSION}")
-    return value
-
-
-def parse(raw: bytes) -> Delta | None:
-    """One line of the feed (None for a blank one); ValueError says what is wrong with it."""
-    if len(raw) > MAX_LINE_BYTES:
-        raise ValueError(f"longer than {MAX_LINE_BYTES} bytes: split the change into several deltas")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
-    if not text.strip():
-        return None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc.msg})") from None
-    except RecursionError:
-        raise ValueError("not a delta (nested too deeply)") from None
-    if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
-    unknown = set(doc) - set(FIELDS)
-    if unknown:
-        names = ", ".join(repr(k)[:40] for k in sorted(unknown)[:3])
-        raise ValueError(f"unknown field(s) {names} (a delta has {', '.join(FIELDS)})")
-    base, seq = _whole(doc, "base_version", 0), _whole(doc, "seq", 1)
-    records, tokens = doc.get("upserts", []), doc.get("deletes", [])
-    if not isinstance(records, list) or not isinstance(tokens, list):
-        raise ValueError("upserts and deletes must be lists (pass records; tokens)")
-    upserts = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise ValueError(f"upserts[{i}] is not a pass record (a JSON object)")
-        try:
-            upserts.append(to_row(rec))
-        except ValueError as exc:
-            raise ValueError(f"upserts[{i}]: {exc}") from None
-    for i, token in enumerate(tokens):
-        if not isinstance(token, str):
-            raise ValueError(f"deletes[{i}] {token!r} is not a token (a string)")
-        try:
-            check_token(token)
-        except CodeError as exc:
-            raise ValueError(f"deletes[{i}]: {exc}") from None
-    seen: set[str] = set()
-    for token in [r[0] for r in upserts] + tokens:
-        if token in seen:  # the gates would apply both, in an order the line does not show
-            raise ValueError(f"token {token} appears twice in one delta")
-        seen.add(token)
-    return Delta(base, seq, tuple(upserts), tuple(tokens))
-
-
-class Order:
-    """Versions only move forward: every line on the base in force at start, each seq above the last."""
-
-    def __init__(self, in_force: int | None) -> None:
-        self.base, self.from_broker = in_force, in_force is not None
-        self.last: int | None = None
-
-    def check(self, delta: Delta) -> None:
-        if self.base is not None and delta.base_version != self.base:
-            where = "the snapshot in force" if self.from_broker else "the base of this feed's first delta"
-            raise ValueError(f"base_version {delta.base_version} is not {where} ({self.base})")
-        if self.last is not None and delta.seq <= self.last:
-            raise ValueError(f"seq {delta.seq} is not above the previous delta's ({self.last})")
-
-    def advance(self, delta: Delta) -> None:
-        self.base, self.last = delta.base_version, delta.seq
-
-
 def numbered(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of each line as it arrives, read in a bounded piece: a longer line is never read whole
     (what `parse` gets is then over the limit, and refused)."""
@@ -192,25 +97,47 @@ class Stopped(GateError):
 
 
 class Link:
-    """One MQTT connection for the whole feed (paho reconnects it, re-sending what was unacknowledged)."""
+    """One MQTT connection for the whole feed. paho reconnects it by itself, re-sending what was unacknowledged;
+    with several [mqtt] hosts, a node gone for FAILOVER_AFTER seconds while a delta waits is left for the next."""
 
     def __init__(self, broker: Any, timeout: float) -> None:
-        from gate.central.mqtt import connect
+        from gate.central.mqtt import Broker, nodes
 
         self.timeout = timeout
-        self._acks: queue.Queue[tuple[int, Any]] = queue.Queue()
-        self.client = connect(broker)  # several [mqtt] hosts: the first that answers, as one-shot's deltas
-        self.client.on_publish = lambda c, u, mid, rc, p: self._acks.put((mid, rc))  # paho's thread: enqueue only
+        self.nodes: list[Any] = nodes(broker) if isinstance(broker, Broker) else [broker]
+        self.at = -1
+        self.client, self._acks = self._next()  # the first that answers, as one-shot's deltas
+
+    def _next(self) -> tuple[mqtt.Client, queue.Queue[tuple[int, Any]]]:
+        """A connection to the next node that answers, after the current one; its own PUBACK queue."""
+        from gate.central.mqtt import connect
+
+        failures = []
+        for step in range(1, len(self.nodes) + 1):
+            i = (self.at + step) % len(self.nodes)
+            try:
+                client = connect(self.nodes[i])
+            except GateError as exc:
+                failures.append(str(exc))
+                continue
+            acks: queue.Queue[tuple[int, Any]] = queue.Queue()
+            client.on_publish = _enqueue(acks)
+            self.at = i
+            return client, acks
+        raise GateError("; ".join(failures))
 
     def publish(self, topic: str, payload: bytes, seq: int) -> None:
         """QoS 1, not retained; returns once the broker acknowledged it."""
         info = self.client.publish(topic, payload, qos=1, retain=False)  # not connected: queued, sent on reconnect
-        deadline = time.monotonic() + self.timeout
+        deadline, lost = time.monotonic() + self.timeout, None
         while (left := deadline - time.monotonic()) > 0:
             try:
-                mid, rc = self._acks.get(timeout=left)
+                mid, rc = self._acks.get(timeout=min(left, 0.5))
             except queue.Empty:
-                break
+                lost = None if self.client.is_connected() else lost or time.monotonic()
+                if lost is not None and time.monotonic() - lost > FAILOVER_AFTER and len(self.nodes) > 1:
+                    info, lost = self._failover(topic, payload, info), None
+                continue
             if mid != info.mid:
                 continue
             if getattr(rc, "is_failure", False):
@@ -221,9 +148,27 @@ class Link:
             "unreachable?); every delta before it was, nothing after it was read"
         )
 
+    def _failover(self, topic: str, payload: bytes, info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
+        """The delta again on the next node that answers (the gates drop a second copy: its seq is not newer);
+        if none does, the old connection keeps trying its own node."""
+        try:
+            client, acks = self._next()
+        except GateError as exc:
+            print(f"publish-delta --follow: no other node answers: {exc}", file=sys.stderr)
+            return info
+        self.close()
+        self.client, self._acks = client, acks
+        node = self.nodes[self.at]
+        print(f"publish-delta --follow: connection lost; now on {node.host}:{node.port}", file=sys.stderr)
+        return self.client.publish(topic, payload, qos=1, retain=False)
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _enqueue(acks: queue.Queue[tuple[int, Any]]) -> Any:
+    return lambda c, u, mid, rc, p: acks.put((mid, rc))  # paho's thread: enqueue only
 
 
 def follow(
