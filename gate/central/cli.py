@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gate.central import amqpcollect
+from gate.central import amqpcollect, deltafeed
 from gate.central.console.serve import add_arguments as console_user
 from gate.central.console.serve import add_console_options as console_options
 from gate.central.habridge import add_arguments as ha_bridge_arguments
@@ -76,9 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ps.add_argument("--chunk-size", type=int, default=5000)
     pd = mqtt_cmd("publish-delta", "sign and publish an incremental change on top of a snapshot")
     pd.add_argument("file", nargs="?", help="CSV or NDJSON rows to upsert")
-    pd.add_argument("--base-version", type=int, required=True, help="the snapshot version it applies to")
-    pd.add_argument("--seq", type=int, required=True, help="1 for the first delta after the snapshot, then +1")
+    pd.add_argument("--base-version", type=int, help="the snapshot version it applies to (without --follow)")
+    pd.add_argument("--seq", type=int, help="1 for the first delta after the snapshot, then +1 (without --follow)")
     pd.add_argument("--delete", action="append", default=[], metavar="TOKEN")
+    deltafeed.add_arguments(pd)  # --follow: the deltas from stdin instead; checks the two forms apart
     pp = mqtt_cmd("publish-policy", "sign and publish a policy (retained)")
     pp.add_argument("file", help="JSON policy document with a version (see gate.example.toml [policy])")
     pk = mqtt_cmd("publish-keys", "sign and publish the code-signing keys gates trust (retained)")
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`gate central …`: the rest of the command line is parsed here, so the device never loads this package."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "check_arguments"):
+        args.check_arguments(args)
     try:
         return _dispatch(args)
     except Exception as exc:

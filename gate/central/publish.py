@@ -14,6 +14,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gate.central.deltafeed import follow
 from gate.central.mqtt import publisher, request, retained
 from gate.core.errors import GateError
 from gate.decide.keys import load_private_key
@@ -149,6 +150,8 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "publish-delta":
         upserts = _rows(Path(args.file)) if args.file else []
         base = in_force(args.broker, topics["manifest"], key)
+        if args.follow:  # deltas from stdin on one kept connection (gate/central/deltafeed.py)
+            return follow(args.broker, topics["delta"], key, base, sys.stdin.buffer, sys.stdout, args.ack_timeout)
         if base is not None and args.base_version != base:  # a delta on another snapshot: gates would resync
             msg = f"publish-delta: base version {args.base_version} is not the snapshot in force ({base})"
             raise BackwardsError(msg)
