@@ -23,12 +23,12 @@ class Delta:
     deletes: tuple[str, ...]
 
     def body(self) -> dict[str, Any]:
-        """What is signed: the same body as one-shot publish-delta's."""
+        """What is signed, by one-shot publish-delta and the feed alike."""
         upserts = [list(r) for r in self.upserts]
         return {"base_version": self.base_version, "seq": self.seq, "upserts": upserts, "deletes": list(self.deletes)}
 
     def summary(self) -> str:
-        """The line printed once the broker acknowledged it (as one-shot publish-delta prints)."""
+        """The line printed once the broker acknowledged it (one-shot and feed alike)."""
         counts = {"upserts": len(self.upserts), "deletes": len(self.deletes)}
         return json.dumps({"base_version": self.base_version, "seq": self.seq, **counts})
 

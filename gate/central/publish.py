@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gate.central.deltafeed import follow
+from gate.central.deltaline import Delta
 from gate.central.mqtt import publisher, request, retained
 from gate.core.errors import GateError
 from gate.decide.keys import load_private_key
@@ -148,25 +149,16 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({**manifest, "cleared_chunks_of_version": old[0] if old else None}))
         return 0
     if cmd == "publish-delta":
-        upserts = _rows(Path(args.file)) if args.file else []
         base = in_force(args.broker, topics["manifest"], key)
         if args.follow:  # deltas from stdin on one kept connection (gate/central/deltafeed.py)
             return follow(args.broker, topics["delta"], key, base, sys.stdin.buffer, sys.stdout, args.ack_timeout)
         if base is not None and args.base_version != base:  # a delta on another snapshot: gates would resync
             msg = f"publish-delta: base version {args.base_version} is not the snapshot in force ({base})"
             raise BackwardsError(msg)
-        delta = {"base_version": args.base_version, "seq": args.seq, "upserts": upserts, "deletes": args.delete}
-        _publish(args, [(topics["delta"], sign(key, "delta", delta), False)])
-        print(
-            json.dumps(
-                {
-                    "base_version": args.base_version,
-                    "seq": args.seq,
-                    "upserts": len(upserts),
-                    "deletes": len(args.delete),
-                }
-            )
-        )
+        upserts = tuple(read_file(Path(args.file))) if args.file else ()
+        delta = Delta(args.base_version, args.seq, upserts, tuple(args.delete))
+        _publish(args, [(topics["delta"], sign(key, "delta", delta.body()), False)])
+        print(delta.summary())
         return 0
     if cmd == "publish-policy":
         version = publish_policy(args.broker, args.prefix, key, json.loads(Path(args.file).read_text()))
